@@ -1,0 +1,73 @@
+"""The one ``edgeseg`` command.
+
+Each package owns its subcommands in a ``_cli`` module with a ``register(subparsers)``
+function. Those modules import only ``argparse`` and friends at import time; their handlers
+import TensorFlow, onnxruntime and the rest when they run, so ``edgeseg segment`` never loads
+TensorFlow and ``edgeseg --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from edgeseg import __version__
+from edgeseg.runtime._errors import EdgesegError
+
+# Modules that register subcommands, in the order `edgeseg --help` lists them.
+_COMMAND_MODULES: tuple[str, ...] = (
+)
+
+_DESCRIPTION = """\
+edgeseg takes Keras vision models (a convolutional autoencoder on MNIST and FCN-8
+semantic segmentation) from training to fast inference: train, export to ONNX with the
+preprocessing written inside the file, verify the export layer by layer, quantize to
+INT8, and segment images, folders, videos and camera streams with onnxruntime.
+
+Run `edgeseg COMMAND --help` for each command's options."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every package's subcommands registered."""
+    parser = argparse.ArgumentParser(
+        prog="edgeseg",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``edgeseg`` command line; returns the process exit code.
+
+    Exit codes: 0 success, 1 a check failed (``verify``), 2 a bad model, option or output
+    (one line on stderr), 130 interrupted.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except EdgesegError as error:
+        print(f"edgeseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _configure_logging(*, verbose: bool, quiet: bool) -> None:
+    # The library never configures logging itself; the command line does, once.
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,26 @@
+"""Training side: build and train the course's CAE and FCN-8 in Keras, export to ONNX, verify.
+
+Needs ``pip install 'edgeseg[export]'`` (TensorFlow, tf2onnx). Public names load lazily, so
+importing this package (for example by the ``edgeseg`` command line) does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> module that defines it. Each module imports TensorFlow only when loaded.
+_PUBLIC = {
+    "save_model": "edgeseg.export._keras_file",
+    "load_model": "edgeseg.export._keras_file",
+    "load_record": "edgeseg.export._keras_file",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeseg.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

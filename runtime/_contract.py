@@ -1,0 +1,248 @@
+"""The contract every edgeseg ONNX file carries: how to preprocess its input, what its output means.
+
+The exporter writes it into the ONNX file's ``metadata_props`` under the key ``edgeseg``, as one
+JSON object (DESIGN.md). The runtime and the calibrator read it from there, so deployment cannot
+preprocess differently from training. This module needs neither ``onnx`` nor ``onnxruntime``:
+it works on plain dicts, JSON text and ``ModelProto``-like objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeseg.runtime._errors import EdgesegError
+
+METADATA_KEY = "edgeseg"
+FORMAT_VERSION = 1
+
+KINDS = ("segmentation", "autoencoder", "encoder", "decoder")
+LAYOUTS = ("NHWC", "NCHW")
+COLORS = ("RGB", "BGR", "GRAY")
+RESIZE_MODES = ("stretch", "letterbox")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+# Colours for class masks and overlays when a model names none (class 0 is background: black).
+DEFAULT_PALETTE = (
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+)
+
+
+def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    """``n`` distinct RGB colours, background first; cycles past the built-in 16."""
+    return tuple(DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)] for i in range(n))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model's input tensor expects, and how a frame becomes it.
+
+    A frame's pixels ``p`` (0..255, in ``color`` order) become ``(p * scale - mean) / std``,
+    per channel, after resizing to ``height`` x ``width`` by ``resize``.
+    """
+
+    height: int
+    width: int
+    channels: int
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    resize: str = "stretch"
+    layout: str = "NHWC"
+    name: str = "image"
+
+    def __post_init__(self) -> None:
+        _check_choice("input.layout", self.layout, LAYOUTS)
+        _check_choice("input.color", self.color, COLORS)
+        _check_choice("input.resize", self.resize, RESIZE_MODES)
+        for key in ("height", "width", "channels"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise EdgesegError(f"Contract key `input.{key}` must be a positive integer, got {value!r}.")
+        expected = 1 if self.color == "GRAY" else 3
+        if self.channels != expected:
+            raise EdgesegError(
+                f"Contract says input.color={self.color!r}, which has {expected} channel(s), "
+                f"but input.channels={self.channels}."
+            )
+        for key in ("mean", "std"):
+            values = tuple(float(v) for v in getattr(self, key))
+            if len(values) not in (1, self.channels):
+                raise EdgesegError(
+                    f"Contract key `input.{key}` needs 1 or {self.channels} values, got {len(values)}."
+                )
+            object.__setattr__(self, key, values)
+        if any(s == 0 for s in self.std):
+            raise EdgesegError("Contract key `input.std` must not contain 0.")
+        object.__setattr__(self, "scale", float(self.scale))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the model's (first) output means."""
+
+    name: str = "output"
+    activation: str = "none"
+    classes: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_choice("output.activation", self.activation, ACTIVATIONS)
+        classes = tuple(str(c) for c in self.classes)
+        palette = tuple(tuple(int(v) for v in colour) for colour in self.palette)
+        if classes and not palette:
+            palette = default_palette(len(classes))
+        if classes and len(palette) < len(classes):
+            raise EdgesegError(
+                f"Contract key `output.palette` has {len(palette)} colours for {len(classes)} classes."
+            )
+        if any(len(colour) != 3 or not all(0 <= v <= 255 for v in colour) for colour in palette):
+            raise EdgesegError("Contract key `output.palette` must hold [R, G, B] triples in 0..255.")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "palette", palette)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The whole contract: one per ONNX file. Read it with :func:`contract_from_metadata`.
+
+    Example::
+
+        contract = Contract(kind="segmentation",
+                            input=InputSpec(height=224, width=224, channels=3),
+                            output=OutputSpec(activation="softmax", classes=("background", "cell")))
+        metadata = {METADATA_KEY: contract.to_json()}
+    """
+
+    kind: str
+    input: InputSpec
+    output: OutputSpec = field(default_factory=OutputSpec)
+    source: Mapping[str, Any] = field(default_factory=dict)
+    verified: Mapping[str, Any] | None = None
+    calibration: Mapping[str, Any] | None = None
+    format: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _check_choice("kind", self.kind, KINDS)
+        if self.kind == "segmentation" and len(self.output.classes) < 1:
+            raise EdgesegError("Contract of a segmentation model needs `output.classes` (one name per class).")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.output.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input"]["mean"] = list(self.input.mean)
+        data["input"]["std"] = list(self.input.std)
+        data["output"]["classes"] = list(self.output.classes)
+        data["output"]["palette"] = [list(c) for c in self.output.palette]
+        data["source"] = dict(self.source)
+        for optional in ("verified", "calibration"):
+            if data[optional] is None:
+                del data[optional]
+            else:
+                data[optional] = dict(data[optional])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> Contract:
+        """A copy with top-level fields changed (``input``/``output`` take specs or dicts of changes)."""
+        for key in ("input", "output"):
+            if isinstance(changes.get(key), Mapping):
+                changes[key] = dataclasses.replace(getattr(self, key), **changes[key])
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str = "contract") -> Contract:
+        """Build and validate a contract; a missing or wrong key raises an error naming it."""
+        if not isinstance(data, Mapping):
+            raise EdgesegError(f"{origin}: the contract must be a JSON object, got {type(data).__name__}.")
+        fmt = data.get("format", FORMAT_VERSION)
+        if fmt != FORMAT_VERSION:
+            raise EdgesegError(
+                f"{origin}: contract format {fmt!r} is not supported (this edgeseg reads format {FORMAT_VERSION}); "
+                "upgrade edgeseg or re-export the model."
+            )
+        for key in ("kind", "input"):
+            if key not in data:
+                raise EdgesegError(f"{origin}: the contract lacks the key `{key}`.")
+        raw_input = dict(data["input"])
+        for key in ("height", "width", "channels"):
+            if key not in raw_input:
+                raise EdgesegError(f"{origin}: the contract lacks the key `input.{key}`.")
+        try:
+            spec_in = InputSpec(**_known(InputSpec, raw_input))
+            spec_out = OutputSpec(**_known(OutputSpec, dict(data.get("output") or {})))
+            return cls(
+                kind=data["kind"],
+                input=spec_in,
+                output=spec_out,
+                source=dict(data.get("source") or {}),
+                verified=data.get("verified"),
+                calibration=data.get("calibration"),
+                format=fmt,
+            )
+        except EdgesegError as error:
+            raise EdgesegError(f"{origin}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise EdgesegError(f"{origin}: malformed contract: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str, *, origin: str = "contract") -> Contract:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise EdgesegError(f"{origin}: the `{METADATA_KEY}` metadata is not valid JSON ({error}).") from None
+        return cls.from_dict(data, origin=origin)
+
+
+def contract_from_metadata(metadata: Mapping[str, str], *, origin: str = "model") -> Contract | None:
+    """The contract stored in an ONNX file's metadata map, or None when there is none.
+
+    ``metadata`` is ``session.get_modelmeta().custom_metadata_map`` from onnxruntime, or
+    :func:`metadata_of` applied to an ``onnx.ModelProto``.
+    """
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return None
+    return Contract.from_json(text, origin=origin)
+
+
+def metadata_of(model_proto: Any) -> dict[str, str]:
+    """``metadata_props`` of an ``onnx.ModelProto`` as a plain dict."""
+    return {entry.key: entry.value for entry in model_proto.metadata_props}
+
+
+def write_contract(model_proto: Any, contract: Contract) -> None:
+    """Store ``contract`` in ``model_proto.metadata_props`` (in place), replacing an older one."""
+    kept = [(e.key, e.value) for e in model_proto.metadata_props if e.key != METADATA_KEY]
+    del model_proto.metadata_props[:]
+    for key, value in kept:
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, contract.to_json()
+
+
+def _known(spec: type, data: dict[str, Any]) -> dict[str, Any]:
+    # Unknown keys are ignored so that later formats can extend a section without breaking readers.
+    names = {f.name for f in dataclasses.fields(spec)}
+    kept = {k: v for k, v in data.items() if k in names}
+    for key in ("mean", "std"):
+        if key in kept and not isinstance(kept[key], Sequence):
+            kept[key] = (kept[key],)
+    return kept
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise EdgesegError(f"Contract key `{key}` must be one of {', '.join(choices)}; got {value!r}.")
