@@ -28,11 +28,11 @@ from edgeseg.runtime._errors import EdgesegError
 log = logging.getLogger("edgeseg.bench")
 
 RUNNERS = (
-    "keras-predict", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32",
+    "keras-predict", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8",
     "edgeseg", "edgeseg-int8", "edgeseg-fast",
 )
 # Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
-INT8_RUNNERS = ("edgeseg-int8",)
+INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
 BASELINE = "ort-plain"
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
@@ -167,15 +167,14 @@ def run_worker(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def mask_agreement(masks: Path, reference: Path) -> float | None:
     """Share of pixels whose class id matches the reference's, over the frames both wrote."""
-    import cv2
+    from edgeseg._bench_worker import read_mask
 
     same = total = 0
     for ref_path in sorted(reference.glob("*.png")):
         path = masks / ref_path.name
         if not path.exists():
             continue
-        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        b = cv2.imread(str(ref_path), cv2.IMREAD_UNCHANGED)
+        a, b = read_mask(path), read_mask(ref_path)
         if a is None or b is None or a.shape != b.shape:
             continue
         same += int(np.count_nonzero(a == b))

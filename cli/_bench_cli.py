@@ -8,7 +8,7 @@ from pathlib import Path
 
 _RUNNER_HELP = (
     "comma-separated runners (default: all): keras-predict, keras-call, ort-plain, opencv-dnn, openvino, "
-    "openvino-f32, edgeseg, edgeseg-int8, edgeseg-fast; one that cannot run here is reported as skipped with the reason"
+    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast; one that cannot run here is reported as skipped with the reason"
 )
 
 

@@ -25,7 +25,7 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 # Runners that need TensorFlow; the orchestrator skips them where it is absent.
 KERAS_RUNNERS = ("keras-predict", "keras-call")
 EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast")
-ENGINE_RUNNERS = ("ort-plain", "opencv-dnn", "openvino", "openvino-f32")
+ENGINE_RUNNERS = ("ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8")
 
 
 class Skip(Exception):
@@ -76,8 +76,6 @@ def read_contract(path: str):
 
 def run_loop(job: dict[str, Any], contract, infer: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
     """The shared read -> preprocess -> run -> argmax -> write loop, timed per stage."""
-    import cv2
-
     from edgeseg.runtime import open_source, preprocess, restore
 
     masks = Path(job["out"]) / "masks"
@@ -107,7 +105,7 @@ def run_loop(job: dict[str, Any], contract, infer: Callable[[np.ndarray], np.nda
         t3 = clock()
         mask = restore(class_ids(output, contract.num_classes), geometry, nearest=True)
         t4 = clock()
-        cv2.imwrite(str(masks / f"{mask_name(frame.name)}.png"), mask)
+        write_mask(masks / f"{mask_name(frame.name)}.png", mask, contract.output.palette)
         t5 = clock()
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             times[stage].append(seconds * 1000.0)
@@ -164,7 +162,10 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.nda
             return net.forward()
 
         return forward
-    if runner in ("openvino", "openvino-f32"):
+    if runner in ("openvino", "openvino-f32", "openvino-int8"):
+        model_path = job["int8"] if runner == "openvino-int8" else job["model"]
+        if not model_path:
+            raise Skip("no INT8 model given (pass --int8 M.int8.onnx)")
         try:
             import openvino as ov
         except ImportError:
@@ -174,7 +175,7 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.nda
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        compiled = ov.Core().compile_model(job["model"], "CPU", config)
+        compiled = ov.Core().compile_model(model_path, "CPU", config)
         request = compiled.create_infer_request()
         return lambda batch: request.infer({0: batch})[0]
     raise Skip(f"unknown runner `{runner}`")
@@ -198,7 +199,10 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
 
 
 def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
-    """The runtime as users run it: ``segment(source, model=..., out=...)``, timed from its summary."""
+    """The runtime as users run it: ``segment(source, model=..., out=...)``, timed from its summary.
+
+    Only the ``masks`` output is asked for, so it does the same output work as the other runners.
+    """
     try:
         from edgeseg.runtime import segment
     except ImportError:
@@ -208,22 +212,47 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     if runner == "edgeseg-int8" and not model_path:
         raise Skip("no INT8 model given (pass --int8 M.int8.onnx, or a .keras --model to calibrate one)")
     if runner == "edgeseg-fast":
-        raise Skip("the runtime offers no faster configuration than `edgeseg` yet (see benchmarks/FINDINGS.md)")
+        # The measured choice (benchmarks/FINDINGS.md) is OpenVINO on the INT8 QDQ file; the runtime
+        # has no such engine yet, and this runner must not run a private fast path.
+        raise Skip("the runtime offers no configuration faster than `edgeseg`/`edgeseg-int8` yet "
+                   "(benchmarks/FINDINGS.md: OpenVINO on the INT8 model; see the openvino-int8 runner)")
     out = Path(job["out"])
-    start = time.perf_counter()
-    summary = segment(job["source"], model=model_path, out=out, max_frames=job["frames"])
-    total = time.perf_counter() - start
+    summary = segment(job["source"], model=model_path, out=out, threads=job.get("threads"),
+                      max_frames=job["frames"], outputs=("masks",))
     stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
-    frames = int(summary["frames"])
+    infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
     return {
-        "frames": frames,
+        "frames": int(summary["frames"]),
         "frames_failed": int(summary.get("frames_failed", 0)),
-        # The runtime's own fps excludes loading the model; ours includes it, so we report the runtime's.
-        "fps": float(summary.get("fps") or frames / total),
-        "infer_fps": 1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else float("nan"),
+        "fps": float(summary["fps"]),
+        "infer_fps": float(infer_fps) if infer_fps else None,
         "stage_ms": stage_ms,
         "masks": str(out / "masks"),
     }
+
+
+def write_mask(path: Path, mask: np.ndarray, palette) -> None:
+    """The runtime's mask writer (palette PNG) where it exists, so every runner writes the same bytes."""
+    try:
+        from edgeseg.runtime import write_mask_png
+    except ImportError:
+        import cv2
+
+        cv2.imwrite(str(path), mask)
+        return
+    write_mask_png(path, mask, palette)
+
+
+def read_mask(path: Path) -> np.ndarray | None:
+    """Class ids from a mask PNG written by :func:`write_mask` or by ``edgeseg segment``."""
+    try:
+        from edgeseg.runtime import read_mask_png
+    except ImportError:
+        import cv2
+
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        return image if image is None or image.ndim == 2 else image[:, :, 0]
+    return read_mask_png(path)
 
 
 if __name__ == "__main__":
