@@ -126,7 +126,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "repeats": config.repeats,
         "threads": config.threads,
         "flops_per_frame": flops,
-        "ceiling_gflops": {"fp32": ceiling.get("fp32"), "int8": ceiling.get("int8")},
+        "ceiling_gflops": {k: ceiling.get(k) for k in ("fp32", "bf16", "int8")},
         "ceiling_details": ceiling.get("details", []),
         "agreement_reference": reference_runner,
         "baseline": BASELINE,
@@ -193,7 +193,10 @@ def summarize(name: str, results: list[dict[str, Any]], *, flops: int, ceiling: 
     infer_fps = [r["infer_fps"] for r in done]
     infer_median = float(np.median(infer_fps))
     gflops = flops * infer_median / 1e9
-    ceiling_kind = "int8" if name in INT8_RUNNERS else "fp32"
+    # Each runner is held to the ceiling of the precision it computes in (OpenVINO at its defaults
+    # runs bf16 on CPUs that have it; INT8 runners run int8 kernels).
+    precisions = {r.get("precision") for r in done}
+    ceiling_kind = "int8" if name in INT8_RUNNERS else "bf16" if "bf16" in precisions else "fp32"
     top = ceiling.get(ceiling_kind)
     agreements = [r["agreement"] for r in done if r.get("agreement") is not None]
     return {
@@ -252,23 +255,24 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{Path(report['model']).name}`, {report['flops_per_frame'] / 1e9:.2f} GFLOP/frame; "
         f"source `{Path(report['source']).name}`, {report['frames']} frames x {report['repeats']} interleaved repeats; "
-        f"ceiling FP32 {_num(ceiling.get('fp32'), '.0f')} / INT8 {_num(ceiling.get('int8'), '.0f')} GFLOP/s; "
+        f"ceiling FP32 {_num(ceiling.get('fp32'), '.0f')} / BF16 {_num(ceiling.get('bf16'), '.0f')} / "
+        f"INT8 {_num(ceiling.get('int8'), '.0f')} GFLOP/s (efficiency: against the runner's own precision); "
         f"agreement vs `{report['agreement_reference']}`.",
         "",
         f"| runner | fps (e2e) | min-max | x {report['baseline']} | infer fps | decode / pre / infer / post / write ms "
-        "| agreement | GFLOP/s | efficiency | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| agreement | GFLOP/s | efficiency | precision | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["runners"].items():
         if r.get("skipped"):
-            lines.append(f"| {name} | skipped: {r['skipped']} |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {name} | skipped: {r['skipped']} |  |  |  |  |  |  |  |  |  |")
             continue
         stages = " / ".join(_num(r["stage_ms"].get(s), ".1f") for s in STAGES)
         spread = r.get("fps_spread") or [None, None]
         lines.append(
             f"| {name} | {_num(r['fps'], '.2f')} | {_num(spread[0], '.2f')}-{_num(spread[1], '.2f')} "
             f"| {_num(report['ratios'].get(name), '.2f')} | {_num(r['infer_fps'], '.2f')} | {stages} "
-            f"| {_pct(r['agreement'])} | {_num(r['gflops'], '.0f')} | {_pct(r['efficiency'])} "
+            f"| {_pct(r['agreement'])} | {_num(r['gflops'], '.0f')} | {_pct(r['efficiency'])} | {r['efficiency_vs']} "
             f"| {_num(r['peak_mb'], '.0f')} |"
         )
     return "\n".join(lines) + "\n"

@@ -53,8 +53,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if runner in EDGESEG_RUNNERS:
         return _run_edgeseg(job)
     contract = read_contract(job["model"])
-    infer = _open_engine(runner, job, contract)
-    return run_loop(job, contract, infer)
+    infer, precision = _open_engine(runner, job, contract)
+    return {**run_loop(job, contract, infer), "precision": precision}
 
 
 def read_contract(path: str):
@@ -137,10 +137,11 @@ def mask_name(frame_name: str) -> str:
     return frame_name.replace("/", "__")
 
 
-def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.ndarray], np.ndarray]:
+def _open_engine(runner: str, job: dict[str, Any], contract) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """``(infer, precision)``: the engine as a function of a batch, and the precision it computes in."""
     threads = job.get("threads")
     if runner in KERAS_RUNNERS:
-        return _open_keras(runner, job["keras"], threads)
+        return _open_keras(runner, job["keras"], threads), "fp32"
     if runner == "ort-plain":
         import onnxruntime as ort
 
@@ -149,7 +150,7 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.nda
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(job["model"], options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: batch})[0]
+        return lambda batch: session.run(None, {name: batch})[0], "fp32"
     if runner == "opencv-dnn":
         import cv2
 
@@ -161,7 +162,7 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.nda
             net.setInput(batch)
             return net.forward()
 
-        return forward
+        return forward, "fp32"
     if runner in ("openvino", "openvino-f32", "openvino-int8"):
         model_path = job["int8"] if runner == "openvino-int8" else job["model"]
         if not model_path:
@@ -177,7 +178,10 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> Callable[[np.nda
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = ov.Core().compile_model(model_path, "CPU", config)
         request = compiled.create_infer_request()
-        return lambda batch: request.infer({0: batch})[0]
+        from edgeseg._bench_ceiling import precision_name
+
+        precision = "int8" if runner == "openvino-int8" else precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return lambda batch: request.infer({0: batch})[0], precision
     raise Skip(f"unknown runner `{runner}`")
 
 

@@ -71,7 +71,7 @@ def tiny(tmp_path_factory):
 def report(tiny, tmp_path_factory):
     model, frames = tiny
     config = BenchConfig(
-        model=model, source=str(frames), runners=("ort-plain", "opencv-dnn", "keras-predict"),
+        model=model, source=str(frames), runners=("ort-plain", "opencv-dnn", "keras-predict", "openvino-int8"),
         frames=3, repeats=2, work_dir=tmp_path_factory.mktemp("work"), measure_ceiling=False,
     )
     return run_bench(config)
@@ -99,6 +99,8 @@ def test_skipped_runner_is_reported_with_its_reason(report):
     r = report["runners"]["keras-predict"]
     assert "--keras" in r["skipped"]
     assert r["fps"] is None and len(r["runs"]) == 1  # not retried on later rounds
+    assert "--int8" in report["runners"]["openvino-int8"]["skipped"]
+    assert report["ratios"]["keras-predict"] is None
 
 
 def test_masks_written_per_frame_at_frame_size(report, tiny):
@@ -112,7 +114,7 @@ def test_masks_written_per_frame_at_frame_size(report, tiny):
 def test_markdown_table_has_a_row_per_runner(report):
     table = markdown_table(report)
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| runner")]
-    assert [row.split("|")[1].strip() for row in rows] == ["ort-plain", "opencv-dnn", "keras-predict"]
+    assert [row.split("|")[1].strip() for row in rows] == ["ort-plain", "opencv-dnn", "keras-predict", "openvino-int8"]
     assert "skipped: no Keras model given" in table
     assert "100.00%" in table  # ort-plain agrees with itself
 
