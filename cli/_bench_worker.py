@@ -38,9 +38,24 @@ def main(argv: list[str]) -> int:
         result = run_job(job)
     except Skip as reason:
         result = {"skipped": str(reason)}
-    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_mb"] = peak_rss_mb()
     Path(argv[1]).write_text(json.dumps(result))
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MB.
+
+    ``/proc/self/status`` VmHWM, not ``getrusage``: Linux carries ``ru_maxrss`` over from the parent
+    across fork + exec, so every worker would report at least the orchestrator's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # other systems: the best there is
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
