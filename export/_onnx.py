@@ -1,0 +1,353 @@
+"""Keras model -> ONNX ``ModelProto`` -> contract in its metadata -> atomic write.
+
+The one conversion call is :func:`_convert`; everything else (the functional wrapper that names
+the input and fixes its shape, the NCHW input, the contract) is ours, so a different converter
+(for example a low-memory one for the full-size FCN-8) drops in at that one call site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeseg.runtime._contract import KINDS, Contract, InputSpec, OutputSpec, write_contract
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+# The functional wrapper every export goes through: its name is the first scope of every ONNX
+# node name, which is how verification finds each Keras layer's tensor in the graph.
+WRAPPER_NAME = "edgeseg"
+
+
+@dataclass(frozen=True)
+class ContractFacts:
+    """Contract facts given on the command line; None means "what the .keras record says".
+
+    Explicit values win over the record, so a foreign ``.keras`` (no record) exports too.
+    """
+
+    kind: str | None = None
+    color: str | None = None
+    scale: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str | None = None
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    path: Path
+    contract: Contract
+    nodes: int
+    rewritten: int = 0
+    report: Any = None  # the VerifyReport when verification ran
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """Verification to run before an export is written (``edgeseg export --verify``)."""
+
+    images: Path | None = None
+    random: int = 4
+    tolerance: float = 1e-5
+    seed: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def to_onnx(
+    model: Any,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    nchw: bool = False,
+    input_name: str = INPUT_NAME,
+) -> Any:
+    """Convert a Keras model (functional or Sequential, nested sub-models too) to ONNX.
+
+    The ONNX input is ``input_name`` with static height and width (dynamic ones bloat every
+    ConvTranspose with Shape/Slice sub-graphs) and a dynamic batch unless ``batch`` is given.
+    ``height``/``width`` fill the model's unknown spatial sizes. ``nchw`` makes the input NCHW.
+
+    Example::
+
+        proto = to_onnx(model, opset=17)          # (N, H, W, C) input named "image"
+        onnx.save(proto, "model.onnx")
+    """
+    import keras
+    import tensorflow as tf
+
+    from edgeseg.export import _patches
+
+    _patches.apply()
+    if len(model.inputs) != 1:
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: it has {len(model.inputs)} inputs; edgeseg exports models with one input."
+        )
+    shape = list(model.inputs[0].shape[1:])
+    if len(shape) == 3:
+        shape[0] = shape[0] if shape[0] is not None else height
+        shape[1] = shape[1] if shape[1] is not None else width
+    if any(d is None for d in shape):
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
+            "edgeseg exports static height and width. Pass them (the .keras record's input.height/width, or "
+            "--input-size)."
+        )
+    image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
+    # Calling the model inside a functional wrapper is also what makes Sequential models
+    # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
+    wrapper = keras.Model(image, model(image), name=WRAPPER_NAME)
+    signature = (tf.TensorSpec((batch, *shape), tf.float32, name=input_name),)
+    proto = _convert(wrapper, input_signature=signature, opset=opset)
+    if nchw:
+        if len(shape) != 3:
+            raise EdgesegError(f"--nchw needs an image input (H, W, C); model `{model.name}` takes {tuple(shape)}.")
+        _input_as_nchw(proto, input_name)
+    return proto
+
+
+def _convert(model: Any, *, input_signature: Sequence[Any], opset: int) -> Any:
+    # The single conversion call site: a drop-in with this signature may replace it.
+    import tf2onnx
+
+    return tf2onnx.convert.from_keras(model, input_signature=input_signature, opset=opset)[0]
+
+
+def _input_as_nchw(proto: Any, name: str) -> None:
+    """Make graph input ``name`` NCHW (in place), removing the NHWC->NCHW Transpose tf2onnx put after it.
+
+    Done on the graph rather than through tf2onnx's ``inputs_as_nchw`` so the conversion call
+    keeps the plain signature a drop-in converter offers.
+    """
+    import onnx
+
+    graph = proto.graph
+    value = next(v for v in graph.input if v.name == name)
+    dims = value.type.tensor_type.shape.dim
+    n, h, w, c = (onnx.TensorShapeProto.Dimension() for _ in range(4))
+    for copy, dim in zip((n, h, w, c), dims):
+        copy.CopyFrom(dim)
+    del dims[:]
+    dims.extend([n, c, h, w])
+    consumers = [node for node in graph.node if name in node.input]
+    nhwc = f"{name}__nhwc"
+    needs_nhwc = False
+    for node in consumers:
+        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+        if node.op_type == "Transpose" and perm == [[0, 3, 1, 2]]:
+            # NHWC -> NCHW right after the input: now a no-op; its readers read the input itself.
+            for other in graph.node:
+                other.input[:] = [name if i == node.output[0] else i for i in other.input]
+            for output in graph.output:
+                if output.name == node.output[0]:
+                    raise EdgesegError("--nchw: the model's output is its transposed input; nothing to export.")
+            graph.node.remove(node)
+        else:
+            node.input[:] = [nhwc if i == name else i for i in node.input]
+            needs_nhwc = True
+    if needs_nhwc:
+        graph.node.insert(0, onnx.helper.make_node("Transpose", [name], [nhwc], name=nhwc, perm=[0, 2, 3, 1]))
+
+
+def build_contract(
+    model: Any,
+    record: Mapping[str, Any] | None,
+    facts: ContractFacts,
+    *,
+    output_name: str,
+    layout: str = "NHWC",
+    source: Mapping[str, Any] | None = None,
+) -> tuple[Contract, dict[str, Any]]:
+    """The contract for ``model``: the record as training wrote it, overridden by ``facts``.
+
+    Returns ``(contract, extras)``: ``extras`` are the record's top-level keys the Contract does
+    not model (a decoder's ``latent``), kept so they reach the ONNX metadata unchanged.
+    """
+    record = dict(record or {})
+    kind = facts.kind or record.get("kind")
+    if kind is None:
+        raise EdgesegError(
+            f"The .keras file has no edgeseg record, so the model's kind is unknown; pass --kind ({'|'.join(KINDS)})."
+        )
+    raw_input = dict(record.get("input") or {})
+    # A decoder's input is the latent code; its contract input describes the image it makes.
+    image_tensor = model.outputs[0] if kind == "decoder" else model.inputs[0]
+    image_shape = tuple(image_tensor.shape[1:])
+    if len(image_shape) == 3:
+        for key, size in zip(("height", "width", "channels"), image_shape):
+            if size is not None and raw_input.get(key) is None:
+                raw_input[key] = int(size)
+    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
+        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
+        if record.get("input") is None:
+            log.warning("No edgeseg record in the .keras file: assuming %s input scaled by 1/255 (override with --color/--scale/--mean/--std).", raw_input["color"])
+    for key in ("color", "scale", "mean", "std", "resize"):
+        value = getattr(facts, key)
+        if value is not None:
+            raw_input[key] = value
+    raw_input["layout"] = layout
+    if kind != "decoder":
+        raw_input["name"] = INPUT_NAME
+    raw_output = dict(record.get("output") or {})
+    raw_output["name"] = output_name
+    if facts.classes is not None:
+        raw_output["classes"] = list(facts.classes)
+        if len(raw_output.get("palette") or ()) < len(facts.classes):
+            raw_output.pop("palette", None)
+    raw_output.setdefault("activation", _final_activation(model))
+    if kind == "segmentation" and not raw_output.get("classes"):
+        raise EdgesegError("A segmentation model needs its class names; pass --classes background,cell (or a count).")
+    data = {"kind": kind, "input": raw_input, "output": raw_output, "source": dict(source or {})}
+    contract = Contract.from_dict(data, origin="export")
+    known = {"format", "kind", "input", "output", "source", "verified", "calibration"}
+    extras = {k: v for k, v in record.items() if k not in known}
+    if kind == "decoder" and "latent" not in extras:
+        extras["latent"] = {"shape": [d for d in model.inputs[0].shape[1:]]}
+    return contract, extras
+
+
+def write_metadata(proto: Any, contract: Contract, extras: Mapping[str, Any] | None = None) -> None:
+    """Write ``contract`` (plus the record's ``extras``) into ``proto``'s metadata, in place."""
+    import json
+
+    from edgeseg.runtime._contract import METADATA_KEY
+
+    write_contract(proto, contract)
+    if extras:
+        entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
+        entry.value = json.dumps({**contract.to_dict(), **extras}, sort_keys=True)
+
+
+def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
+    """Write ``proto`` to ``path`` through a temporary file beside it, so no half-written model is left."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}-", dir=path.parent)
+    except OSError as error:
+        raise EdgesegError(f"Cannot write `{path}`: {error.strerror}. Choose a writable -o path.") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(proto.SerializeToString())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_versions(*, keras_sha256: str, opset: int, **more: Any) -> dict[str, Any]:
+    """The contract's ``source``: what made this file, so a result can be reproduced."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from edgeseg import __version__
+
+    return {
+        "keras_sha256": keras_sha256,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "opset": opset,
+        "edgeseg": __version__,
+        **more,
+    }
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    nchw: bool = False,
+    cuda_friendly: bool = False,
+    facts: ContractFacts = ContractFacts(),
+    verify: VerifyRequest | None = None,
+) -> ExportResult:
+    """Export a ``.keras`` file to ONNX with the contract inside; optionally verify first.
+
+    With ``verify``, the export is checked layer by layer before it is written, the summary
+    goes into the contract's ``verified``, and the file is written even when a layer fails
+    (the result's report says which; the command line exits 1).
+
+    Example::
+
+        result = export_model("runs/fcn8/model.keras", "fcn8.onnx", verify=VerifyRequest(random=2))
+        print(result.contract.output.classes, result.report.ok)
+    """
+    from edgeseg.export._cuda_friendly import cuda_friendly as rewrite
+    from edgeseg.export._keras_file import load_model
+
+    model, record = load_model(model_path)
+    keras_sha = sha256_of(model_path)
+    raw_input = (record or {}).get("input") or {}
+    exported, rewritten = rewrite(model) if cuda_friendly else (model, 0)
+    proto = to_onnx(
+        exported,
+        height=raw_input.get("height"),
+        width=raw_input.get("width"),
+        opset=opset,
+        batch=batch,
+        nchw=nchw,
+        input_name=INPUT_NAME if (facts.kind or (record or {}).get("kind")) != "decoder" else raw_input.get("name", INPUT_NAME),
+    )
+    source = source_versions(
+        keras_sha256=keras_sha, opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
+    )
+    contract, extras = build_contract(
+        model, record, facts, output_name=proto.graph.output[0].name, layout="NCHW" if nchw else "NHWC", source=source
+    )
+    report = None
+    if verify is not None:
+        from edgeseg.export._verify import verify_models
+
+        report = verify_models(
+            model, proto, contract, images=verify.images, random=verify.random, tolerance=verify.tolerance, seed=verify.seed
+        )
+        contract = contract.replace(verified=report.summary())
+    write_metadata(proto, contract, extras)
+    path = save_onnx(proto, output_path)
+    log.info("exported %s -> %s (%d nodes, opset %d)", model_path, path, len(proto.graph.node), opset)
+    return ExportResult(path=path, contract=contract, nodes=len(proto.graph.node), rewritten=rewritten, report=report)
+
+
+def _final_activation(model: Any) -> str:
+    # The contract's output.activation when training recorded none: read it off the last layer.
+    from edgeseg.export._graph import leaf_layers
+
+    leaves = leaf_layers(model)
+    if not leaves:
+        return "none"
+    last = leaves[-1][1]
+    name = type(last).__name__.lower()
+    if name == "softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    activation = getattr(activation, "__name__", activation)
+    return activation if activation in ("softmax", "sigmoid") else "none"
