@@ -91,6 +91,7 @@ def to_onnx(
     import tensorflow as tf
 
     from edgeseg.export import _patches
+    from edgeseg.export._cuda_friendly import exportable
 
     _patches.apply()
     if len(model.inputs) != 1:
@@ -107,6 +108,7 @@ def to_onnx(
             "edgeseg exports static height and width. Pass them (the .keras record's input.height/width, or "
             "--input-size)."
         )
+    model, _ = exportable(model)
     image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
     # Calling the model inside a functional wrapper is also what makes Sequential models
     # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
