@@ -13,6 +13,7 @@ from edgeseg.runtime._contract import (
     write_contract,
 )
 from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime._frames import Frame, VideoInfo, open_source, read_image
 from edgeseg.runtime._preprocess import Geometry, preprocess, preprocess_batch, restore
 
 __all__ = [
@@ -20,12 +21,16 @@ __all__ = [
     "BadInputError",
     "Contract",
     "EdgesegError",
+    "Frame",
     "Geometry",
     "InputSpec",
+    "VideoInfo",
     "OutputSpec",
     "contract_from_metadata",
+    "open_source",
     "preprocess",
     "preprocess_batch",
+    "read_image",
     "restore",
     "write_contract",
 ]
