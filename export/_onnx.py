@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class VerifyRequest:
     random: int = 4
     tolerance: float = 1e-5
     seed: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def to_onnx(
@@ -307,24 +306,22 @@ def export_model(
     from edgeseg.export._keras_file import load_model
 
     model, record = load_model(model_path)
-    keras_sha = sha256_of(model_path)
-    raw_input = (record or {}).get("input") or {}
+    source = source_versions(
+        keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
+    )
+    # The contract first: a missing fact fails here, before the slow conversion.
+    contract, extras = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
     exported, rewritten = rewrite(model) if cuda_friendly else (model, 0)
     proto = to_onnx(
         exported,
-        height=raw_input.get("height"),
-        width=raw_input.get("width"),
+        height=contract.input.height,
+        width=contract.input.width,
         opset=opset,
         batch=batch,
         nchw=nchw,
-        input_name=INPUT_NAME if (facts.kind or (record or {}).get("kind")) != "decoder" else raw_input.get("name", INPUT_NAME),
+        input_name=contract.input.name,
     )
-    source = source_versions(
-        keras_sha256=keras_sha, opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
-    )
-    contract, extras = build_contract(
-        model, record, facts, output_name=proto.graph.output[0].name, layout="NCHW" if nchw else "NHWC", source=source
-    )
+    contract = contract.replace(output={"name": proto.graph.output[0].name})
     report = None
     if verify is not None:
         from edgeseg.export._verify import verify_models

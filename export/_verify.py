@@ -81,9 +81,9 @@ class VerifyReport:
         if self.output.get("argmax_agreement") is not None:
             out += f", argmax agreement {self.output['argmax_agreement']:.6f}"
         verdict = "all layers within tolerance" if self.ok else f"FIRST FAILURE: {self.first_failure}"
-        inputs = f"{self.inputs['count']} {self.inputs['kind']} input(s)"
+        inputs = f"inputs: {self.inputs['count']} {self.inputs['kind']}"
         if self.inputs.get("skipped"):
-            inputs += f", {self.inputs['skipped']} unreadable skipped"
+            inputs += f" ({self.inputs['skipped']} unreadable, skipped)"
         return "\n".join([*rows, out, f"{inputs}; tolerance {self.tolerance:g} x max(1, range); {verdict}"])
 
 
@@ -179,11 +179,10 @@ def verify_models(
     stats = {p.name: _Stats() for p in probes}
     out_stats, agree, pixels = _Stats(), 0, 0
     for batch in batches:
-        feed, n = batch, batch.shape[0]
-        if onnx_batch is not None and onnx_batch != n:
-            feed = np.concatenate([batch] * math.ceil(onnx_batch / n))[:onnx_batch] if n < onnx_batch else None
-            if feed is None:
-                raise EdgesegError(f"The ONNX model takes batches of exactly {onnx_batch}; verify feeds {n} at a time.")
+        # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
+        # a fixed-batch export gets that input repeated to its batch size.
+        n = batch.shape[0]
+        feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
         expected = [np.asarray(a) for a in probe_model(feed, training=False)]
         onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
         got = session.run(onnx_names, {proto.graph.input[0].name: np.ascontiguousarray(onnx_feed)})
