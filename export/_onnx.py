@@ -8,6 +8,7 @@ the input and fixes its shape, the NCHW input, the contract) is ours, so a diffe
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime._contract import KINDS, Contract, InputSpec, OutputSpec, write_contract
+from edgeseg.runtime._contract import KINDS, METADATA_KEY, Contract, write_contract
 from edgeseg.runtime._errors import EdgesegError
 
 log = logging.getLogger(__name__)
@@ -192,14 +193,19 @@ def build_contract(
         for key, size in zip(("height", "width", "channels"), image_shape):
             if size is not None and raw_input.get(key) is None:
                 raw_input[key] = int(size)
-    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
-        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
-        if record.get("input") is None:
-            log.warning("No edgeseg record in the .keras file: assuming %s input scaled by 1/255 (override with --color/--scale/--mean/--std).", raw_input["color"])
     for key in ("color", "scale", "mean", "std", "resize"):
         value = getattr(facts, key)
         if value is not None:
             raw_input[key] = value
+    defaulted = [key for key in ("color", "scale", "mean", "std", "resize") if key not in raw_input]
+    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
+        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
+    if defaulted:
+        # Say it loudly once: a wrong default here makes every deployed prediction wrong.
+        log.warning(
+            "The contract takes defaults for input %s (%s, scale 1/255, mean 0, std 1, stretch); "
+            "pass --%s to set them.", ", ".join(defaulted), raw_input.get("color"), "/--".join(defaulted)
+        )
     raw_input["layout"] = layout
     if kind != "decoder":
         raw_input["name"] = INPUT_NAME
@@ -223,10 +229,6 @@ def build_contract(
 
 def write_metadata(proto: Any, contract: Contract, extras: Mapping[str, Any] | None = None) -> None:
     """Write ``contract`` (plus the record's ``extras``) into ``proto``'s metadata, in place."""
-    import json
-
-    from edgeseg.runtime._contract import METADATA_KEY
-
     write_contract(proto, contract)
     if extras:
         entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)

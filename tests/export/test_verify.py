@@ -16,7 +16,8 @@ from edgeseg.cli import main
 def exports(model_files, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     paths = {}
-    for name, extra in [("fcn8", []), ("fcn8-nchw", ["--nchw"]), ("fcn8-cuda", ["--cuda-friendly"]), ("cae", [])]:
+    for name, extra in [("fcn8", []), ("fcn8-nchw", ["--nchw"]), ("fcn8-cuda", ["--cuda-friendly"]), ("cae", []),
+                        ("cae-nchw", ["--nchw", "--cuda-friendly"])]:
         paths[name] = folder / f"{name}.onnx"
         source = model_files[name.split("-")[0]]
         assert main(["export", str(source), "-o", str(paths[name]), *extra]) == 0
@@ -52,6 +53,11 @@ def test_sequential_cae_verifies_on_images_through_the_contract(model_files, exp
     assert code == 0
     assert report["inputs"] == {"kind": "images", "count": 2, "skipped": 1}
     assert [layer["type"] for layer in report["layers"]] == ["Conv2D", "Conv2D", "Conv2DTranspose", "Conv2DTranspose", "Activation"]
+
+
+def test_single_channel_nchw_export_verifies(model_files, exports, tmp_path):
+    code, report = _verify(model_files["cae"], exports["cae-nchw"], tmp_path / "r.json", "--random", "2")
+    assert code == 0 and len(report["layers"]) == 5
 
 
 def test_layers_transposed_reports_only_transposed_convolutions(model_files, exports, tmp_path):
