@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
-# The functional wrapper every export goes through: its name is the first scope of every ONNX
-# node name, which is how verification finds each Keras layer's tensor in the graph.
+# The functional wrapper every export goes through (it names and shapes the input); tf2onnx
+# names nodes `edgeseg/<model>/<layer>/<op>`, and verification finds each layer by those names.
 WRAPPER_NAME = "edgeseg"
 
 
@@ -200,8 +200,8 @@ def build_contract(
     defaulted = [key for key in ("color", "scale", "mean", "std", "resize") if key not in raw_input]
     if "color" not in raw_input and raw_input.get("channels") in (1, 3):
         raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
-    if defaulted:
-        # Say it loudly once: a wrong default here makes every deployed prediction wrong.
+    if defaulted and not record:
+        # A foreign .keras: say it loudly once: a wrong default here makes every deployed prediction wrong.
         log.warning(
             "The contract takes defaults for input %s (%s, scale 1/255, mean 0, std 1, stretch); "
             "pass --%s to set them.", ", ".join(defaulted), raw_input.get("color"), "/--".join(defaulted)

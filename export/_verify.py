@@ -3,8 +3,8 @@
 Both sides run the same inputs. On the Keras side the model's graph is re-run flat (nested
 sub-models entered) with every inspected layer's output kept. On the ONNX side the exported
 file itself is run with extra graph outputs: each Keras layer's tensor is found by name, since
-every node tf2onnx writes is named ``edgeseg/<model>/<layer>/<op>`` (with Keras' ``_1`` scope
-suffixes). So a file altered after export fails here, and the report names the layer.
+every node tf2onnx writes is named ``[edgeseg/]<model>/<layer>/<op>`` (with Keras' ``_1``
+scope suffixes). So a file altered after export fails here, and the report names the layer.
 """
 
 from __future__ import annotations
@@ -176,24 +176,22 @@ def verify_models(
     batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
     onnx_batch = _fixed_batch(proto)
 
-    stats = {p.name: _Stats() for p in probes}
-    out_stats, agree, pixels = _Stats(), 0, 0
+    stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
+    agree = pixels = 0
     for batch in batches:
         # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
         # a fixed-batch export gets that input repeated to its batch size.
         n = batch.shape[0]
         feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
-        expected = [np.asarray(a) for a in probe_model(feed, training=False)]
+        expected = [np.asarray(a)[:n] for a in probe_model(feed, training=False)]
         onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
         got = session.run(onnx_names, {proto.graph.input[0].name: np.ascontiguousarray(onnx_feed)})
         for probe, keras_out, onnx_out in zip(probes, expected, got):
-            onnx_out = _to_nhwc(onnx_out, keras_out.shape, layouts[probe.name], probe.name)
-            stats[probe.name].add(keras_out[:n], onnx_out[:n])
-        keras_final, onnx_final = expected[-1][:n], _to_nhwc(got[-1], expected[-1].shape, layouts["<output>"], "output")[:n]
-        out_stats.add(keras_final, onnx_final)
+            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
+            stats[probe.name].add(keras_out, onnx_out)
         if contract.kind == "segmentation":
-            agree += int(np.count_nonzero(keras_final.argmax(-1) == onnx_final.argmax(-1)))
-            pixels += int(np.prod(keras_final.shape[:-1]))
+            agree += int(np.count_nonzero(keras_out.argmax(-1) == onnx_out.argmax(-1)))
+            pixels += int(np.prod(keras_out.shape[:-1]))
 
     checks = []
     for probe in probes:
@@ -211,11 +209,12 @@ def verify_models(
                 ok=bool(s.max_abs <= tolerance * scale),
             )
         )
-    output_ok = out_stats.max_abs <= tolerance * max(1.0, out_stats.range)
+    final = stats["<output>"]
+    output_ok = final.max_abs <= tolerance * max(1.0, final.range)
     first = next((c.name for c in checks if not c.ok), None)
     if first is None and not output_ok:
         first = "output"
-    output = {"max_abs_err": float(out_stats.max_abs), "argmax_agreement": agree / pixels if pixels else None}
+    output = {"max_abs_err": float(final.max_abs), "argmax_agreement": agree / pixels if pixels else None}
     return VerifyReport(
         ok=first is None,
         first_failure=first,
@@ -296,10 +295,8 @@ def _onnx_probe(
     import onnx
     import onnxruntime as ort
 
-    from edgeseg.export._onnx import WRAPPER_NAME
-
     graph = proto.graph
-    scope_tensor = _layer_tensors(graph, list(everyone.values()), WRAPPER_NAME)
+    scope_tensor = _layer_tensors(graph, list(everyone.values()))
     if scope_tensor is None:
         raise EdgesegError(
             "The ONNX file does not come from this Keras model: none of its nodes carry the model's layer names "
@@ -343,7 +340,7 @@ def _onnx_probe(
     return session, names, chosen
 
 
-def _layer_tensors(graph: Any, layers: list[_Probe], wrapper: str) -> dict[str, str] | None:
+def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
     """Report name -> the ONNX tensor holding that layer's output (the last node of its scope).
 
     TensorFlow uniquifies name scopes while tracing, so layer ``conv2d`` may appear as scope
@@ -359,16 +356,16 @@ def _layer_tensors(graph: Any, layers: list[_Probe], wrapper: str) -> dict[str, 
     options: dict[str, list[str]] = {}  # scope path -> candidate report names
     for node in graph.node:
         parts = node.name.split("/")
-        if len(parts) < 3 or not parts[0].startswith(wrapper) or _INSERTED.search(node.name):
+        if len(parts) < 2 or _INSERTED.search(node.name):
             continue
-        for depth in range(len(parts) - 2, 0, -1):
+        for depth in range(len(parts) - 2, -1, -1):
             names = _scope_candidates(parts[depth], by_name)
             if not names:
                 continue
             scope = "/".join(parts[: depth + 1])
             last_node[scope] = node.output[0]
             if scope not in options:
-                held = [c for c in names if all(any(_matches(q, m) for q in parts[1:depth]) for m in c.path)]
+                held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
                 options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
             break
     assigned: dict[str, str] = {}  # report name -> scope
