@@ -148,21 +148,33 @@ def _input_as_nchw(proto: Any, name: str) -> None:
     consumers = [node for node in graph.node if name in node.input]
     nhwc = f"{name}__nhwc"
     needs_nhwc = False
+    chw = [d.dim_value for d in (c, h, w)]
     for node in consumers:
-        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
-        if node.op_type == "Transpose" and perm == [[0, 3, 1, 2]]:
-            # NHWC -> NCHW right after the input: now a no-op; its readers read the input itself.
+        if _is_to_nchw(node, graph, chw):
+            # NHWC -> NCHW right after the input (a Transpose, or a Reshape where C or H*W is 1):
+            # now a no-op, so its readers read the input itself.
+            if any(output.name == node.output[0] for output in graph.output):
+                raise EdgesegError("--nchw: the model's output is its own input, transposed; nothing to export.")
             for other in graph.node:
                 other.input[:] = [name if i == node.output[0] else i for i in other.input]
-            for output in graph.output:
-                if output.name == node.output[0]:
-                    raise EdgesegError("--nchw: the model's output is its transposed input; nothing to export.")
             graph.node.remove(node)
         else:
             node.input[:] = [nhwc if i == name else i for i in node.input]
             needs_nhwc = True
     if needs_nhwc:
         graph.node.insert(0, onnx.helper.make_node("Transpose", [name], [nhwc], name=nhwc, perm=[0, 2, 3, 1]))
+
+
+def _is_to_nchw(node: Any, graph: Any, chw: list[int]) -> bool:
+    import onnx
+
+    if node.op_type == "Transpose":
+        return [list(a.ints) for a in node.attribute if a.name == "perm"] == [[0, 3, 1, 2]]
+    # A Reshape equals that transpose only when one side of it is 1 (C, or H*W).
+    if node.op_type == "Reshape" and (chw[0] == 1 or chw[1] * chw[2] == 1):
+        shape = next((i for i in graph.initializer if i.name == node.input[1]), None)
+        return shape is not None and list(onnx.numpy_helper.to_array(shape))[1:] == chw
+    return False
 
 
 def build_contract(
@@ -207,8 +219,8 @@ def build_contract(
             "pass --%s to set them.", ", ".join(defaulted), raw_input.get("color"), "/--".join(defaulted)
         )
     raw_input["layout"] = layout
-    if kind != "decoder":
-        raw_input["name"] = INPUT_NAME
+    # The ONNX input's name: a decoder's takes a latent code, every other model an image.
+    raw_input["name"] = "latent" if kind == "decoder" else INPUT_NAME
     raw_output = dict(record.get("output") or {})
     raw_output["name"] = output_name
     if facts.classes is not None:
