@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--images", metavar="DIR", help="with --verify: a local folder of images to verify on (default: random inputs)")
     export.add_argument("--random", type=int, default=4, metavar="N", help="with --verify and no --images: N seeded random inputs (default: 4)")
     export.add_argument("--report", metavar="FILE", help="with --verify: also write the verify report JSON here (default: none)")
+    export.add_argument(
+        "--tolerance", type=float, default=1e-5, help="with --verify: max-abs error <= TOLERANCE x max(1, value range) (default: 1e-5)"
+    )
     facts = export.add_argument_group("contract facts (default: the .keras file's edgeseg record)")
     facts.add_argument("--kind", choices=("segmentation", "autoencoder", "encoder", "decoder"), help="what the model is")
     facts.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="colour order the model expects")
@@ -85,7 +88,9 @@ def _run_export(args: argparse.Namespace) -> int:
     )
     if (args.images or args.report) and not args.verify:
         raise EdgesegError("--images and --report belong to --verify; add --verify.")
-    request = VerifyRequest(images=Path(args.images) if args.images else None, random=args.random) if args.verify else None
+    request = None
+    if args.verify:
+        request = VerifyRequest(images=Path(args.images) if args.images else None, random=args.random, tolerance=args.tolerance)
     result = export_model(
         args.model,
         args.output,

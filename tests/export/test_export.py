@@ -59,6 +59,7 @@ def test_cae_and_its_halves_export_and_run(model_files, tmp_path, name, kind):
     contract = _contract(out)
     assert contract.kind == kind and contract.input.color == "GRAY"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == ("latent" if name == "decoder" else "image")
     assert session.get_inputs()[0].shape[1:] == ([7, 7, 2] if name == "decoder" else [28, 28, 1])
     if name == "decoder":
         raw = json.loads(metadata_of(onnx.load(str(out)))["edgeseg"])
