@@ -12,6 +12,7 @@ the video is finalized and ``summary.json`` is written, so every output stays va
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -100,7 +101,7 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     if live:
         stream = LiveSource(source, policy=policy, reconnect=reconnect)
         stream.start()
-        frames: Iterator[Frame] = iter(stream)
+        frames: Iterator[Frame] = itertools.islice(iter(stream), max_frames)
         kind, total, fps_in, batch = "stream", None, stream.fps, 1
     else:
         stream = None

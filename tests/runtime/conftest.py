@@ -6,6 +6,8 @@ channel, so a test knows the right mask of any frame it draws.
 
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import onnx
@@ -109,3 +111,9 @@ def seg_model(tmp_path):
 @pytest.fixture
 def ae_model(tmp_path):
     return build_autoencoder(tmp_path / "cae.onnx")
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """These helpers, for tests (the importlib import mode keeps conftest off sys.path)."""
+    return sys.modules[__name__]
