@@ -67,6 +67,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
                  optimization: str = "all", contract: Contract | Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
+        self._arguments = (str(self.path), provider, threads, optimization, contract)
         self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.contract = _resolve_contract(metadata, contract, origin=f"model `{self.path}`")
@@ -85,6 +86,11 @@ class Model:
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
         self.mask_dtype = np.uint8 if self.contract.num_classes <= 256 else np.uint16
         self.kind = self.contract.kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles as its constructor arguments: a worker process (multiprocessing, Ray) rebuilds
+        # its own session instead of receiving one (sessions cannot be pickled).
+        return _rebuild, self._arguments
 
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r}, kind={self.kind!r}, providers={list(self.providers)})"
@@ -231,6 +237,11 @@ class Model:
                     f"says {spec.layout} {spec.height}x{spec.width}x{spec.channels}. Fix the contract "
                     "(input.layout/height/width/channels)."
                 )
+
+
+def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
+             contract: Contract | Mapping[str, Any] | None) -> Model:
+    return Model(path, provider=provider, threads=threads, optimization=optimization, contract=contract)
 
 
 def _resolve_contract(metadata: Mapping[str, str], given: Contract | Mapping[str, Any] | None, *,

@@ -1,3 +1,4 @@
+import pickle
 import threading
 import zipfile
 
@@ -157,3 +158,11 @@ def test_session_options_are_applied(seg_model):
     options = session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert str(options.graph_optimization_level).endswith("ENABLE_BASIC")
+
+
+def test_model_pickles_as_its_arguments_for_worker_processes(seg_model, kit):
+    model = Model(seg_model, provider="cpu", threads=1, contract={"input": {"color": "BGR"}})
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.session is not model.session and copy.contract == model.contract
+    frame = kit.colour_frame(16, 30, [kit.RED, kit.GREEN, kit.BLUE])
+    assert np.array_equal(copy(frame).mask, model(frame).mask)

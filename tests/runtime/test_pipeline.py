@@ -154,3 +154,13 @@ def test_bad_options_and_unwritable_output_stop_the_run(seg_model, tmp_path, kit
         segment(image, model=seg_model, out=tmp_path / "o", outputs=("maskz",))
     with pytest.raises(EdgesegError, match="smooth"):
         segment(image, model=seg_model, out=tmp_path / "o", smooth=1.5)
+
+
+def test_show_says_clearly_when_opencv_has_no_gui(seg_model, tmp_path, kit, caplog):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), kit.colour_frame(8, 8, [kit.RED]))
+    has_gui = "NONE" not in cv2.getBuildInformation().split("GUI:")[1].splitlines()[0]
+    summary = segment(image, model=seg_model, out=tmp_path / "o", show=not has_gui)
+    assert summary["frames"] == 1
+    if not has_gui:
+        assert "no GUI" in caplog.text and "opencv-python" in caplog.text
