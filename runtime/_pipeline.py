@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from edgeseg.runtime._errors import BadInputError, EdgesegError
-from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, open_source
+from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source
 from edgeseg.runtime._model import Model, ReconstructionResult
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -69,6 +69,7 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     ``batch``: frames per inference call (finite sources). ``smooth``: weight in [0, 1) of the
     previous frames' class probabilities (videos and streams; 0 is off). ``policy``/``reconnect``:
     live sources. ``stop``: set it to end the run early (SIGINT/SIGTERM set it too).
+    ``provider``/``threads``: used when ``model`` is a path (a :class:`Model` keeps its own).
 
     Example::
 
@@ -106,7 +107,14 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     else:
         stream = None
         kind, paths = classify_source(source, recursive=recursive)
-        frames = open_source(source, stride=stride, start=start, max_frames=max_frames, recursive=recursive)
+        if kind == "video":
+            frames = open_source(source, stride=stride, start=start, max_frames=max_frames)
+        else:  # the paths are listed already: don't walk the folder twice
+            if stride < 1 or start < 0 or (max_frames is not None and max_frames < 0):
+                raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; "
+                                   f"got {stride}, {start}, {max_frames}.")
+            chosen = itertools.islice(paths, start, None, stride)
+            frames = itertools.islice(image_frames(chosen, root=source if kind == "folder" else None), max_frames)
         if kind == "video":
             info = VideoInfo.from_video_path(source)
             total = len(range(start, info.frame_count, stride)) if info.frame_count else None

@@ -164,3 +164,10 @@ def test_show_says_clearly_when_opencv_has_no_gui(seg_model, tmp_path, kit, capl
     assert summary["frames"] == 1
     if not has_gui:
         assert "no GUI" in caplog.text and "opencv-python" in caplog.text
+
+
+def test_start_stride_and_max_frames_select_files(seg_model, messy_folder, tmp_path):
+    summary = segment(messy_folder, model=seg_model, out=tmp_path / "o", start=1, stride=2, max_frames=3,
+                      outputs=("jsonl",))
+    assert [r["name"] for r in _jsonl(tmp_path / "o")] == ["b_blue", "d_empty", "f_cut"]
+    assert (summary["frames"], summary["frames_failed"]) == (1, 2)
