@@ -4,7 +4,7 @@ On a generated video (textured shapes moving over a textured background, H.264 w
 and a model of realistic cost (a small conv net built with onnx.helper, or any exported model
 via --model), for each intra-op thread count asked for:
 
-- ``infer_fps``: ``Model.run`` alone on frames preprocessed beforehand (batch 1);
+- ``infer_fps``: ``Model.run`` alone on frames preprocessed beforehand (batch 1, after a warm-up);
 - ``fps``: ``edgeseg.runtime.segment`` end to end (decode, preprocess, infer, post-process,
   palette PNG masks, overlay.mp4, frames.jsonl), with its per-stage milliseconds.
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="320x240", help="generated video WxH (default: 320x240)")
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts to compare (default: 1,2)")
     parser.add_argument("--batch", type=int, default=1, help="frames per inference call end to end (default: 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per thread count; medians reported (default: 3)")
     parser.add_argument("--json", help="write the figures here as JSON")
     args = parser.parse_args(argv)
 
@@ -139,21 +141,28 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch,
             "threads": {},
         }
-        for threads in (int(t) for t in args.threads.split(",")):
-            model = Model(model_path, provider="cpu", threads=threads)
-            before = infer_only(model, video, min(args.frames, 150))
-            summary = segment(video, model=model, out=tmp / f"out{threads}", batch=args.batch)
-            after = infer_only(model, video, min(args.frames, 150))
-            # The faster of two inference-only runs (before and after): on a shared machine the load
-            # changes under us, and the higher ceiling makes the end-to-end ratio conservative.
-            figures = max(before, after, key=lambda f: f["infer_fps"])
-            figures["infer_fps_runs"] = [before["infer_fps"], after["infer_fps"]]
-            figures.update(fps=summary["fps"], stage_ms=summary["stage_ms"], frames=summary["frames"],
-                           hidden=round(summary["fps"] / figures["infer_fps"], 3),
-                           video_codec=summary["outputs"].get("video_codec"))
+        counts = [int(t) for t in args.threads.split(",")]
+        runs: dict[int, list[dict]] = {t: [] for t in counts}
+        models = {t: Model(model_path, provider="cpu", threads=t) for t in counts}
+        # Thread counts alternate within each repeat, so a shared machine's changing load hits them alike.
+        for repeat in range(args.repeat):
+            for threads in counts:
+                model = models[threads]
+                infer = infer_only(model, video, min(args.frames, 150))
+                summary = segment(video, model=model, out=tmp / f"out{threads}_{repeat}", batch=args.batch)
+                runs[threads].append({**infer, "fps": summary["fps"], "stage_ms": summary["stage_ms"],
+                                      "frames": summary["frames"], "video_codec": summary["outputs"].get("video_codec")})
+        for threads in counts:
+            done = runs[threads]
+            infer_fps = statistics.median(r["infer_fps"] for r in done)
+            fps = statistics.median(r["fps"] for r in done)
+            stage_ms = {k: round(statistics.median(r["stage_ms"][k] for r in done), 3) for k in done[0]["stage_ms"]}
+            figures = {"infer_fps": infer_fps, "fps": fps, "hidden": round(fps / infer_fps, 3), "stage_ms": stage_ms,
+                       "frames": done[0]["frames"], "video_codec": done[0]["video_codec"], "runs": done}
             report["threads"][threads] = figures
-            print(f"threads={threads}: inference only {figures['infer_fps']:.1f} fps, end to end "
-                  f"{figures['fps']:.1f} fps ({100 * figures['hidden']:.0f}%), stage ms {figures['stage_ms']}")
+            print(f"threads={threads}: inference only {infer_fps:.1f} fps, end to end {fps:.1f} fps "
+                  f"({100 * figures['hidden']:.0f}%), median stage ms {stage_ms}")
+        report["machine"]["load_avg_after"] = list(os.getloadavg())
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

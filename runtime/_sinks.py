@@ -216,4 +216,12 @@ class VideoSink:
                                             stderr=subprocess.DEVNULL, start_new_session=True)
         except OSError:
             return False
+        try:
+            # A frame is bigger than the default 64 KiB pipe: without room for a few frames, every
+            # write waits for ffmpeg to be scheduled several times (costly on a busy machine).
+            import fcntl
+
+            fcntl.fcntl(self._ffmpeg.stdin.fileno(), fcntl.F_SETPIPE_SZ, min(1 << 20, max(1 << 16, 4 * width * height * 3)))
+        except (ImportError, AttributeError, OSError):
+            pass  # not Linux, or the system caps pipe sizes lower: only slower
         return True

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime import EdgesegError, Model, ProviderFallbackWarning, make_session
+from edgeseg.runtime._session import default_threads
 
 
 def _bands(mask):
@@ -158,6 +159,7 @@ def test_session_options_are_applied(seg_model):
     options = session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert str(options.graph_optimization_level).endswith("ENABLE_BASIC")
+    assert make_session(seg_model).get_session_options().intra_op_num_threads == default_threads() >= 1
 
 
 def test_model_pickles_as_its_arguments_for_worker_processes(seg_model, kit):
