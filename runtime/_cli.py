@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                      help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
     run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="intra-op threads (default: every core on machines with 2 or fewer, else all but one; 0: onnxruntime's choice)")
+                     help="intra-op threads (default: 1 on machines with 2 cores or fewer, else all but one; 0: onnxruntime's choice)")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
     run.add_argument("--batch", type=int, default=1, metavar="N",

@@ -27,18 +27,18 @@ class ProviderFallbackWarning(RuntimeWarning):
 
 
 def default_threads() -> int:
-    """Intra-op threads when the caller names none: every usable core on 2 or fewer, else all but one.
+    """Intra-op threads when the caller names none: 1 on machines with 2 cores or fewer, else all but one.
 
-    Measured on this project's 2-vCPU build machine (benchmarks/runtime_pipeline.py, busy shared
-    machine): inference alone was a toss-up between 1 and 2 threads, end to end 2 threads won 4
-    runs of 5 (median 58 against 44 fps), because decoding and writing sleep most of each frame. On
-    larger machines one core stays free for the decode and writer threads and the video encoder.
+    Measured on this project's 2-vCPU build machine (benchmarks/runtime_pipeline.py, medians of 3
+    alternating runs on a busy shared machine): inference alone 92-94 fps with 1 thread against
+    70-73 with 2; end to end 75-82 against 70-78. Decoding, writing and the video encoder need a
+    core too, so larger machines keep one free for them.
     """
     try:
         cores = len(os.sched_getaffinity(0))  # respects taskset and container CPU sets
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return cores if cores <= 2 else cores - 1
+    return 1 if cores <= 2 else cores - 1
 
 
 def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
