@@ -71,17 +71,13 @@ class Model:
         self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization)
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.contract = _resolve_contract(metadata, contract, origin=f"model `{self.path}`")
-        if self.contract.kind not in ("segmentation", "autoencoder"):
-            raise EdgesegError(
-                f"model `{self.path}` is an {self.contract.kind!r} model; the runtime runs segmentation "
-                "and autoencoder models. Run the whole autoencoder, or use Model.run for raw outputs."
-            )
         self.providers = tuple(self.session.get_providers())
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
         self.input_name = self.contract.input.name if self.contract.input.name in names else names[0]
         self.output_name = self.session.get_outputs()[0].name
-        self._check_input_shape(next(i for i in inputs if i.name == self.input_name).shape)
+        if self.contract.kind in ("segmentation", "autoencoder"):  # an encoder/decoder half may take vectors
+            self._check_input_shape(next(i for i in inputs if i.name == self.input_name).shape)
         self._uses_cuda = CUDA in self.providers
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
         self.mask_dtype = np.uint8 if self.contract.num_classes <= 256 else np.uint16
@@ -158,6 +154,11 @@ class Model:
 
         ``model_input`` (the preprocessed item) is needed for autoencoders' error maps.
         """
+        if self.kind not in ("segmentation", "autoencoder"):
+            raise EdgesegError(
+                f"model `{self.path}` is an {self.kind!r} model; frames go through segmentation and autoencoder "
+                "models. Run the whole autoencoder, or use Model.run for raw outputs."
+            )
         output = self.channels_last(output)
         if self.kind == "autoencoder":
             if model_input is None:
@@ -181,12 +182,19 @@ class Model:
                 raise EdgesegError(f"model `{self.path}`: its output has {scores.shape[-1]} channels but the "
                                    f"contract names {len(classes)} classes.")
             small = scores.argmax(axis=-1).astype(self.mask_dtype)
+        spec = self.contract.input
+        resized = scores.shape[:2] != (spec.height, spec.width)
+        if resized:  # an output coarser than the input (an output stride): back to input size first
+            small = cv2.resize(small, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
         mask = restore(small, geometry, nearest=True)
         counts = np.bincount(mask.ravel(), minlength=len(classes))[: len(classes)]
         fraction = {name: round(float(c) / mask.size, 6) for name, c in zip(classes, counts)}
         probs = None
         if probabilities:
             probs = scores if activated else self.probabilities(scores)
+            if resized:
+                probs = cv2.resize(probs, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+                probs = probs[:, :, None] if probs.ndim == 2 else probs
             probs = restore(probs, geometry, nearest=False)
         return SegmentationResult(mask=mask, class_fraction=fraction, probabilities=probs)
 

@@ -31,17 +31,18 @@ def _save(graph, path, contract):
     return path
 
 
-def build_segmentation(path, *, layout="NHWC", color="RGB", size=SIZE, with_contract=True, classes=("red", "green", "blue")):
+def build_segmentation(path, *, layout="NHWC", color="RGB", size=SIZE, with_contract=True, classes=("red", "green", "blue"),
+                       stride=1):
     """Dominant-channel classifier: class i where input channel i is largest (in the contract's colour order)."""
     weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1) * 10.0, "w")
     nodes, inputs = [], []
     if layout == "NHWC":
         inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])]
         nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
-        nodes += [helper.make_node("Conv", ["nchw", "w"], ["logits"]),
+        nodes += [helper.make_node("Conv", ["nchw", "w"], ["logits"], strides=[stride, stride]),
                   helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
                   helper.make_node("Transpose", ["probs"], ["scores"], perm=[0, 2, 3, 1])]
-        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", size, size, 3])
+        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", size // stride, size // stride, 3])
     else:
         inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])]
         nodes += [helper.make_node("Conv", ["image", "w"], ["logits"]),

@@ -168,3 +168,18 @@ def test_model_pickles_as_its_arguments_for_worker_processes(seg_model, kit):
     assert copy.session is not model.session and copy.contract == model.contract
     frame = kit.colour_frame(16, 30, [kit.RED, kit.GREEN, kit.BLUE])
     assert np.array_equal(copy(frame).mask, model(frame).mask)
+
+
+def test_output_coarser_than_the_input_is_mapped_back(tmp_path, kit):
+    model = Model(kit.build_segmentation(tmp_path / "s2.onnx", stride=2))
+    result = model(kit.colour_frame(45, 60, [kit.RED, kit.GREEN, kit.BLUE]), probabilities=True)
+    assert result.mask.shape == (45, 60) and _bands(result.mask) == [0, 1, 2]
+    assert result.probabilities.shape == (45, 60, 3)
+
+
+def test_encoder_halves_load_for_raw_runs_but_refuse_frames(tmp_path, kit):
+    path = kit.build_segmentation(tmp_path / "enc.onnx", with_contract=False)
+    model = Model(path, contract={"kind": "encoder", "input": {"height": 32, "width": 32}})
+    assert model.run(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, 3)
+    with pytest.raises(EdgesegError, match="'encoder' model"):
+        model(np.zeros((8, 8, 3), np.uint8))
