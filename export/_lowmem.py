@@ -68,7 +68,7 @@ def convert_lowmem(
         tf.TensorSpec(tuple(variable.shape), tf.as_dtype(variable.dtype), name=name)
         for variable, name in zip(variables, weight_names)
     ]
-    output_names = list(model.output_names)
+    output_names = _output_names(model)
     n_inputs = len(input_signature)
 
     def call(*args):
@@ -110,6 +110,19 @@ def _input_signature(model: Any, input_signature: Sequence[Any] | None) -> list[
             f"got {len(input_signature)}."
         )
     return input_signature
+
+
+def _output_names(model: Any) -> list[str]:
+    # Keras' output_names where the model has them (functional): the names from_keras uses.
+    # A Sequential model (which from_keras cannot convert) has none; name its outputs after the
+    # layers that produce them, as a functional model would.
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    names = [tensor._keras_history[0].name for tensor in model.outputs]
+    if len(set(names)) != len(names):
+        names = [tensor.name for tensor in model.outputs]
+    return names
 
 
 def _loader(variable: Any) -> Callable[[], np.ndarray]:
