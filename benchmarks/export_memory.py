@@ -43,15 +43,15 @@ def build_fcn8_classic(*, size: int, classes: int, head_width: int):
     pool4 = vgg.get_layer("block4_pool").output  # size/16
     x = layers.Conv2D(head_width, 7, padding="same", activation="relu", name="conv6")(vgg.output)
     x = layers.Conv2D(head_width, 1, activation="relu", name="conv7")(x)
-    x = layers.Conv2D(classes, 1, name="score_fr")(x)
+    x = layers.Conv2D(classes, 1, name="score")(x)
     x = layers.Conv2DTranspose(classes, 4, strides=2, use_bias=False, name="upscore2")(x)
-    x = layers.Cropping2D(1, name="crop2")(x)
+    x = layers.Cropping2D(1, name="upscore2_crop")(x)
     x = layers.Add(name="fuse_pool4")([x, layers.Conv2D(classes, 1, name="score_pool4")(pool4)])
-    x = layers.Conv2DTranspose(classes, 4, strides=2, use_bias=False, name="upscore_pool4")(x)
-    x = layers.Cropping2D(1, name="crop_pool4")(x)
+    x = layers.Conv2DTranspose(classes, 4, strides=2, use_bias=False, name="upscore4")(x)
+    x = layers.Cropping2D(1, name="upscore4_crop")(x)
     x = layers.Add(name="fuse_pool3")([x, layers.Conv2D(classes, 1, name="score_pool3")(pool3)])
     x = layers.Conv2DTranspose(classes, 8, strides=8, use_bias=False, name="upscore8")(x)
-    outputs = layers.Softmax(name="softmax")(x)
+    outputs = layers.Activation("softmax", name="softmax")(x)
     return keras.Model(vgg.input, outputs, name="fcn8_classic")
 
 
@@ -95,6 +95,17 @@ class _PeakSampler:
         self._sample()
 
 
+def _build(args: argparse.Namespace):
+    """The project's builder once it has landed (branch ``train``), else the copy above."""
+    try:
+        from edgeseg.export._models import build_model
+    except ImportError:
+        model = build_fcn8_classic(size=args.size, classes=args.classes, head_width=args.head_width)
+        return model, "benchmarks/export_memory.py:build_fcn8_classic"
+    model = build_model("fcn8-classic", classes=args.classes, input_size=args.size, head_width=args.head_width)
+    return model, "edgeseg.export._models.build_model('fcn8-classic')"
+
+
 def _mark_tf2onnx_phases(sampler: _PeakSampler) -> None:
     """Name the phases inside tf2onnx's plain path (instrumentation only; behaviour unchanged)."""
     import tf2onnx.convert
@@ -133,7 +144,7 @@ def _child(args: argparse.Namespace) -> dict:
     keras.utils.set_random_seed(args.seed)
 
     sampler.phase("build")
-    model = build_fcn8_classic(size=args.size, classes=args.classes, head_width=args.head_width)
+    model, builder = _build(args)
     parameters = int(model.count_params())
     image = np.random.default_rng(args.seed).random((1, args.size, args.size, 3), dtype=np.float32)
     expected = model(image, training=False).numpy()
@@ -170,6 +181,7 @@ def _child(args: argparse.Namespace) -> dict:
     sampler.stop()
     return {
         "path": "plain" if args.plain else "lowmem",
+        "builder": builder,
         "parameters": parameters,
         "weights_mb": round(parameters * 4 / 2**20, 1),
         "file_mb": round(file_mb, 1),
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain", action="store_true", help="measure tf2onnx.convert.from_keras instead of convert_lowmem")
     parser.add_argument("--json", type=Path, help="also write the result to this JSON file (default: print only)")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
-    parser.add_argument("--classes", type=int, default=21, help="output classes (default 21)")
+    parser.add_argument("--classes", type=int, default=2, help="output classes (default 2, as the project's builder)")
     parser.add_argument("--head-width", type=int, default=4096, help="conv6/conv7 width (default 4096: 134M parameters)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow/onnxruntime threads (default 1)")

@@ -134,8 +134,6 @@ def _loader(variable: Any) -> Callable[[], np.ndarray]:
 def _order_outputs(graph: Any, output_names: list[str]) -> None:
     # from_function orders a dict's outputs by key; from_keras keeps model.output_names' order.
     by_name = {value.name: value for value in graph.output}
-    if set(by_name) != set(output_names):
-        return
     ordered = [type(by_name[name])() for name in output_names]
     for copy, name in zip(ordered, output_names):
         copy.CopyFrom(by_name[name])
@@ -146,13 +144,14 @@ def _order_outputs(graph: Any, output_names: list[str]) -> None:
 def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndarray]]) -> None:
     """Replace the weight inputs by initializers, folding the layout ops tf2onnx left on them.
 
-    A folded value is computed straight from its variable when a kept node needs it, so a large
-    kernel exists at most twice at a time (its numpy copy and its serialised bytes).
+    A folded value is computed straight from its variable, and only where a kept node reads it,
+    one weight at a time: the transient copies of a kernel (numpy, then its bytes) never pile up.
     """
     from onnx import numpy_helper
 
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    # name -> (op node, its inputs) for values derived from weights by foldable ops only.
+    # Values computable from the weights by foldable ops alone: name -> the node that makes it
+    # (None for a weight itself).
     derived: dict[str, Any] = {name: None for name in loaders}
     folded_nodes = []
     for node in graph.node:

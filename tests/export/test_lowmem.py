@@ -170,9 +170,11 @@ def test_without_signature_takes_the_model_inputs(mini, plain, images):
     np.testing.assert_allclose(got, mini(images).numpy(), atol=KERAS_ATOL, rtol=0)
 
 
-def test_batchnorm_dense_and_several_outputs_keep_keras_order_and_values():
+def test_batchnorm_frozen_layer_dense_and_several_outputs_keep_keras_order_and_values():
     image = keras.Input((8, 8, 3), name="img")
-    x = layers.Conv2D(4, 3, use_bias=False)(image)
+    # A frozen layer moves its weights to non_trainable_variables, as a frozen VGG16 backbone does.
+    x = layers.Conv2D(4, 3, padding="same", trainable=False)(image)
+    x = layers.Conv2D(4, 3, use_bias=False)(x)
     x = layers.ReLU()(layers.BatchNormalization()(x))
     x = layers.Flatten()(x)
     model = _randomize(keras.Model(image, [layers.Dense(2, name="zeta")(x), layers.Dense(5, name="alpha")(x)]), 2)
