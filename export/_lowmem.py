@@ -178,10 +178,18 @@ def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndar
         return _fold(node, data, extra)
 
     new_initializers = []
+    zero_biases = set()
     for name in derived:
         if name in needed:
+            value = evaluate(name)
+            if value.ndim == 1 and not value.any():
+                zero_biases.add(name)
             # from_array writes C-order bytes from any view, so a transposed kernel is copied once.
-            new_initializers.append(numpy_helper.from_array(evaluate(name), name))
+            new_initializers.append(numpy_helper.from_array(value, name))
+            del value
+    _drop_zero_biases(kept_nodes, zero_biases)
+    needed = _referenced_names(kept_nodes) | {value.name for value in graph.output}
+    new_initializers = [tensor for tensor in new_initializers if tensor.name in needed]
 
     del graph.node[:]
     graph.node.extend(kept_nodes)
@@ -194,6 +202,14 @@ def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndar
     del graph.initializer[:]
     graph.initializer.extend(new_initializers)
     graph.initializer.extend(kept_initializers)
+
+
+def _drop_zero_biases(nodes: Sequence[Any], zero_biases: set[str]) -> None:
+    # tf2onnx drops an all-zero bias when it is a constant (a freshly initialised model has
+    # them); here it was an input then, so drop it now: adding zero changes no output bit.
+    for node in nodes:
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) == 3 and node.input[2] in zero_biases:
+            del node.input[2]
 
 
 def _referenced_names(nodes: Sequence[Any]) -> set[str]:

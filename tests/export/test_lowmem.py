@@ -45,7 +45,7 @@ def _randomize(model, seed):
     return model
 
 
-def _mini_fcn8(classes=3, width=4):
+def _mini_fcn8(classes=3, width=4, *, randomize=True):
     image = keras.Input((SIZE, SIZE, 3), name="image")
     x = layers.Conv2D(width, 3, padding="same", activation="relu", name="block1_conv")(image)
     pool1 = layers.MaxPooling2D(name="pool1")(x)  # 16
@@ -63,7 +63,8 @@ def _mini_fcn8(classes=3, width=4):
     x = layers.Add(name="fuse_pool1")([x, layers.Conv2D(classes, 1, name="score_pool1")(pool1)])
     x = layers.Conv2DTranspose(classes, 2, strides=2, use_bias=False, name="up_final")(x)  # 32
     outputs = layers.Softmax(name="softmax")(x)
-    return _randomize(keras.Model(image, outputs, name="mini_fcn8"), seed=0)
+    model = keras.Model(image, outputs, name="mini_fcn8")
+    return _randomize(model, seed=0) if randomize else model
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,18 @@ def test_nodes_and_weights_are_the_plain_paths_so_outputs_are_bit_identical(plai
     (ours,) = _run(lowmem, {"image": images})
     (theirs,) = _run(plain, {"image": images})
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_fresh_model_with_zero_biases_gives_the_plain_graph(signature, images):
+    # Keras initialises biases to zero and tf2onnx drops zero biases from Conv/ConvTranspose;
+    # convert_lowmem does the same, so an untrained model's graph matches too.
+    keras.utils.set_random_seed(7)
+    fresh = _mini_fcn8(randomize=False)
+    plain = tf2onnx.convert.from_keras(fresh, input_signature=signature, opset=17)[0]
+    ours = convert_lowmem(fresh, signature, opset=17)
+    assert _nodes(ours) == _nodes(plain)
+    assert _initializer_values(ours) == _initializer_values(plain)
+    np.testing.assert_array_equal(_run(ours, {"image": images})[0], _run(plain, {"image": images})[0])
 
 
 def test_no_weight_input_is_left_and_every_variable_is_an_initializer(mini, lowmem):
