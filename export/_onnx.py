@@ -1,8 +1,8 @@
 """Keras model -> ONNX ``ModelProto`` -> contract in its metadata -> atomic write.
 
-The one conversion call is :func:`_convert`; everything else (the functional wrapper that names
-the input and fixes its shape, the NCHW input, the contract) is ours, so a different converter
-(for example a low-memory one for the full-size FCN-8) drops in at that one call site.
+The one conversion call is :func:`_convert` (the low-memory drop-in for tf2onnx's
+``from_keras``); everything else (the functional wrapper that names the input and fixes its
+shape, the NCHW input, the contract) is ours, so another converter drops in at that one call site.
 """
 
 from __future__ import annotations
@@ -123,10 +123,13 @@ def to_onnx(
 
 
 def _convert(model: Any, *, input_signature: Sequence[Any], opset: int) -> Any:
-    # The single conversion call site: a drop-in with this signature may replace it.
-    import tf2onnx
+    # The single conversion call site. `convert_lowmem` is a drop-in for
+    # `tf2onnx.convert.from_keras(model, input_signature=..., opset=...)[0]` that keeps the
+    # weights out of TensorFlow's frozen graph: the full-size FCN-8 converts at ~3 GB peak
+    # instead of being killed for memory (see export/_lowmem.py).
+    from edgeseg.export._lowmem import convert_lowmem
 
-    return tf2onnx.convert.from_keras(model, input_signature=input_signature, opset=opset)[0]
+    return convert_lowmem(model, input_signature, opset=opset)
 
 
 def _input_as_nchw(proto: Any, name: str) -> None:
