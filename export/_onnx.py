@@ -261,6 +261,7 @@ def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(proto.SerializeToString())
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a model file is for sharing
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
