@@ -165,7 +165,17 @@ def verify_models(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
 ) -> VerifyReport:
-    """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``)."""
+    """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``).
+
+    Inputs are the images in ``images`` (through ``contract``'s preprocessing; unreadable ones
+    are skipped and counted) or ``random`` seeded random ones. Raises ``EdgesegError`` when the
+    ONNX graph does not come from ``model`` (a layer missing, a shape that fits neither layout).
+
+    Example::
+
+        report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
+        print(report.table())
+    """
     if layers not in ("all", "transposed"):
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     if not tolerance > 0:
