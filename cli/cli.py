@@ -18,6 +18,8 @@ from edgeseg.runtime._errors import EdgesegError
 
 # Modules that register subcommands, in the order `edgeseg --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "edgeseg.export._cli_export",
+    "edgeseg.runtime._cli",
     "edgeseg._bench_cli",
 )
 
