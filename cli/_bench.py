@@ -174,7 +174,10 @@ def mask_agreement(masks: Path, reference: Path) -> float | None:
         path = masks / ref_path.name
         if not path.exists():
             continue
-        a, b = read_mask(path), read_mask(ref_path)
+        try:
+            a, b = read_mask(path), read_mask(ref_path)
+        except ValueError:  # an unreadable mask counts as not written
+            continue
         if a is None or b is None or a.shape != b.shape:
             continue
         same += int(np.count_nonzero(a == b))

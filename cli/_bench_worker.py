@@ -222,10 +222,8 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
 
     Only the ``masks`` output is asked for, so it does the same output work as the other runners.
     """
-    try:
-        from edgeseg.runtime import segment
-    except ImportError:
-        raise Skip("edgeseg.runtime.segment is not in this install yet (the runtime issue)") from None
+    from edgeseg.runtime import segment
+
     runner = job["runner"]
     model_path = job["int8"] if runner == "edgeseg-int8" else job["model"]
     if runner == "edgeseg-int8" and not model_path:
@@ -251,26 +249,16 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_mask(path: Path, mask: np.ndarray, palette) -> None:
-    """The runtime's mask writer (palette PNG) where it exists, so every runner writes the same bytes."""
-    try:
-        from edgeseg.runtime import write_mask_png
-    except ImportError:
-        import cv2
+    """The runtime's own mask writer (palette PNG), so every runner writes the same bytes as ``segment``."""
+    from edgeseg.runtime import write_mask_png
 
-        cv2.imwrite(str(path), mask)
-        return
     write_mask_png(path, mask, palette)
 
 
-def read_mask(path: Path) -> np.ndarray | None:
+def read_mask(path: Path) -> np.ndarray:
     """Class ids from a mask PNG written by :func:`write_mask` or by ``edgeseg segment``."""
-    try:
-        from edgeseg.runtime import read_mask_png
-    except ImportError:
-        import cv2
+    from edgeseg.runtime import read_mask_png
 
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        return image if image is None or image.ndim == 2 else image[:, :, 0]
     return read_mask_png(path)
 
 

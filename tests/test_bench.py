@@ -20,7 +20,7 @@ from edgeseg._bench import (
 )
 from edgeseg._bench_ceiling import measure_ceiling
 from edgeseg._bench_flops import count_flops
-from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, write_contract
+from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, read_mask_png, write_contract, write_mask_png
 
 SIZE = 8
 
@@ -71,7 +71,7 @@ def tiny(tmp_path_factory):
 def report(tiny, tmp_path_factory):
     model, frames = tiny
     config = BenchConfig(
-        model=model, source=str(frames), runners=("ort-plain", "opencv-dnn", "keras-predict", "openvino-int8"),
+        model=model, source=str(frames), runners=("ort-plain", "opencv-dnn", "edgeseg", "keras-predict", "openvino-int8", "edgeseg-fast"),
         frames=3, repeats=2, work_dir=tmp_path_factory.mktemp("work"), measure_ceiling=False,
     )
     return run_bench(config)
@@ -80,7 +80,7 @@ def report(tiny, tmp_path_factory):
 def test_report_has_the_design_fields_for_every_runner(report):
     assert set(report) >= {"machine", "ceiling_gflops", "runners", "flops_per_frame", "ratios"}
     assert report["agreement_reference"] == "ort-plain"  # no Keras model given: FP32 onnxruntime, said so
-    for name in ("ort-plain", "opencv-dnn"):
+    for name in ("ort-plain", "opencv-dnn", "edgeseg"):
         r = report["runners"][name]
         assert set(r) >= {"fps", "infer_fps", "stage_ms", "agreement", "gflops", "efficiency", "peak_mb", "runs"}
         assert len(r["runs"]) == 2 and all(run["frames"] == 3 for run in r["runs"])
@@ -90,6 +90,7 @@ def test_report_has_the_design_fields_for_every_runner(report):
         assert r["efficiency"] is None  # no ceiling measured in this run
     # The same model through two engines writes the same masks.
     assert report["runners"]["opencv-dnn"]["agreement"] > 0.99
+    assert report["runners"]["edgeseg"]["agreement"] > 0.99  # the runtime's masks, read back from its --out
     assert report["runners"]["ort-plain"]["agreement"] == 1.0
     assert report["ratios"]["ort-plain"] == 1.0
     json.dumps(report)  # the report is plain JSON
@@ -100,6 +101,7 @@ def test_skipped_runner_is_reported_with_its_reason(report):
     assert "--keras" in r["skipped"]
     assert r["fps"] is None and len(r["runs"]) == 1  # not retried on later rounds
     assert "--int8" in report["runners"]["openvino-int8"]["skipped"]
+    assert "FINDINGS" in report["runners"]["edgeseg-fast"]["skipped"]
     assert report["ratios"]["keras-predict"] is None
 
 
@@ -107,14 +109,14 @@ def test_masks_written_per_frame_at_frame_size(report, tiny):
     run = report["runners"]["ort-plain"]["runs"][0]
     masks = sorted(Path(run["masks"]).glob("*.png"))
     assert [m.name for m in masks] == ["f0.png", "f1.png", "f2.png"]
-    mask = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    mask = read_mask_png(masks[0])
     assert mask.shape == (12, 16) and set(np.unique(mask)) <= {0, 1}
 
 
 def test_markdown_table_has_a_row_per_runner(report):
     table = markdown_table(report)
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| runner")]
-    assert [row.split("|")[1].strip() for row in rows] == ["ort-plain", "opencv-dnn", "keras-predict", "openvino-int8"]
+    assert [row.split("|")[1].strip() for row in rows] == ["ort-plain", "opencv-dnn", "edgeseg", "keras-predict", "openvino-int8", "edgeseg-fast"]
     assert "skipped: no Keras model given" in table
     assert "100.00%" in table  # ort-plain agrees with itself
 
@@ -171,9 +173,9 @@ def test_mask_agreement_counts_pixels(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     mask = np.zeros((4, 5), np.uint8)
-    cv2.imwrite(str(b / "x.png"), mask)
+    write_mask_png(b / "x.png", mask, [(0, 0, 0), (255, 0, 0)])
     mask[0, :] = 1  # 5 of 20 pixels differ
-    cv2.imwrite(str(a / "x.png"), mask)
+    write_mask_png(a / "x.png", mask, [(0, 0, 0), (255, 0, 0)])
     assert mask_agreement(a, b) == pytest.approx(0.75)
 
 
