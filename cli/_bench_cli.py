@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         measure_ceiling=not args.no_ceiling,
     )
     report = run_bench(config)
+    report["notes"] = models.notes
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     table = markdown_table(report)

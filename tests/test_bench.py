@@ -207,3 +207,31 @@ def test_cli_missing_model_is_one_clear_line(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no such file" in out.stderr
+
+
+@pytest.mark.slow
+def test_keras_model_is_exported_and_is_the_agreement_reference(tiny, tmp_path):
+    keras = pytest.importorskip("keras", reason="the export extra (TensorFlow) is not installed")
+    from edgeseg.export import save_model
+
+    _, frames = tiny
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    scores = keras.layers.Conv2D(2, 3, padding="same", activation="softmax", name="conv")(image)
+    model = keras.Model(image, scores)
+    model.get_layer("conv").set_weights([np.random.default_rng(0).standard_normal((3, 3, 3, 2)).astype(np.float32),
+                                         np.zeros(2, np.float32)])
+    contract = Contract(kind="segmentation", input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
+                        output=OutputSpec(name="scores", activation="softmax", classes=("background", "object")))
+    save_model(model, tmp_path / "tiny.keras", contract.to_dict())
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeseg", "bench", "--model", str(tmp_path / "tiny.keras"), "--source", str(frames),
+         "--runners", "keras-call,ort-plain", "--frames", "3", "--repeats", "1", "--no-ceiling",
+         "--json", str(tmp_path / "B.json"), "--work-dir", str(tmp_path / "w")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "B.json").read_text())
+    assert report["agreement_reference"] == "keras-call"
+    assert report["notes"][0].startswith("exported")
+    assert report["runners"]["keras-call"]["agreement"] == 1.0
+    assert report["runners"]["ort-plain"]["agreement"] > 0.99  # the export computes what Keras computes
