@@ -34,11 +34,13 @@ class Skip(Exception):
 
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text())
+    started = time.time()
     try:
         result = run_job(job)
     except Skip as reason:
         result = {"skipped": str(reason)}
     result["peak_mb"] = peak_rss_mb()
+    result["started"] = started  # wall clock, so a report shows the order the runs really ran in
     Path(argv[1]).write_text(json.dumps(result))
     return 0
 

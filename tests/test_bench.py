@@ -125,6 +125,12 @@ def test_schedule_interleaves_rounds():
     assert schedule(["a", "b", "c"], 2) == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
 
 
+def test_runs_really_ran_interleaved(report):
+    runs = [(run["started"], name) for name, r in report["runners"].items() for run in r["runs"] if "skipped" not in run]
+    order = [name for _, name in sorted(runs)]
+    assert order == ["ort-plain", "opencv-dnn", "edgeseg", "ort-plain", "opencv-dnn", "edgeseg"]
+
+
 def test_flops_of_a_conv_counted_by_hand(tiny):
     model, _ = tiny
     flops = count_flops(model)
