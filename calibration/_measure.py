@@ -1,0 +1,364 @@
+"""What INT8 costs and buys: accuracy FP32 vs INT8, per-layer SQNR, side-by-side speed, FLOPs left in float.
+
+Everything streams over the calibration set in chunks and keeps only running sums.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.calibration._data import IGNORE, CalibrationSet
+from edgeseg.runtime._contract import Contract
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Compute ops the CPU execution provider runs in int8 when wrapped in Q/DQ; the rest
+# (ConvTranspose above all) run in float between a DequantizeLinear and a QuantizeLinear.
+CPU_INT8_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+# Node types in an ORT-optimized graph that compute in int8 / in float.
+_INT8_KERNELS = frozenset({"QLinearConv", "NhwcQLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm",
+                           "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"})
+_FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"})
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+@dataclass
+class _Scores:
+    classes: int
+    confusion: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.confusion = np.zeros((self.classes, self.classes), np.int64)
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        valid = truth != IGNORE
+        index = truth[valid].astype(np.int64) * self.classes + predicted[valid]
+        self.confusion += np.bincount(index, minlength=self.classes**2).reshape(self.classes, self.classes)
+
+    def summary(self, names: Sequence[str]) -> dict:
+        tp = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        present = union > 0
+        return {
+            "miou": float(np.nanmean(iou)) if present.any() else None,
+            "pixel_acc": float(tp.sum() / max(1, self.confusion.sum())),
+            "per_class_iou": {name: (None if math.isnan(v) else float(v)) for name, v in zip(names, iou)},
+        }
+
+
+@dataclass
+class Comparison:
+    """FP32 vs INT8 outputs over the calibration set."""
+
+    fp32: dict = field(default_factory=dict)
+    int8: dict = field(default_factory=dict)
+    agreement: float | None = None
+    mean_abs_prob_diff: float | None = None
+    reconstruction_mse: dict | None = None
+
+    def drop(self, kind: str) -> float:
+        """The accuracy lost, in points: mIoU (with masks), disagreement (without), MSE increase % (autoencoder)."""
+        if self.reconstruction_mse is not None:
+            fp32, int8 = self.reconstruction_mse["fp32"], self.reconstruction_mse["int8"]
+            return 100.0 * (int8 - fp32) / max(fp32, 1e-12)
+        if self.fp32.get("miou") is not None and self.int8.get("miou") is not None:
+            return 100.0 * (self.fp32["miou"] - self.int8["miou"])
+        return 100.0 * (1.0 - (self.agreement or 0.0))
+
+
+def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contract, *, chunk: int = 8) -> Comparison:
+    """Run both models over every frame and score them (against masks where there are masks)."""
+    input_name = fp32_session.get_inputs()[0].name
+    names = contract.output.classes
+    result = Comparison()
+    if contract.kind == "autoencoder":
+        errors = {"fp32": 0.0, "int8": 0.0, "fp32_vs_int8": 0.0}
+        count = 0
+        for _, batch in frames.chunks(chunk):
+            a, b = (_run(s, input_name, batch) for s in (fp32_session, int8_session))
+            target = batch.reshape(a.shape) if batch.size == a.size else None
+            if target is not None:
+                errors["fp32"] += float(np.square(a - target).sum())
+                errors["int8"] += float(np.square(b - target).sum())
+            errors["fp32_vs_int8"] += float(np.square(a - b).sum())
+            count += a.size
+        result.reconstruction_mse = {k: v / max(1, count) for k, v in errors.items()}
+        return result
+    scores = {"fp32": _Scores(max(2, len(names))), "int8": _Scores(max(2, len(names)))}
+    agree = total = 0
+    abs_diff = 0.0
+    values = 0
+    for start, batch in frames.chunks(chunk):
+        a, b = (_run(s, input_name, batch) for s in (fp32_session, int8_session))
+        abs_diff += float(np.abs(a - b).sum())
+        values += a.size
+        ca, cb = _classes(a, contract), _classes(b, contract)
+        agree += int((ca == cb).sum())
+        total += ca.size
+        if frames.masks is not None:
+            truth = np.asarray(frames.masks[start : start + len(batch)])
+            scores["fp32"].add(truth, ca)
+            scores["int8"].add(truth, cb)
+    result.agreement = agree / max(1, total)
+    result.mean_abs_prob_diff = abs_diff / max(1, values)
+    if frames.masks is not None:
+        result.fp32 = scores["fp32"].summary(names or ("0", "1"))
+        result.int8 = scores["int8"].summary(names or ("0", "1"))
+    return result
+
+
+def _run(session, input_name: str, batch: np.ndarray) -> np.ndarray:
+    # One frame per call: exported models may have a fixed batch of 1.
+    return np.concatenate([session.run(None, {input_name: batch[i : i + 1]})[0] for i in range(len(batch))])
+
+
+def _classes(output: np.ndarray, contract: Contract) -> np.ndarray:
+    """Class ids (N, H, W) from a segmentation output, NHWC or NCHW, one or many channels."""
+    n = max(1, contract.num_classes)
+    if output.ndim == 4 and output.shape[-1] not in (1, n) and output.shape[1] in (1, n):
+        output = output.transpose(0, 2, 3, 1)
+    if output.ndim == 3:
+        output = output[..., None]
+    if output.shape[-1] == 1:
+        threshold = 0.5 if contract.output.activation in ("sigmoid", "softmax") else 0.0
+        return (output[..., 0] > threshold).astype(np.uint8)
+    return output.argmax(-1).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- per-layer SQNR
+
+
+def sqnr_db(signal_power: float, noise_power: float) -> float:
+    """Signal-to-quantization-noise ratio in dB; 200 dB stands for "no measurable noise"."""
+    if noise_power <= 0.0:
+        return 200.0
+    if signal_power <= 0.0:
+        return -200.0
+    return float(10.0 * math.log10(signal_power / noise_power))
+
+
+def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_dir: Path, *,
+               max_frames: int = 8) -> dict[str, dict]:
+    """Per node of the float model: SQNR (dB) of its weights and of its output activation in the INT8 model.
+
+    Activation SQNR compares the float model's tensor with the INT8 model's dequantized tensor at
+    the same place, so it includes the error of every layer before it (what a user sees).
+    Returns ``{node: {"op": type, "weights_db": dB or None, "activation_db": dB or None}}``.
+    """
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import create_weight_matching
+
+    from edgeseg.calibration._quantize import make_session
+
+    float_model = onnx.load(str(float_path))
+    qdq_model = onnx.load(str(qdq_path))
+    producers = {out: node for node in float_model.graph.node for out in node.output if out}
+    initializers = {init.name for init in float_model.graph.initializer}
+    # In the QDQ model a quantized tensor T flows T -> QuantizeLinear -> DequantizeLinear -> T'.
+    q_of = {node.input[0]: node.output[0] for node in qdq_model.graph.node if node.op_type == "QuantizeLinear"}
+    dq_of = {node.input[0]: node.output[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
+    qdq_tensors = {out for node in qdq_model.graph.node for out in node.output}
+    pairs = {}
+    for tensor, node in producers.items():
+        if tensor in initializers or node.op_type in ("Constant", "Shape", "Identity"):
+            continue
+        quantized = dq_of.get(q_of.get(tensor, ""), None)
+        target = quantized or (tensor if tensor in qdq_tensors else None)
+        if target is not None:
+            pairs[tensor] = target
+    float_aug = _with_outputs(float_model, list(pairs), work_dir / "sqnr_float.onnx")
+    qdq_aug = _with_outputs(qdq_model, list(pairs.values()), work_dir / "sqnr_int8.onnx")
+    sessions = [make_session(float_aug), make_session(qdq_aug)]
+    input_name = sessions[0].get_inputs()[0].name
+    sums = {t: [0.0, 0.0] for t in pairs}
+    seen = 0
+    for _, batch in frames.chunks(1):
+        if seen >= max_frames:
+            break
+        fa = dict(zip([o.name for o in sessions[0].get_outputs()], sessions[0].run(None, {input_name: batch})))
+        qa = dict(zip([o.name for o in sessions[1].get_outputs()], sessions[1].run(None, {input_name: batch})))
+        for tensor, target in pairs.items():
+            x, y = fa[tensor].astype(np.float64), qa[target].astype(np.float64)
+            if x.shape != y.shape:
+                continue
+            sums[tensor][0] += float(np.square(x).sum())
+            sums[tensor][1] += float(np.square(x - y).sum())
+        seen += 1
+    del sessions
+    layers: dict[str, dict] = {}
+    for tensor, (signal, noise) in sums.items():
+        node = producers[tensor]
+        layers[node.name] = {"op": node.op_type, "weights_db": None, "activation_db": sqnr_db(signal, noise)}
+    weight_users = {name: node for node in float_model.graph.node for name in node.input[1:2]}
+    for weight, arrays in create_weight_matching(str(float_path), str(qdq_path)).items():
+        node = weight_users.get(weight)
+        if node is None or "dequantized" not in arrays:
+            continue
+        w = arrays["float"].astype(np.float64)
+        noise = np.square(w - arrays["dequantized"].reshape(w.shape).astype(np.float64)).sum()
+        entry = layers.setdefault(node.name, {"op": node.op_type, "weights_db": None, "activation_db": None})
+        entry["weights_db"] = sqnr_db(float(np.square(w).sum()), float(noise))
+    return layers
+
+
+def worst_first(layers: dict[str, dict]) -> list[tuple[str, float]]:
+    """``(node, dB)`` sorted worst first; a node's dB is the lower of its weights' and activation's."""
+    scored = []
+    for name, entry in layers.items():
+        values = [v for v in (entry["weights_db"], entry["activation_db"]) if v is not None]
+        if values:
+            scored.append((name, min(values)))
+    return sorted(scored, key=lambda item: item[1])
+
+
+def _with_outputs(model, tensors: Sequence[str], path: Path) -> Path:
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    existing = {o.name for o in model.graph.output}
+    for tensor in tensors:
+        if tensor not in existing:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+            existing.add(tensor)
+    onnx.save(model, str(path))
+    return path
+
+
+# ---------------------------------------------------------------- speed
+
+
+@dataclass(frozen=True)
+class Timing:
+    ms_per_frame: float
+    fps: float
+    runs: int
+
+
+def time_side_by_side(paths: dict[str, Path], frames: CalibrationSet, *, rounds: int = 20, warmup: int = 3,
+                      threads: int | None = None) -> dict[str, Timing]:
+    """Latency of each model on the same frames, interleaved run by run with the same session options.
+
+    Interleaving (A, B, A, B, ...) makes load from other processes hit both models alike. The
+    median is the latency; fps is frames over total time (includes the slow runs).
+    """
+    from edgeseg.calibration._quantize import make_session
+
+    sessions = {name: make_session(path, threads=threads) for name, path in paths.items()}
+    input_name = next(iter(sessions.values())).get_inputs()[0].name
+    feeds = [frames.batch(i, i + 1) for i in range(min(len(frames), 4))]
+    times = {name: [] for name in sessions}
+    for r in range(warmup + rounds):
+        feed = {input_name: feeds[r % len(feeds)]}
+        order = list(sessions.items()) if r % 2 == 0 else list(sessions.items())[::-1]
+        for name, session in order:
+            start = time.perf_counter()
+            session.run(None, feed)
+            if r >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: Timing(float(np.median(t)), float(1000.0 * len(t) / sum(t)), len(t)) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------- compute left in float
+
+
+def compute_flops(model) -> dict[str, tuple[str, int]]:
+    """Multiply-add FLOPs (2 per MAC) of each Conv/ConvTranspose/MatMul/Gemm node, from the graph's shapes.
+
+    Needs shapes on the node inputs/outputs (run shape inference first); a node with an unknown
+    shape counts 0. A symbolic batch dimension counts as 1 (FLOPs per frame).
+    """
+    shapes = {}
+    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    flops = {}
+    for node in model.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        x, w, y = (shapes.get(node.input[0]), shapes.get(node.input[1]) if len(node.input) > 1 else None,
+                   shapes.get(node.output[0]))
+        count = 0
+        if x and w and y:
+            # Grouped convolutions need no special case: the weight already holds Cin/g (Cout/g).
+            if node.op_type == "Conv":  # w: (Cout, Cin/g, k...)
+                count = 2 * int(np.prod(y)) * int(np.prod(w[1:]))
+            elif node.op_type == "ConvTranspose":  # w: (Cin, Cout/g, k...): every input pixel scatters a kernel
+                count = 2 * int(np.prod(x)) * int(np.prod(w[1:]))
+            else:  # MatMul / Gemm: out elements x inner dimension
+                transpose_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+                inner = x[-2] if transpose_a else x[-1]
+                count = 2 * int(np.prod(y)) * int(inner)
+        flops[node.name] = (node.op_type, count)
+    return flops
+
+
+def float_compute(qdq_model, flops: dict[str, tuple[str, int]]) -> dict[str, dict]:
+    """Compute nodes of the INT8 model that will run in float on the CPU EP, and why.
+
+    A node runs in int8 only if it is of a type the CPU EP has int8 kernels for and its data input
+    comes through a DequantizeLinear; otherwise it was excluded (by the user or accuracy control)
+    or its type has no int8 kernel (ConvTranspose).
+    """
+    dq_outputs = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
+    left = {}
+    for node in qdq_model.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        quantized_input = node.input[0] in dq_outputs
+        if quantized_input and node.op_type in CPU_INT8_OPS:
+            continue
+        reason = "no int8 kernel on the CPU execution provider" if node.op_type not in CPU_INT8_OPS else "kept in float"
+        left[node.name] = {"op": node.op_type, "flops": flops.get(node.name, (node.op_type, 0))[1], "reason": reason}
+    return left
+
+
+def optimized_kernels(path: Path, work_dir: Path) -> dict[str, int]:
+    """How many compute nodes onnxruntime's optimized graph runs in int8 and in float (the EP's own view)."""
+    import onnx
+
+    from edgeseg.calibration._quantize import _onnxruntime
+
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    target = work_dir / f"{Path(path).stem}.optimized.onnx"
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(target)).graph
+    counts = {"int8": 0, "float": 0}
+    for node in graph.node:
+        if node.op_type in _INT8_KERNELS:
+            counts["int8"] += 1
+        elif node.op_type in _FLOAT_KERNELS:
+            counts["float"] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- the CPU
+
+
+def cpu_int8_support(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU has int8 dot-product instructions (VNNI, AMX, ARM dot product), and which."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return True, f"unknown ({platform.machine()}; no /proc/cpuinfo)"
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    found = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "amx_tile", "asimddp", "i8mm"})
+    return bool(found), ", ".join(found) or "none of avx512_vnni, avx_vnni, amx_int8, asimddp"
