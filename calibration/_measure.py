@@ -155,26 +155,28 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     Returns ``{node: {"op": type, "weights_db": dB or None, "activation_db": dB or None}}``.
     """
     import onnx
-    from onnxruntime.quantization.qdq_loss_debug import create_weight_matching
 
     from edgeseg.calibration._quantize import make_session
 
     float_model = onnx.load(str(float_path))
     qdq_model = onnx.load(str(qdq_path))
-    producers = {out: node for node in float_model.graph.node for out in node.output if out}
-    initializers = {init.name for init in float_model.graph.initializer}
+    float_tensors = {out for node in float_model.graph.node for out in node.output} | {
+        o.name for o in float_model.graph.output}
     # In the QDQ model a quantized tensor T flows T -> QuantizeLinear -> DequantizeLinear -> T'.
+    # Layers are the QDQ model's nodes (a Conv there has absorbed the Relu after it, so its output
+    # carries the Relu's tensor name, which the float model also has).
     q_of = {node.input[0]: node.output[0] for node in qdq_model.graph.node if node.op_type == "QuantizeLinear"}
     dq_of = {node.input[0]: node.output[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
-    qdq_tensors = {out for node in qdq_model.graph.node for out in node.output}
-    pairs = {}
-    for tensor, node in producers.items():
-        if tensor in initializers or node.op_type in ("Constant", "Shape", "Identity"):
+    pairs, owners = {}, {}
+    for node in qdq_model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant", "Shape") or not node.output:
             continue
-        quantized = dq_of.get(q_of.get(tensor, ""), None)
-        target = quantized or (tensor if tensor in qdq_tensors else None)
-        if target is not None:
-            pairs[tensor] = target
+        tensor = node.output[0]
+        float_name = tensor.removesuffix("_QuantizeLinear_Input")
+        if float_name not in float_tensors:
+            continue
+        pairs[float_name] = dq_of.get(q_of.get(tensor, ""), tensor)
+        owners[float_name] = node
     float_aug = _with_outputs(float_model, list(pairs), work_dir / "sqnr_float.onnx")
     qdq_aug = _with_outputs(qdq_model, list(pairs.values()), work_dir / "sqnr_int8.onnx")
     sessions = [make_session(float_aug), make_session(qdq_aug)]
@@ -196,18 +198,46 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     del sessions
     layers: dict[str, dict] = {}
     for tensor, (signal, noise) in sums.items():
-        node = producers[tensor]
+        node = owners[tensor]
         layers[node.name] = {"op": node.op_type, "weights_db": None, "activation_db": sqnr_db(signal, noise)}
-    weight_users = {name: node for node in float_model.graph.node for name in node.input[1:2]}
-    for weight, arrays in create_weight_matching(str(float_path), str(qdq_path)).items():
-        node = weight_users.get(weight)
-        if node is None or "dequantized" not in arrays:
-            continue
-        w = arrays["float"].astype(np.float64)
-        noise = np.square(w - arrays["dequantized"].reshape(w.shape).astype(np.float64)).sum()
-        entry = layers.setdefault(node.name, {"op": node.op_type, "weights_db": None, "activation_db": None})
-        entry["weights_db"] = sqnr_db(float(np.square(w).sum()), float(noise))
+    for node_name, op_type, w, dequantized in _weight_pairs(float_model, qdq_model):
+        entry = layers.setdefault(node_name, {"op": op_type, "weights_db": None, "activation_db": None})
+        noise = float(np.square(w - dequantized).sum())
+        entry["weights_db"] = sqnr_db(float(np.square(w).sum()), noise)
     return layers
+
+
+def _weight_pairs(float_model, qdq_model):
+    """``(node, op, float weight, dequantized int8 weight)`` for each quantized weight of a compute node.
+
+    Done here rather than with ``qdq_loss_debug.create_weight_matching``, which stops at biases it
+    cannot find by name (ConvTranspose biases); only the weight input (index 1) is compared.
+    """
+    from onnx import numpy_helper
+
+    floats = {init.name: init for init in float_model.graph.initializer}
+    qinits = {init.name: init for init in qdq_model.graph.initializer}
+    dq_nodes = {node.output[0]: node for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
+    for node in qdq_model.graph.node:
+        if node.op_type not in COMPUTE_OPS or len(node.input) < 2 or node.input[1] not in dq_nodes:
+            continue
+        dq = dq_nodes[node.input[1]]
+        if dq.input[0] not in qinits:
+            continue
+        original = dq.input[0].removesuffix("_quantized")
+        if original not in floats:
+            continue
+        w = numpy_helper.to_array(floats[original]).astype(np.float64)
+        q = numpy_helper.to_array(qinits[dq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(qinits[dq.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(qinits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else 0.0
+        if np.ndim(scale) == 1 and scale.size > 1:  # per channel along `axis`
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) else zero
+        yield node.name, node.op_type, w, (q - zero) * scale
 
 
 def worst_first(layers: dict[str, dict]) -> list[tuple[str, float]]:
@@ -306,8 +336,8 @@ def compute_flops(model) -> dict[str, tuple[str, int]]:
 def float_compute(qdq_model, flops: dict[str, tuple[str, int]]) -> dict[str, dict]:
     """Compute nodes of the INT8 model that will run in float on the CPU EP, and why.
 
-    A node runs in int8 only if it is of a type the CPU EP has int8 kernels for and its data input
-    comes through a DequantizeLinear; otherwise it was excluded (by the user or accuracy control)
+    A node runs in int8 only if it is of a type the CPU EP has int8 kernels for and its data and
+    weight inputs come through DequantizeLinear nodes; otherwise it was excluded (by the user or accuracy control)
     or its type has no int8 kernel (ConvTranspose).
     """
     dq_outputs = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
@@ -315,8 +345,9 @@ def float_compute(qdq_model, flops: dict[str, tuple[str, int]]) -> dict[str, dic
     for node in qdq_model.graph.node:
         if node.op_type not in COMPUTE_OPS:
             continue
-        quantized_input = node.input[0] in dq_outputs
-        if quantized_input and node.op_type in CPU_INT8_OPS:
+        # Both the data and the weight must arrive dequantized for the EP to fuse an int8 kernel.
+        quantized_inputs = all(name in dq_outputs for name in node.input[:2])
+        if quantized_inputs and node.op_type in CPU_INT8_OPS:
             continue
         reason = "no int8 kernel on the CPU execution provider" if node.op_type not in CPU_INT8_OPS else "kept in float"
         left[node.name] = {"op": node.op_type, "flops": flops.get(node.name, (node.op_type, 0))[1], "reason": reason}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -115,6 +116,13 @@ def write_frames(folder: Path, count: int, *, seed: int = 0, size: int = 48, mas
         if masks is not None:
             cv2.imwrite(str(masks / f"frame_{i:03d}.png"), (image.mean(axis=2) > 128).astype(np.uint8))
     return folder
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    """The builders above, for test modules (pytest's importlib mode cannot import conftest by name)."""
+    return SimpleNamespace(SIZE=SIZE, segmentation_model=segmentation_model, autoencoder_model=autoencoder_model,
+                           natural_image=natural_image, write_frames=write_frames)
 
 
 @pytest.fixture
