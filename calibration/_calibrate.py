@@ -186,7 +186,8 @@ def _accuracy_control(budget, model, prepared, default_int8, cache, options, fra
     start_drop = comparison.drop(kind)
     control = {"max_drop": budget.max_drop, "drop_before": start_drop, "returned": [], "steps": [],
                "_default_path": default_int8}
-    ranking = [name for name, _ in _measure.worst_first(layers) if name not in options.float_nodes]
+    ranking = [name for name, _ in _measure.worst_first(layers)
+               if name not in options.float_nodes and layers[name]["op"] not in _measure.DATA_MOVEMENT]
     candidate = default_int8
     drop = start_drop
     for step, name in enumerate(ranking):

@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="node names to keep in float (default: none)")
     p.add_argument("--float-ops", default="", metavar="OP,OP",
                    help="op types to keep in float, e.g. ConvTranspose,Softmax (default: none)")
+    p.add_argument("--quantize-output", action="store_true",
+                   help="quantize the final Softmax/Sigmoid too (default: keep it float; 8-bit probabilities "
+                        "tie and flip argmax, and the op is cheap)")
     p.add_argument("--max-drop", type=float, default=None, metavar="X",
                    help="accuracy control: return lowest-SQNR layers to float until the drop is at most X points "
                         "(mIoU with masks, pixel disagreement without, %% MSE increase for autoencoders; "
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     options = QuantizeOptions(
         method=args.method, percentile=args.percentile, per_channel=not args.per_tensor, format=args.format,
         unsigned_activations=args.uint8_activations, symmetric_activations=args.symmetric,
-        reduce_range=args.reduce_range, float_nodes=_names(args.float_nodes), float_op_types=_names(args.float_ops),
+        reduce_range=args.reduce_range, float_output=not args.quantize_output, float_nodes=_names(args.float_nodes), float_op_types=_names(args.float_ops),
     )
     chart = args.chart
     if chart is None and args.report:

@@ -240,6 +240,11 @@ def _weight_pairs(float_model, qdq_model):
         yield node.name, node.op_type, w, (q - zero) * scale
 
 
+# Ops that only move or reshape data: returning one to float changes no arithmetic.
+DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Slice", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Pad",
+                           "Gather", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Cast"})
+
+
 def worst_first(layers: dict[str, dict]) -> list[tuple[str, float]]:
     """``(node, dB)`` sorted worst first; a node's dB is the lower of its weights' and activation's."""
     scored = []

@@ -36,6 +36,8 @@ class QuantizeOptions:
 
     ``symmetric_activations`` makes activation ranges symmetric around 0 (what TensorRT wants);
     weights are always symmetric. ``float_nodes`` and ``float_op_types`` stay in float.
+    ``float_output`` keeps the final Softmax/Sigmoid in float: 8-bit probabilities move in steps
+    of 1/256, so near-even pixels tie and argmax flips, while the op itself costs next to nothing.
     """
 
     method: str = "minmax"
@@ -46,6 +48,7 @@ class QuantizeOptions:
     symmetric_activations: bool = False
     reduce_range: bool = False
     moving_average: bool = False
+    float_output: bool = True
     float_nodes: tuple[str, ...] = ()
     float_op_types: tuple[str, ...] = ()
 
@@ -65,6 +68,7 @@ class QuantizeOptions:
             "per_channel": self.per_channel, "format": self.format,
             "activations": "uint8" if self.unsigned_activations else "int8", "weights": "int8",
             "symmetric_activations": self.symmetric_activations, "reduce_range": self.reduce_range,
+            "float_output": self.float_output,
             "float_op_types": list(self.float_op_types),
         }
 
@@ -166,15 +170,27 @@ def quantize(model_path: Path, output: Path, *, cache: Path, options: QuantizeOp
         "WeightSymmetric": True,
         "CalibTensorRangeSymmetric": options.symmetric_activations,
     }
+    exclude = list(exclude) + list(options.float_nodes)
+    if options.float_output:
+        exclude += output_activations(model_path)
     with _quiet():
         quantize_static(
             str(model_path), str(output), calibration_data_reader=None,
             quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
             op_types_to_quantize=op_types, per_channel=options.per_channel, reduce_range=options.reduce_range,
             activation_type=QuantType.QUInt8 if options.unsigned_activations else QuantType.QInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude) + list(options.float_nodes),
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             calibrate_method=_method_enum(options.method), extra_options=extra, calibration_cache_path=str(cache),
         )
+
+
+def output_activations(model_path: Path) -> list[str]:
+    """Names of the Softmax/Sigmoid nodes that produce a graph output."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.op_type in ("Softmax", "Sigmoid") and set(n.output) & outputs]
 
 
 def write_trt_table(ranges, folder: Path) -> list[str]:

@@ -193,3 +193,16 @@ def test_cli_end_to_end_and_bad_input_exit_2(kit, tmp_path, seg_model):
     failed = _cli(seg_model, "--data", tmp_path / "empty", "-o", tmp_path / "x.onnx")
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
     assert "No calibration frames" in failed.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path, seg_model):
+    frames = kit.write_frames(tmp_path / "f", 4)
+    code = (
+        "import sys\n"
+        "import edgeseg.calibration as c\n"
+        "assert not {'onnx', 'onnxruntime', 'tensorflow'} & set(sys.modules), 'import is not lazy'\n"
+        f"c.calibrate({str(seg_model)!r}, {str(frames)!r}, output={str(tmp_path / 'q.onnx')!r}, timing_rounds=1)\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
