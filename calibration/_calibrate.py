@@ -135,10 +135,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
 
         candidate_proto = onnx.load(str(candidate))
         flops = _measure.compute_flops(onnx.load(str(prepared)))
-        left = _measure.float_compute(candidate_proto, flops)
+        kernels = _measure.optimized_kernels(candidate, work)
+        left = _measure.float_compute(candidate_proto, flops, kernels)
         total = sum(f for _, f in flops.values()) or 1
         float_share = sum(entry["flops"] for entry in left.values()) / total
-        kernels = _measure.optimized_kernels(candidate, work)
         excluded = list(options.float_nodes) + list(control["returned"] if control else [])
 
         has_dot, cpu_flags = _measure.cpu_int8_support()
@@ -151,7 +151,10 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
             by_reason[f"{entry['op']} ({entry['reason']})"] += entry["flops"]
         if float_share > FLOAT_SHARE_WARNING:
             detail = ", ".join(f"{k}: {100 * v / total:.1f}%" for k, v in sorted(by_reason.items(), key=lambda i: -i[1]))
-            warnings.append(f"{100 * float_share:.1f}% of the model's FLOPs stay in float ({detail}).")
+            hint = ""
+            if any(e["reason"].startswith("not fused") for e in left.values()) and options.activations == "int8":
+                hint = " With int8 activations the x86 CPU provider leaves Convs after MaxPool in float: try --activations uint8."
+            warnings.append(f"{100 * float_share:.1f}% of the model's FLOPs stay in float ({detail}).{hint}")
         speedup = timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame
         if speedup < 1.0:
             warnings.append(f"INT8 is slower than FP32 here ({speedup:.2f}x).")
@@ -234,7 +237,7 @@ def _report(contract, options, *, frames_stats, samples, comparison, timings, la
         "layers": [{"name": name, **layers[name]} for name, _ in ranked],
         "float_nodes": sorted(left),
         "float_compute": {"share": float_share, "total_gflops": total_flops / 1e9,
-                          "nodes": left, "ep_kernels": kernels},
+                          "nodes": left, "ep_kernels": kernels.counts()},
         "excluded_nodes": excluded,
         "accuracy_control": control,
         "frames": {"source": frames_stats.source, "kind": frames_stats.kind, "read": frames_stats.read,

@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="one scale per weight tensor instead of per output channel (default: per channel)")
     p.add_argument("--format", choices=("qdq", "qoperator"), default="qdq",
                    help="quantized model format (default: qdq)")
-    p.add_argument("--uint8-activations", action="store_true",
-                   help="unsigned 8-bit activations (default: signed int8 activations and weights)")
+    p.add_argument("--activations", choices=("auto", "int8", "uint8"), default="auto",
+                   help="activation type (default: auto = uint8 on x86-64, where onnxruntime's CPU kernels fuse "
+                        "more of the graph, int8 on ARM; weights are always int8)")
     p.add_argument("--symmetric", action="store_true",
                    help="symmetric activation ranges around 0, as TensorRT wants (default: asymmetric; "
                         "weights are always symmetric)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = QuantizeOptions(
         method=args.method, percentile=args.percentile, per_channel=not args.per_tensor, format=args.format,
-        unsigned_activations=args.uint8_activations, symmetric_activations=args.symmetric,
+        activations=args.activations, symmetric_activations=args.symmetric,
         reduce_range=args.reduce_range, float_output=not args.quantize_output, float_nodes=_names(args.float_nodes), float_op_types=_names(args.float_ops),
     )
     chart = args.chart

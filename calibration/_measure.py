@@ -338,47 +338,60 @@ def compute_flops(model) -> dict[str, tuple[str, int]]:
     return flops
 
 
-def float_compute(qdq_model, flops: dict[str, tuple[str, int]]) -> dict[str, dict]:
-    """Compute nodes of the INT8 model that will run in float on the CPU EP, and why.
+@dataclass(frozen=True)
+class Kernels:
+    """What onnxruntime's optimized graph computes in int8 and in float (the EP's own view)."""
 
-    A node runs in int8 only if it is of a type the CPU EP has int8 kernels for and its data and
-    weight inputs come through DequantizeLinear nodes; otherwise it was excluded (by the user or accuracy control)
-    or its type has no int8 kernel (ConvTranspose).
-    """
-    dq_outputs = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
-    left = {}
-    for node in qdq_model.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        # Both the data and the weight must arrive dequantized for the EP to fuse an int8 kernel.
-        quantized_inputs = all(name in dq_outputs for name in node.input[:2])
-        if quantized_inputs and node.op_type in CPU_INT8_OPS:
-            continue
-        reason = "no int8 kernel on the CPU execution provider" if node.op_type not in CPU_INT8_OPS else "kept in float"
-        left[node.name] = {"op": node.op_type, "flops": flops.get(node.name, (node.op_type, 0))[1], "reason": reason}
-    return left
+    int8: int
+    float: int
+    float_names: frozenset[str]
+
+    def counts(self) -> dict[str, int]:
+        return {"int8": self.int8, "float": self.float}
 
 
-def optimized_kernels(path: Path, work_dir: Path) -> dict[str, int]:
-    """How many compute nodes onnxruntime's optimized graph runs in int8 and in float (the EP's own view)."""
+def optimized_kernels(path: Path, work_dir: Path) -> Kernels:
+    """Build ``path``'s session once, save the optimized graph, and count its int8 and float compute nodes."""
     import onnx
 
     from edgeseg.calibration._quantize import _onnxruntime
 
     ort = _onnxruntime()
     options = ort.SessionOptions()
+    # EXTENDED, not ALL: ALL adds layout nodes (NCHWc) that rename float Convs; the int8 fusions are the same.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     target = work_dir / f"{Path(path).stem}.optimized.onnx"
     options.optimized_model_filepath = str(target)
     ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     graph = onnx.load(str(target)).graph
-    counts = {"int8": 0, "float": 0}
-    for node in graph.node:
-        if node.op_type in _INT8_KERNELS:
-            counts["int8"] += 1
-        elif node.op_type in _FLOAT_KERNELS:
-            counts["float"] += 1
-    return counts
+    int8 = sum(node.op_type in _INT8_KERNELS for node in graph.node)
+    floats = frozenset(node.name for node in graph.node if node.op_type in _FLOAT_KERNELS)
+    return Kernels(int8=int8, float=len(floats), float_names=floats)
+
+
+def float_compute(qdq_model, flops: dict[str, tuple[str, int]], kernels: Kernels) -> dict[str, dict]:
+    """Compute nodes of the INT8 model that run in float on the CPU EP, with their FLOPs and why.
+
+    The optimized graph says which (``kernels``); the QDQ graph says why: the node was kept in
+    float (no quantized weight), its type has no int8 kernel (ConvTranspose), or the EP could not
+    fuse it (its input comes through an op that stays float, e.g. MaxPool with int8 activations).
+    """
+    dq_outputs = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
+    left = {}
+    for node in qdq_model.graph.node:
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        quantized_inputs = all(name in dq_outputs for name in node.input[:2])
+        if not quantized_inputs:
+            reason = "kept in float"
+        elif node.op_type not in CPU_INT8_OPS:
+            reason = "no int8 kernel on the CPU execution provider"
+        elif node.name in kernels.float_names:
+            reason = "not fused into an int8 kernel by the CPU execution provider"
+        else:
+            continue
+        left[node.name] = {"op": node.op_type, "flops": flops.get(node.name, (node.op_type, 0))[1], "reason": reason}
+    return left
 
 
 # ---------------------------------------------------------------- the CPU

@@ -206,3 +206,17 @@ def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_activation_type_follows_the_cpu_unless_chosen(kit, tmp_path, seg_model):
+    from edgeseg.calibration._quantize import default_activations
+
+    assert default_activations("x86_64") == "uint8" and default_activations("aarch64") == "int8"
+    frames = kit.write_frames(tmp_path / "f", 4)
+    for activations, dtype in (("int8", np.int8), ("uint8", np.uint8)):
+        out = tmp_path / f"{activations}.onnx"
+        report = calibrate(seg_model, frames, output=out, timing_rounds=1, sqnr_frames=1,
+                           options=QuantizeOptions(activations=activations))
+        assert report["options"]["activations"] == activations
+        zero_points = [i for i in onnx.load(str(out)).graph.initializer if i.name == "r1_zero_point"]
+        assert onnx.numpy_helper.to_array(zero_points[0]).dtype == dtype
