@@ -32,8 +32,6 @@ log = logging.getLogger("edgeseg.calibration")
 # 7x7x4096 tensor still rests on ~64 values above it, at 8 frames on ~16. (TensorRT and the
 # onnxruntime examples use 100-500 images for ImageNet classifiers, where a frame is one sample.)
 MIN_SAMPLES = 32
-# Share of the model's compute left in float above which the speed goal is at risk.
-FLOAT_SHARE_WARNING = 0.05
 MAX_CONTROL_STEPS = 16
 
 
@@ -149,12 +147,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         for entry in left.values():
             by_reason.setdefault(f"{entry['op']} ({entry['reason']})", 0)
             by_reason[f"{entry['op']} ({entry['reason']})"] += entry["flops"]
-        if float_share > FLOAT_SHARE_WARNING:
-            detail = ", ".join(f"{k}: {100 * v / total:.1f}%" for k, v in sorted(by_reason.items(), key=lambda i: -i[1]))
+        if left:
+            detail = ", ".join(f"{k}: {100 * v / total:.2f}%" for k, v in sorted(by_reason.items(), key=lambda i: -i[1]))
             hint = ""
             if any(e["reason"].startswith("not fused") for e in left.values()) and options.activations == "int8":
                 hint = " With int8 activations the x86 CPU provider leaves Convs after MaxPool in float: try --activations uint8."
-            warnings.append(f"{100 * float_share:.1f}% of the model's FLOPs stay in float ({detail}).{hint}")
+            warnings.append(f"{len(left)} compute node(s) run in float, {100 * float_share:.2f}% of the model's FLOPs "
+                            f"({detail}).{hint}")
         speedup = timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame
         if speedup < 1.0:
             warnings.append(f"INT8 is slower than FP32 here ({speedup:.2f}x).")

@@ -283,7 +283,8 @@ def time_side_by_side(paths: dict[str, Path], frames: CalibrationSet, *, rounds:
     """Latency of each model on the same frames, interleaved run by run with the same session options.
 
     Interleaving (A, B, A, B, ...) makes load from other processes hit both models alike. The
-    median is the latency; fps is frames over total time (includes the slow runs).
+    median is the latency and fps is its inverse (batch 1, one stream): medians shrug off the
+    runs another process preempted, which on a shared machine the mean does not.
     """
     from edgeseg.calibration._quantize import make_session
 
@@ -299,7 +300,7 @@ def time_side_by_side(paths: dict[str, Path], frames: CalibrationSet, *, rounds:
             session.run(None, feed)
             if r >= warmup:
                 times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: Timing(float(np.median(t)), float(1000.0 * len(t) / sum(t)), len(t)) for name, t in times.items()}
+    return {name: Timing(float(np.median(t)), float(1000.0 / np.median(t)), len(t)) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------- compute left in float
