@@ -84,6 +84,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     del proto
 
     warnings: list[str] = []
+    # The process peak after each stage (it only grows): says which stage set the peak.
+    peaks: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
             load_calibration_set(data, contract, samples=samples, every=every, masks=masks) as frames:
         work = Path(tmp)
@@ -99,6 +101,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                             "sample a longer stretch of video or more images.")
         prepared = work / "prepared.onnx"
         preprocess_for_quantization(model, prepared)
+        peaks["prepare"] = _peak_mb()
 
         collector = RangeCollector(prepared, work, options)
         input_name = contract.input.name if _has_input(prepared, contract.input.name) else None
@@ -107,12 +110,16 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
             collector.add(input_name, batch)
         cache = work / "ranges.json"
         ranges = collector.save(cache)
+        peaks["calibrate"] = _peak_mb()
         del collector
 
         candidate = work / "int8.onnx"
         quantize(prepared, candidate, cache=cache, options=options)
+        peaks["quantize"] = _peak_mb()
         comparison = _compare(model, candidate, frames, contract, chunk)
+        peaks["compare"] = _peak_mb()
         layers = _measure.layer_sqnr(prepared, candidate, frames, work, max_frames=sqnr_frames)
+        peaks["sqnr"] = _peak_mb()
         control = None
         if budget is not None:
             control, candidate, comparison = _accuracy_control(
@@ -124,6 +131,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         if control and control["returned"]:
             timed["int8_default"] = control.pop("_default_path")
         timings = _measure.time_side_by_side(timed, frames, rounds=timing_rounds, threads=threads)
+        peaks["timing"] = _peak_mb()
         if control:
             control.pop("_default_path", None)
             if "int8_default" in timings:
@@ -170,7 +178,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     result = _report(contract, options, frames_stats=stats, samples=len(frames), comparison=comparison,
                      timings=timings, layers=layers, left=left, float_share=float_share, total_flops=total,
                      kernels=kernels, excluded=excluded, control=control, warnings=warnings,
-                     cpu=(has_dot, cpu_flags), output=output, trt_files=trt_files, threads=threads)
+                     cpu=(has_dot, cpu_flags), output=output, trt_files=trt_files, threads=threads, peaks=peaks)
     if chart:
         result["chart"] = str(write_chart(result["layers"], Path(chart)))
     if report:
@@ -208,7 +216,7 @@ def _accuracy_control(budget, model, prepared, default_int8, cache, options, fra
 
 
 def _report(contract, options, *, frames_stats, samples, comparison, timings, layers, left, float_share,
-            total_flops, kernels, excluded, control, warnings, cpu, output, trt_files, threads) -> dict:
+            total_flops, kernels, excluded, control, warnings, cpu, output, trt_files, threads, peaks) -> dict:
     def side(name: str, scores: dict) -> dict:
         timing = timings[name]
         return {"miou": scores.get("miou"), "pixel_acc": scores.get("pixel_acc"),
@@ -244,7 +252,8 @@ def _report(contract, options, *, frames_stats, samples, comparison, timings, la
                    "median_autocorrelation": frames_stats.median_autocorrelation,
                    "evaluated_on": "the calibration frames"},
         "cpu": {"int8_dot_product": cpu[0], "flags": cpu[1]},
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_mb": _peak_mb(),
+        "peak_mb_after": peaks,
         "trt_table": trt_files,
         "warnings": warnings,
     }
@@ -311,6 +320,11 @@ def format_table(report: dict) -> str:
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _peak_mb() -> float:
+    # Linux reports ru_maxrss in KiB: the whole process's peak resident memory so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _load(path: Path):

@@ -5,6 +5,7 @@ Everything streams over the calibration set in chunks and keeps only running sum
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import time
@@ -147,7 +148,7 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
 
 
 def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_dir: Path, *,
-               max_frames: int = 8) -> dict[str, dict]:
+               max_frames: int = 8, max_output_mb: int = 256) -> dict[str, dict]:
     """Per node of the float model: SQNR (dB) of its weights and of its output activation in the INT8 model.
 
     Activation SQNR compares the float model's tensor with the INT8 model's dequantized tensor at
@@ -177,25 +178,28 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
             continue
         pairs[float_name] = dq_of.get(q_of.get(tensor, ""), tensor)
         owners[float_name] = node
-    float_aug = _with_outputs(float_model, list(pairs), work_dir / "sqnr_float.onnx")
-    qdq_aug = _with_outputs(qdq_model, list(pairs.values()), work_dir / "sqnr_int8.onnx")
-    sessions = [make_session(float_aug), make_session(qdq_aug)]
-    input_name = sessions[0].get_inputs()[0].name
     sums = {t: [0.0, 0.0] for t in pairs}
-    seen = 0
-    for _, batch in frames.chunks(1):
-        if seen >= max_frames:
-            break
-        fa = dict(zip([o.name for o in sessions[0].get_outputs()], sessions[0].run(None, {input_name: batch})))
-        qa = dict(zip([o.name for o in sessions[1].get_outputs()], sessions[1].run(None, {input_name: batch})))
-        for tensor, target in pairs.items():
-            x, y = fa[tensor].astype(np.float64), qa[target].astype(np.float64)
-            if x.shape != y.shape:
-                continue
-            sums[tensor][0] += float(np.square(x).sum())
-            sums[tensor][1] += float(np.square(x - y).sum())
-        seen += 1
-    del sessions
+    feeds = [batch for _, batch in itertools.islice(frames.chunks(1), max_frames)]
+    # Every saved tensor of a frame stays alive until the run returns: group the tensors so one
+    # run holds at most ~max_output_mb of them (FCN-8 at 224 holds ~1 GB of activations per frame).
+    for group, tensors in enumerate(_groups(pairs, _tensor_bytes(float_model), max_output_mb * 2**20)):
+        float_aug = _with_outputs(float_model, tensors, work_dir / f"sqnr_float_{group}.onnx")
+        qdq_aug = _with_outputs(qdq_model, [pairs[t] for t in tensors], work_dir / f"sqnr_int8_{group}.onnx")
+        sessions = [make_session(float_aug, arena=False), make_session(qdq_aug, arena=False)]
+        input_name = sessions[0].get_inputs()[0].name
+        for batch in feeds:
+            fa = dict(zip(tensors, sessions[0].run(tensors, {input_name: batch})))
+            qa = dict(zip([pairs[t] for t in tensors], sessions[1].run([pairs[t] for t in tensors], {input_name: batch})))
+            for tensor in tensors:
+                x, y = fa[tensor].astype(np.float64), qa[pairs[tensor]].astype(np.float64)
+                if x.shape != y.shape:
+                    continue
+                sums[tensor][0] += float(np.square(x).sum())
+                sums[tensor][1] += float(np.square(x - y).sum())
+            del fa, qa
+        del sessions
+        float_aug.unlink()
+        qdq_aug.unlink()
     layers: dict[str, dict] = {}
     for tensor, (signal, noise) in sums.items():
         node = owners[tensor]
@@ -205,6 +209,26 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
         noise = float(np.square(w - dequantized).sum())
         entry["weights_db"] = sqnr_db(float(np.square(w).sum()), noise)
     return layers
+
+
+def _tensor_bytes(model) -> dict[str, int]:
+    sizes = {}
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in info.type.tensor_type.shape.dim]
+        sizes[info.name] = 4 * int(np.prod(dims)) if dims else 4
+    return sizes
+
+
+def _groups(pairs: dict[str, str], sizes: dict[str, int], budget: int) -> list[list[str]]:
+    groups, current, used = [], [], 0
+    for tensor in pairs:
+        size = sizes.get(tensor, budget // 8)  # unknown shape: assume a large-ish tensor
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(tensor)
+        used += size
+    return groups + [current] if current else groups
 
 
 def _weight_pairs(float_model, qdq_model):
@@ -256,15 +280,17 @@ def worst_first(layers: dict[str, dict]) -> list[tuple[str, float]]:
 
 
 def _with_outputs(model, tensors: Sequence[str], path: Path) -> Path:
+    """Save ``model`` with ``tensors`` added as graph outputs (added in place, then removed: no copy)."""
     import onnx
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
     existing = {o.name for o in model.graph.output}
-    for tensor in tensors:
-        if tensor not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-            existing.add(tensor)
-    onnx.save(model, str(path))
+    added = [t for t in dict.fromkeys(tensors) if t not in existing]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in added)
+    try:
+        onnx.save(model, str(path))
+    finally:
+        for _ in added:
+            model.graph.output.pop()
     return path
 
 

@@ -90,7 +90,7 @@ def default_activations(machine: str | None = None) -> str:
     return "uint8" if machine in ("x86_64", "amd64", "x86", "i686", "i386") else "int8"
 
 
-def make_session(path: str | os.PathLike, *, threads: int | None = None):
+def make_session(path: str | os.PathLike, *, threads: int | None = None, arena: bool = True):
     """An onnxruntime CPU session with full graph optimization.
 
     Stand-in for ``edgeseg.runtime.make_session`` until it lands on main: both FP32 and INT8
@@ -103,6 +103,9 @@ def make_session(path: str | os.PathLike, *, threads: int | None = None):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Without the arena, memory goes back to the system after each run (used where a run holds
+    # many saved activations; timing sessions keep onnxruntime's default).
+    options.enable_cpu_mem_arena = arena
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
