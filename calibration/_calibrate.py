@@ -196,7 +196,7 @@ def _accuracy_control(budget, model, prepared, default_int8, cache, options, fra
     start_drop = comparison.drop(kind)
     control = {"max_drop": budget.max_drop, "drop_before": start_drop, "returned": [], "steps": [],
                "_default_path": default_int8}
-    ranking = [name for name, _ in _measure.worst_first(layers)
+    ranking = [name for name, _ in _measure.worst_first(layers, key="added_db")
                if name not in options.float_nodes and layers[name]["op"] not in _measure.DATA_MOVEMENT]
     candidate = default_int8
     drop = start_drop

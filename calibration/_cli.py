@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="7-bit weights, for CPUs without VNNI (default: off)")
     p.add_argument("--float-nodes", default="", metavar="A,B",
                    help="node names to keep in float (default: none)")
-    p.add_argument("--float-ops", default="", metavar="OP,OP",
-                   help="op types to keep in float, e.g. ConvTranspose,Softmax (default: none)")
+    p.add_argument("--float-ops", default="ConvTranspose", metavar="OP,OP",
+                   help="op types to keep in float (default: ConvTranspose, which onnxruntime's CPU provider "
+                        "runs in float anyway; pass '' to quantize it, e.g. for TensorRT)")
     p.add_argument("--quantize-output", action="store_true",
                    help="quantize the final Softmax/Sigmoid too (default: keep it float; 8-bit probabilities "
                         "tie and flip argmax, and the op is cheap)")

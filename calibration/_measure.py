@@ -200,12 +200,23 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
         del sessions
         float_aug.unlink()
         qdq_aug.unlink()
+    # Activation SQNR accumulates down the graph; what a layer itself adds is its output's
+    # noise-to-signal ratio minus that of its noisiest input (both measured, so this is exact
+    # only when noise adds up independently; good enough to rank layers).
+    nsr = {t: (noise / signal if signal > 0 else 0.0) for t, (signal, noise) in sums.items()}
+    q_input = {node.output[0]: node.input[0] for node in qdq_model.graph.node if node.op_type == "QuantizeLinear"}
+    dq_input = {node.output[0]: node.input[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
     layers: dict[str, dict] = {}
     for tensor, (signal, noise) in sums.items():
         node = owners[tensor]
-        layers[node.name] = {"op": node.op_type, "weights_db": None, "activation_db": sqnr_db(signal, noise)}
+        inputs = [q_input.get(dq_input.get(name, ""), name).removesuffix("_QuantizeLinear_Input") for name in node.input]
+        before = max((nsr[name] for name in inputs if name in nsr), default=0.0)
+        added = max(0.0, nsr[tensor] - before)
+        layers[node.name] = {"op": node.op_type, "weights_db": None, "activation_db": sqnr_db(signal, noise),
+                             "added_db": sqnr_db(1.0, added)}
     for node_name, op_type, w, dequantized in _weight_pairs(float_model, qdq_model):
-        entry = layers.setdefault(node_name, {"op": op_type, "weights_db": None, "activation_db": None})
+        entry = layers.setdefault(node_name, {"op": op_type, "weights_db": None, "activation_db": None,
+                                              "added_db": None})
         noise = float(np.square(w - dequantized).sum())
         entry["weights_db"] = sqnr_db(float(np.square(w).sum()), noise)
     return layers
@@ -269,11 +280,15 @@ DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Slice", "Squeeze", "Unsqueez
                            "Gather", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Cast"})
 
 
-def worst_first(layers: dict[str, dict]) -> list[tuple[str, float]]:
-    """``(node, dB)`` sorted worst first; a node's dB is the lower of its weights' and activation's."""
+def worst_first(layers: dict[str, dict], *, key: str = "activation_db") -> list[tuple[str, float]]:
+    """``(node, dB)`` sorted worst first; a node's dB is the lower of its weights' and ``key``'s.
+
+    ``activation_db`` (cumulative) is what the report shows; accuracy control ranks by
+    ``added_db``, the noise each layer adds itself, so it does not just pick the last layers.
+    """
     scored = []
     for name, entry in layers.items():
-        values = [v for v in (entry["weights_db"], entry["activation_db"]) if v is not None]
+        values = [v for v in (entry["weights_db"], entry.get(key)) if v is not None]
         if values:
             scored.append((name, min(values)))
     return sorted(scored, key=lambda item: item[1])
@@ -410,7 +425,8 @@ def float_compute(qdq_model, flops: dict[str, tuple[str, int]], kernels: Kernels
             continue
         quantized_inputs = all(name in dq_outputs for name in node.input[:2])
         if not quantized_inputs:
-            reason = "kept in float"
+            reason = "kept in float" + (" (no int8 kernel on the CPU execution provider anyway)"
+                                        if node.op_type not in CPU_INT8_OPS else "")
         elif node.op_type not in CPU_INT8_OPS:
             reason = "no int8 kernel on the CPU execution provider"
         elif node.name in kernels.float_names:

@@ -220,3 +220,32 @@ def test_activation_type_follows_the_cpu_unless_chosen(kit, tmp_path, seg_model)
         assert report["options"]["activations"] == activations
         zero_points = [i for i in onnx.load(str(out)).graph.initializer if i.name == "r1_zero_point"]
         assert onnx.numpy_helper.to_array(zero_points[0]).dtype == dtype
+
+
+def test_output_softmax_stays_float_by_default_even_behind_a_transpose(tmp_path, seg_model):
+    from edgeseg.calibration._quantize import output_activations
+
+    assert output_activations(seg_model) == ["softmax"]  # tiny model: Transpose, then Softmax makes the output
+    model = onnx.load(str(seg_model))
+    softmax, transpose = model.graph.node[-1], model.graph.node[-2]
+    # Re-order as tf2onnx exports Keras: Softmax on NCHW (axis 1), then Transpose to NHWC.
+    softmax.input[0], softmax.output[0] = "logits", "probabilities_nchw"
+    softmax.attribute[0].i = 1
+    transpose.input[0], transpose.output[0] = "probabilities_nchw", "probabilities"
+    reordered = [onnx.NodeProto.FromString(n.SerializeToString()) for n in (softmax, transpose)]
+    del model.graph.node[-2:]
+    model.graph.node.extend(reordered)
+    onnx.save(model, str(tmp_path / "tf2onnx_like.onnx"))
+    assert output_activations(tmp_path / "tf2onnx_like.onnx") == ["softmax", "to_nhwc"]
+
+
+def test_conv_transpose_is_float_by_default_and_quantized_on_request(kit, tmp_path, seg_model):
+    frames = kit.write_frames(tmp_path / "f", 4)
+    calibrate(seg_model, frames, output=tmp_path / "a.onnx", timing_rounds=1, sqnr_frames=1)
+    report = calibrate(seg_model, frames, output=tmp_path / "b.onnx", timing_rounds=1, sqnr_frames=1,
+                       options=QuantizeOptions(float_op_types=()))
+    quantized = {n.input[0] for n in onnx.load(str(tmp_path / "a.onnx")).graph.node if n.op_type == "QuantizeLinear"}
+    assert "r3" not in quantized  # the ConvTranspose's output: no Q/DQ round trip
+    quantized = {n.input[0] for n in onnx.load(str(tmp_path / "b.onnx")).graph.node if n.op_type == "QuantizeLinear"}
+    assert "r3" in quantized
+    assert report["float_compute"]["nodes"]["up"]["reason"] == "no int8 kernel on the CPU execution provider"
