@@ -104,8 +104,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         peaks["prepare"] = _peak_mb()
 
         collector = RangeCollector(prepared, work, options)
-        input_name = contract.input.name if _has_input(prepared, contract.input.name) else None
-        input_name = input_name or make_session(prepared).get_inputs()[0].name
+        input_name = _input_name(prepared, contract.input.name)
         for _, batch in frames.chunks(chunk):
             collector.add(input_name, batch)
         cache = work / "ranges.json"
@@ -338,11 +337,14 @@ def _load(path: Path):
         raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file ({type(error).__name__}).") from None
 
 
-def _has_input(path: Path, name: str) -> bool:
+def _input_name(path: Path, preferred: str) -> str:
+    # The contract names the input; an older export may name it differently: take the graph's first.
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return any(i.name == name for i in graph.input)
+    weights = {init.name for init in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in weights]
+    return preferred if preferred in names else names[0]
 
 
 def _save_atomically(model, output: Path) -> None:

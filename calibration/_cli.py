@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trt-table", metavar="DIR", default=None,
                    help="also write a TensorRT calibration table into DIR (default: none)")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads for the timing sessions (default: onnxruntime's choice)")
+                   help="intra-op threads for FP32 and INT8 alike (default: the runtime's choice, as in edgeseg segment: "
+                        "1 on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
     p.add_argument("--rounds", type=int, default=20, help="timed runs per model (default: 20)")
     p.set_defaults(func=run)
 

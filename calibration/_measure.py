@@ -157,7 +157,7 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     """
     import onnx
 
-    from edgeseg.calibration._quantize import make_session
+    from edgeseg.calibration._quantize import analysis_session
 
     float_model = onnx.load(str(float_path))
     qdq_model = onnx.load(str(qdq_path))
@@ -185,7 +185,7 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     for group, tensors in enumerate(_groups(pairs, _tensor_bytes(float_model), max_output_mb * 2**20)):
         float_aug = _with_outputs(float_model, tensors, work_dir / f"sqnr_float_{group}.onnx")
         qdq_aug = _with_outputs(qdq_model, [pairs[t] for t in tensors], work_dir / f"sqnr_int8_{group}.onnx")
-        sessions = [make_session(float_aug, arena=False), make_session(qdq_aug, arena=False)]
+        sessions = [analysis_session(float_aug), analysis_session(qdq_aug)]
         input_name = sessions[0].get_inputs()[0].name
         for batch in feeds:
             fa = dict(zip(tensors, sessions[0].run(tensors, {input_name: batch})))

@@ -93,22 +93,20 @@ def default_activations(machine: str | None = None) -> str:
     return "uint8" if machine in ("x86_64", "amd64", "x86", "i686", "i386") else "int8"
 
 
-def make_session(path: str | os.PathLike, *, threads: int | None = None, arena: bool = True):
-    """An onnxruntime CPU session with full graph optimization.
+def make_session(path: str | os.PathLike, *, threads: int | None = None):
+    """The runtime's CPU session (same options ``edgeseg segment`` uses), for timing and comparing."""
+    from edgeseg.runtime import make_session as runtime_session
 
-    Stand-in for ``edgeseg.runtime.make_session`` until it lands on main: both FP32 and INT8
-    models go through this one function so that they are timed with the same options.
-    """
+    return runtime_session(path, provider="cpu", threads=threads)
+
+
+def analysis_session(path: str | os.PathLike):
+    """A session for analysis runs that save many activations: no memory arena, so memory goes
+    back to the system after each run instead of staying at the largest run's size."""
     ort = _onnxruntime()
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
-    # Without the arena, memory goes back to the system after each run (used where a run holds
-    # many saved activations; timing sessions keep onnxruntime's default).
-    options.enable_cpu_mem_arena = arena
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
