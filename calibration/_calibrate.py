@@ -68,8 +68,11 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         raise EdgesegError(f"--chunk and --rounds must be at least 1, got {chunk} and {timing_rounds}.")
     if output.resolve() == model.resolve():
         raise EdgesegError(f"-o `{output}` would overwrite the FP32 model; pick another file name.")
-    if not output.parent.is_dir():
-        raise EdgesegError(f"-o `{output}`: folder `{output.parent}` does not exist.")
+    for flag, path in (("-o", output), ("--report", report), ("--chart", chart)):
+        if path is not None and not Path(path).parent.is_dir():
+            raise EdgesegError(f"{flag} `{path}`: folder `{Path(path).parent}` does not exist; create it first.")
+    if budget is not None and budget.max_drop < 0:
+        raise EdgesegError(f"--max-drop must be >= 0 points, got {budget.max_drop}.")
     proto = _load(model)
     contract = contract_from_metadata(metadata_of(proto), origin=str(model))
     if contract is None:

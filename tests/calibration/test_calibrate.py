@@ -164,6 +164,8 @@ def test_bad_models_are_refused(kit, tmp_path, seg_model):
         calibrate(tmp_path / "zip.onnx", frames, output=tmp_path / "qq.onnx")
     with pytest.raises(EdgesegError, match="overwrite"):
         calibrate(seg_model, frames, output=seg_model)
+    with pytest.raises(EdgesegError, match="--report .*does not exist"):
+        calibrate(seg_model, frames, output=tmp_path / "q3.onnx", report=tmp_path / "no" / "r.json")
 
 
 def test_cpu_flags_decide_the_int8_warning():
