@@ -8,8 +8,8 @@ _DESCRIPTION = """\
 Quantize an edgeseg FP32 ONNX model to INT8 (onnxruntime static quantization) from real frames,
 preprocessed by the model's own contract. Compares FP32 and INT8 on those frames (against
 --masks when given), times both side by side, reports per-layer SQNR, and warns about what
-limits the speedup. Local files plug in as --data (folder, glob, .txt list, video, .npy array,
-or a folder with images/ and masks/) and --masks (class-id PNGs named like the images)."""
+limits the speedup. Local files plug in as --data (folder, glob, .txt list, video, .npy/.npz array,
+MNIST IDX file, or a folder with images/ and masks/) and --masks (class-id PNGs named like the images)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="M.onnx", help="FP32 edgeseg ONNX model (carries its contract)")
     p.add_argument("--data", required=True, metavar="PATH",
-                   help="calibration frames: image folder, glob, .txt list, video file, .npy array (N,H,W[,C]), "
-                        "or a folder with images/ and masks/")
+                   help="calibration frames: image folder, glob, .txt list, video file, .npy/.npz array (N,H,W[,C]), "
+                        "MNIST IDX file (...-ubyte.gz), or a folder with images/ and masks/")
     p.add_argument("--masks", metavar="DIR", default=None,
                    help="class-id mask PNGs paired with the frames by file stem (default: none; "
                         "then the report gives FP32/INT8 agreement instead of IoU)")

@@ -57,7 +57,7 @@ def test_course_npy_arrays_in_0_1_floats_read_as_pixels(kit, tmp_path):
     images = np.stack([kit.natural_image(rng, SIZE) for _ in range(6)])  # RGB by numpy convention
     np.save(tmp_path / "x.npy", images.astype(np.float32) / 255.0)
     with load_calibration_set(tmp_path / "x.npy", CONTRACT, samples=3) as frames:
-        assert frames.stats.kind == "npy" and len(frames) == 3
+        assert frames.stats.kind == "array" and len(frames) == 3
         # Same size and RGB contract: the stored pixels are the array's own values back (within rounding).
         assert np.abs(frames.pixels[1].astype(int) - images[2].astype(int)).max() <= 1
 
@@ -120,3 +120,22 @@ def test_mask_with_out_of_range_class_costs_only_its_frame(kit, tmp_path):
     with load_calibration_set(tmp_path / "i", CONTRACT, masks=tmp_path / "m") as frames:
         assert len(frames) == 3 and frames.stats.skipped == 1
         assert "class id 7" in frames.stats.skipped_reasons[0]
+
+
+def test_mnist_idx_and_npz_arrays(kit, tmp_path):
+    import gzip
+
+    rng = np.random.default_rng(0)
+    digits = np.stack([cv2.cvtColor(kit.natural_image(rng, 28), cv2.COLOR_BGR2GRAY) for _ in range(5)])
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in digits.shape)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(header + digits.tobytes())
+    np.savez(tmp_path / "digits.npz", x_test=digits, y_test=np.arange(5))
+    gray = Contract(kind="autoencoder", input=InputSpec(height=28, width=28, channels=1, color="GRAY"))
+    for source in ("t10k-images-idx3-ubyte.gz", "digits.npz"):
+        with load_calibration_set(tmp_path / source, gray, samples=5) as frames:
+            assert len(frames) == 5
+            np.testing.assert_array_equal(frames.pixels[3][..., 0], digits[3])
+    (tmp_path / "bad-ubyte.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04"))
+    with pytest.raises(EdgesegError, match="not an IDX file"):
+        load_calibration_set(tmp_path / "bad-ubyte.gz", gray)
