@@ -301,7 +301,7 @@ def format_table(report: dict) -> str:
     if report["reconstruction_mse"]:
         mse = report["reconstruction_mse"]
         rows.append(("recon MSE", f"{mse['fp32']:.5f}", f"{mse['int8']:.5f}"))
-    rows.append(("ms/frame", f"{report['fp32']['ms_per_frame']:.1f}", f"{report['int8']['ms_per_frame']:.1f}"))
+    rows.append(("ms/frame", _ms(report["fp32"]["ms_per_frame"]), _ms(report["int8"]["ms_per_frame"])))
     rows.append(("frames/s", f"{report['fp32']['fps']:.1f}", f"{report['int8']['fps']:.1f}"))
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
@@ -322,6 +322,10 @@ def format_table(report: dict) -> str:
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3f}"
 
 
 def _peak_mb() -> float:
