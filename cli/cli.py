@@ -21,6 +21,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "edgeseg.export._cli_export",
     "edgeseg.calibration._cli",
     "edgeseg.runtime._cli",
+    "edgeseg._bench_cli",
 )
 
 _DESCRIPTION = """\
