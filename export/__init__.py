@@ -14,6 +14,14 @@ _PUBLIC = {
     "save_model": "edgeseg.export._keras_file",
     "load_model": "edgeseg.export._keras_file",
     "load_record": "edgeseg.export._keras_file",
+    "export_model": "edgeseg.export._onnx",
+    "to_onnx": "edgeseg.export._onnx",
+    "ContractFacts": "edgeseg.export._onnx",
+    "VerifyRequest": "edgeseg.export._onnx",
+    "verify_files": "edgeseg.export._verify",
+    "verify_models": "edgeseg.export._verify",
+    "VerifyReport": "edgeseg.export._verify",
+    "cuda_friendly": "edgeseg.export._cuda_friendly",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -37,11 +37,18 @@ def save_model(model: Any, path: str | os.PathLike, record: dict[str, Any] | Non
         if record is not None:
             with zipfile.ZipFile(temporary, "a") as archive:
                 archive.writestr(RECORD_MEMBER, json.dumps(record, indent=2, sort_keys=True))
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files owner-only; a model is not a secret
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_record(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -14,7 +14,12 @@ from edgeseg.runtime._contract import (
 )
 from edgeseg.runtime._errors import BadInputError, EdgesegError
 from edgeseg.runtime._frames import Frame, VideoInfo, open_source, read_image
+from edgeseg.runtime._model import Model, ReconstructionResult, SegmentationResult
+from edgeseg.runtime._pipeline import segment
 from edgeseg.runtime._preprocess import Geometry, preprocess, preprocess_batch, restore
+from edgeseg.runtime._session import ProviderFallbackWarning, make_session
+from edgeseg.runtime._sinks import VideoSink, read_mask_png, write_mask_png
+from edgeseg.runtime._streams import LiveSource
 
 __all__ = [
     "METADATA_KEY",
@@ -24,13 +29,23 @@ __all__ = [
     "Frame",
     "Geometry",
     "InputSpec",
-    "VideoInfo",
+    "LiveSource",
+    "Model",
     "OutputSpec",
+    "ProviderFallbackWarning",
+    "ReconstructionResult",
+    "SegmentationResult",
+    "VideoInfo",
+    "VideoSink",
     "contract_from_metadata",
+    "make_session",
     "open_source",
     "preprocess",
     "preprocess_batch",
     "read_image",
+    "read_mask_png",
     "restore",
+    "segment",
     "write_contract",
+    "write_mask_png",
 ]

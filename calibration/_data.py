@@ -1,0 +1,301 @@
+"""Calibration frames: read once, fitted to the model's input, spilled to a memory-mapped file.
+
+Every later pass (calibration, FP32 vs INT8 evaluation, per-layer error, accuracy control)
+re-reads the frames in chunks from that file, so memory stays bounded by the chunk, not by
+``--samples``, and every pass sees exactly the pixels inference would see: the frames go
+through the runtime's own :func:`fit` and :func:`normalize` (the contract's preprocessing).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.runtime._contract import Contract, InputSpec
+from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime._frames import VideoInfo, classify_source, open_source, read_image
+from edgeseg.runtime._preprocess import Geometry, fit, normalize
+
+log = logging.getLogger("edgeseg.calibration")
+
+IGNORE = 255  # mask value for pixels outside the frame (letterbox bars) or without a label
+
+# Natural images (EM slices, street scenes, MNIST strokes) have neighbouring pixels that are
+# strongly correlated: lag-1 autocorrelation is typically 0.8-0.99 (0.91 on the ISBI membrane
+# slices, 0.81 on MNIST test digits). Uniform or Gaussian noise sits at 0 +- 0.01. Below this median the frames are noise.
+NOISE_AUTOCORRELATION = 0.3
+# A frame whose pixels vary by less than one grey level carries no range information.
+FLAT_STD = 1.0
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """What reading the calibration frames found, for the report and the sanity checks."""
+
+    source: str
+    kind: str
+    read: int
+    skipped: int
+    skipped_reasons: tuple[str, ...] = ()
+    masks: int = 0
+    median_autocorrelation: float = 1.0
+    flat_frames: int = 0
+    distinct_frames: int = 0
+
+
+@dataclass
+class CalibrationSet:
+    """Fitted uint8 frames (N, H, W, C) in the model's colour order, optional masks (N, H, W).
+
+    Both are ``np.memmap`` files in a temporary folder that :meth:`close` removes.
+    """
+
+    spec: InputSpec
+    pixels: np.ndarray
+    masks: np.ndarray | None
+    names: list[str]
+    stats: FrameStats
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` as the model's float32 input batch."""
+        out = normalize(np.asarray(self.pixels[start:stop]), self.spec)
+        if self.spec.layout == "NCHW":
+            out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return out
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, batch)`` for consecutive chunks of at most ``size`` frames."""
+        for start in range(0, len(self), size):
+            yield start, self.batch(start, min(len(self), start + size))
+
+    def close(self) -> None:
+        self.pixels = self.masks = None  # drop the memmaps before removing their files
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> CalibrationSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_calibration_set(data: str | Path, contract: Contract, *, samples: int = 128, every: int | None = None,
+                         masks: str | Path | None = None) -> CalibrationSet:
+    """Read up to ``samples`` calibration frames (and their masks) for a model with ``contract``.
+
+    ``data`` is an image folder, a glob, a ``.txt`` list, a video (frames sampled evenly over
+    its length, or every ``every``-th), an ``.npy``/``.npz`` array of images (N, H, W[, C]; the
+    course's arrays), an MNIST IDX image file (``...-ubyte.gz``), or a folder holding ``images/``
+    and ``masks/``. Masks are class-id images paired with frames by file
+    stem; binary {0, 255} masks of a two-class model read as {0, 1}.
+
+    Example::
+
+        with load_calibration_set("clips/street.mp4", contract, samples=64) as frames:
+            for start, batch in frames.chunks(8):
+                ...
+    """
+    if samples < 1:
+        raise EdgesegError(f"--samples must be at least 1, got {samples}.")
+    if every is not None and every < 1:
+        raise EdgesegError(f"--every must be at least 1, got {every}.")
+    data = Path(data)
+    if masks is None and data.is_dir() and (data / "images").is_dir() and (data / "masks").is_dir():
+        data, masks = data / "images", data / "masks"
+    spec = contract.input
+    if data.is_file() and (data.suffix.lower() in (".npy", ".npz") or data.name.endswith(("-ubyte.gz", "-ubyte"))):
+        kind, items = "array", _array_images(data, samples=samples, every=every)
+    else:
+        kind, items = _source_images(data, samples=samples, every=every)
+    mask_paths = _mask_index(Path(masks)) if masks is not None else None
+
+    tmp = tempfile.TemporaryDirectory(prefix="edgeseg-calib-")
+    shape = (samples, spec.height, spec.width, spec.channels)
+    pixels = np.lib.format.open_memmap(Path(tmp.name) / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
+    mask_store = None
+    if mask_paths is not None:
+        mask_store = np.lib.format.open_memmap(Path(tmp.name) / "masks.npy", mode="w+", dtype=np.uint8,
+                                               shape=shape[:3])
+    names: list[str] = []
+    skipped: list[str] = []
+    autocorr: list[float] = []
+    flat = 0
+    fingerprints: set[bytes] = set()
+    unpaired: list[str] = []
+    try:
+        for name, image, error in items:
+            if len(names) >= samples:
+                break
+            if error is None:
+                try:
+                    fitted, geometry = fit(image, spec)
+                    mask = None
+                    if mask_paths is not None:
+                        mask_path = mask_paths.get(Path(name).name)
+                        if mask_path is None:
+                            unpaired.append(name)
+                            continue
+                        mask = _fit_mask(read_image(mask_path), geometry, spec, contract.num_classes, mask_path)
+                except BadInputError as bad:
+                    error = str(bad)
+            if error is not None:
+                skipped.append(f"{name}: {error}")
+                log.warning("skipping calibration frame %s: %s", name, error)
+                continue
+            index = len(names)
+            pixels[index] = fitted
+            if mask_store is not None:
+                mask_store[index] = mask
+            names.append(name)
+            gray = fitted.mean(axis=2, dtype=np.float32)
+            flat += float(gray.std()) < FLAT_STD
+            autocorr.append(_neighbour_correlation(gray))
+            fingerprints.add(cv2.resize(fitted, (8, 8), interpolation=cv2.INTER_AREA).tobytes())
+        if mask_paths is not None and unpaired:
+            raise EdgesegError(
+                f"Masks `{masks}` do not pair with images `{data}`: {len(unpaired)} image(s) have no mask "
+                f"with the same stem (first: {unpaired[0]!r}; masks there look like {sorted(mask_paths)[:3]}). "
+                "Name each mask after its image (cells_01.png -> masks/cells_01.png)."
+            )
+        if not names:
+            reason = f" ({len(skipped)} unreadable: {skipped[0]})" if skipped else ""
+            raise EdgesegError(f"No calibration frames in `{data}`: expected images, a video or an .npy array{reason}.")
+        stats = FrameStats(
+            source=str(data), kind=kind, read=len(names), skipped=len(skipped), skipped_reasons=tuple(skipped[:20]),
+            masks=len(names) if mask_store is not None else 0,
+            median_autocorrelation=float(np.median(autocorr)), flat_frames=int(flat),
+            distinct_frames=len(fingerprints),
+        )
+        _check_not_degenerate(stats)
+    except BaseException:
+        del pixels, mask_store
+        tmp.cleanup()
+        raise
+    n = len(names)
+    return CalibrationSet(spec=spec, pixels=pixels[:n], masks=None if mask_store is None else mask_store[:n],
+                          names=names, stats=stats, _tmp=tmp)
+
+
+def _check_not_degenerate(stats: FrameStats) -> None:
+    if stats.flat_frames == stats.read:
+        raise EdgesegError(
+            f"Calibration data `{stats.source}` is constant: all {stats.read} frame(s) vary by less than "
+            f"{FLAT_STD:g} grey level. Calibration needs frames like those the model will see; pass real images or video."
+        )
+    if stats.median_autocorrelation < NOISE_AUTOCORRELATION:
+        raise EdgesegError(
+            f"Calibration data `{stats.source}` looks like random noise: neighbouring pixels correlate at "
+            f"{stats.median_autocorrelation:.2f} (median over {stats.read} frames; real images give > 0.8, noise ~0). "
+            "Pass frames like those the model will see."
+        )
+
+
+def _neighbour_correlation(gray: np.ndarray) -> float:
+    left, right = gray[:, :-1].ravel(), gray[:, 1:].ravel()
+    if left.size < 2 or left.std() == 0 or right.std() == 0:
+        return 1.0  # flat frames are caught by the flat-frame check, not as noise
+    return float(np.corrcoef(left, right)[0, 1])
+
+
+def _source_images(data: Path, *, samples: int, every: int | None):
+    kind, paths = classify_source(data)
+    if kind == "video":
+        if every is None:
+            # Evenly over the whole video: calibration should see every scene, not its first seconds.
+            count = VideoInfo.from_video_path(data).frame_count
+            every = max(1, count // samples) if count else 1
+        frames = open_source(data, stride=every, max_frames=samples * 2)
+    else:
+        if not paths:
+            raise EdgesegError(f"No calibration frames in `{data}`: the {kind} holds no image files.")
+        if every is None:
+            every = max(1, len(paths) // samples)
+        frames = open_source(data, stride=every)
+    return kind, ((f.name, f.image, f.error) for f in frames)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """An .npy (memory-mapped), an .npz (its images array) or an MNIST IDX image file as an array."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = [k for k in ("x", "images", "x_test", "x_train") if k in archive.files] or archive.files
+                images = [k for k in keys if archive[k].ndim in (3, 4)]
+                if not images:
+                    raise EdgesegError(f"`{path}` holds no image array (N, H, W[, C]); it has {archive.files}.")
+                return archive[images[0]]
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            head = handle.read(4)
+            if head[:2] != b"\x00\x00" or head[2] != 0x08:
+                raise EdgesegError(f"`{path}` is not an IDX file of uint8 images (magic {head.hex()}).")
+            dims = [int.from_bytes(handle.read(4), "big") for _ in range(head[3])]
+            return np.frombuffer(handle.read(), np.uint8).reshape(dims)
+    except (OSError, ValueError, EOFError) as error:
+        raise EdgesegError(f"Cannot read `{path}` as an image array: {error}.") from None
+
+
+def _array_images(path: Path, *, samples: int, every: int | None):
+    array = _load_array(path)
+    if array.ndim == 4 and array.shape[-1] not in (1, 3, 4) and array.shape[1] in (1, 3):
+        raise EdgesegError(f"`{path}`: expected images as (N, H, W[, C]) channels-last, got shape {array.shape}.")
+    if array.ndim not in (3, 4) or len(array) == 0:
+        raise EdgesegError(f"`{path}`: expected images as (N, H, W[, C]), got shape {array.shape}.")
+    step = every or max(1, len(array) // samples)
+    # The course's arrays hold floats in 0..1 (already divided by 255) or uint8 0..255.
+    floats = array.dtype.kind == "f"
+    peak = float(np.max(array[: min(len(array), 64)])) if floats else 255.0
+    gain = 255.0 if floats and peak <= 1.0 + 1e-6 else 1.0
+    is_rgb = array.ndim == 4 and array.shape[-1] == 3
+
+    def items():
+        for i in range(0, len(array), step):
+            image = np.asarray(array[i], dtype=np.float32) * gain if floats else np.asarray(array[i])
+            image = np.clip(image, 0, 255).astype(np.uint8) if floats else image
+            if is_rgb:  # numpy arrays are RGB by convention; the runtime's frames are BGR as OpenCV reads
+                image = image[..., ::-1]
+            yield f"{path.stem}_{i:06d}", np.ascontiguousarray(image), None
+
+    return items()
+
+
+def _mask_index(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise EdgesegError(f"--masks `{folder}`: not a folder. Expected a folder of class-id PNGs named like the images.")
+    _, paths = classify_source(folder)
+    if not paths:
+        raise EdgesegError(f"--masks `{folder}`: the folder holds no mask images.")
+    return {p.stem: p for p in paths}
+
+
+def _fit_mask(mask: np.ndarray, geometry: Geometry, spec: InputSpec, num_classes: int, path: Path) -> np.ndarray:
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    if mask.shape != (geometry.frame_height, geometry.frame_width):
+        raise BadInputError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, its image "
+                            f"{geometry.frame_width}x{geometry.frame_height}")
+    mask = mask.astype(np.uint8)
+    values = np.unique(mask)
+    if num_classes == 2 and set(values.tolist()) <= {0, 255}:
+        mask = (mask > 0).astype(np.uint8)
+    elif num_classes and values.max() >= num_classes:
+        raise BadInputError(f"mask {path.name} holds class id {int(values.max())}, the model has {num_classes} classes")
+    placed = cv2.resize(mask, (geometry.width, geometry.height), interpolation=cv2.INTER_NEAREST)
+    canvas = np.full((spec.height, spec.width), IGNORE, np.uint8)
+    canvas[geometry.top:geometry.top + geometry.height, geometry.left:geometry.left + geometry.width] = placed
+    return canvas

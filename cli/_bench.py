@@ -1,0 +1,341 @@
+"""``edgeseg bench``: every way to run the same model, side by side, on the same frames.
+
+Each runner does the same work per frame (decode, the contract's preprocessing, inference,
+argmax, restore to the frame's size, write a class-id PNG) in a fresh subprocess of its own, so
+its peak memory is its own. Repeats are interleaved (A B C ... A B C) so that a machine whose
+speed drifts penalizes every runner alike; medians and spread are reported, and ratios between
+runners are the headline. The machine's matmul ceiling is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger("edgeseg.bench")
+
+RUNNERS = (
+    "keras-predict", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8",
+    "edgeseg", "edgeseg-int8", "edgeseg-fast",
+)
+# Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
+INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
+BASELINE = "ort-plain"
+STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark. ``model`` is an FP32 ONNX file carrying the edgeseg contract.
+
+    ``reference`` is the runner whose masks the others are compared with; None picks
+    ``keras-call`` when a Keras model is given, else an FP32 onnxruntime pass (``ort-plain``).
+    """
+
+    model: Path
+    source: str
+    keras: Path | None = None
+    int8: Path | None = None
+    runners: tuple[str, ...] = RUNNERS
+    frames: int = 30
+    repeats: int = 3
+    threads: int | None = None
+    work_dir: Path | None = None
+    measure_ceiling: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.runners if r not in RUNNERS]
+        if unknown:
+            raise EdgesegError(
+                f"Unknown runner(s) {', '.join(unknown)}: expected a comma-separated subset of {', '.join(RUNNERS)}."
+            )
+        if self.frames < 1 or self.repeats < 1:
+            raise EdgesegError(f"--frames and --repeats must be at least 1, got {self.frames} and {self.repeats}.")
+        if self.threads is not None and self.threads < 1:
+            raise EdgesegError(f"--threads must be at least 1, got {self.threads}.")
+
+
+def schedule(runners: Sequence[str], repeats: int) -> list[tuple[int, str]]:
+    """The interleaved run order: every runner once per round, ``repeats`` rounds (A B C A B C).
+
+    Example::
+
+        schedule(["a", "b"], 2)  # [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    """
+    return [(repeat, runner) for repeat in range(repeats) for runner in runners]
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark; returns the report (DESIGN.md's bench fields, plus the details).
+
+    Example::
+
+        report = run_bench(BenchConfig(model=Path("fcn8.onnx"), source="clip.mp4",
+                                       keras=Path("fcn8.keras"), runners=("ort-plain", "opencv-dnn")))
+        report["runners"]["opencv-dnn"]["fps"]
+    """
+    from edgeseg._bench_flops import count_flops
+
+    work = Path(config.work_dir or tempfile.mkdtemp(prefix="edgeseg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    flops = count_flops(config.model)["total"]
+    ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
+
+    reference_runner = "keras-call" if config.keras else "ort-plain"
+    reference = run_worker(_job(config, reference_runner, work / "reference"), work / "reference")
+    if "skipped" in reference and reference_runner == "keras-call":
+        log.warning("bench: the Keras reference cannot run (%s); comparing masks with FP32 onnxruntime instead",
+                    reference["skipped"])
+        reference_runner = "ort-plain"
+        reference = run_worker(_job(config, reference_runner, work / "reference"), work / "reference")
+    if "skipped" in reference:
+        raise EdgesegError(f"bench: the reference run ({reference_runner}) could not run: {reference['skipped']}.")
+
+    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in config.runners}
+    for repeat, runner in schedule(config.runners, config.repeats):
+        if runs[runner] and "skipped" in runs[runner][0]:
+            continue  # a runner that cannot run here will not run on the next round either
+        out = work / f"{runner}.{repeat}"
+        log.info("bench: round %d/%d %s", repeat + 1, config.repeats, runner)
+        result = run_worker(_job(config, runner, out), out)
+        if "skipped" in result:
+            log.warning("bench: %s skipped: %s", runner, result["skipped"])
+        else:
+            result["agreement"] = mask_agreement(Path(result["masks"]), Path(reference["masks"]))
+        runs[runner].append(result)
+
+    runners = {name: summarize(name, results, flops=flops, ceiling=ceiling) for name, results in runs.items()}
+    return {
+        "machine": machine_info(),
+        "model": str(config.model),
+        "source": config.source,
+        "frames": config.frames,
+        "repeats": config.repeats,
+        "threads": config.threads,
+        "flops_per_frame": flops,
+        "ceiling_gflops": {k: ceiling.get(k) for k in ("fp32", "bf16", "int8")},
+        "ceiling_details": ceiling.get("details", []),
+        "agreement_reference": reference_runner,
+        "baseline": BASELINE,
+        "runners": runners,
+        "ratios": ratios(runners),
+    }
+
+
+def _job(config: BenchConfig, runner: str, out: Path) -> dict[str, Any]:
+    return {
+        "runner": runner,
+        "model": str(config.model),
+        "keras": str(config.keras) if config.keras else None,
+        "int8": str(config.int8) if config.int8 else None,
+        "source": config.source,
+        "frames": config.frames,
+        "threads": config.threads,
+        "out": str(out),
+    }
+
+
+def run_worker(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; a crash becomes a skipped result carrying the error's last line."""
+    out.mkdir(parents=True, exist_ok=True)
+    job = {**job, "out": str(out)}
+    job_path, result_path = out / "job.json", out / "result.json"
+    job_path.write_text(json.dumps(job))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeseg._bench_worker", str(job_path), str(result_path)],
+        capture_output=True, text=True, env=env,
+    )
+    if done.returncode != 0 or not result_path.exists():
+        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+        return {"skipped": f"crashed (exit {done.returncode}): {lines[-1] if lines else 'no output'}"}
+    return json.loads(result_path.read_text())
+
+
+def mask_agreement(masks: Path, reference: Path) -> float | None:
+    """Share of pixels whose class id matches the reference's, over the frames both wrote."""
+    from edgeseg._bench_worker import read_mask
+
+    same = total = 0
+    for ref_path in sorted(reference.glob("*.png")):
+        path = masks / ref_path.name
+        if not path.exists():
+            continue
+        try:
+            a, b = read_mask(path), read_mask(ref_path)
+        except ValueError:  # an unreadable mask counts as not written
+            continue
+        if a is None or b is None or a.shape != b.shape:
+            continue
+        same += int(np.count_nonzero(a == b))
+        total += a.size
+    return same / total if total else None
+
+
+def summarize(name: str, results: list[dict[str, Any]], *, flops: int, ceiling: dict[str, Any]) -> dict[str, Any]:
+    """Medians and spread over a runner's repeats, achieved GFLOP/s and efficiency."""
+    done = [r for r in results if "skipped" not in r]
+    if not done:
+        reason = results[0]["skipped"] if results else "not run"
+        return {"skipped": reason, "fps": None, "infer_fps": None, "stage_ms": {}, "agreement": None,
+                "gflops": None, "efficiency": None, "peak_mb": None, "runs": results}
+    fps = [r["fps"] for r in done]
+    infer_fps = [r["infer_fps"] for r in done]
+    infer_median = float(np.median(infer_fps))
+    gflops = flops * infer_median / 1e9
+    # Each runner is held to the ceiling of the precision it computes in (OpenVINO at its defaults
+    # runs bf16 on CPUs that have it; INT8 runners run int8 kernels).
+    precisions = {r.get("precision") for r in done}
+    ceiling_kind = "int8" if name in INT8_RUNNERS else "bf16" if "bf16" in precisions else "fp32"
+    top = ceiling.get(ceiling_kind)
+    agreements = [r["agreement"] for r in done if r.get("agreement") is not None]
+    return {
+        "fps": float(np.median(fps)),
+        "fps_spread": [float(min(fps)), float(max(fps))],
+        "infer_fps": infer_median,
+        "infer_fps_spread": [float(min(infer_fps)), float(max(infer_fps))],
+        "stage_ms": {s: float(np.median([r["stage_ms"][s] for r in done])) for s in STAGES},
+        "agreement": float(min(agreements)) if agreements else None,
+        "gflops": gflops,
+        "efficiency": gflops / top if top else None,
+        "efficiency_vs": ceiling_kind,
+        "peak_mb": float(max(r["peak_mb"] for r in done)),
+        "runs": results,
+    }
+
+
+def ratios(runners: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """End-to-end fps of every runner over the baseline's (``ort-plain``), the headline numbers."""
+    base = runners.get(BASELINE, {}).get("fps")
+    if not base:
+        measured = [r["fps"] for r in runners.values() if r.get("fps")]
+        base = measured[0] if measured else None
+    return {name: (r["fps"] / base if r.get("fps") and base else None) for name, r in runners.items()}
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_name(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    for module in ("onnxruntime", "cv2", "openvino", "numpy"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - an absent or broken peer is just not listed
+            info[module] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as a markdown table: one row per runner, the ratio to the baseline first."""
+    ceiling = report.get("ceiling_gflops") or {}
+    lines = [
+        f"Model `{Path(report['model']).name}`, {report['flops_per_frame'] / 1e9:.2f} GFLOP/frame; "
+        f"source `{Path(report['source']).name}`, {report['frames']} frames x {report['repeats']} interleaved repeats; "
+        f"ceiling FP32 {_num(ceiling.get('fp32'), '.0f')} / BF16 {_num(ceiling.get('bf16'), '.0f')} / "
+        f"INT8 {_num(ceiling.get('int8'), '.0f')} GFLOP/s (efficiency: against the runner's own precision); "
+        f"agreement vs `{report['agreement_reference']}`.",
+        "",
+        f"| runner | fps (e2e) | min-max | x {report['baseline']} | infer fps | decode / pre / infer / post / write ms "
+        "| agreement | GFLOP/s | efficiency | precision | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["runners"].items():
+        if r.get("skipped"):
+            lines.append(f"| {name} | skipped: {r['skipped']} |  |  |  |  |  |  |  |  |  |")
+            continue
+        stages = " / ".join(_num(r["stage_ms"].get(s), ".1f") for s in STAGES)
+        spread = r.get("fps_spread") or [None, None]
+        lines.append(
+            f"| {name} | {_num(r['fps'], '.2f')} | {_num(spread[0], '.2f')}-{_num(spread[1], '.2f')} "
+            f"| {_num(report['ratios'].get(name), '.2f')} | {_num(r['infer_fps'], '.2f')} | {stages} "
+            f"| {_pct(r['agreement'])} | {_num(r['gflops'], '.0f')} | {_pct(r['efficiency'])} | {r['efficiency_vs']} "
+            f"| {_num(r['peak_mb'], '.0f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+@dataclass(frozen=True)
+class PreparedModels:
+    """The files a bench run needs, made from a ``.keras`` model when one is given."""
+
+    onnx: Path
+    keras: Path | None
+    int8: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source: str,
+                   work: Path) -> PreparedModels:
+    """An ``.onnx`` passes through; a ``.keras`` is exported (and calibrated for INT8) with edgeseg's own commands."""
+    if not model.exists():
+        raise EdgesegError(f"--model `{model}`: no such file. Pass an FP32 .onnx exported by edgeseg, or its .keras.")
+    if keras is not None and not keras.exists():
+        raise EdgesegError(f"--keras `{keras}`: no such file. Pass the .keras the ONNX model was exported from.")
+    if int8 is not None and not int8.exists():
+        raise EdgesegError(f"--int8 `{int8}`: no such file. Pass a model made by `edgeseg calibrate`.")
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        return PreparedModels(model, keras, int8)
+    if suffix != ".keras":
+        raise EdgesegError(f"--model `{model}`: expected a .onnx or .keras file, got `{suffix or 'no suffix'}`.")
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / f"{model.stem}.onnx"
+    _edgeseg_command("export", str(model), "-o", str(onnx_path))
+    notes = [f"exported {model} to {onnx_path}"]
+    if int8 is None:
+        int8 = work / f"{model.stem}.int8.onnx"
+        try:
+            _edgeseg_command("calibrate", str(onnx_path), "--data", source, "-o", str(int8),
+                             "--report", str(work / "calibrate.json"))
+            notes.append(f"calibrated {int8} on {source}")
+        except EdgesegError as error:
+            # The FP32 runners are still worth running; the INT8 ones report why they were skipped.
+            log.warning("bench: no INT8 model: %s", error)
+            notes.append(f"no INT8 model: {error}")
+            int8 = None
+    return PreparedModels(onnx_path, keras or model, int8, notes)
+
+
+def _edgeseg_command(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+        raise EdgesegError(
+            f"bench needs `edgeseg {args[0]}` to prepare the models, and it failed: "
+            f"{lines[-1] if lines else f'exit {done.returncode}'}. Pass an exported .onnx with --keras and --int8 instead."
+        )

@@ -1,0 +1,75 @@
+"""``edgeseg bench``: side-by-side throughput of every way to run one model (registers the subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+_RUNNER_HELP = (
+    "comma-separated runners (default: all): keras-predict, keras-call, ort-plain, opencv-dnn, openvino, "
+    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast; one that cannot run here is reported as skipped with the reason"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="side-by-side throughput against other ways to run the same model",
+        description=(
+            "Run the same model on the same frames with every runner (Keras, plain onnxruntime, OpenCV DNN, "
+            "OpenVINO, edgeseg), each doing the same work per frame (decode, preprocess, infer, argmax, "
+            "write a mask PNG) in its own process; repeats are interleaved. Reports end-to-end and "
+            "inference-only fps, per-stage ms, peak memory, mask agreement with Keras FP32, FLOPs per "
+            "frame, GFLOP/s and efficiency against the machine's matmul ceiling measured in the same run."
+        ),
+    )
+    parser.add_argument("--model", required=True, type=Path,
+                        help="the model: an FP32 .onnx exported by edgeseg (then give --keras for Keras runners "
+                             "and agreement), or a .keras file, exported and calibrated into a temp folder first")
+    parser.add_argument("--keras", type=Path, default=None,
+                        help="the .keras file the ONNX model came from (default: none; Keras runners are "
+                             "skipped and agreement is measured against FP32 onnxruntime)")
+    parser.add_argument("--int8", type=Path, default=None,
+                        help="the calibrated INT8 .onnx for edgeseg-int8 (default: none, the runner is skipped; "
+                             "calibrated from --source when --model is a .keras)")
+    parser.add_argument("--source", required=True,
+                        help="a local video file or folder of images; every runner reads the same frames")
+    parser.add_argument("--runners", default=None, help=_RUNNER_HELP)
+    parser.add_argument("--frames", type=int, default=30, help="frames per run (default 30)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per runner (default 3)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for every runner (default: each library's own default)")
+    parser.add_argument("--json", required=True, type=Path, help="write the report (B.json) here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the markdown table here (default: none)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep each run's masks and results here (default: a new temp folder)")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip measuring the matmul ceiling (efficiency is then not reported)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from edgeseg._bench import RUNNERS, BenchConfig, markdown_table, prepare_models, run_bench
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
+    models = prepare_models(model=args.model, keras=args.keras, int8=args.int8, source=args.source,
+                            work=work / "models")
+    runners = tuple(r.strip() for r in args.runners.split(",") if r.strip()) if args.runners else RUNNERS
+    config = BenchConfig(
+        model=models.onnx, keras=models.keras, int8=models.int8, source=args.source, runners=runners,
+        frames=args.frames, repeats=args.repeats, threads=args.threads, work_dir=work,
+        measure_ceiling=not args.no_ceiling,
+    )
+    report = run_bench(config)
+    report["notes"] = models.notes
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    table = markdown_table(report)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+    print(table, end="")
+    return 0

@@ -1,0 +1,108 @@
+"""Rewrite Conv2DTranspose layers into VALID + Cropping2D: the same math, exported cleanly.
+
+Two cases need it:
+
+- **Always**: a transposed convolution whose kernel is smaller than its stride, or that has
+  ``output_padding``. Keras' output then reaches past what the kernel covers (those rows hold
+  just the bias); tf2onnx 1.17 writes negative ConvTranspose pads for it, which onnxruntime
+  rejects. A kernel zero-padded at its end covers them and computes the same numbers.
+- **With** ``--cuda-friendly``: a SAME transposed convolution whose ``kernel - stride`` is odd
+  exports with asymmetric pads, and onnxruntime's CUDA provider sends such nodes back to the CPU
+  (onnxruntime issue 11312). VALID plus a crop of exactly TensorFlow's SAME padding (the smaller
+  half first) is identical and runs on the GPU.
+
+A rewritten layer keeps its name on the layer that produces its output (the crop, or the
+convolution when no crop is needed), so verification compares it with the original layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from edgeseg.export._graph import leaf_layers, walk
+
+log = logging.getLogger(__name__)
+
+VALID_SUFFIX = "_valid"
+
+
+def needs_rewrite(layer: Any, *, cuda: bool) -> bool:
+    """True for a Conv2DTranspose that exports badly (always) or asymmetrically (``cuda``)."""
+    if type(layer).__name__ != "Conv2DTranspose" or layer.data_format != "channels_last":
+        return False
+    if tuple(layer.dilation_rate) != (1, 1):
+        return False  # dilated kernels follow other arithmetic; left to tf2onnx as they are
+    if layer.output_padding is not None or any(k < s for k, s in zip(layer.kernel_size, layer.strides)):
+        return True
+    return cuda and layer.padding == "same" and any((k - s) % 2 for k, s in zip(layer.kernel_size, layer.strides))
+
+
+def cuda_friendly(model: Any) -> tuple[Any, int]:
+    """A flat copy of ``model`` whose transposed convolutions all export with symmetric pads.
+
+    Returns ``(model, rewritten)``; with nothing to rewrite, the original model and 0.
+
+    Example::
+
+        friendly, count = cuda_friendly(model)   # then export `friendly` as usual
+    """
+    return _rewrite(model, cuda=True)
+
+
+def exportable(model: Any) -> tuple[Any, int]:
+    """``model`` with the transposed convolutions tf2onnx cannot export made VALID (same math)."""
+    return _rewrite(model, cuda=False)
+
+
+def _rewrite(model: Any, *, cuda: bool) -> tuple[Any, int]:
+    import keras
+
+    if not any(needs_rewrite(layer, cuda=cuda) for _, layer in leaf_layers(model)):
+        return model, 0
+    rewritten = 0
+
+    def hook(layer: Any, args: tuple, kwargs: dict, path: tuple[str, ...]) -> Any:
+        nonlocal rewritten
+        if not needs_rewrite(layer, cuda=cuda):
+            return layer(*args, **kwargs)
+        rewritten += 1
+        return _as_valid(layer, args[0])
+
+    inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
+    outputs = walk(model, inputs, hook)
+    flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
+    log.info("rewrote %d Conv2DTranspose layer(s) into VALID + Cropping2D", rewritten)
+    return flat, rewritten
+
+
+def _as_valid(layer: Any, x: Any) -> Any:
+    import keras
+
+    in_sizes = x.shape[1:3]
+    out_sizes = layer.compute_output_shape(tuple(x.shape))[1:3]
+    kernel, crops = [], []
+    for size, out, k, s in zip(in_sizes, out_sizes, layer.kernel_size, layer.strides):
+        full = (size - 1) * s + k  # what a VALID transposed convolution produces
+        # TensorFlow's SAME: the forward convolution's padding, the smaller half first.
+        before = max(full - out, 0) // 2 if layer.padding == "same" else 0
+        extra = max(before + out - full, 0)  # rows past the kernel's reach: zero taps cover them
+        kernel.append(k + extra)
+        crops.append((before, full + extra - out - before))
+    needs_crop = any(c != (0, 0) for c in crops)
+    config = layer.get_config()
+    config.update(
+        name=layer.name + VALID_SUFFIX if needs_crop else layer.name,
+        padding="valid",
+        kernel_size=tuple(kernel),
+        output_padding=None,
+    )
+    valid = type(layer).from_config(config)
+    y = valid(x)
+    weights = layer.get_weights()
+    padded = np.zeros((*kernel, *weights[0].shape[2:]), weights[0].dtype)
+    padded[: weights[0].shape[0], : weights[0].shape[1]] = weights[0]
+    valid.set_weights([padded, *weights[1:]])
+    return keras.layers.Cropping2D(tuple(crops), name=layer.name)(y) if needs_crop else y

@@ -1,0 +1,370 @@
+"""Keras model -> ONNX ``ModelProto`` -> contract in its metadata -> atomic write.
+
+The one conversion call is :func:`_convert` (the low-memory drop-in for tf2onnx's
+``from_keras``); everything else (the functional wrapper that names the input and fixes its
+shape, the NCHW input, the contract) is ours, so another converter drops in at that one call site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeseg.runtime._contract import KINDS, METADATA_KEY, Contract, write_contract
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+# The functional wrapper every export goes through (it names and shapes the input); tf2onnx
+# names nodes `edgeseg/<model>/<layer>/<op>`, and verification finds each layer by those names.
+WRAPPER_NAME = "edgeseg"
+
+
+@dataclass(frozen=True)
+class ContractFacts:
+    """Contract facts given on the command line; None means "what the .keras record says".
+
+    Explicit values win over the record, so a foreign ``.keras`` (no record) exports too.
+    """
+
+    kind: str | None = None
+    color: str | None = None
+    scale: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: str | None = None
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    path: Path
+    contract: Contract
+    nodes: int
+    rewritten: int = 0
+    report: Any = None  # the VerifyReport when verification ran
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """Verification to run before an export is written (``edgeseg export --verify``)."""
+
+    images: Path | None = None
+    random: int = 4
+    tolerance: float = 1e-5
+    seed: int = 0
+
+
+def to_onnx(
+    model: Any,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    nchw: bool = False,
+    input_name: str = INPUT_NAME,
+) -> Any:
+    """Convert a Keras model (functional or Sequential, nested sub-models too) to ONNX.
+
+    The ONNX input is ``input_name`` with static height and width (dynamic ones bloat every
+    ConvTranspose with Shape/Slice sub-graphs) and a dynamic batch unless ``batch`` is given.
+    ``height``/``width`` fill the model's unknown spatial sizes. ``nchw`` makes the input NCHW.
+
+    Example::
+
+        proto = to_onnx(model, opset=17)          # (N, H, W, C) input named "image"
+        onnx.save(proto, "model.onnx")
+    """
+    import keras
+    import tensorflow as tf
+
+    from edgeseg.export import _patches
+    from edgeseg.export._cuda_friendly import exportable
+
+    _patches.apply()
+    if len(model.inputs) != 1:
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: it has {len(model.inputs)} inputs; edgeseg exports models with one input."
+        )
+    shape = list(model.inputs[0].shape[1:])
+    if len(shape) == 3:
+        shape[0] = shape[0] if shape[0] is not None else height
+        shape[1] = shape[1] if shape[1] is not None else width
+    if any(d is None for d in shape):
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
+            "edgeseg exports static height and width. Pass them (the .keras record's input.height/width, or "
+            "--input-size)."
+        )
+    model, _ = exportable(model)
+    image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
+    # Calling the model inside a functional wrapper is also what makes Sequential models
+    # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
+    wrapper = keras.Model(image, model(image), name=WRAPPER_NAME)
+    signature = (tf.TensorSpec((batch, *shape), tf.float32, name=input_name),)
+    proto = _convert(wrapper, input_signature=signature, opset=opset)
+    if nchw:
+        if len(shape) != 3:
+            raise EdgesegError(f"--nchw needs an image input (H, W, C); model `{model.name}` takes {tuple(shape)}.")
+        _input_as_nchw(proto, input_name)
+    return proto
+
+
+def _convert(model: Any, *, input_signature: Sequence[Any], opset: int) -> Any:
+    # The single conversion call site. `convert_lowmem` is a drop-in for
+    # `tf2onnx.convert.from_keras(model, input_signature=..., opset=...)[0]` that keeps the
+    # weights out of TensorFlow's frozen graph: the full-size FCN-8 converts at ~3 GB peak
+    # instead of being killed for memory (see export/_lowmem.py).
+    from edgeseg.export._lowmem import convert_lowmem
+
+    return convert_lowmem(model, input_signature, opset=opset)
+
+
+def _input_as_nchw(proto: Any, name: str) -> None:
+    """Make graph input ``name`` NCHW (in place), removing the NHWC->NCHW Transpose tf2onnx put after it.
+
+    Done on the graph rather than through tf2onnx's ``inputs_as_nchw`` so the conversion call
+    keeps the plain signature a drop-in converter offers.
+    """
+    import onnx
+
+    graph = proto.graph
+    value = next(v for v in graph.input if v.name == name)
+    dims = value.type.tensor_type.shape.dim
+    n, h, w, c = (onnx.TensorShapeProto.Dimension() for _ in range(4))
+    for copy, dim in zip((n, h, w, c), dims):
+        copy.CopyFrom(dim)
+    del dims[:]
+    dims.extend([n, c, h, w])
+    consumers = [node for node in graph.node if name in node.input]
+    nhwc = f"{name}__nhwc"
+    needs_nhwc = False
+    chw = [d.dim_value for d in (c, h, w)]
+    for node in consumers:
+        if _is_to_nchw(node, graph, chw):
+            # NHWC -> NCHW right after the input (a Transpose, or a Reshape where C or H*W is 1):
+            # now a no-op, so its readers read the input itself.
+            if any(output.name == node.output[0] for output in graph.output):
+                raise EdgesegError("--nchw: the model's output is its own input, transposed; nothing to export.")
+            for other in graph.node:
+                other.input[:] = [name if i == node.output[0] else i for i in other.input]
+            graph.node.remove(node)
+        else:
+            node.input[:] = [nhwc if i == name else i for i in node.input]
+            needs_nhwc = True
+    if needs_nhwc:
+        graph.node.insert(0, onnx.helper.make_node("Transpose", [name], [nhwc], name=nhwc, perm=[0, 2, 3, 1]))
+
+
+def _is_to_nchw(node: Any, graph: Any, chw: list[int]) -> bool:
+    import onnx
+
+    if node.op_type == "Transpose":
+        return [list(a.ints) for a in node.attribute if a.name == "perm"] == [[0, 3, 1, 2]]
+    # A Reshape equals that transpose only when one side of it is 1 (C, or H*W).
+    if node.op_type == "Reshape" and (chw[0] == 1 or chw[1] * chw[2] == 1):
+        shape = next((i for i in graph.initializer if i.name == node.input[1]), None)
+        return shape is not None and list(onnx.numpy_helper.to_array(shape))[1:] == chw
+    return False
+
+
+def build_contract(
+    model: Any,
+    record: Mapping[str, Any] | None,
+    facts: ContractFacts,
+    *,
+    output_name: str,
+    layout: str = "NHWC",
+    source: Mapping[str, Any] | None = None,
+) -> tuple[Contract, dict[str, Any]]:
+    """The contract for ``model``: the record as training wrote it, overridden by ``facts``.
+
+    Returns ``(contract, extras)``: ``extras`` are the record's top-level keys the Contract does
+    not model (a decoder's ``latent``), kept so they reach the ONNX metadata unchanged.
+    """
+    record = dict(record or {})
+    kind = facts.kind or record.get("kind")
+    if kind is None:
+        raise EdgesegError(
+            f"The .keras file has no edgeseg record, so the model's kind is unknown; pass --kind ({'|'.join(KINDS)})."
+        )
+    raw_input = dict(record.get("input") or {})
+    # A decoder's input is the latent code; its contract input describes the image it makes.
+    image_tensor = model.outputs[0] if kind == "decoder" else model.inputs[0]
+    image_shape = tuple(image_tensor.shape[1:])
+    if len(image_shape) == 3:
+        for key, size in zip(("height", "width", "channels"), image_shape):
+            if size is not None and raw_input.get(key) is None:
+                raw_input[key] = int(size)
+    for key in ("color", "scale", "mean", "std", "resize"):
+        value = getattr(facts, key)
+        if value is not None:
+            raw_input[key] = value
+    defaulted = [key for key in ("color", "scale", "mean", "std", "resize") if key not in raw_input]
+    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
+        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
+    if defaulted and not record:
+        # A foreign .keras: say it loudly once: a wrong default here makes every deployed prediction wrong.
+        log.warning(
+            "The contract takes defaults for input %s (%s, scale 1/255, mean 0, std 1, stretch); "
+            "pass --%s to set them.", ", ".join(defaulted), raw_input.get("color"), "/--".join(defaulted)
+        )
+    raw_input["layout"] = layout
+    # The ONNX input's name: a decoder's takes a latent code, every other model an image.
+    raw_input["name"] = "latent" if kind == "decoder" else INPUT_NAME
+    raw_output = dict(record.get("output") or {})
+    raw_output["name"] = output_name
+    if facts.classes is not None:
+        raw_output["classes"] = list(facts.classes)
+        if len(raw_output.get("palette") or ()) < len(facts.classes):
+            raw_output.pop("palette", None)
+    raw_output.setdefault("activation", _final_activation(model))
+    if kind == "segmentation" and not raw_output.get("classes"):
+        raise EdgesegError("A segmentation model needs its class names; pass --classes background,cell (or a count).")
+    data = {"kind": kind, "input": raw_input, "output": raw_output, "source": dict(source or {})}
+    contract = Contract.from_dict(data, origin="export")
+    known = {"format", "kind", "input", "output", "source", "verified", "calibration"}
+    extras = {k: v for k, v in record.items() if k not in known}
+    if kind == "decoder" and "latent" not in extras:
+        extras["latent"] = {"shape": [d for d in model.inputs[0].shape[1:]]}
+    return contract, extras
+
+
+def write_metadata(proto: Any, contract: Contract, extras: Mapping[str, Any] | None = None) -> None:
+    """Write ``contract`` (plus the record's ``extras``) into ``proto``'s metadata, in place."""
+    write_contract(proto, contract)
+    if extras:
+        entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
+        entry.value = json.dumps({**contract.to_dict(), **extras}, sort_keys=True)
+
+
+def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
+    """Write ``proto`` to ``path`` through a temporary file beside it, so no half-written model is left."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}-", dir=path.parent)
+    except OSError as error:
+        raise EdgesegError(f"Cannot write `{path}`: {error.strerror}. Choose a writable -o path.") from None
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(proto.SerializeToString())
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a model file is for sharing
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_versions(*, keras_sha256: str, opset: int, **more: Any) -> dict[str, Any]:
+    """The contract's ``source``: what made this file, so a result can be reproduced."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from edgeseg import __version__
+
+    return {
+        "keras_sha256": keras_sha256,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "opset": opset,
+        "edgeseg": __version__,
+        **more,
+    }
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    nchw: bool = False,
+    cuda_friendly: bool = False,
+    facts: ContractFacts = ContractFacts(),
+    verify: VerifyRequest | None = None,
+) -> ExportResult:
+    """Export a ``.keras`` file to ONNX with the contract inside; optionally verify first.
+
+    With ``verify``, the export is checked layer by layer before it is written, the summary
+    goes into the contract's ``verified``, and the file is written even when a layer fails
+    (the result's report says which; the command line exits 1).
+
+    Example::
+
+        result = export_model("runs/fcn8/model.keras", "fcn8.onnx", verify=VerifyRequest(random=2))
+        print(result.contract.output.classes, result.report.ok)
+    """
+    from edgeseg.export._cuda_friendly import cuda_friendly as rewrite
+    from edgeseg.export._keras_file import load_model
+
+    model, record = load_model(model_path)
+    source = source_versions(
+        keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
+    )
+    # The contract first: a missing fact fails here, before the slow conversion.
+    contract, extras = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
+    exported, rewritten = rewrite(model) if cuda_friendly else (model, 0)
+    proto = to_onnx(
+        exported,
+        height=contract.input.height,
+        width=contract.input.width,
+        opset=opset,
+        batch=batch,
+        nchw=nchw,
+        input_name=contract.input.name,
+    )
+    contract = contract.replace(output={"name": proto.graph.output[0].name})
+    report = None
+    if verify is not None:
+        from edgeseg.export._verify import verify_models
+
+        report = verify_models(
+            model, proto, contract, images=verify.images, random=verify.random, tolerance=verify.tolerance, seed=verify.seed
+        )
+        contract = contract.replace(verified=report.summary())
+    write_metadata(proto, contract, extras)
+    path = save_onnx(proto, output_path)
+    log.info("exported %s -> %s (%d nodes, opset %d)", model_path, path, len(proto.graph.node), opset)
+    return ExportResult(path=path, contract=contract, nodes=len(proto.graph.node), rewritten=rewritten, report=report)
+
+
+def _final_activation(model: Any) -> str:
+    # The contract's output.activation when training recorded none: read it off the last layer.
+    from edgeseg.export._graph import leaf_layers
+
+    leaves = leaf_layers(model)
+    if not leaves:
+        return "none"
+    last = leaves[-1][1]
+    name = type(last).__name__.lower()
+    if name == "softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    activation = getattr(activation, "__name__", activation)
+    return activation if activation in ("softmax", "sigmoid") else "none"

@@ -1,0 +1,515 @@
+"""Layer-by-layer parity between a Keras model and its ONNX export.
+
+Both sides run the same inputs. On the Keras side the model's graph is re-run flat (nested
+sub-models entered) with every inspected layer's output kept. On the ONNX side the exported
+file itself is run with extra graph outputs: each Keras layer's tensor is found by name, since
+every node tf2onnx writes is named ``[edgeseg/]<model>/<layer>/<op>`` (with Keras' ``_1``
+scope suffixes). So a file altered after export fails here, and the report names the layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
+from edgeseg.runtime._contract import Contract, contract_from_metadata, metadata_of
+from edgeseg.runtime._errors import BadInputError, EdgesegError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-5
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+_INSERTED = re.compile(r"__\d+(:\d+)?$")  # nodes tf2onnx adds (layout transposes, reshapes)
+_NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One layer's comparison (DESIGN.md's report fields)."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    max_abs_err: float
+    max_rel_err: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The whole comparison; ``to_dict`` is the report JSON, ``table`` the terminal view."""
+
+    ok: bool
+    first_failure: str | None
+    tolerance: float
+    inputs: dict[str, Any]
+    layers: tuple[LayerCheck, ...]
+    output: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "first_failure": self.first_failure,
+            "tolerance": self.tolerance,
+            "inputs": dict(self.inputs),
+            "layers": [{**vars(check), "shape": list(check.shape)} for check in self.layers],
+            "output": dict(self.output),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The contract's ``verified`` section."""
+        errors = [c.max_abs_err for c in self.layers] + [self.output.get("max_abs_err", 0.0)]
+        return {"max_abs_err": float(max(errors)), "layers_checked": len(self.layers), "ok": self.ok}
+
+    def table(self) -> str:
+        width = max([len("layer")] + [len(c.name) for c in self.layers])
+        rows = [f"{'layer':<{width}}  {'type':<16} {'shape':<18} {'max_abs_err':>11} {'max_rel_err':>11}  ok"]
+        for c in self.layers:
+            shape = "x".join(str(d) for d in c.shape)
+            mark = "ok" if c.ok else "FAIL"
+            rows.append(f"{c.name:<{width}}  {c.type:<16} {shape:<18} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g}  {mark}")
+        out = f"output: max_abs_err {self.output['max_abs_err']:.3g}"
+        if self.output.get("argmax_agreement") is not None:
+            out += f", argmax agreement {self.output['argmax_agreement']:.6f}"
+        verdict = "all layers within tolerance" if self.ok else f"FIRST FAILURE: {self.first_failure}"
+        inputs = f"inputs: {self.inputs['count']} {self.inputs['kind']}"
+        if self.inputs.get("skipped"):
+            inputs += f" ({self.inputs['skipped']} unreadable, skipped)"
+        return "\n".join([*rows, out, f"{inputs}; tolerance {self.tolerance:g} x max(1, range); {verdict}"])
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A Keras layer whose output is compared: report name, class, sub-model path, output."""
+
+    name: str
+    type: str
+    layer_name: str
+    path: tuple[str, ...]
+    tensor: Any
+    producer: str | None  # report name of the layer feeding it (for layers ONNX folds away)
+
+
+def verify_files(
+    keras_path: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    random: int = 4,
+    layers: str = "all",
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> VerifyReport:
+    """Compare ``keras_path`` with its export ``onnx_path`` layer by layer.
+
+    Example::
+
+        report = verify_files("model.keras", "model.onnx", images="frames/")
+        print(report.table()); assert report.ok, report.first_failure
+    """
+    from edgeseg.export._keras_file import load_model
+    from edgeseg.export._onnx import sha256_of
+
+    proto = load_onnx(onnx_path)
+    contract = contract_from_metadata(metadata_of(proto), origin=str(onnx_path))
+    if contract is None:
+        raise EdgesegError(
+            f"Cannot verify `{onnx_path}`: it carries no edgeseg contract. Export it with `edgeseg export` first."
+        )
+    model, _ = load_model(keras_path)
+    recorded = contract.source.get("keras_sha256")
+    if recorded and recorded != sha256_of(keras_path):
+        log.warning("`%s` was exported from a different .keras file (sha256 %s...); comparing anyway.", onnx_path, recorded[:12])
+    return verify_models(
+        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed
+    )
+
+
+def load_onnx(path: str | os.PathLike) -> Any:
+    """Read an ONNX file; anything else is one clear error."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"Cannot read model `{path}`: no such file.")
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if head.startswith(b"PK"):
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (got a ZIP archive, such as a .keras file).")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and others for non-ONNX bytes
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file ({type(error).__name__}).") from None
+    if not proto.graph.node:
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (no graph inside).")
+    return proto
+
+
+def verify_models(
+    model: Any,
+    proto: Any,
+    contract: Contract,
+    *,
+    images: str | os.PathLike | None = None,
+    random: int = 4,
+    layers: str = "all",
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> VerifyReport:
+    """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``).
+
+    Inputs are the images in ``images`` (through ``contract``'s preprocessing; unreadable ones
+    are skipped and counted) or ``random`` seeded random ones. Raises ``EdgesegError`` when the
+    ONNX graph does not come from ``model`` (a layer missing, a shape that fits neither layout).
+
+    Example::
+
+        report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
+        print(report.table())
+    """
+    if layers not in ("all", "transposed"):
+        raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
+    if not tolerance > 0:
+        raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
+    probes, everyone, probe_model = _keras_probe(model, contract)
+    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
+    session, onnx_names, layouts = _onnx_probe(proto, probes, everyone, contract)
+    batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
+    onnx_batch = _fixed_batch(proto)
+
+    stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
+    agree = pixels = 0
+    for batch in batches:
+        # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
+        # a fixed-batch export gets that input repeated to its batch size.
+        n = batch.shape[0]
+        feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
+        expected = [np.asarray(a)[:n] for a in probe_model(feed, training=False)]
+        onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
+        got = session.run(onnx_names, {proto.graph.input[0].name: np.ascontiguousarray(onnx_feed)})
+        for probe, keras_out, onnx_out in zip(probes, expected, got):
+            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
+            stats[probe.name].add(keras_out, onnx_out)
+        if contract.kind == "segmentation":
+            agree += int(np.count_nonzero(keras_out.argmax(-1) == onnx_out.argmax(-1)))
+            pixels += int(np.prod(keras_out.shape[:-1]))
+
+    checks = []
+    for probe in probes:
+        if probe.type not in wanted or probe.name == "<output>":
+            continue
+        s = stats[probe.name]
+        scale = max(1.0, s.range)
+        checks.append(
+            LayerCheck(
+                name=probe.name,
+                type=probe.type,
+                shape=tuple(int(d) for d in probe.tensor.shape[1:]),
+                max_abs_err=float(s.max_abs),
+                max_rel_err=float(s.max_abs / s.range) if s.range > 0 else float(s.max_abs),
+                ok=bool(s.max_abs <= tolerance * scale),
+            )
+        )
+    final = stats["<output>"]
+    output_ok = final.max_abs <= tolerance * max(1.0, final.range)
+    first = next((c.name for c in checks if not c.ok), None)
+    if first is None and not output_ok:
+        first = "output"
+    output = {"max_abs_err": float(final.max_abs), "argmax_agreement": agree / pixels if pixels else None}
+    return VerifyReport(
+        ok=first is None,
+        first_failure=first,
+        tolerance=tolerance,
+        inputs={"kind": kind, "count": count, "skipped": skipped},
+        layers=tuple(checks),
+        output=output,
+    )
+
+
+class _Stats:
+    """Running max-abs error and the Keras value range of one tensor over all inputs."""
+
+    def __init__(self) -> None:
+        self.max_abs, self.low, self.high = 0.0, math.inf, -math.inf
+
+    def add(self, expected: np.ndarray, got: np.ndarray) -> None:
+        diff = np.abs(expected.astype(np.float64) - got.astype(np.float64))
+        self.max_abs = max(self.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
+        if np.isnan(diff).any():
+            self.max_abs = math.inf
+        self.low, self.high = min(self.low, float(expected.min())), max(self.high, float(expected.max()))
+
+    @property
+    def range(self) -> float:
+        return max(0.0, self.high - self.low)
+
+
+def _keras_probe(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str, _Probe], Any]:
+    """Every inspected layer's output (graph order) plus the final output, as one flat Keras model.
+
+    Also returns every leaf layer call by report name: non-inspected layers stay known as
+    producers for inspected layers that ONNX folds away.
+    """
+    import keras
+
+    shape = list(model.inputs[0].shape[1:])
+    if len(shape) == 3 and contract.kind != "decoder":
+        shape[0] = shape[0] or contract.input.height
+        shape[1] = shape[1] or contract.input.width
+    image = keras.Input(shape=tuple(shape), name="image")
+    names = _report_names(model)
+    producers: dict[int, str] = {}
+    probes: list[_Probe] = []
+
+    def hook(layer: Any, args: tuple, kwargs: dict, path: tuple[str, ...]) -> Any:
+        out = layer(*args, **kwargs)
+        name = names[(path, layer.name)]
+        feeding = next((producers[id(a)] for a in _flat(args) if id(a) in producers), None)
+        for tensor in _flat(out):
+            producers[id(tensor)] = name
+        probes.append(_Probe(name, type(layer).__name__, layer.name, path, out, feeding))
+        return out
+
+    final = walk(model, [image], hook)
+    final = _flat(final)[0]
+    kept = [p for p in probes if p.type in INSPECTED_TYPES]
+    probes_out = [*kept, _Probe("<output>", "output", "", (), final, None)]
+    probe_model = keras.Model(image, [p.tensor for p in probes_out])
+    return probes_out, {p.name: p for p in probes}, probe_model
+
+
+def _report_names(model: Any) -> dict[tuple[tuple[str, ...], str], str]:
+    from edgeseg.export._graph import leaf_layers
+
+    leaves = leaf_layers(model)
+    counts: dict[str, int] = {}
+    for _, layer in leaves:
+        counts[layer.name] = counts.get(layer.name, 0) + 1
+    # Keras names; a name two sub-models share is qualified by its sub-model path.
+    return {(p, l.name): l.name if counts[l.name] == 1 else "/".join((*p, l.name)) for p, l in leaves}
+
+
+def _onnx_probe(
+    proto: Any, probes: list[_Probe], everyone: dict[str, _Probe], contract: Contract
+) -> tuple[Any, list[str], dict[str, str]]:
+    """An onnxruntime session on ``proto`` with each probe's tensor as an extra output."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = proto.graph
+    scope_tensor = _layer_tensors(graph, list(everyone.values()))
+    if scope_tensor is None:
+        raise EdgesegError(
+            "The ONNX file does not come from this Keras model: none of its nodes carry the model's layer names "
+            "(was it made by `edgeseg export` from this .keras file?)."
+        )
+    graph_input = graph.input[0].name
+    names, layouts = [], _propagate_layouts(graph, contract.input.layout)
+    chosen: dict[str, str] = {}
+    for probe in probes:
+        if probe.name == "<output>":
+            tensor = graph.output[0].name
+        else:
+            tensor = scope_tensor.get(probe.name)
+            cursor = probe
+            while tensor is None and cursor is not None:
+                if cursor.type in ("Conv2D", "Conv2DTranspose"):
+                    raise EdgesegError(
+                        f"The ONNX file does not come from this Keras model: it has no node for layer `{cursor.name}` "
+                        f"({cursor.type})."
+                    )
+                # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
+                upstream = cursor.producer
+                tensor = graph_input if upstream is None else scope_tensor.get(upstream)
+                cursor = everyone.get(upstream) if upstream is not None else None
+        names.append(tensor)
+        chosen[probe.name] = layouts.get(tensor, "?")
+    instrumented = onnx.ModelProto()
+    instrumented.CopyFrom(proto)
+    present = {o.name for o in instrumented.graph.output}
+    for tensor in dict.fromkeys(names):
+        if tensor not in present and tensor != graph_input:
+            instrumented.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
+    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
+    return session, names, chosen
+
+
+def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
+    """Report name -> the ONNX tensor holding that layer's output (the last node of its scope).
+
+    TensorFlow uniquifies name scopes while tracing, so layer ``conv2d`` may appear as scope
+    ``conv2d_1`` and layer ``conv2d_1`` as ``conv2d_1_2``. A scope matches a layer when it is the
+    layer's name, optionally followed by ``_<digits>``; ambiguities are settled by elimination
+    (a layer has one scope), then by order of appearance.
+    """
+    by_name: dict[str, list[_Probe]] = {}
+    order = {id(layer): i for i, layer in enumerate(layers)}
+    for layer in layers:
+        by_name.setdefault(layer.layer_name, []).append(layer)
+    last_node: dict[str, str] = {}  # scope path -> output of its last node
+    options: dict[str, list[str]] = {}  # scope path -> candidate report names
+    for node in graph.node:
+        parts = node.name.split("/")
+        if len(parts) < 2 or _INSERTED.search(node.name):
+            continue
+        for depth in range(len(parts) - 2, -1, -1):
+            names = _scope_candidates(parts[depth], by_name)
+            if not names:
+                continue
+            scope = "/".join(parts[: depth + 1])
+            last_node[scope] = node.output[0]
+            if scope not in options:
+                held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
+                options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
+            break
+    assigned: dict[str, str] = {}  # report name -> scope
+    pending = dict(options)
+    while pending:
+        progress = False
+        for scope, names in list(pending.items()):
+            free = [n for n in names if n not in assigned]
+            if len(free) <= 1:
+                if free:
+                    assigned[free[0]] = scope
+                del pending[scope]
+                progress = True
+        if not progress:  # several scopes share candidates: pair them up in order of appearance
+            scope = next(iter(pending))
+            free = [n for n in pending.pop(scope) if n not in assigned]
+            assigned[free[0]] = scope
+    found = {name: last_node[scope] for name, scope in assigned.items()}
+    return found or None
+
+
+def _scope_candidates(part: str, by_name: dict[str, list[_Probe]]) -> list[_Probe]:
+    # A scope `a_b_1_2` may be layer `a_b_1_2`, `a_b_1` or `a_b` (each a name plus `_<digits>`).
+    found = list(by_name.get(part, ()))
+    base = part
+    while (match := re.fullmatch(r"(.+)_\d+", base)) is not None:
+        base = match.group(1)
+        found += by_name.get(base, ())
+    return found
+
+
+def _matches(scope: str, name: str) -> bool:
+    return scope == name or re.fullmatch(re.escape(name) + r"(_\d+)+", scope) is not None
+
+
+def _propagate_layouts(graph: Any, input_layout: str) -> dict[str, str]:
+    """Each tensor's layout as far as it can be followed (used only when shapes cannot tell)."""
+    layout = {graph.input[0].name: input_layout}
+    for node in graph.node:
+        known = next((layout[i] for i in node.input if i in layout), None)
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            result = {("NHWC", (0, 3, 1, 2)): "NCHW", ("NCHW", (0, 2, 3, 1)): "NHWC"}.get((known, tuple(perm or ())))
+        elif node.op_type in _NCHW_OPS:
+            result = "NCHW"
+        elif node.op_type == "Reshape":
+            result = None
+        else:
+            result = known
+        for output in node.output:
+            if result:
+                layout[output] = result
+    return layout
+
+
+def _to_nhwc(array: np.ndarray, keras_shape: tuple[int, ...], layout: str, name: str) -> np.ndarray:
+    """The ONNX tensor in Keras' channels-last layout, or an error if its shape fits neither."""
+    keras_shape = tuple(keras_shape)
+    if array.ndim != 4:
+        if array.shape != keras_shape:
+            raise _mismatch(name, keras_shape, array.shape)
+        return array
+    as_nhwc = array.shape == keras_shape
+    as_nchw = array.shape == (keras_shape[0], keras_shape[3], keras_shape[1], keras_shape[2])
+    if as_nchw and (not as_nhwc or layout == "NCHW"):
+        return array.transpose(0, 2, 3, 1)
+    if as_nhwc:
+        return array
+    raise _mismatch(name, keras_shape, array.shape)
+
+
+def _mismatch(name: str, keras_shape: Sequence[int], onnx_shape: Sequence[int]) -> EdgesegError:
+    return EdgesegError(
+        f"The ONNX file does not come from this Keras model: layer `{name}` is {tuple(keras_shape)} in Keras "
+        f"but {tuple(onnx_shape)} in ONNX."
+    )
+
+
+def _fixed_batch(proto: Any) -> int | None:
+    dim = proto.graph.input[0].type.tensor_type.shape.dim
+    return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
+
+
+def _inputs(
+    model: Any, contract: Contract, *, images: str | os.PathLike | None, random: int, seed: int
+) -> tuple[Iterator[np.ndarray], str, int, int]:
+    """Batches (one input each, NHWC) to feed both sides: images through the contract, or random."""
+    import dataclasses
+
+    from edgeseg.runtime._preprocess import preprocess
+
+    nhwc = dataclasses.replace(contract.input, layout="NHWC")
+    model_shape = tuple(model.inputs[0].shape[1:])
+    if images is not None:
+        if contract.kind == "decoder":
+            raise EdgesegError("A decoder takes latent codes, not images: verify it with --random N, not --images.")
+        folder = Path(images)
+        if not folder.is_dir():
+            raise EdgesegError(f"--images must be a folder of images, got `{folder}` (not a folder).")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        batches, skipped = [], 0
+        for path in files:
+            try:
+                batches.append(preprocess(_read_image(path), nhwc)[0])
+            except BadInputError as error:
+                skipped += 1
+                log.warning("skipped %s: %s", path.name, error)
+        if not batches:
+            raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
+        return iter(batches), "images", len(batches), skipped
+    if random < 1:
+        raise EdgesegError(f"--random must be at least 1, got {random}.")
+    rng = np.random.default_rng(seed)
+    if contract.kind == "decoder":
+        shape = tuple(d if d is not None else 1 for d in model_shape)
+        batches = [rng.random((1, *shape), dtype=np.float32) for _ in range(random)]
+    else:
+        size = (contract.input.height, contract.input.width, 3)
+        batches = [preprocess(rng.integers(0, 256, size, dtype=np.uint8), nhwc)[0] for _ in range(random)]
+    return iter(batches), "random", random, 0
+
+
+def _read_image(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise BadInputError("cannot decode it as an image")
+    return image
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flat(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flat(v)]
+    return [value]

@@ -1,0 +1,138 @@
+"""``edgeseg segment``: the runtime's subcommand. Imports only argparse at import time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+_EPILOG = """\
+SOURCE is an image, a folder (sorted; --recursive for subfolders), a glob in quotes, a .txt
+file listing paths, a video file, a webcam index (0) or a stream URL (rtsp://, http://, tcp://).
+Local files plug in as SOURCE and --model; everything is written under --out:
+masks/<name>.png (palette-indexed class ids), overlay/<name>.png (images) or overlay.mp4
+(videos and streams), frames.jsonl (one line per frame) and summary.json.
+
+A model exported by `edgeseg export` carries its preprocessing; for an ONNX file without the
+edgeseg contract, pass --kind, --input-size and --classes (plus --color, --layout, --scale,
+--mean, --std, --resize where the defaults are wrong).
+
+example: edgeseg segment clip.mp4 --model fcn8.onnx --out runs/clip --smooth 0.5"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images, folders, videos and streams with an ONNX model",
+        description="Run an ONNX segmentation or autoencoder model on images, folders, videos, webcams "
+                    "and stream URLs with OpenCV + onnxruntime; write masks, overlays, frames.jsonl "
+                    "and summary.json.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", nargs="?", metavar="SOURCE",
+                        help="image, folder, glob, .txt list, video file, webcam index or stream URL")
+    parser.add_argument("--source", dest="source_option", metavar="PATH",
+                        help="the same as SOURCE (for scripts that name every option)")
+    parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder, created if missing (required)")
+    run = parser.add_argument_group("inference")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="intra-op threads (default: 1 on machines with 2 cores or fewer, else all but one; 0: onnxruntime's choice)")
+    run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
+                     help="onnxruntime graph optimization level (default: all)")
+    run.add_argument("--batch", type=int, default=1, metavar="N",
+                     help="frames per inference call for images and video files (default: 1)")
+    sel = parser.add_argument_group("frames")
+    sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
+    sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
+    sel.add_argument("--start", type=int, default=0, metavar="N", help="skip the first N frames or files (default: 0)")
+    sel.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames (default: all)")
+    sel.add_argument("--policy", choices=("drop-old", "queue-all"), default="drop-old",
+                     help="live sources: keep only the newest frame (drop-old) or queue every frame (default: drop-old)")
+    sel.add_argument("--reconnect", type=int, default=5, metavar="N",
+                     help="live sources: reconnect attempts in a row, with backoff, before giving up (default: 5)")
+    outp = parser.add_argument_group("outputs")
+    outp.add_argument("--write", default="masks,overlay,reconstruction,jsonl", metavar="LIST",
+                      help="comma-separated outputs to write: masks, overlay, reconstruction (autoencoders), jsonl; "
+                           "summary.json is always written (default: all)")
+    outp.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default: 0.5)")
+    outp.add_argument("--smooth", type=float, default=0.0, metavar="W",
+                      help="videos/streams: weight of earlier frames' class probabilities, 0..1, against flicker (default: 0, off)")
+    outp.add_argument("--codec", choices=("auto", "avc1", "ffmpeg", "mp4v"), default="auto",
+                      help="overlay.mp4 encoder: auto tries ffmpeg libx264 (imageio-ffmpeg), then OpenCV avc1, then mp4v (default: auto)")
+    outp.add_argument("--show", action="store_true", help="show overlays in a window (needs an OpenCV with a GUI; default: off)")
+    outp.add_argument("--no-progress", action="store_true", help="no progress bar or live fps line (default: shown)")
+    con = parser.add_argument_group("contract (only for ONNX files without the edgeseg contract, or to override it)")
+    con.add_argument("--kind", choices=("segmentation", "autoencoder"), help="what the model computes")
+    con.add_argument("--input-size", metavar="HxW", help="model input size, e.g. 224 or 224x224")
+    con.add_argument("--classes", metavar="N|NAMES", help="number of classes, or their names comma-separated")
+    con.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="channel order the model expects")
+    con.add_argument("--layout", choices=("NHWC", "NCHW"), help="input tensor layout")
+    con.add_argument("--scale", type=float, help="pixel scale before mean/std, e.g. 0.00392156862745098 (1/255)")
+    con.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted after scaling")
+    con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
+    con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edgeseg.runtime._errors import EdgesegError
+    from edgeseg.runtime._model import Model
+    from edgeseg.runtime._pipeline import segment, stage_table
+
+    source = args.source_option if args.source_option is not None else args.source
+    if source is None:
+        raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
+    model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
+                  contract=_contract_overrides(args) or None)
+    outputs = [name.strip() for name in args.write.split(",") if name.strip()]
+    summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
+                      max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,
+                      smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
+                      show=args.show, progress=not args.no_progress)
+    print(stage_table(summary), file=sys.stderr)
+    if "video_codec" in summary["outputs"]:
+        print(f"overlay.mp4: {summary['outputs']['video_codec']}", file=sys.stderr)
+    print(f"wrote {args.out}/summary.json", file=sys.stderr)
+    return 130 if summary["interrupted"] else 0
+
+
+def _contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from edgeseg.runtime._errors import EdgesegError
+
+    overrides: dict[str, Any] = {}
+    spec: dict[str, Any] = {}
+    if args.kind:
+        overrides["kind"] = args.kind
+    if args.input_size:
+        try:
+            parts = [int(p) for p in args.input_size.lower().split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts, default=0) <= 0:
+            raise EdgesegError(f"--input-size expects N or HxW (e.g. 224x224), got {args.input_size!r}.")
+        spec["height"], spec["width"] = parts[0], parts[-1]
+    if args.color:
+        spec["color"] = args.color
+        spec["channels"] = 1 if args.color == "GRAY" else 3
+    for key in ("layout", "scale", "resize"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    for key in ("mean", "std"):
+        text = getattr(args, key)
+        if text is not None:
+            try:
+                spec[key] = [float(v) for v in text.split(",")]
+            except ValueError:
+                raise EdgesegError(f"--{key} expects numbers separated by commas, got {text!r}.") from None
+    if spec:
+        overrides["input"] = spec
+    if args.classes:
+        names = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if len(names) == 1 and names[0].isdigit():
+            names = [f"class{i}" for i in range(int(names[0]))]
+        overrides["output"] = {"classes": names}
+    return overrides

@@ -1,0 +1,282 @@
+"""A model: an ONNX file, its contract, one onnxruntime session, pre- and post-processing.
+
+Three ways to use it::
+
+    model = Model("fcn8.onnx")
+    result = model(cv2.imread("street.png"))          # one frame
+    results = model.predict_batch([img1, img2])        # a batch
+    for frame, result in model.iterate(open_source("clip.mp4")): ...
+
+The object holds no mutable state after construction (onnxruntime's ``run`` is thread-safe),
+so threads may share one, and each worker process can build its own cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgeseg.runtime._contract import Contract, contract_from_metadata, METADATA_KEY
+from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime._frames import Frame, open_source
+from edgeseg.runtime._preprocess import Geometry, preprocess_batch, restore
+from edgeseg.runtime._session import CUDA, make_session
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """Class ids at the frame's own size (uint8, or uint16 past 256 classes), and what they cover."""
+
+    mask: np.ndarray
+    class_fraction: Mapping[str, float]
+    probabilities: np.ndarray | None = None  # (H, W, classes) float32, only when asked for
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    """An autoencoder's output: the reconstruction (8-bit BGR or gray), per-pixel error, one score."""
+
+    reconstruction: np.ndarray
+    error_map: np.ndarray  # float32 (H, W): mean |input - output| over channels, in model units
+    score: float  # mean of the error map over the frame's content: higher is more anomalous
+
+
+Result = SegmentationResult | ReconstructionResult
+
+
+class Model:
+    """An ONNX model read through its contract.
+
+    ``contract``: a :class:`Contract` or a dict of overrides (merged key by key into the file's
+    contract, or the whole contract for a file that has none). ``provider``, ``threads`` and
+    ``optimization`` go to :func:`make_session`.
+
+    Example::
+
+        model = Model("fcn8.onnx", provider="cpu")
+        mask = model(cv2.imread("street.png")).mask
+    """
+
+    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+                 optimization: str = "all", contract: Contract | Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self._arguments = (str(self.path), provider, threads, optimization, contract)
+        self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.contract = _resolve_contract(metadata, contract, origin=f"model `{self.path}`")
+        self.providers = tuple(self.session.get_providers())
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
+        self.input_name = self.contract.input.name if self.contract.input.name in names else names[0]
+        self.output_name = self.session.get_outputs()[0].name
+        if self.contract.kind in ("segmentation", "autoencoder"):  # an encoder/decoder half may take vectors
+            self._check_input_shape(next(i for i in inputs if i.name == self.input_name).shape)
+        self._uses_cuda = CUDA in self.providers
+        # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
+        self.mask_dtype = np.uint8 if self.contract.num_classes <= 256 else np.uint16
+        self.kind = self.contract.kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles as its constructor arguments: a worker process (multiprocessing, Ray) rebuilds
+        # its own session instead of receiving one (sessions cannot be pickled).
+        return _rebuild, self._arguments
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, kind={self.kind!r}, providers={list(self.providers)})"
+
+    def __call__(self, image: np.ndarray, *, probabilities: bool = False) -> Result:
+        """Run one frame (BGR, BGRA, gray, 8 or 16 bit, any size)."""
+        return self.predict_batch([image], probabilities=probabilities)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], *, probabilities: bool = False) -> list[Result]:
+        """Run several frames (of any sizes) as one batch; results in the same order."""
+        if len(images) == 0:
+            return []
+        batch, geometries = preprocess_batch(images, self.contract.input)
+        outputs = self.run(batch)
+        return [self.postprocess(outputs[i], geometries[i], batch[i], probabilities=probabilities)
+                for i in range(len(images))]
+
+    def iterate(self, source: Iterable[Frame] | str | os.PathLike, *, probabilities: bool = False
+                ) -> Iterator[tuple[Frame, Result | None]]:
+        """``(frame, result)`` for each frame of a source (frames, or a path for :func:`open_source`).
+
+        A bad item gives ``(frame, None)`` with ``frame.error`` saying why.
+        """
+        frames = open_source(source) if isinstance(source, (str, os.PathLike)) else source
+        for frame in frames:
+            if not frame.ok:
+                yield frame, None
+                continue
+            try:
+                yield frame, self(frame.image, probabilities=probabilities)
+            except BadInputError as error:
+                yield dataclasses.replace(frame, error=str(error)), None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw preprocessed float32 batch in, raw first output out (for benchmarks and calibration)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._uses_cuda:
+            # IO binding: the output stays on the device until one copy back, with no staging buffers.
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, batch)
+            binding.bind_output(self.output_name, "cuda")
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    # -- post-processing ---------------------------------------------------------------------
+
+    def channels_last(self, output: np.ndarray) -> np.ndarray:
+        """One output item as (H, W, C) whatever the model's layout."""
+        if output.ndim == 2:
+            return output[:, :, None]
+        if output.ndim != 3:
+            raise EdgesegError(f"model `{self.path}`: expected a (C, H, W) or (H, W, C) output per frame, "
+                               f"got shape {output.shape}.")
+        expected = self.contract.num_classes if self.kind == "segmentation" else self.contract.input.channels
+        last_fits = output.shape[-1] in (expected, 1)
+        first_fits = output.shape[0] in (expected, 1)
+        if first_fits and (not last_fits or self.contract.input.layout == "NCHW"):
+            return output.transpose(1, 2, 0)
+        return output
+
+    def postprocess(self, output: np.ndarray, geometry: Geometry, model_input: np.ndarray | None = None, *,
+                    probabilities: bool = False) -> Result:
+        """One item of :meth:`run`'s output -> a result at the frame's own size.
+
+        ``model_input`` (the preprocessed item) is needed for autoencoders' error maps.
+        """
+        if self.kind not in ("segmentation", "autoencoder"):
+            raise EdgesegError(
+                f"model `{self.path}` is an {self.kind!r} model; frames go through segmentation and autoencoder "
+                "models. Run the whole autoencoder, or use Model.run for raw outputs."
+            )
+        output = self.channels_last(output)
+        if self.kind == "autoencoder":
+            if model_input is None:
+                raise EdgesegError("autoencoder post-processing needs the preprocessed input.")
+            return self._reconstruction(output, self.channels_last(model_input), geometry)
+        return self.segmentation(output, geometry, probabilities=probabilities)
+
+    def segmentation(self, scores: np.ndarray, geometry: Geometry, *, probabilities: bool = False,
+                     activated: bool = False) -> SegmentationResult:
+        """(H, W, C) model-size scores -> class-id mask at the frame's size (argmax before resizing).
+
+        ``activated``: the scores are already probabilities (e.g. temporally smoothed ones).
+        """
+        classes = self.contract.output.classes
+        if scores.shape[-1] == 1 and len(classes) == 2:
+            # One sigmoid channel for two classes: class 1 where p > 0.5 (logit > 0 without activation).
+            threshold = 0.0 if self.contract.output.activation == "none" and not activated else 0.5
+            small = (scores[:, :, 0] > threshold).astype(self.mask_dtype)
+        else:
+            if scores.shape[-1] != len(classes):
+                raise EdgesegError(f"model `{self.path}`: its output has {scores.shape[-1]} channels but the "
+                                   f"contract names {len(classes)} classes.")
+            small = scores.argmax(axis=-1).astype(self.mask_dtype)
+        spec = self.contract.input
+        resized = scores.shape[:2] != (spec.height, spec.width)
+        if resized:  # an output coarser than the input (an output stride): back to input size first
+            small = cv2.resize(small, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
+        mask = restore(small, geometry, nearest=True)
+        counts = np.bincount(mask.ravel(), minlength=len(classes))[: len(classes)]
+        fraction = {name: round(float(c) / mask.size, 6) for name, c in zip(classes, counts)}
+        probs = None
+        if probabilities:
+            probs = scores if activated else self.probabilities(scores)
+            if resized:
+                probs = cv2.resize(probs, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+                probs = probs[:, :, None] if probs.ndim == 2 else probs
+            probs = restore(probs, geometry, nearest=False)
+        return SegmentationResult(mask=mask, class_fraction=fraction, probabilities=probs)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Model-size scores as probabilities (applies softmax/sigmoid where the model has none)."""
+        scores = scores.astype(np.float32, copy=False)
+        if self.contract.output.activation != "none":
+            return scores
+        if scores.shape[-1] == 1:
+            return 1.0 / (1.0 + np.exp(-scores))
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    def _reconstruction(self, output: np.ndarray, model_input: np.ndarray, geometry: Geometry
+                        ) -> ReconstructionResult:
+        spec = self.contract.input
+        if output.size != model_input.size:
+            raise EdgesegError(f"model `{self.path}`: autoencoder output shape {output.shape} does not match "
+                               f"its input {model_input.shape}.")
+        output = output.reshape(model_input.shape)
+        error = np.abs(model_input - output).mean(axis=-1)
+        crop = error[geometry.top: geometry.top + geometry.height, geometry.left: geometry.left + geometry.width]
+        score = float(crop.mean())
+        # Back to pixels: the inverse of normalize(), then to OpenCV's BGR order.
+        pixels = (output * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
+        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+        if spec.color == "RGB":
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+        elif spec.color == "GRAY":
+            pixels = pixels[:, :, 0]
+        return ReconstructionResult(
+            reconstruction=restore(pixels, geometry, nearest=False),
+            error_map=restore(error.astype(np.float32), geometry, nearest=False),
+            score=score,
+        )
+
+    def _check_input_shape(self, shape: Sequence[Any]) -> None:
+        spec = self.contract.input
+        expected = ((spec.height, spec.width, spec.channels) if spec.layout == "NHWC"
+                    else (spec.channels, spec.height, spec.width))
+        if len(shape) != 4:
+            raise EdgesegError(f"model `{self.path}`: input `{self.input_name}` has rank {len(shape)}; "
+                               "the runtime feeds (N, H, W, C) or (N, C, H, W) images.")
+        for got, want in zip(shape[1:], expected):
+            if isinstance(got, int) and got != want:
+                raise EdgesegError(
+                    f"model `{self.path}`: input `{self.input_name}` has shape {list(shape)}, but the contract "
+                    f"says {spec.layout} {spec.height}x{spec.width}x{spec.channels}. Fix the contract "
+                    "(input.layout/height/width/channels)."
+                )
+
+
+def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
+             contract: Contract | Mapping[str, Any] | None) -> Model:
+    return Model(path, provider=provider, threads=threads, optimization=optimization, contract=contract)
+
+
+def _resolve_contract(metadata: Mapping[str, str], given: Contract | Mapping[str, Any] | None, *,
+                      origin: str) -> Contract:
+    if isinstance(given, Contract):
+        return given
+    stored = contract_from_metadata(metadata, origin=origin)
+    if given is None:
+        if stored is None:
+            raise EdgesegError(
+                f"{origin} carries no edgeseg contract (metadata key `{METADATA_KEY}`): it lacks `kind` and "
+                "`input`. Export it with `edgeseg export`, or pass the facts (--kind, --input-size, --classes)."
+            )
+        return stored
+    base = stored.to_dict() if stored is not None else {}
+    merged = _merge(base, given)
+    if stored is None and isinstance(merged.get("input"), Mapping) and "channels" not in merged["input"]:
+        # Without a stored contract, the colour order fixes the channel count (RGB unless told).
+        merged["input"] = {**merged["input"], "channels": 1 if merged["input"].get("color") == "GRAY" else 3}
+    return Contract.from_dict(merged, origin=origin)
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,127 @@
+"""The one place onnxruntime sessions are built: providers, session options, the CPU-fallback warning.
+
+onnxruntime is imported here, inside :func:`make_session`, so ``import edgeseg.runtime`` and the
+``edgeseg`` command start without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger("edgeseg.runtime")
+
+PROVIDERS = ("auto", "cuda", "cpu")
+OPTIMIZATIONS = ("all", "extended", "basic", "disable")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """CUDA was asked for, and onnxruntime runs the model on the CPU instead."""
+
+
+def default_threads() -> int:
+    """Intra-op threads when the caller names none: 1 on machines with 2 cores or fewer, else all but one.
+
+    Measured on this project's 2-vCPU build machine (benchmarks/runtime_pipeline.py, medians of 3
+    alternating runs on a busy shared machine): inference alone 92-94 fps with 1 thread against
+    70-73 with 2; end to end 75-82 against 70-78. Decoding, writing and the video encoder need a
+    core too, so larger machines keep one free for them.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))  # respects taskset and container CPU sets
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else cores - 1
+
+
+def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+                 optimization: str = "all") -> Any:
+    """Build an ``onnxruntime.InferenceSession`` for ``path`` with the providers and options asked for.
+
+    ``provider``: ``auto`` (CUDA when onnxruntime has it, else the CPU), ``cuda`` (warns loudly,
+    once, when it ends up on the CPU) or ``cpu``. ``threads``: intra-op threads (None: see
+    :func:`default_threads`; 0: onnxruntime's own default). ``optimization``: graph optimization level.
+
+    Example::
+
+        session = make_session("fcn8.onnx", provider="cpu", threads=1)
+        print(session.get_providers())
+    """
+    if provider not in PROVIDERS:
+        raise EdgesegError(f"Unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}.")
+    if optimization not in OPTIMIZATIONS:
+        raise EdgesegError(f"Unknown optimization level {optimization!r}: expected one of {', '.join(OPTIMIZATIONS)}.")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise EdgesegError(f"`threads` must be an integer >= 0 (0: onnxruntime's default), got {threads!r}.")
+    path = Path(path)
+    _check_model_file(path)
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EdgesegError("edgeseg's runtime needs onnxruntime: pip install 'edgeseg[cpu]' (or 'edgeseg[gpu]').") from None
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    options.intra_op_num_threads = default_threads() if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning workers burn the cores that decoding and writing need between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+
+    available = ort.get_available_providers()
+    wants_cuda = provider == "cuda" or (provider == "auto" and CUDA in available)
+    requested = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
+        raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(path, error)}") from None
+    used = session.get_providers()
+    if wants_cuda and CUDA not in used:
+        reason = ("this onnxruntime build has no CUDA provider (install onnxruntime-gpu: pip install 'edgeseg[gpu]')"
+                  if CUDA not in available else "the CUDA provider failed to start (check the CUDA/cuDNN libraries)")
+        warnings.warn(
+            f"edgeseg: provider={provider!r} asked for CUDA, but `{path.name}` runs on the CPU: {reason}.",
+            ProviderFallbackWarning,
+            stacklevel=2,
+        )
+    log.debug("%s: providers %s, %s intra-op thread(s)", path.name, used, options.intra_op_num_threads)
+    return session
+
+
+def _check_model_file(path: Path) -> None:
+    if not path.exists():
+        raise EdgesegError(f"Cannot read model `{path}`: no such file. Pass the path of an .onnx file.")
+    if path.is_dir():
+        raise EdgesegError(f"Cannot read model `{path}`: it is a folder. Pass the path of an .onnx file.")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        raise EdgesegError(f"Cannot read model `{path}`: {error.strerror or error}.") from None
+    if head.startswith(b"PK"):
+        raise EdgesegError(
+            f"Cannot read model `{path}`: not an ONNX file (got a ZIP archive, e.g. a .keras model). "
+            "Export it first: edgeseg export MODEL.keras -o M.onnx."
+        )
+    if not head:
+        raise EdgesegError(f"Cannot read model `{path}`: empty file (0 bytes). Pass an exported .onnx file.")
+
+
+def _describe_load_error(path: Path, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"not a valid ONNX model (onnxruntime says: {text}). Pass an .onnx file written by `edgeseg export`."

@@ -1,0 +1,227 @@
+"""Where results go. Each sink is a context manager with one verb, ``write``, that flushes as it goes.
+
+- :func:`write_mask_png` / :func:`read_mask_png`: class-id masks as palette-indexed PNGs. OpenCV
+  cannot write palette PNGs, so this module writes the chunks itself (zlib; ~30 lines). Any PNG
+  reader shows the colours; the pixel values are the class ids. Past 256 classes the mask is a
+  16-bit gray PNG of class ids instead.
+- :class:`VideoSink`: ``overlay.mp4`` in H.264 where an encoder is available — the ffmpeg binary of
+  the ``imageio-ffmpeg`` package fed raw frames through a pipe, else OpenCV's ``avc1`` — and
+  OpenCV's ``mp4v`` (MPEG-4 part 2, which browsers do not play) as the last resort. ``codec``
+  says which one wrote the file.
+- :class:`JsonlSink`: one JSON object per line, flushed per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import subprocess
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger("edgeseg.runtime")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """Write a class-id mask as a palette-indexed PNG (8-bit ids) or a 16-bit gray PNG (more classes).
+
+    Example::
+
+        write_mask_png("masks/frame.png", result.mask, contract.output.palette)
+    """
+    path = Path(path)
+    if mask.dtype != np.uint8:
+        if not cv2.imwrite(str(path), mask.astype(np.uint16)):
+            raise OSError(f"cannot write {path}")
+        return
+    height, width = mask.shape
+    colours = [tuple(int(v) for v in c) for c in palette][:256] or [(0, 0, 0)]
+    count = max(len(colours), int(mask.max()) + 1)
+    plte = b"".join(bytes(colours[i % len(colours)]) for i in range(count))
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 0  # filter type "none" for every scanline
+    rows[:, 1:] = mask
+    data = (_PNG_SIGNATURE
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+            + _chunk(b"PLTE", plte)
+            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
+            + _chunk(b"IEND", b""))
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a crash never leaves a half-written mask under the real name
+
+
+def read_mask_png(path: str | os.PathLike) -> np.ndarray:
+    """Class ids from a mask PNG: palette indices of a paletted PNG, else the gray values."""
+    data = Path(path).read_bytes()
+    if data[:8] == _PNG_SIGNATURE and data[25] == 3 and data[24] == 8 and data[28] == 0:
+        width, height = struct.unpack(">II", data[16:24])
+        idat, pos = [], 8
+        while pos < len(data):
+            length, kind = struct.unpack(">I4s", data[pos: pos + 8])
+            if kind == b"IDAT":
+                idat.append(data[pos + 8: pos + 8 + length])
+            pos += 12 + length
+        rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(height, width + 1)
+        if np.any(rows[:, 0]):
+            raise ValueError(f"{path}: PNG row filters other than 'none' are not supported here")
+        return rows[:, 1:].copy()
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{path}: not a readable PNG")
+    return image if image.ndim == 2 else image[:, :, 0]
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+class JsonlSink:
+    """``frames.jsonl``: one object per finished frame, flushed at once, so a crash keeps every line."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._handle = None
+
+    def __enter__(self) -> JsonlSink:
+        self._handle = open(self.path, "w", encoding="utf-8")
+        return self
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class VideoSink:
+    """An MP4 of BGR frames at a fixed size (the first frame's); later frames of another size are resized.
+
+    ``codec`` after the first write names what encoded it: ``h264 (opencv avc1)``,
+    ``h264 (ffmpeg libx264)`` or ``mpeg4 (opencv mp4v)``. ``codec="mp4v"`` forces the fallback.
+
+    Example::
+
+        with VideoSink("overlay.mp4", fps=25) as video:
+            for image in images:
+                video.write(image)
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fps: float, codec: str = "auto") -> None:
+        if codec not in ("auto", "avc1", "ffmpeg", "mp4v"):
+            raise EdgesegError(f"Unknown video codec {codec!r}: expected auto, avc1, ffmpeg or mp4v.")
+        self.path = Path(path)
+        self.fps = float(fps) if fps and fps > 0 else 25.0
+        self.wanted = codec
+        self.codec: str | None = None
+        self.frames = 0
+        self._size: tuple[int, int] | None = None
+        self._writer: cv2.VideoWriter | None = None
+        self._ffmpeg: subprocess.Popen | None = None
+
+    def __enter__(self) -> VideoSink:
+        return self
+
+    def write(self, image: np.ndarray) -> None:
+        if self._size is None:
+            self._open(image.shape[1], image.shape[0])
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        if self._ffmpeg is not None:
+            try:
+                self._ffmpeg.stdin.write(np.ascontiguousarray(image).data)
+            except (BrokenPipeError, OSError) as error:
+                raise EdgesegError(f"Cannot write `{self.path}`: the ffmpeg encoder stopped ({error}).") from None
+        else:
+            self._writer.write(image)
+        self.frames += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finalize the file (an MP4 is playable only once its index is written)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._ffmpeg is not None:
+            process, self._ffmpeg = self._ffmpeg, None
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.returncode != 0:
+                log.warning("%s: ffmpeg exited with status %s while finalizing the video", self.path, process.returncode)
+
+    def _open(self, width: int, height: int) -> None:
+        self._size = (width, height)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # ffmpeg first: where imageio-ffmpeg is installed it always has libx264, encodes outside this
+        # process (no GIL, no stall of inference), and probing OpenCV's avc1 prints encoder errors.
+        attempts = {"auto": ("ffmpeg", "avc1", "mp4v")}.get(self.wanted, (self.wanted,))
+        for attempt in attempts:
+            if attempt == "ffmpeg":
+                if self._open_ffmpeg(width, height):
+                    self.codec = "h264 (ffmpeg libx264)"
+                    return
+                continue
+            writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*attempt), self.fps, (width, height))
+            if writer.isOpened():
+                self._writer = writer
+                self.codec = "h264 (opencv avc1)" if attempt == "avc1" else "mpeg4 (opencv mp4v)"
+                if attempt == "mp4v":
+                    log.warning("%s: no H.264 encoder found (OpenCV lacks avc1, imageio-ffmpeg absent); writing "
+                                "MPEG-4 part 2 (mp4v), which browsers do not play. pip install imageio-ffmpeg for H.264.",
+                                self.path)
+                return
+            writer.release()
+        raise EdgesegError(f"Cannot write `{self.path}`: no video encoder could open it (tried {', '.join(attempts)}).")
+
+    def _open_ffmpeg(self, width: int, height: int) -> bool:
+        try:
+            import imageio_ffmpeg
+            exe = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError):
+            return False
+        command = [
+            exe, "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "pipe:0",
+            # yuv420p needs even sizes; browsers need yuv420p; faststart puts the index first for streaming.
+            # ultrafast on one thread: ~1 ms a 320x240 frame here, leaving the cores to inference.
+            "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "ultrafast", "-threads", "1", "-crf", "23",
+            "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(self.path),
+        ]
+        try:
+            # A new session: Ctrl-C in the terminal reaches us, not the encoder, so we can finalize the file.
+            self._ffmpeg = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            return False
+        try:
+            # A frame is bigger than the default 64 KiB pipe: without room for a few frames, every
+            # write waits for ffmpeg to be scheduled several times (costly on a busy machine).
+            import fcntl
+
+            fcntl.fcntl(self._ffmpeg.stdin.fileno(), fcntl.F_SETPIPE_SZ, min(1 << 20, max(1 << 16, 4 * width * height * 3)))
+        except (ImportError, AttributeError, OSError):
+            pass  # not Linux, or the system caps pipe sizes lower: only slower
+        return True

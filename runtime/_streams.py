@@ -1,0 +1,196 @@
+"""Live sources: a webcam index or a stream URL (RTSP, HTTP, TCP, UDP...), read so they never fall behind.
+
+A grabber thread reads frames as fast as the camera sends them. With the default ``drop-old``
+policy it keeps only the newest frame and counts the ones nobody took (``dropped``), so latency
+stays at one frame however slow inference is; ``queue-all`` keeps every frame in a bounded queue
+(the grabber waits when it is full). When the stream fails, the grabber reconnects with
+exponential backoff, up to ``reconnect`` attempts in a row, then ends the source.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+
+from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime._frames import Frame
+
+log = logging.getLogger("edgeseg.runtime")
+
+POLICIES = ("drop-old", "queue-all")
+URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "tcp://", "udp://", "srt://")
+
+
+def is_live(spec: object) -> bool:
+    """True for a webcam index (``0``, ``"1"``) or a stream URL."""
+    if isinstance(spec, int):
+        return True
+    text = str(spec)
+    return text.isdigit() or text.lower().startswith(URL_SCHEMES)
+
+
+@dataclass
+class StreamStats:
+    """What happened to a live source (updated by the grabber thread; read after the run)."""
+
+    grabbed: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    failures: list[str] = field(default_factory=list)
+    gave_up: bool = False
+
+
+class LiveSource:
+    """Frames from a camera or URL; iterate it, then read :attr:`stats`. Call :meth:`close` to stop.
+
+    Example::
+
+        source = LiveSource("rtsp://camera/stream", policy="drop-old", reconnect=5)
+        for frame in source:
+            ...
+        print(source.stats.dropped)
+    """
+
+    def __init__(self, spec: int | str, *, policy: str = "drop-old", reconnect: int = 5, backoff: float = 0.5,
+                 max_backoff: float = 8.0, open_timeout: float = 5.0, queue_size: int = 32) -> None:
+        if policy not in POLICIES:
+            raise EdgesegError(f"Unknown live policy {policy!r}: expected one of {', '.join(POLICIES)}.")
+        if reconnect < 0:
+            raise EdgesegError(f"`reconnect` must be >= 0 attempts, got {reconnect}.")
+        self.spec = int(spec) if str(spec).isdigit() else str(spec)
+        self.name = f"camera{self.spec}" if isinstance(self.spec, int) else _safe_name(self.spec)
+        self.policy = policy
+        self.reconnect = reconnect
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.open_timeout = open_timeout
+        self.stats = StreamStats()
+        self.fps = 0.0
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._queue: queue.Queue[Frame] = queue.Queue(maxsize=queue_size)
+        self._latest: Frame | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+
+    def start(self) -> LiveSource:
+        """Open the stream and start grabbing; raises EdgesegError when the first open and every retry fail."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._grab, name=f"edgeseg-grab-{self.name}", daemon=True)
+            self._thread.start()
+            while not (self._opened.is_set() or self._done.is_set()):
+                self._opened.wait(0.05)
+            if not self._opened.is_set():
+                reason = self.stats.failures[-1] if self.stats.failures else "no frames"
+                raise EdgesegError(f"Cannot open live source `{self.spec}`: {reason} "
+                                   f"(tried {1 + self.reconnect} time(s)). Check the URL or camera index.")
+        return self
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.start()
+        while True:
+            frame = self._next()
+            if frame is None:
+                return
+            yield frame
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=self.open_timeout + 2)
+
+    def _next(self) -> Frame | None:
+        if self.policy == "queue-all":
+            while True:
+                try:
+                    return self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if self._done.is_set() and self._queue.empty():
+                        return None
+        with self._cond:
+            while self._latest is None and not self._done.is_set():
+                self._cond.wait(0.1)
+            frame, self._latest = self._latest, None
+            return frame
+
+    def _publish(self, frame: Frame) -> None:
+        if self.policy == "queue-all":
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            return
+        with self._cond:
+            if self._latest is not None:
+                self.stats.dropped += 1
+            self._latest = frame
+            self._cond.notify()
+
+    def _open(self) -> cv2.VideoCapture | None:
+        timeout_ms = int(self.open_timeout * 1000)
+        if isinstance(self.spec, int):
+            capture = cv2.VideoCapture(self.spec)
+        else:
+            capture = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG,
+                                       [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+        if capture.isOpened():
+            fps = capture.get(cv2.CAP_PROP_FPS)
+            self.fps = float(fps) if fps and 0 < fps < 1000 else self.fps or 25.0
+            return capture
+        capture.release()
+        return None
+
+    def _grab(self) -> None:
+        index, failures, started = 0, 0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                capture = self._open()
+                if capture is None:
+                    self.stats.failures.append("could not open the stream")
+                else:
+                    if self._opened.is_set():
+                        self.stats.reconnects += 1
+                        log.info("%s: reconnected", self.spec)
+                    self._opened.set()
+                    while not self._stop.is_set():
+                        ok, image = capture.read()
+                        if not ok:
+                            self.stats.failures.append(f"stream ended or stalled after frame {index}")
+                            log.warning("%s: stream ended or stalled after frame %d", self.spec, index)
+                            break
+                        failures = 0
+                        self.stats.grabbed += 1
+                        self._publish(Frame(index, f"{self.name}_{index:06d}", image, time.monotonic() - started,
+                                            source=str(self.spec)))
+                        index += 1
+                    capture.release()
+                if self._stop.is_set():
+                    break
+                failures += 1
+                if failures > self.reconnect:
+                    self.stats.gave_up = True
+                    log.warning("%s: giving up after %d failed reconnect attempt(s)", self.spec, self.reconnect)
+                    break
+                delay = min(self.max_backoff, self.backoff * 2 ** (failures - 1))
+                log.info("%s: reconnecting in %.1f s (attempt %d of %d)", self.spec, delay, failures, self.reconnect)
+                self._stop.wait(delay)
+        finally:
+            self._done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+
+def _safe_name(url: str) -> str:
+    tail = url.split("://", 1)[-1].split("@")[-1]
+    return "".join(ch if ch.isalnum() else "_" for ch in tail).strip("_")[:40] or "stream"

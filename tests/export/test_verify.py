@@ -1,0 +1,131 @@
+"""`edgeseg verify`: layer-by-layer parity, a broken export named by its layer, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from edgeseg.cli import main
+
+
+@pytest.fixture(scope="module")
+def exports(model_files, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    paths = {}
+    for name, extra in [("fcn8", []), ("fcn8-nchw", ["--nchw"]), ("fcn8-cuda", ["--cuda-friendly"]), ("cae", []),
+                        ("cae-nchw", ["--nchw", "--cuda-friendly"])]:
+        paths[name] = folder / f"{name}.onnx"
+        source = model_files[name.split("-")[0]]
+        assert main(["export", str(source), "-o", str(paths[name]), *extra]) == 0
+    return paths
+
+
+def _verify(keras_path, onnx_path, report, *extra):
+    code = main(["verify", str(keras_path), str(onnx_path), "--report", str(report), *extra])
+    return code, (json.loads(report.read_text()) if report.exists() else None)
+
+
+@pytest.mark.parametrize("name", ["fcn8", "fcn8-nchw", "fcn8-cuda"])
+def test_exports_verify_on_every_inspected_layer(model_files, exports, tmp_path, name):
+    code, report = _verify(model_files["fcn8"], exports[name], tmp_path / "r.json", "--random", "2")
+    assert code == 0 and report["ok"] and report["first_failure"] is None
+    names = [layer["name"] for layer in report["layers"]]
+    # Nested encoder flattened; Keras names; every inspected type present.
+    assert names == ["block1_conv1", "block2_conv1", "score4", "up4", "crop4", "score3", "fuse", "up_final", "softmax"]
+    assert {"name", "type", "shape", "max_abs_err", "max_rel_err", "ok"} <= set(report["layers"][0])
+    assert report["layers"][3]["shape"] == [18, 18, 2] and report["layers"][3]["type"] == "Conv2DTranspose"
+    assert report["output"]["argmax_agreement"] == 1.0
+    assert report["inputs"] == {"kind": "random", "count": 2, "skipped": 0}
+
+
+def test_sequential_cae_verifies_on_images_through_the_contract(model_files, exports, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"not a png")
+    code, report = _verify(model_files["cae"], exports["cae"], tmp_path / "r.json", "--images", str(images))
+    assert code == 0
+    assert report["inputs"] == {"kind": "images", "count": 2, "skipped": 1}
+    assert [layer["type"] for layer in report["layers"]] == ["Conv2D", "Conv2D", "Conv2DTranspose", "Conv2DTranspose", "Activation"]
+
+
+def test_single_channel_nchw_export_verifies(model_files, exports, tmp_path):
+    code, report = _verify(model_files["cae"], exports["cae-nchw"], tmp_path / "r.json", "--random", "2")
+    assert code == 0 and len(report["layers"]) == 5
+    # With one channel tf2onnx's layout change is a Reshape; NCHW input makes it go away too.
+    assert onnx.load(str(exports["cae-nchw"])).graph.node[0].op_type == "Conv"
+
+
+def test_layers_transposed_reports_only_transposed_convolutions(model_files, exports, tmp_path):
+    code, report = _verify(model_files["fcn8"], exports["fcn8"], tmp_path / "r.json", "--layers", "transposed", "--random", "1")
+    assert code == 0 and [layer["name"] for layer in report["layers"]] == ["up4", "up_final"]
+
+
+def _broken(source, target, op_type, mutate, *, index=0):
+    proto = onnx.load(str(source))
+    node = [n for n in proto.graph.node if n.op_type == op_type][index]
+    mutate(proto, node)
+    onnx.save(proto, str(target))
+
+
+def test_altered_conv_transpose_pads_fail_and_name_the_layer(model_files, exports, tmp_path, capsys):
+    def shift_pads(proto, node):
+        pads = next(a for a in node.attribute if a.name == "pads")
+        begin, end = list(pads.ints[:2]), list(pads.ints[2:])
+        assert begin != end  # up_final (kernel 5, stride 2, SAME) exports asymmetric
+        pads.ints[:] = end + begin  # same output size, content shifted by a pixel
+
+    broken = tmp_path / "broken.onnx"
+    _broken(exports["fcn8"], broken, "ConvTranspose", shift_pads, index=1)
+    code, report = _verify(model_files["fcn8"], broken, tmp_path / "r.json", "--random", "1")
+    assert code == 1 and report["ok"] is False and report["first_failure"] == "up_final"
+    assert [layer["name"] for layer in report["layers"] if not layer["ok"]] == ["up_final", "softmax"]
+    assert "FIRST FAILURE: up_final" in capsys.readouterr().out
+
+
+def test_altered_crop_fails_and_names_the_crop(model_files, exports, tmp_path):
+    def move_slice(proto, node):
+        starts = next(i for i in proto.graph.initializer if i.name == node.input[1])
+        values = onnx.numpy_helper.to_array(starts).copy()
+        values[:] = 0  # crop from the top-left corner instead of centred
+        starts.CopyFrom(onnx.numpy_helper.from_array(values, starts.name))
+        ends = next(i for i in proto.graph.initializer if i.name == node.input[2])
+        end_values = onnx.numpy_helper.to_array(ends).copy()
+        end_values[:] = end_values - 1
+        ends.CopyFrom(onnx.numpy_helper.from_array(end_values, ends.name))
+
+    broken = tmp_path / "broken.onnx"
+    _broken(exports["fcn8"], broken, "Slice", move_slice)
+    code, report = _verify(model_files["fcn8"], broken, tmp_path / "r.json", "--random", "1")
+    assert code == 1 and report["first_failure"] == "crop4"
+
+
+def test_bad_inputs_are_one_line_and_exit_2(model_files, exports, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert _verify(text, exports["fcn8"], tmp_path / "r.json")[0] == 2
+    assert "not a .keras file" in capsys.readouterr().err
+    assert _verify(model_files["fcn8"], model_files["fcn8"], tmp_path / "r.json")[0] == 2
+    assert "not an ONNX file" in capsys.readouterr().err
+    assert _verify(model_files["fcn8"], exports["cae"], tmp_path / "r.json")[0] == 2
+    err = capsys.readouterr().err
+    assert "does not come from this Keras model" in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _verify(model_files["fcn8"], exports["fcn8"], tmp_path / "r.json", "--images", str(empty))[0] == 2
+
+
+def test_export_with_verify_records_the_summary(model_files, tmp_path):
+    out, report = tmp_path / "v.onnx", tmp_path / "r.json"
+    assert main(["export", str(model_files["fcn8"]), "-o", str(out), "--verify", "--random", "1", "--report", str(report)]) == 0
+    from edgeseg.runtime._contract import contract_from_metadata, metadata_of
+
+    verified = contract_from_metadata(metadata_of(onnx.load(str(out)))).verified
+    assert verified["ok"] is True and verified["layers_checked"] == 9 and 0 <= verified["max_abs_err"] < 1e-4
+    assert json.loads(report.read_text())["ok"] is True

@@ -1,0 +1,120 @@
+"""Tiny ONNX models and videos built by the tests themselves (onnx.helper, cv2.VideoWriter).
+
+The segmentation models are a 1x1 convolution + softmax whose class is the dominant colour
+channel, so a test knows the right mask of any frame it draws.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg.runtime import Contract, InputSpec, OutputSpec, write_contract
+
+SIZE = 32
+# BGR colours of the three classes of the NHWC/RGB model: class i = the dominant R, G or B channel.
+RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)
+
+
+def _save(graph, path, contract):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if contract is not None:
+        write_contract(model, contract)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_segmentation(path, *, layout="NHWC", color="RGB", size=SIZE, with_contract=True, classes=("red", "green", "blue"),
+                       stride=1):
+    """Dominant-channel classifier: class i where input channel i is largest (in the contract's colour order)."""
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1) * 10.0, "w")
+    nodes, inputs = [], []
+    if layout == "NHWC":
+        inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])]
+        nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
+        nodes += [helper.make_node("Conv", ["nchw", "w"], ["logits"], strides=[stride, stride]),
+                  helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+                  helper.make_node("Transpose", ["probs"], ["scores"], perm=[0, 2, 3, 1])]
+        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", size // stride, size // stride, 3])
+    else:
+        inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])]
+        nodes += [helper.make_node("Conv", ["image", "w"], ["logits"]),
+                  helper.make_node("Softmax", ["logits"], ["scores"], axis=1)]
+        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3, size, size])
+    graph = helper.make_graph(nodes, "seg", inputs, [out], initializer=[weight])
+    contract = Contract(
+        kind="segmentation",
+        input=InputSpec(height=size, width=size, channels=3, color=color, layout=layout),
+        output=OutputSpec(name="scores", activation="softmax", classes=classes,
+                          palette=((255, 0, 0), (0, 255, 0), (0, 0, 255))),
+    )
+    return _save(graph, path, contract if with_contract else None)
+
+
+def build_autoencoder(path, *, size=28, gain=0.5):
+    """Gray autoencoder whose 'reconstruction' is the input times ``gain``: error = (1-gain) * pixel/255."""
+    g = numpy_helper.from_array(np.array(gain, np.float32), "g")
+    node = helper.make_node("Mul", ["image", "g"], ["recon"])
+    graph = helper.make_graph(
+        [node], "cae",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 1])],
+        [helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", size, size, 1])],
+        initializer=[g],
+    )
+    contract = Contract(kind="autoencoder", input=InputSpec(height=size, width=size, channels=1, color="GRAY"),
+                        output=OutputSpec(name="recon", activation="sigmoid"))
+    return _save(graph, path, contract)
+
+
+def colour_frame(height, width, colours, *, dtype=np.uint8):
+    """A BGR frame split into vertical bands of the given colours (left to right)."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    bands = np.array_split(np.arange(width), len(colours))
+    for band, colour in zip(bands, colours):
+        frame[:, band[0]: band[-1] + 1] = colour
+    return frame
+
+
+def write_video(path, frames, *, fps=10.0, fourcc="MJPG"):
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def moving_video(path, *, count=20, height=48, width=64, fps=10.0, fourcc="MJPG"):
+    """A red square moving right over a green background."""
+    frames = []
+    for i in range(count):
+        frame = np.zeros((height, width, 3), np.uint8)
+        frame[:] = GREEN
+        x = (i * 3) % (width - 16)
+        frame[16:32, x: x + 16] = RED
+        frames.append(frame)
+    return write_video(path, frames, fps=fps, fourcc=fourcc)
+
+
+@pytest.fixture
+def seg_model(tmp_path):
+    return build_segmentation(tmp_path / "seg.onnx")
+
+
+@pytest.fixture
+def ae_model(tmp_path):
+    return build_autoencoder(tmp_path / "cae.onnx")
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """These helpers, for tests (the importlib import mode keeps conftest off sys.path)."""
+    return sys.modules[__name__]

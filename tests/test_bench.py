@@ -1,0 +1,243 @@
+"""`edgeseg bench` plumbing on a tiny ONNX model and three frames (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg._bench import (
+    BenchConfig,
+    markdown_table,
+    mask_agreement,
+    run_bench,
+    schedule,
+)
+from edgeseg._bench_ceiling import measure_ceiling
+from edgeseg._bench_flops import count_flops
+from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, read_mask_png, write_contract, write_mask_png
+
+SIZE = 8
+
+
+def _tiny_segmenter(path: Path) -> Path:
+    """NHWC image (N, 8, 8, 3) -> Conv 3x3 to 2 classes -> softmax over the last axis, with a contract."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(np.array([0.1, -0.1], np.float32), "b")
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Transpose", ["logits"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Softmax", ["nhwc"], ["scores"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", SIZE, SIZE, 2])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    contract = Contract(
+        kind="segmentation",
+        input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
+        output=OutputSpec(name="scores", activation="softmax", classes=("background", "object")),
+    )
+    write_contract(model, contract)
+    onnx.save(model, str(path))
+    return path
+
+
+def _frames(folder: Path, count: int = 3) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"f{i}.png"), rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return _tiny_segmenter(root / "tiny.onnx"), _frames(root / "frames")
+
+
+@pytest.fixture(scope="module")
+def report(tiny, tmp_path_factory):
+    model, frames = tiny
+    config = BenchConfig(
+        model=model, source=str(frames), runners=("ort-plain", "opencv-dnn", "edgeseg", "keras-predict", "openvino-int8", "edgeseg-fast"),
+        frames=3, repeats=2, work_dir=tmp_path_factory.mktemp("work"), measure_ceiling=False,
+    )
+    return run_bench(config)
+
+
+def test_report_has_the_design_fields_for_every_runner(report):
+    assert set(report) >= {"machine", "ceiling_gflops", "runners", "flops_per_frame", "ratios"}
+    assert report["agreement_reference"] == "ort-plain"  # no Keras model given: FP32 onnxruntime, said so
+    for name in ("ort-plain", "opencv-dnn", "edgeseg"):
+        r = report["runners"][name]
+        assert set(r) >= {"fps", "infer_fps", "stage_ms", "agreement", "gflops", "efficiency", "peak_mb", "runs"}
+        assert len(r["runs"]) == 2 and all(run["frames"] == 3 for run in r["runs"])
+        assert set(r["stage_ms"]) == {"decode", "preprocess", "infer", "postprocess", "write"}
+        assert r["fps"] > 0 and r["infer_fps"] >= r["fps"] and r["peak_mb"] > 10
+        assert r["gflops"] == pytest.approx(report["flops_per_frame"] * r["infer_fps"] / 1e9)
+        assert r["efficiency"] is None  # no ceiling measured in this run
+    # The same model through two engines writes the same masks.
+    assert report["runners"]["opencv-dnn"]["agreement"] > 0.99
+    assert report["runners"]["edgeseg"]["agreement"] > 0.99  # the runtime's masks, read back from its --out
+    assert report["runners"]["ort-plain"]["agreement"] == 1.0
+    assert report["ratios"]["ort-plain"] == 1.0
+    json.dumps(report)  # the report is plain JSON
+
+
+def test_skipped_runner_is_reported_with_its_reason(report):
+    r = report["runners"]["keras-predict"]
+    assert "--keras" in r["skipped"]
+    assert r["fps"] is None and len(r["runs"]) == 1  # not retried on later rounds
+    assert "--int8" in report["runners"]["openvino-int8"]["skipped"]
+    assert "FINDINGS" in report["runners"]["edgeseg-fast"]["skipped"]
+    assert report["ratios"]["keras-predict"] is None
+
+
+def test_masks_written_per_frame_at_frame_size(report, tiny):
+    run = report["runners"]["ort-plain"]["runs"][0]
+    masks = sorted(Path(run["masks"]).glob("*.png"))
+    assert [m.name for m in masks] == ["f0.png", "f1.png", "f2.png"]
+    mask = read_mask_png(masks[0])
+    assert mask.shape == (12, 16) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_markdown_table_has_a_row_per_runner(report):
+    table = markdown_table(report)
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| runner")]
+    assert [row.split("|")[1].strip() for row in rows] == ["ort-plain", "opencv-dnn", "edgeseg", "keras-predict", "openvino-int8", "edgeseg-fast"]
+    assert "skipped: no Keras model given" in table
+    assert "100.00%" in table  # ort-plain agrees with itself
+
+
+def test_schedule_interleaves_rounds():
+    assert schedule(["a", "b", "c"], 2) == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
+
+
+def test_runs_really_ran_interleaved(report):
+    runs = [(run["started"], name) for name, r in report["runners"].items() for run in r["runs"] if "skipped" not in run]
+    order = [name for _, name in sorted(runs)]
+    assert order == ["ort-plain", "opencv-dnn", "edgeseg", "ort-plain", "opencv-dnn", "edgeseg"]
+
+
+def test_flops_of_a_conv_counted_by_hand(tiny):
+    model, _ = tiny
+    flops = count_flops(model)
+    # 2 FLOPs x 2 output channels x 8x8 output pixels x 3 input channels x 3x3 kernel
+    assert flops["total"] == 2 * 2 * 8 * 8 * 3 * 3 * 3 == 6912
+    assert flops["by_op"] == {"Conv": 6912}
+
+
+def test_flops_of_matmul_gemm_and_conv_transpose_by_hand():
+    init = [
+        numpy_helper.from_array(np.zeros((5, 6), np.float32), "m"),
+        numpy_helper.from_array(np.zeros((7, 5), np.float32), "g"),
+        numpy_helper.from_array(np.zeros((2, 3, 2, 2), np.float32), "t"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "m"], ["y1"]),  # (1,4,5) @ (5,6)
+        helper.make_node("Gemm", ["a", "g"], ["y2"], transB=1),  # (3,5) @ (7,5)^T
+        helper.make_node("ConvTranspose", ["c", "t"], ["y3"], strides=[2, 2]),  # (1,2,4,4) -> (1,3,8,8)
+    ]
+    graph = helper.make_graph(
+        nodes, "ops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5]),
+         helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 5]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", 2, 4, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y1", "y2", "y3")],
+        initializer=init,
+    )
+    flops = count_flops(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert flops["by_op"] == {
+        "MatMul": 2 * 4 * 6 * 5,  # batch of one (the symbolic n is fixed to 1)
+        "Gemm": 2 * 3 * 5 * 7,
+        "ConvTranspose": 2 * 2 * 4 * 4 * 3 * 2 * 2,  # every input pixel scatters a 3x2x2 kernel
+    }
+
+
+def test_ceiling_measures_fp32_and_reports_every_point():
+    ceiling = measure_ceiling(threads=(1,), sizes=(64,), budget_s=0.01)
+    assert ceiling["fp32"] > 0
+    engines = {(d["engine"], d["dtype"]) for d in ceiling["details"]}
+    assert ("numpy", "fp32") in engines and ("onnxruntime MatMul", "fp32") in engines
+    int8 = [d for d in ceiling["details"] if d["dtype"] == "int8"]
+    assert int8 and all(d["gflops"] or d.get("error") for d in int8)
+
+
+def test_mask_agreement_counts_pixels(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    mask = np.zeros((4, 5), np.uint8)
+    write_mask_png(b / "x.png", mask, [(0, 0, 0), (255, 0, 0)])
+    mask[0, :] = 1  # 5 of 20 pixels differ
+    write_mask_png(a / "x.png", mask, [(0, 0, 0), (255, 0, 0)])
+    assert mask_agreement(a, b) == pytest.approx(0.75)
+
+
+def test_unknown_runner_is_refused_naming_the_known_ones(tiny):
+    model, frames = tiny
+    with pytest.raises(EdgesegError, match="openvino-f32"):
+        BenchConfig(model=model, source=str(frames), runners=("ort-fast",))
+
+
+def test_cli_writes_json_and_markdown(tiny, tmp_path):
+    model, frames = tiny
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeseg", "bench", "--model", str(model), "--source", str(frames),
+         "--runners", "ort-plain", "--frames", "2", "--repeats", "1", "--no-ceiling",
+         "--json", str(tmp_path / "B.json"), "--markdown", str(tmp_path / "B.md"), "--work-dir", str(tmp_path / "w")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "B.json").read_text())
+    assert report["runners"]["ort-plain"]["runs"][0]["frames"] == 2
+    assert (tmp_path / "B.md").read_text() == out.stdout
+
+
+def test_cli_missing_model_is_one_clear_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeseg", "bench", "--model", str(tmp_path / "none.onnx"), "--source", str(tmp_path),
+         "--json", str(tmp_path / "B.json")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "no such file" in out.stderr
+
+
+@pytest.mark.slow
+def test_keras_model_is_exported_and_is_the_agreement_reference(tiny, tmp_path):
+    keras = pytest.importorskip("keras", reason="the export extra (TensorFlow) is not installed")
+    from edgeseg.export import save_model
+
+    _, frames = tiny
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    scores = keras.layers.Conv2D(2, 3, padding="same", activation="softmax", name="conv")(image)
+    model = keras.Model(image, scores)
+    model.get_layer("conv").set_weights([np.random.default_rng(0).standard_normal((3, 3, 3, 2)).astype(np.float32),
+                                         np.zeros(2, np.float32)])
+    contract = Contract(kind="segmentation", input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
+                        output=OutputSpec(name="scores", activation="softmax", classes=("background", "object")))
+    save_model(model, tmp_path / "tiny.keras", contract.to_dict())
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeseg", "bench", "--model", str(tmp_path / "tiny.keras"), "--source", str(frames),
+         "--runners", "keras-call,ort-plain", "--frames", "3", "--repeats", "1", "--no-ceiling",
+         "--json", str(tmp_path / "B.json"), "--work-dir", str(tmp_path / "w")],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "B.json").read_text())
+    assert report["agreement_reference"] == "keras-call"
+    assert report["notes"][0].startswith("exported")
+    assert report["runners"]["keras-call"]["agreement"] == 1.0
+    assert report["runners"]["ort-plain"]["agreement"] > 0.99  # the export computes what Keras computes
