@@ -177,7 +177,7 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
         spec = config.samples
         args = ["train", "fcn8", "--data", train_data, "--out", fcn, "--epochs", config.fcn_epochs,
                 "--seed", config.seed, "--variant", "classic", "--head-width", config.head_width,
-                "--input-size", spec.size, "--classes", spec.classes]
+                "--input-size", spec.size, "--classes", spec.classes, "--batch-size", 16, "--learning-rate", 2e-3]
         if option_supported("train fcn8", "--backbone-width"):
             args += ["--backbone-width", config.backbone_width]
         edgeseg(*args)
@@ -262,7 +262,11 @@ def _segment(source: Path, model: Path, target: Path) -> str:
 def _history_line(path: Path) -> str:
     history = _read_json(path) if path.is_file() else {}
     losses = history.get("val_loss") or []
-    return f"{len(losses)} epoch(s), final val_loss {losses[-1]:.4f}" if losses else ""
+    line = f"{len(losses)} epoch(s), final val_loss {losses[-1]:.4f}" if losses else ""
+    ious = history.get("best_val_iou")
+    if ious and all(isinstance(v, (int, float)) for v in ious):
+        line += f", val IoU per class {', '.join(f'{v:.2f}' for v in ious)}"
+    return line
 
 
 def _read_json(path: Path) -> dict:

@@ -22,7 +22,7 @@ table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;paddin
 th{background:#f3f3f3} .ok{color:#137333;font-weight:600} .failed{color:#b3261e;font-weight:600}
 .skipped{color:#8a6d00;font-weight:600} img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 .grid{display:flex;flex-wrap:wrap;gap:8px} .grid figure{margin:0;text-align:center;font-size:.8em}
-.grid img{width:160px} .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
+.grid img{width:160px} .plots img{width:380px} img.chart{max-width:640px} .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
 code{background:#f3f3f3;padding:0 .2em}
 """
 
@@ -104,7 +104,7 @@ class _Page:
                 parts.append(f"<table><tr><th>metric</th><th>last epoch</th></tr>{rows}</table>")
             pictures = sorted(folder.glob("*.png")) if folder.is_dir() else []
             pictures = [p for p in pictures if p.name != "calibrate.png"]
-            parts.append('<div class="grid">' + "".join(
+            parts.append('<div class="grid plots">' + "".join(
                 f"<figure>{self.img(p, p.stem)}<figcaption>{html.escape(p.stem)}</figcaption></figure>" for p in pictures
             ) + "</div>")
             parts.append("<p>" + " · ".join(filter(None, (self.link(folder / "history.json"), self.link(folder / "model.keras")))) + "</p>")
@@ -141,7 +141,7 @@ class _Page:
             parts.append("<table>" + "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in facts.items()) + "</table>")
             for warning in report.get("warnings") or []:
                 parts.append(f'<p class="note">{html.escape(str(warning))}</p>')
-            parts.append(self.img(self.out / "fcn8" / "calibrate.png", "per-layer SQNR"))
+            parts.append(self.img(self.out / "fcn8" / "calibrate.png", "per-layer SQNR").replace("<img ", '<img class="chart" '))
             parts.append("<p>" + " · ".join(filter(None, (self.link(self.out / "fcn8" / "calibrate.json"),
                                                          self.link(self.out / "fcn8" / "model.int8.onnx")))) + "</p>")
         return "\n".join(parts) + "</section>"

@@ -184,14 +184,14 @@ def make_digits(count: int, *, seed: int = 0, size: int = 28) -> tuple[np.ndarra
         text = str(int(label))
         scale = 1.0
         (w, h), _ = cv2.getTextSize(text, font, scale, thickness)
-        scale = float(rng.uniform(0.55, 0.75)) * big / max(w, h)
-        (w, h), baseline = cv2.getTextSize(text, font, scale, thickness)
-        origin = ((big - w) // 2, (big + h) // 2)
-        cv2.putText(canvas, text, origin, font, scale, 255, thickness, cv2.LINE_AA)
+        scale = float(rng.uniform(0.6, 0.72)) * big / max(w, h)
+        cv2.putText(canvas, text, (big // 4, big * 3 // 4), font, scale, 255, thickness, cv2.LINE_AA)
+        # Centre the ink by its centre of mass, as MNIST does, then rotate and shift a little.
+        moments = cv2.moments(canvas, binaryImage=False)
+        centre = (moments["m10"] / max(moments["m00"], 1.0), moments["m01"] / max(moments["m00"], 1.0))
         angle = float(rng.uniform(-15, 15))
-        shift = rng.uniform(-2, 2, size=2) * 4
-        matrix = cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0)
-        matrix[:, 2] += shift
+        matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        matrix[:, 2] += np.array([big / 2 - centre[0], big / 2 - centre[1]]) + rng.uniform(-2, 2, size=2) * 4
         canvas = cv2.warpAffine(canvas, matrix, (big, big), flags=cv2.INTER_LINEAR, borderValue=0)
         images[i] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     return images, labels
