@@ -49,7 +49,9 @@ class DemoConfig:
         return self.samples == QUICK_SPEC
 
 
-FULL = DemoConfig()
+FULL = DemoConfig(train_scenes=384, fcn_epochs=12)
+# The committed sample models train longer than the demo's: they are made once, and used for real.
+SAMPLE_MODELS = DemoConfig(train_scenes=512, fcn_epochs=16)
 QUICK = DemoConfig(samples=QUICK_SPEC, train_scenes=32, fcn_epochs=1, cae_epochs=1, head_width=16,
                    backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6, bench_repeats=1)
 

@@ -55,15 +55,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_samples(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from edgeseg._demo import FULL, run_chain
+    from edgeseg._demo import SAMPLE_MODELS, run_chain
     from edgeseg._samples import make_sample_data
 
-    spec = replace(FULL.samples, seed=args.seed)
+    spec = replace(SAMPLE_MODELS.samples, seed=args.seed)
     if args.no_models:
         make_sample_data(args.out, spec=spec)
         log.info("samples: inputs written to %s", args.out)
         return 0
-    config = replace(FULL, samples=spec, seed=args.seed, mnist=args.data)
+    config = replace(SAMPLE_MODELS, samples=spec, seed=args.seed, mnist=args.data)
     # Training scenes are regenerated from the seed whenever needed: not worth committing.
     with tempfile.TemporaryDirectory(prefix="edgeseg-train-") as train_root:
         runner = run_chain(args.out / "models", config, data_root=args.out, train_root=Path(train_root), stages="models")
@@ -72,6 +72,8 @@ def _run_samples(args: argparse.Namespace) -> int:
 
 def _finish(runner, page: Path | None) -> int:
     skipped = [r for r in runner.results if r.status == "skipped"]
+    total = sum(r.seconds for r in runner.results)
+    log.info("%d step(s) ok in %.0f s", sum(r.status == "ok" for r in runner.results), total)
     if page is not None and page.is_file():
         log.info("report: %s", page.resolve())
     if skipped:
