@@ -56,7 +56,8 @@ class _Item:
 
 
 def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike, out: str | os.PathLike,
-            provider: str = "auto", threads: int | None = None, batch: int = 1, stride: int = 1, start: int = 0,
+            provider: str = "auto", threads: int | None = None, engine: str = "onnxruntime",
+            precision: str = "auto", batch: int = 1, stride: int = 1, start: int = 0,
             max_frames: int | None = None, recursive: bool = False, outputs: Collection[str] = DEFAULT_OUTPUTS,
             alpha: float = 0.5, smooth: float = 0.0, policy: str = "drop-old", reconnect: int = 5,
             codec: str = "auto", show: bool = False, progress: bool = False, queue_size: int = 8,
@@ -69,7 +70,8 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     ``batch``: frames per inference call (finite sources). ``smooth``: weight in [0, 1) of the
     previous frames' class probabilities (videos and streams; 0 is off). ``policy``/``reconnect``:
     live sources. ``stop``: set it to end the run early (SIGINT/SIGTERM set it too).
-    ``provider``/``threads``: used when ``model`` is a path (a :class:`Model` keeps its own).
+    ``provider``/``threads``/``engine``/``precision``: used when ``model`` is a path (a :class:`Model`
+    keeps its own); see :class:`Model`.
 
     Example::
 
@@ -86,7 +88,7 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     if not 0.0 <= alpha <= 1.0:
         raise EdgesegError(f"`alpha` (overlay opacity) must be in [0, 1], got {alpha}.")
     if not isinstance(model, Model):
-        model = Model(model, provider=provider, threads=threads)
+        model = Model(model, provider=provider, threads=threads, engine=engine, precision=precision)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -371,6 +373,8 @@ class _Run:
             "kind": self.model.kind,
             "provider": self.model.providers[0] if self.model.providers else "",
             "providers": list(self.model.providers),
+            "engine": self.model.engine,
+            "precision": self.model.precision,
             "frames": self.done,
             "frames_failed": self.failed,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
@@ -395,7 +399,8 @@ def stage_table(summary: dict[str, Any]) -> str:
     lines = [f"{'stage':<12}{'ms/frame':>10}"]
     lines += [f"{stage:<12}{ms:>10.2f}" for stage, ms in summary["stage_ms"].items()]
     lines.append(f"{'end to end':<12}{summary['fps']:>10.2f} fps  (inference alone {summary['infer_fps']:.2f} fps)")
-    lines.append(f"{summary['frames']} frame(s) done, {summary['frames_failed']} failed; provider {summary['provider']}")
+    lines.append(f"{summary['frames']} frame(s) done, {summary['frames_failed']} failed; engine "
+                 f"{summary.get('engine', 'onnxruntime')} ({summary['provider']}, {summary.get('precision', 'fp32')})")
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
         raise EdgesegError(f"`threads` must be an integer >= 0 (0: onnxruntime's default), got {threads!r}.")
     path = Path(path)
-    _check_model_file(path)
+    check_model_file(path)
     try:
         import onnxruntime as ort
     except ImportError:
@@ -101,7 +101,7 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
     return session
 
 
-def _check_model_file(path: Path) -> None:
+def check_model_file(path: Path) -> None:
     if not path.exists():
         raise EdgesegError(f"Cannot read model `{path}`: no such file. Pass the path of an .onnx file.")
     if path.is_dir():
