@@ -124,3 +124,15 @@ def test_bad_engine_and_precision_are_user_errors(seg_model, tmp_path):
     with pytest.raises(EdgesegError, match="no such file"):
         Model(tmp_path / "missing.onnx", engine="openvino")
     assert Model(seg_model, engine="auto", provider="cpu").engine == "openvino"
+
+
+def test_two_class_fast_path_and_counts_match_argmax_and_bincount():
+    from edgeseg.runtime._model import _argmax_last, _class_counts
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((40, 50, 2)).astype(np.float32)
+    scores[:5, :, 1] = scores[:5, :, 0]  # ties go to class 0, as argmax sends them
+    np.testing.assert_array_equal(_argmax_last(scores), scores.argmax(axis=-1))
+    mask = rng.integers(0, 3, (37, 41)).astype(np.uint8)
+    np.testing.assert_array_equal(_class_counts(mask, 4), np.bincount(mask.ravel(), minlength=4))
+    np.testing.assert_array_equal(_class_counts(mask.astype(np.uint16), 3), np.bincount(mask.ravel(), minlength=3))
