@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
     run.add_argument("--batch", type=int, default=1, metavar="N",
-                     help="frames per inference call for images and video files (default: 1)")
+                     help="frames per inference call for images and video files; with --engine openvino, > 1 also "
+                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
@@ -96,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     if source is None:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
-                  contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision)
+                  contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
+                  throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
     outputs = [name.strip() for name in args.write.split(",") if name.strip()]
     summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
                       max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,

@@ -40,6 +40,10 @@ class OpenVinoEngine:
 
     ``precision``: ``auto`` (OpenVINO's default: bf16 where the CPU has it) or ``f32``.
     ``threads``: inference threads (None or 0: OpenVINO's default, every core; measured best here).
+    ``throughput``: compile for throughput (OpenVINO's streams, one per pair of cores or so) and split
+    each batch across them, for batched files; measured on FCN-8 batch 4 here: 64.5-65.5 fps against
+    54.3-57.4 with the default latency hint. A batch of 1 then runs on one stream only: keep it off
+    for live sources.
 
     Example::
 
@@ -48,7 +52,8 @@ class OpenVinoEngine:
         print(engine.precision)               # "bf16" on AMX CPUs
     """
 
-    def __init__(self, path: str | os.PathLike, *, precision: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, precision: str = "auto", threads: int | None = None,
+                 throughput: bool = False) -> None:
         if precision not in PRECISIONS:
             raise EdgesegError(f"Unknown precision {precision!r} for engine 'openvino': expected one of "
                                f"{', '.join(PRECISIONS)} (auto: OpenVINO's default, bf16 where the CPU has it).")
@@ -74,7 +79,10 @@ class OpenVinoEngine:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if throughput:
+            config["PERFORMANCE_HINT"] = "THROUGHPUT"
         self._compiled = core.compile_model(model, "CPU", config)
+        self.streams = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
         hint = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
         base = "bf16" if "bf16" in hint or "bfloat16" in hint else "f16" if "f16" in hint else "f32"
         # INT8 QDQ files run int8 convolutions whatever the hint; the hint covers the rest.
@@ -82,15 +90,24 @@ class OpenVinoEngine:
         self.inputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.inputs]
         self.outputs = [port.get_any_name() for port in self._compiled.outputs]
         self._local = threading.local()
-        log.info("%s: engine openvino, precision %s", self.path.name, self.precision)
+        log.info("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self.precision, self.streams)
 
     def run(self, batch: np.ndarray, input_index: int = 0) -> np.ndarray:
         """A float32 batch in, the first output out (a fresh array the caller may keep)."""
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
-        # infer() copies the outputs out of the request by default, so the next call cannot overwrite them.
-        return request.infer({input_index: batch})[0]
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = [self._compiled.create_infer_request() for _ in range(self.streams)]
+        if self.streams == 1 or len(batch) == 1:
+            # infer() copies the outputs out of the request, so the next call cannot overwrite them.
+            return requests[0].infer({input_index: batch})[0]
+        parts = np.array_split(batch, min(self.streams, len(batch)))
+        for request, part in zip(requests, parts):
+            request.start_async({input_index: part})
+        outputs = []
+        for request, _ in zip(requests, parts):
+            request.wait()
+            outputs.append(request.get_output_tensor(0).data.copy())
+        return np.concatenate(outputs)
 
 
 def _shape(partial: Any) -> list[int | str]:

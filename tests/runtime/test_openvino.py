@@ -73,6 +73,17 @@ def test_threads_share_one_model(seg_model):
             np.testing.assert_array_equal(got, want)
 
 
+def test_throughput_mode_splits_batches_and_keeps_their_order(seg_model):
+    frames = _random_frames(5, seed=4)
+    batch = np.stack([cv2.resize(f, (32, 32)) for f in frames]).astype(np.float32) / 255
+    plain = Model(seg_model, engine="openvino", precision="f32")
+    split = Model(seg_model, engine="openvino", precision="f32", throughput=True)
+    assert plain.streams == 1 and split.streams >= 1
+    split.warmup(4)
+    np.testing.assert_allclose(split.run(batch), plain.run(batch), atol=1e-6)  # 5 frames over the streams
+    np.testing.assert_allclose(split.run(batch[:1]), plain.run(batch[:1]), atol=1e-6)
+
+
 def test_pickles_with_its_engine(seg_model):
     copy = pickle.loads(pickle.dumps(Model(seg_model, engine="openvino", precision="f32")))
     assert (copy.engine, copy.precision) == ("openvino", "f32")
