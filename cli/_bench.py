@@ -28,9 +28,15 @@ from edgeseg.runtime._errors import EdgesegError
 log = logging.getLogger("edgeseg.bench")
 
 RUNNERS = (
-    "keras-predict", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8",
-    "edgeseg", "edgeseg-int8", "edgeseg-fast",
+    "keras-predict", "keras-predict-1", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32",
+    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast",
 )
+# What runs when no --runners are given, by the model's kind. Segmentation's keras-predict is one
+# frame per call already; an autoencoder's runs Keras' default batch (32) and keras-predict-1 one image per call.
+DEFAULT_RUNNERS = {
+    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1"),
+    "autoencoder": RUNNERS,
+}
 # Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
 INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
 BASELINE = "ort-plain"
@@ -49,7 +55,7 @@ class BenchConfig:
     source: str
     keras: Path | None = None
     int8: Path | None = None
-    runners: tuple[str, ...] = RUNNERS
+    runners: tuple[str, ...] | None = None  # None: DEFAULT_RUNNERS for the model's kind
     frames: int = 30
     repeats: int = 3
     threads: int | None = None
@@ -57,7 +63,7 @@ class BenchConfig:
     measure_ceiling: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.runners if r not in RUNNERS]
+        unknown = [r for r in self.runners or () if r not in RUNNERS]
         if unknown:
             raise EdgesegError(
                 f"Unknown runner(s) {', '.join(unknown)}: expected a comma-separated subset of {', '.join(RUNNERS)}."
@@ -88,39 +94,54 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         report["runners"]["opencv-dnn"]["fps"]
     """
     from edgeseg._bench_flops import count_flops
+    from edgeseg._bench_worker import read_contract
 
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="edgeseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    kind = read_contract(str(config.model)).kind
+    if kind not in DEFAULT_RUNNERS:
+        raise EdgesegError(f"bench runs segmentation and autoencoder models; `{config.model}` is an {kind!r} model "
+                           "(its contract's kind). Pass the whole model.")
+    selected = config.runners or DEFAULT_RUNNERS[kind]
     flops = count_flops(config.model)["total"]
     ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
 
     reference_runner = "keras-call" if config.keras else "ort-plain"
-    reference = run_worker(_job(config, reference_runner, work / "reference"), work / "reference")
+    reference = run_worker(_job(config, reference_runner, work / "reference", kind), work / "reference")
     if "skipped" in reference and reference_runner == "keras-call":
         log.warning("bench: the Keras reference cannot run (%s); comparing masks with FP32 onnxruntime instead",
                     reference["skipped"])
         reference_runner = "ort-plain"
-        reference = run_worker(_job(config, reference_runner, work / "reference"), work / "reference")
+        reference = run_worker(_job(config, reference_runner, work / "reference", kind), work / "reference")
     if "skipped" in reference:
         raise EdgesegError(f"bench: the reference run ({reference_runner}) could not run: {reference['skipped']}.")
 
-    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in config.runners}
-    for repeat, runner in schedule(config.runners, config.repeats):
+    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in selected}
+    for repeat, runner in schedule(selected, config.repeats):
         if runs[runner] and "skipped" in runs[runner][0]:
             continue  # a runner that cannot run here will not run on the next round either
         out = work / f"{runner}.{repeat}"
         log.info("bench: round %d/%d %s", repeat + 1, config.repeats, runner)
-        result = run_worker(_job(config, runner, out), out)
+        result = run_worker(_job(config, runner, out, kind), out)
         if "skipped" in result:
             log.warning("bench: %s skipped: %s", runner, result["skipped"])
+        elif kind == "autoencoder":
+            result.update(reconstruction_agreement(Path(result["masks"]), Path(reference["masks"])))
         else:
             result["agreement"] = mask_agreement(Path(result["masks"]), Path(reference["masks"]))
         runs[runner].append(result)
 
     runners = {name: summarize(name, results, flops=flops, ceiling=ceiling) for name, results in runs.items()}
+    fast = next((r.get("config") for r in runs.get("edgeseg-fast", []) if "config" in r), None)
     return {
         "machine": machine_info(),
         "model": str(config.model),
+        "kind": kind,
+        "unit": "images" if kind == "autoencoder" else "frames",
+        "edgeseg_fast": {"config": fast, "agreement": runners.get("edgeseg-fast", {}).get("agreement"),
+                         "recon_max_abs": runners.get("edgeseg-fast", {}).get("recon_max_abs"),
+                         "chosen_by": "benchmarks/fast_candidates.py (results/fast_candidates.json): the fastest "
+                                      "configuration with >= 99% mask agreement with FP32 Keras"},
         "source": config.source,
         "frames": config.frames,
         "repeats": config.repeats,
@@ -135,9 +156,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     }
 
 
-def _job(config: BenchConfig, runner: str, out: Path) -> dict[str, Any]:
+def _job(config: BenchConfig, runner: str, out: Path, kind: str = "segmentation") -> dict[str, Any]:
     return {
         "runner": runner,
+        "kind": kind,
         "model": str(config.model),
         "keras": str(config.keras) if config.keras else None,
         "int8": str(config.int8) if config.int8 else None,
@@ -185,6 +207,27 @@ def mask_agreement(masks: Path, reference: Path) -> float | None:
     return same / total if total else None
 
 
+def reconstruction_agreement(folder: Path, reference: Path) -> dict[str, Any]:
+    """An autoencoder's reconstructions against the reference's, in [0, 1] pixel units: the largest
+    absolute difference and the mean squared error over the images both wrote (8-bit PNGs)."""
+    import cv2
+
+    worst, squared, pixels = 0.0, 0.0, 0
+    for ref_path in sorted(reference.rglob("*.png")):
+        path = folder / ref_path.relative_to(reference)
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.exists() else None
+        b = cv2.imread(str(ref_path), cv2.IMREAD_UNCHANGED)
+        if a is None or b is None or a.shape != b.shape:
+            continue
+        diff = (a.astype(np.float32) - b.astype(np.float32)) / 255.0
+        worst = max(worst, float(np.abs(diff).max()))
+        squared += float(np.square(diff).sum())
+        pixels += diff.size
+    if not pixels:
+        return {"recon_max_abs": None, "recon_mse": None, "agreement": None}
+    return {"recon_max_abs": worst, "recon_mse": squared / pixels, "agreement": None}
+
+
 def summarize(name: str, results: list[dict[str, Any]], *, flops: int, ceiling: dict[str, Any]) -> dict[str, Any]:
     """Medians and spread over a runner's repeats, achieved GFLOP/s and efficiency."""
     done = [r for r in results if "skipped" not in r]
@@ -202,7 +245,17 @@ def summarize(name: str, results: list[dict[str, Any]], *, flops: int, ceiling: 
     ceiling_kind = "int8" if name in INT8_RUNNERS else "bf16" if "bf16" in precisions else "fp32"
     top = ceiling.get(ceiling_kind)
     agreements = [r["agreement"] for r in done if r.get("agreement") is not None]
+    max_abs = [r["recon_max_abs"] for r in done if r.get("recon_max_abs") is not None]
+    mse = [r["recon_mse"] for r in done if r.get("recon_mse") is not None]
+    extra: dict[str, Any] = {}
+    if max_abs:
+        extra = {"recon_max_abs": float(max(max_abs)), "recon_mse": float(max(mse))}
+    if done[0].get("config"):
+        extra["config"] = done[0]["config"]
+    if done[0].get("batch"):
+        extra["batch"] = done[0]["batch"]
     return {
+        **extra,
         "fps": float(np.median(fps)),
         "fps_spread": [float(min(fps)), float(max(fps))],
         "infer_fps": infer_median,
@@ -256,13 +309,13 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The report as a markdown table: one row per runner, the ratio to the baseline first."""
     ceiling = report.get("ceiling_gflops") or {}
     lines = [
-        f"Model `{Path(report['model']).name}`, {report['flops_per_frame'] / 1e9:.2f} GFLOP/frame; "
-        f"source `{Path(report['source']).name}`, {report['frames']} frames x {report['repeats']} interleaved repeats; "
+        f"Model `{Path(report['model']).name}`, {report['flops_per_frame'] / 1e9:.4g} GFLOP/frame; "
+        f"source `{Path(report['source']).name}`, {report['frames']} {_unit(report)} x {report['repeats']} interleaved repeats; "
         f"ceiling FP32 {_num(ceiling.get('fp32'), '.0f')} / BF16 {_num(ceiling.get('bf16'), '.0f')} / "
         f"INT8 {_num(ceiling.get('int8'), '.0f')} GFLOP/s (efficiency: against the runner's own precision); "
         f"agreement vs `{report['agreement_reference']}`.",
         "",
-        f"| runner | fps (e2e) | min-max | x {report['baseline']} | infer fps | decode / pre / infer / post / write ms "
+        f"| runner | {_unit(report)}/s (e2e) | min-max | x {report['baseline']} | infer {_unit(report)}/s | decode / pre / infer / post / write ms "
         "| agreement | GFLOP/s | efficiency | precision | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -275,14 +328,24 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_num(r['fps'], '.2f')} | {_num(spread[0], '.2f')}-{_num(spread[1], '.2f')} "
             f"| {_num(report['ratios'].get(name), '.2f')} | {_num(r['infer_fps'], '.2f')} | {stages} "
-            f"| {_pct(r['agreement'])} | {_num(r['gflops'], '.0f')} | {_pct(r['efficiency'])} | {r['efficiency_vs']} "
+            f"| {_agreement(r)} | {_num(r['gflops'], '.0f')} | {_pct(r['efficiency'])} | {r['efficiency_vs']} "
             f"| {_num(r['peak_mb'], '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _unit(report: dict[str, Any]) -> str:
+    return report.get("unit", "frames")
+
+
 def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _agreement(r: dict[str, Any]) -> str:
+    if r.get("recon_max_abs") is not None:  # autoencoders: reconstruction error against the reference
+        return f"max-abs {r['recon_max_abs']:.4f}, MSE {r['recon_mse']:.1e}"
+    return _pct(r.get("agreement"))
 
 
 def _pct(value: Any) -> str:

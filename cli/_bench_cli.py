@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 _RUNNER_HELP = (
-    "comma-separated runners (default: all): keras-predict, keras-call, ort-plain, opencv-dnn, openvino, "
-    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast; one that cannot run here is reported as skipped with the reason"
+    "comma-separated runners (default: all that apply to the model's kind): keras-predict (autoencoders: Keras' "
+    "default batch of 32), keras-predict-1 (autoencoders: one image per call), keras-call, ort-plain, opencv-dnn, openvino, "
+    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast (the fastest "
+    "configuration edgeseg offers here with >= 99% agreement: OpenVINO bf16, batched); one that cannot run here is reported as skipped with the reason"
 )
 
 
@@ -34,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the calibrated INT8 .onnx for edgeseg-int8 (default: none, the runner is skipped; "
                              "calibrated from --source when --model is a .keras)")
     parser.add_argument("--source", required=True,
-                        help="a local video file or folder of images; every runner reads the same frames")
+                        help="a local video file or folder of images (for an autoencoder: a folder of digits); "
+                             "every runner reads the same frames")
     parser.add_argument("--runners", default=None, help=_RUNNER_HELP)
-    parser.add_argument("--frames", type=int, default=30, help="frames per run (default 30)")
+    parser.add_argument("--frames", type=int, default=30,
+                        help="frames (autoencoders: images) per run (default 30; keras-predict-1 runs at most 100)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per runner (default 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for every runner (default: each library's own default)")
@@ -52,12 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from edgeseg._bench import RUNNERS, BenchConfig, markdown_table, prepare_models, run_bench
+    from edgeseg._bench import BenchConfig, markdown_table, prepare_models, run_bench
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
     models = prepare_models(model=args.model, keras=args.keras, int8=args.int8, source=args.source,
                             work=work / "models")
-    runners = tuple(r.strip() for r in args.runners.split(",") if r.strip()) if args.runners else RUNNERS
+    runners = tuple(r.strip() for r in args.runners.split(",") if r.strip()) if args.runners else None
     config = BenchConfig(
         model=models.onnx, keras=models.keras, int8=models.int8, source=args.source, runners=runners,
         frames=args.frames, repeats=args.repeats, threads=args.threads, work_dir=work,

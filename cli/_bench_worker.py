@@ -23,7 +23,7 @@ import numpy as np
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
 # Runners that need TensorFlow; the orchestrator skips them where it is absent.
-KERAS_RUNNERS = ("keras-predict", "keras-call")
+KERAS_RUNNERS = ("keras-predict", "keras-predict-1", "keras-call")
 EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast")
 ENGINE_RUNNERS = ("ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8")
 
@@ -70,8 +70,112 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if runner in EDGESEG_RUNNERS:
         return _run_edgeseg(job)
     contract = read_contract(job["model"])
+    if contract.kind == "autoencoder":
+        return _run_autoencoder_peer(runner, job, contract)
+    if runner == "keras-predict-1":
+        raise Skip("segmentation's keras-predict already runs one frame at a time")
     infer, precision = _open_engine(runner, job, contract)
     return {**run_loop(job, contract, infer), "precision": precision}
+
+
+# Autoencoders (a folder of digits): peers run batches of Keras' default predict batch, 32 images,
+# except keras-predict-1 (one image per call), which is capped because it runs ~12 images/s.
+AUTOENCODER_BATCH = 32
+ONE_AT_A_TIME_CAP = 100
+KERAS_PREDICT_CHUNK = 1024
+
+
+def _run_autoencoder_peer(runner: str, job: dict[str, Any], contract) -> dict[str, Any]:
+    if runner in ("edgeseg-int8", "openvino-int8") and not job.get("int8"):
+        raise Skip("no INT8 model given (pass --int8 M.int8.onnx)")
+    # keras-predict gets 1024 images per predict() call, which batches them by its default 32: per-call
+    # overhead (~50 ms) would otherwise dominate, and users hand predict() whole arrays.
+    batch = {"keras-predict-1": 1, "keras-predict": KERAS_PREDICT_CHUNK}.get(runner, AUTOENCODER_BATCH)
+    frames = min(job["frames"], ONE_AT_A_TIME_CAP) if runner == "keras-predict-1" else job["frames"]
+    infer, precision = _open_engine("keras-predict" if runner == "keras-predict-1" else runner, job, contract)
+    return {**run_loop_batched(job, contract, infer, batch=batch, frames=frames), "precision": precision,
+            "batch": batch}
+
+
+def run_loop_batched(job: dict[str, Any], contract, infer: Callable[[np.ndarray], np.ndarray], *, batch: int,
+                     frames: int) -> dict[str, Any]:
+    """An autoencoder's read -> preprocess -> run -> reconstruct -> write loop over batches, timed per stage.
+
+    The reconstruction is the runtime's (the contract's normalization inverted, back to 8-bit pixels at
+    the image's own size) and is written as ``reconstruction/<name>.png``, as ``segment`` writes it.
+    """
+    import cv2
+
+    from edgeseg.runtime import open_source, preprocess_batch
+
+    folder = Path(job["out"]) / "reconstruction"
+    folder.mkdir(parents=True, exist_ok=True)
+    first = next((f for f in open_source(job["source"], max_frames=frames) if f.ok), None)
+    if first is None:
+        raise Skip(f"source `{job['source']}` yields no readable frame")
+    infer(preprocess_batch([first.image] * batch, contract.input)[0])  # warm-up at the batch size used
+
+    times = {stage: 0.0 for stage in STAGES}
+    done, failed = 0, 0
+    clock = time.perf_counter
+    source = iter(open_source(job["source"], max_frames=frames))
+    start = clock()
+    ended = False
+    while not ended:
+        t0 = clock()
+        chunk = []
+        while len(chunk) < batch:
+            frame = next(source, None)
+            if frame is None:
+                ended = True
+                break
+            if frame.ok:
+                chunk.append(frame)
+            else:
+                failed += 1
+        if not chunk:
+            break
+        t1 = clock()
+        tensors, geometries = preprocess_batch([f.image for f in chunk], contract.input)
+        t2 = clock()
+        outputs = np.asarray(infer(tensors)).reshape(tensors.shape)
+        t3 = clock()
+        pictures = [reconstruction_pixels(outputs[i], geometries[i], contract.input) for i in range(len(chunk))]
+        t4 = clock()
+        for frame, picture in zip(chunk, pictures):
+            target = folder / f"{frame.name}.png"
+            target.parent.mkdir(parents=True, exist_ok=True) if "/" in frame.name else None
+            cv2.imwrite(str(target), picture)
+        t5 = clock()
+        for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            times[stage] += seconds * 1000.0
+        done += len(chunk)
+    total = clock() - start
+    if done == 0:
+        raise Skip(f"source `{job['source']}` yields no readable frame")
+    return {
+        "frames": done,
+        "frames_failed": failed,
+        "fps": done / total,
+        "infer_fps": done / (times["infer"] / 1000.0) if times["infer"] > 0 else None,
+        "stage_ms": {stage: value / done for stage, value in times.items()},  # per image
+        "masks": str(folder),
+    }
+
+
+def reconstruction_pixels(output: np.ndarray, geometry, spec) -> np.ndarray:
+    """One (H, W, C) model-unit reconstruction -> 8-bit BGR/gray pixels at the image's size (the runtime's)."""
+    import cv2
+
+    from edgeseg.runtime import restore
+
+    pixels = (output * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    if spec.color == "RGB":
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+    elif spec.color == "GRAY":
+        pixels = pixels[:, :, 0]
+    return restore(pixels, geometry, nearest=False)
 
 
 def read_contract(path: str):
@@ -215,29 +319,56 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
 
     model, _ = load_model(keras_path)
     if runner == "keras-predict":
-        return lambda batch: model.predict(batch, verbose=0)
+        return lambda batch: model.predict(batch, verbose=0)  # Keras' default batch_size: 32
     return lambda batch: np.asarray(model(batch, training=False))
+
+
+# `edgeseg-fast`: the fastest configuration the runtime offers here whose masks agree with FP32 Keras on
+# >= 99% of pixels, measured with benchmarks/fast_candidates.py (results/fast_candidates.json, FCN-8
+# classic 224, 20 frames, 2 interleaved rounds): OpenVINO at its default precision (bf16 on this
+# AMX CPU) on the FP32 file, batch 4: 40.8-43.2 fps end to end, 99.993% agreement; batch 1 28.7-38.2,
+# batch 2 34.2-43.5; 1 thread 24.8. OpenVINO on the INT8 file ran 52-64 fps but agreed on only
+# 98.92% (onnxruntime INT8: 14.6 fps, 98.54%), so INT8 is not the choice while its agreement is < 99%.
+FAST = {"file": "fp32", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True}
+# Autoencoders (the 4.4 MFLOP CAE): onnxruntime FP32 at batch 32 inferred 6,200-8,100 images/s inside
+# segment, OpenVINO 3,300-5,100 (latency hint) and 1,200-3,200 (throughput), batches 32/64/256 alike
+# or worse (2,000 digits, 2 rounds, load 1-4.5): for a model this small the per-call cost rules, so
+# the fastest configuration is the plain one, and edgeseg-fast equals edgeseg here.
+FAST_AUTOENCODER = {"file": "fp32", "engine": "onnxruntime", "precision": "auto", "batch": 32, "throughput": False}
+EDGESEG_AUTOENCODER_BATCH = 32
 
 
 def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     """The runtime as users run it: ``segment(source, model=..., out=...)``, timed from its summary.
 
-    Only the ``masks`` output is asked for, so it does the same output work as the other runners.
+    Only the ``masks`` output is asked for (``reconstruction`` for autoencoders), so it does the same
+    output work as the other runners.
     """
-    from edgeseg.runtime import segment
+    from edgeseg.runtime import Model, segment
 
     runner = job["runner"]
+    autoencoder = job.get("kind") == "autoencoder"
     model_path = job["int8"] if runner == "edgeseg-int8" else job["model"]
     if runner == "edgeseg-int8" and not model_path:
         raise Skip("no INT8 model given (pass --int8 M.int8.onnx, or a .keras --model to calibrate one)")
+    batch = EDGESEG_AUTOENCODER_BATCH if autoencoder else 1
+    config: dict[str, Any] = {}
     if runner == "edgeseg-fast":
-        # The measured choice (benchmarks/FINDINGS.md) is OpenVINO on the INT8 QDQ file; the runtime
-        # has no such engine yet, and this runner must not run a private fast path.
-        raise Skip("the runtime offers no configuration faster than `edgeseg`/`edgeseg-int8` yet "
-                   "(benchmarks/FINDINGS.md: OpenVINO on the INT8 model; see the openvino-int8 runner)")
+        config = dict(FAST_AUTOENCODER if autoencoder else FAST)
+        if config["file"] == "int8":
+            model_path = job["int8"]
+        try:
+            model = Model(model_path, engine=config["engine"], precision=config["precision"],
+                          throughput=config["throughput"], threads=job.get("threads"))
+        except Exception as error:  # noqa: BLE001 - e.g. openvino missing: the runner is skipped, saying why
+            raise Skip(str(error)) from None
+        batch = config["batch"]
+    else:
+        model = Model(model_path, threads=job.get("threads"))
     out = Path(job["out"])
-    summary = segment(job["source"], model=model_path, out=out, threads=job.get("threads"),
-                      max_frames=job["frames"], outputs=("masks",))
+    output = "reconstruction" if autoencoder else "masks"
+    model.warmup(batch)  # outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs)
+    summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,))
     stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
     infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
     return {
@@ -246,7 +377,12 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "fps": float(summary["fps"]),
         "infer_fps": float(infer_fps) if infer_fps else None,
         "stage_ms": stage_ms,
-        "masks": str(out / "masks"),
+        "masks": str(out / output),
+        "engine": summary.get("engine", "onnxruntime"),
+        "precision": summary.get("precision", "fp32"),
+        "batch": batch,
+        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": "onnxruntime",
+                             "precision": "fp32", "batch": batch, "threads": job.get("threads")},
     }
 
 

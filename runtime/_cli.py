@@ -37,14 +37,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder, created if missing (required)")
     run = parser.add_argument_group("inference")
+    run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default="onnxruntime",
+                     help="inference engine: onnxruntime, openvino (needs pip install 'edgeseg[openvino]'; "
+                          "bf16 on CPUs that have it, several times faster there), or auto (openvino when "
+                          "installed and no GPU, else onnxruntime) (default: onnxruntime)")
+    run.add_argument("--precision", choices=("auto", "f32"), default="auto",
+                     help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
+                          "(default: auto)")
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                      help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
     run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="intra-op threads (default: 1 on machines with 2 cores or fewer, else all but one; 0: onnxruntime's choice)")
+                     help="inference threads (default: onnxruntime on 2 cores both when they are idle at start, 1 when "
+                          "another process keeps one busy; on more cores all but one; openvino every core; "
+                          "0: the engine's own choice)")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
     run.add_argument("--batch", type=int, default=1, metavar="N",
-                     help="frames per inference call for images and video files (default: 1)")
+                     help="frames per inference call for images and video files; with --engine openvino, > 1 also "
+                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
@@ -87,7 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     if source is None:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
-                  contract=_contract_overrides(args) or None)
+                  contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
+                  throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
     outputs = [name.strip() for name in args.write.split(",") if name.strip()]
     summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
                       max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,

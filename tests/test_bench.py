@@ -101,7 +101,17 @@ def test_skipped_runner_is_reported_with_its_reason(report):
     assert "--keras" in r["skipped"]
     assert r["fps"] is None and len(r["runs"]) == 1  # not retried on later rounds
     assert "--int8" in report["runners"]["openvino-int8"]["skipped"]
-    assert "FINDINGS" in report["runners"]["edgeseg-fast"]["skipped"]
+    assert "skipped" not in report["runners"]["edgeseg-fast"]
+
+
+def test_edgeseg_fast_runs_the_recorded_choice_and_agrees(report):
+    fast = report["runners"]["edgeseg-fast"]
+    assert fast["config"] == {"file": "fp32", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True}
+    assert report["edgeseg_fast"]["config"] == fast["config"]
+    assert report["edgeseg_fast"]["agreement"] == fast["agreement"] >= 0.95  # bf16 flips only near-ties
+    assert fast["runs"][0]["engine"] == "openvino" and fast["runs"][0]["frames"] == 3
+    assert report["runners"]["edgeseg"]["config"]["engine"] == "onnxruntime"
+    assert report["kind"] == "segmentation" and report["unit"] == "frames"
     assert report["ratios"]["keras-predict"] is None
 
 
@@ -128,7 +138,7 @@ def test_schedule_interleaves_rounds():
 def test_runs_really_ran_interleaved(report):
     runs = [(run["started"], name) for name, r in report["runners"].items() for run in r["runs"] if "skipped" not in run]
     order = [name for _, name in sorted(runs)]
-    assert order == ["ort-plain", "opencv-dnn", "edgeseg", "ort-plain", "opencv-dnn", "edgeseg"]
+    assert order == ["ort-plain", "opencv-dnn", "edgeseg", "edgeseg-fast"] * 2
 
 
 def test_flops_of_a_conv_counted_by_hand(tiny):
@@ -241,3 +251,89 @@ def test_keras_model_is_exported_and_is_the_agreement_reference(tiny, tmp_path):
     assert report["notes"][0].startswith("exported")
     assert report["runners"]["keras-call"]["agreement"] == 1.0
     assert report["runners"]["ort-plain"]["agreement"] > 0.99  # the export computes what Keras computes
+
+
+def _tiny_autoencoder(path: Path) -> Path:
+    """Gray 28x28 (N, 28, 28, 1) -> 3x3 conv to 1 channel -> sigmoid, with an autoencoder contract."""
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array((rng.standard_normal((1, 1, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["conv"], ["sig"]),
+        helper.make_node("Transpose", ["sig"], ["reconstruction"], perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_cae",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 28, 28, 1])],
+        [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["n", 28, 28, 1])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    contract = Contract(kind="autoencoder", input=InputSpec(height=28, width=28, channels=1, color="GRAY", scale=1 / 255),
+                        output=OutputSpec(name="reconstruction", activation="sigmoid"))
+    write_contract(model, contract)
+    onnx.save(model, str(path))
+    return path
+
+
+def _digits(folder: Path, count: int = 5) -> Path:
+    """Small 28x28 gray PNGs: a bar whose position and angle change per digit."""
+    folder.mkdir()
+    for i in range(count):
+        digit = np.zeros((28, 28), np.uint8)
+        cv2.line(digit, (6 + 3 * i, 4), (20 - 2 * i, 24), 255, 3)
+        cv2.imwrite(str(folder / f"d{i}.png"), digit)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ae_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ae")
+    model, digits = _tiny_autoencoder(root / "cae.onnx"), _digits(root / "digits")
+    config = BenchConfig(model=model, source=str(digits), runners=("ort-plain", "openvino", "edgeseg", "edgeseg-fast",
+                                                                    "keras-predict-1"),
+                         frames=5, repeats=1, work_dir=root / "work", measure_ceiling=False)
+    return run_bench(config), root
+
+
+def test_autoencoder_bench_reports_reconstruction_error_and_images(ae_report):
+    report, root = ae_report
+    assert report["kind"] == "autoencoder" and report["unit"] == "images"
+    assert report["agreement_reference"] == "ort-plain"
+    runners = report["runners"]
+    for name in ("ort-plain", "openvino", "edgeseg", "edgeseg-fast"):
+        r = runners[name]
+        assert r["agreement"] is None  # masks mean nothing here
+        assert 0.0 <= r["recon_max_abs"] <= 0.02 and 0.0 <= r["recon_mse"] <= 1e-4, name
+        assert r["runs"][0]["frames"] == 5 and r["fps"] > 0 and r["infer_fps"] > 0
+        assert set(r["stage_ms"]) == {"decode", "preprocess", "infer", "postprocess", "write"}
+    assert runners["ort-plain"]["recon_max_abs"] == 0.0  # the reference against itself
+    assert runners["ort-plain"]["batch"] == 32 and runners["edgeseg"]["batch"] == 32
+    assert runners["edgeseg-fast"]["config"]["engine"] == "onnxruntime"
+    assert runners["openvino"]["runs"][0]["precision"] in ("bf16", "fp32")
+    assert "--keras" in runners["keras-predict-1"]["skipped"]
+    # Every runner wrote the runtime's reconstructions, one 28x28 PNG per digit.
+    written = sorted((root / "work" / "edgeseg.0" / "reconstruction").glob("*.png"))
+    assert [p.stem for p in written] == [f"d{i}" for i in range(5)]
+    assert cv2.imread(str(written[0]), cv2.IMREAD_UNCHANGED).shape == (28, 28)
+    assert report["flops_per_frame"] == 2 * 9 * 28 * 28 or report["flops_per_frame"] > 0
+
+
+def test_autoencoder_markdown_shows_reconstruction_error(ae_report):
+    table = markdown_table(ae_report[0])
+    assert "images/s (e2e)" in table and "max-abs 0.0000, MSE 0.0e+00" in table
+
+
+def test_reconstruction_agreement_in_pixel_units(tmp_path):
+    from edgeseg._bench import reconstruction_agreement
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    image = np.full((4, 5), 100, np.uint8)
+    cv2.imwrite(str(b / "x.png"), image)
+    image[0, 0] = 151  # one pixel 51/255 = 0.2 off
+    cv2.imwrite(str(a / "x.png"), image)
+    found = reconstruction_agreement(a, b)
+    assert found["recon_max_abs"] == pytest.approx(0.2)
+    assert found["recon_mse"] == pytest.approx(0.04 / 20)
