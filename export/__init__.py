@@ -14,6 +14,14 @@ _PUBLIC = {
     "save_model": "edgeseg.export._keras_file",
     "load_model": "edgeseg.export._keras_file",
     "load_record": "edgeseg.export._keras_file",
+    "build_model": "edgeseg.export._models",
+    "build_cae": "edgeseg.export._models",
+    "build_fcn8": "edgeseg.export._models",
+    "model_names": "edgeseg.export._models",
+    "load_mnist": "edgeseg.export._data",
+    "load_segmentation": "edgeseg.export._data",
+    "train_cae": "edgeseg.export._train",
+    "train_fcn8": "edgeseg.export._train",
 }
 
 __all__ = sorted(_PUBLIC)
