@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results.values():
         r["fps_median"] = statistics.median(r["fps"])
     args.out.write_text(json.dumps({"load_average": os.getloadavg(), "frames": len(nhwc), "results": results}, indent=2))
-    print(f"\n| configuration | layout | batch | fps (median) | min-max | agreement vs Keras |\n|---|---|---|---|---|---|")
+    print("\n| configuration | layout | batch | fps (median) | min-max | agreement vs Keras |\n|---|---|---|---|---|---|")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["fps_median"]):
         print(f"| {name} | {r['layout']} | {r['batch']} | {r['fps_median']:.2f} | {min(r['fps']):.2f}-{max(r['fps']):.2f} "
               f"| {100 * r['agreement']:.2f}% |")

@@ -66,7 +66,6 @@ def _batch_of_one(proto):
 def _node_flops(node, shapes: dict[str, list]) -> int | None:
     op = node.op_type
     attrs = {a.name: a for a in node.attribute}
-    group = attrs["group"].i if "group" in attrs else 1
     if op in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
         weight = shapes.get(node.input[3 if op == "QLinearConv" else 1])
         if op == "ConvTranspose":

@@ -18,6 +18,7 @@ from edgeseg.runtime._errors import EdgesegError
 
 # Modules that register subcommands, in the order `edgeseg --help` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
+    "edgeseg.export._cli_train",
     "edgeseg.export._cli_export",
     "edgeseg.calibration._cli",
     "edgeseg.runtime._cli",

@@ -22,6 +22,14 @@ _PUBLIC = {
     "verify_models": "edgeseg.export._verify",
     "VerifyReport": "edgeseg.export._verify",
     "cuda_friendly": "edgeseg.export._cuda_friendly",
+    "build_model": "edgeseg.export._models",
+    "build_cae": "edgeseg.export._models",
+    "build_fcn8": "edgeseg.export._models",
+    "model_names": "edgeseg.export._models",
+    "load_mnist": "edgeseg.export._data",
+    "load_segmentation": "edgeseg.export._data",
+    "train_cae": "edgeseg.export._train",
+    "train_fcn8": "edgeseg.export._train",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -47,9 +47,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                      help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
     run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="inference threads (default: onnxruntime on 2 cores both when they are idle at start, 1 when "
-                          "another process keeps one busy; on more cores all but one; openvino every core; "
-                          "0: the engine's own choice)")
+                     help="inference threads (default: onnxruntime every core on machines with 2 or fewer, else all "
+                          "but one; openvino every core; 0: the engine's own choice). On a machine where another "
+                          "process keeps a core busy, --threads 1 is often faster: measure with edgeseg bench")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
     run.add_argument("--batch", type=int, default=1, metavar="N",

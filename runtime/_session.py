@@ -27,61 +27,19 @@ class ProviderFallbackWarning(RuntimeWarning):
 
 
 def default_threads() -> int:
-    """Intra-op threads when the caller names none: on machines with 2 cores or fewer, every core when
-    they are idle right now and 1 when another process keeps one busy; on larger machines all but one.
+    """Intra-op threads when the caller names none: every core on machines with 2 or fewer, else all but one.
 
-    Measured on this project's 2-vCPU build machine: busy (load 2.5-6, other engineers training),
-    1 thread beat 2 (FCN-8 4.44 against 3.81 fps; a small model 92-94 against 70-73), because the
-    second vCPU was mostly someone else's; quiet (load < 1), 2 threads ran FCN-8 end to end at
-    8.6-8.8 fps against 4.6-4.7 with 1. So the choice follows a 100 ms look at ``/proc/stat``.
-    Decoding, writing and the video encoder need a core too, so larger machines keep one free.
+    Measured on this project's 2-vCPU build machine, quiet: 2 threads ran FCN-8 end to end at
+    8.6-8.8 fps against 4.6-4.7 with 1. When another process keeps a core busy, 1 thread wins
+    (4.44 against 3.81 fps): pass ``threads=1`` (``--threads 1``) there. The default does not
+    guess from the machine's load, so a run is reproducible. Larger machines keep one core for
+    decoding, writing and the video encoder.
     """
     try:
         cores = len(os.sched_getaffinity(0))  # respects taskset and container CPU sets
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    if cores > 2:
-        return cores - 1
-    if cores == 2 and _idle_cores_recently() >= 1.5:
-        return 2
-    return 1
-
-
-_LOOKED: list[float] = []  # [time, idle cores] of the last look, reused for a few seconds
-
-
-def _idle_cores_recently() -> float:
-    import time
-
-    now = time.monotonic()
-    if not _LOOKED or now - _LOOKED[0] > 5.0:
-        _LOOKED[:] = [now, _idle_cores(0.1)]
-    return _LOOKED[1]
-
-
-def _idle_cores(seconds: float) -> float:
-    """How many cores' worth of CPU time went idle, or to this process, over ``seconds`` (0 where
-    /proc/stat is unreadable)."""
-    import time
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, all but guest time
-
-    try:
-        idle0, total0 = sample()
-        own0, wall0 = time.process_time(), time.monotonic()
-        time.sleep(seconds)
-        idle1, total1 = sample()
-        own1, wall1 = time.process_time(), time.monotonic()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    if total1 <= total0 or wall1 <= wall0:
-        return 0.0
-    # This process's own threads (OpenBLAS/OpenCV workers spinning down after import) are not a rival.
-    own = (own1 - own0) / (wall1 - wall0)
-    return min(float(os.cpu_count() or 1), (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0) + own)
+    return cores if cores <= 2 else cores - 1
 
 
 def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,

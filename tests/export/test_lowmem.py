@@ -15,11 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow", reason="export needs pip install 'edgeseg[export]'")
-keras = pytest.importorskip("keras")
-onnx = pytest.importorskip("onnx")
-onnxruntime = pytest.importorskip("onnxruntime")
-tf2onnx = pytest.importorskip("tf2onnx")
+import keras
+import onnx
+import onnxruntime
+import tensorflow as tf
+import tf2onnx
 
 from keras import layers  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402

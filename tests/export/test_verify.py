@@ -129,3 +129,39 @@ def test_export_with_verify_records_the_summary(model_files, tmp_path):
     verified = contract_from_metadata(metadata_of(onnx.load(str(out)))).verified
     assert verified["ok"] is True and verified["layers_checked"] == 9 and 0 <= verified["max_abs_err"] < 1e-4
     assert json.loads(report.read_text())["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "name, options, kind",
+    [
+        ("fcn8-classic", {"classes": 3, "input_size": 64, "head_width": 8}, "segmentation"),
+        ("fcn8-course", {"classes": 3, "input_size": 64, "head_width": 8}, "segmentation"),
+        ("cae", {}, "autoencoder"),
+    ],
+)
+def test_the_course_builders_export_and_verify_plain_and_cuda_friendly(tmp_path, name, options, kind):
+    import keras
+
+    from edgeseg.export._keras_file import save_model
+    from edgeseg.export._models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(name, **options)
+    spec = {"height": 64, "width": 64, "channels": 3, "color": "RGB", "scale": 1 / 255} if kind == "segmentation" \
+        else GRAY_SPEC
+    record = {"kind": kind, "input": spec}
+    if kind == "segmentation":
+        record["output"] = {"activation": "softmax", "classes": ["a", "b", "c"]}
+    source = save_model(model, tmp_path / "m.keras", record)
+    for extra in ([], ["--cuda-friendly", "--nchw"]):
+        target = tmp_path / f"m{len(extra)}.onnx"
+        assert main(["export", str(source), "-o", str(target), *extra]) == 0
+        code, report = _verify(source, target, tmp_path / "r.json", "--random", "2")
+        assert code == 0 and report["ok"], report["first_failure"]
+        types = {layer["type"] for layer in report["layers"]}
+        assert "Conv2DTranspose" in types  # the hard layers were really compared, not skipped
+        if kind == "segmentation":
+            assert report["output"]["argmax_agreement"] == 1.0
+
+
+GRAY_SPEC = {"height": 28, "width": 28, "channels": 1, "color": "GRAY", "scale": 1 / 255}

@@ -12,7 +12,7 @@ import pytest
 from edgeseg.runtime import EdgesegError, LiveSource, segment
 from edgeseg.runtime._streams import is_live
 
-imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")  # in the `dev` extra; CI installs it
+import imageio_ffmpeg  # in the `dev` extra
 
 
 def _free_port():

@@ -1,0 +1,266 @@
+"""Training runs for the CAE and FCN-8: data -> model -> best checkpoint, history.json, pictures.
+
+Each run writes into ``out``: ``model.keras`` (the best epoch by validation loss, saved through
+``save_model`` with the contract as training knows it), ``history.json`` (rewritten after every
+epoch, so an interrupted run keeps what it learned) and PNG pictures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from edgeseg.export import _plots
+from edgeseg.export._data import MNIST_SPEC, load_mnist, load_segmentation, mnist_arrays, split
+from edgeseg.export._keras_file import save_model
+from edgeseg.export._models import build_cae, build_fcn8
+from edgeseg.runtime._contract import Contract, InputSpec, OutputSpec, default_palette
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger(__name__)
+
+# VGG16's ImageNet weights expect Caffe preprocessing: BGR, 0..255, minus the ImageNet mean.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def training_record(contract: Contract, **extra: Any) -> dict[str, Any]:
+    """The contract as training knows it: everything but ``source`` (the exporter adds it)."""
+    record = contract.to_dict()
+    record.pop("source", None)
+    record.update(extra)
+    return record
+
+
+def fcn8_input_spec(*, input_size: int, backbone: str) -> InputSpec:
+    """RGB scaled to 0..1 from scratch; Caffe's BGR minus mean when starting from VGG16 weights."""
+    if backbone == "none":
+        return InputSpec(height=input_size, width=input_size, channels=3, color="RGB", scale=1.0 / 255.0)
+    return InputSpec(height=input_size, width=input_size, channels=3, color="BGR", scale=1.0, mean=_CAFFE_MEAN_BGR)
+
+
+def train_cae(
+    *,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    epochs: int = 10,
+    batch_size: int = 64,
+    val_split: float = 0.2,
+    seed: int = 0,
+    latent_size: int = 2,
+    input_size: int = 28,
+    digits: Sequence[int] | None = None,
+    learning_rate: float = 1e-3,
+    generate_from: Sequence[float] | None = (-8.0, 0.0),
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train the course's CAE on MNIST; returns the summary also written to history.json.
+
+    Example::
+
+        summary = train_cae(data="data/mnist", out="runs/cae", digits=(1, 5, 6), epochs=10)
+        summary["best_val_loss"]
+    """
+    out = _prepare(out, seed)
+    if generate_from is not None and len(generate_from) != latent_size:
+        raise EdgesegError(f"--generate-from needs {latent_size} numbers (the latent size), got {list(generate_from)}.")
+    digits_set = load_mnist(data, digits=tuple(digits) if digits else None)
+    spec = dataclasses.replace(MNIST_SPEC, height=input_size, width=input_size)
+    x = mnist_arrays(digits_set.images, spec)
+    train_idx, val_idx = split(len(x), fraction=val_split, seed=seed)
+    log.info("CAE: %d training and %d validation digits from %s", len(train_idx), len(val_idx), data)
+
+    model = build_cae(latent_size=latent_size, input_size=input_size)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    latent = {"latent_size": latent_size, "shape": [1, 1, latent_size]}
+    contract = Contract(kind="autoencoder", input=spec, output=OutputSpec(name="reconstruction", activation="none"))
+    record = training_record(contract, latent=latent)
+    history = _fit(model, x[train_idx], x[train_idx], x[val_idx], x[val_idx], out=out, record=record,
+                   epochs=epochs, batch_size=batch_size, verbose=verbose)
+
+    encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    save_model(encoder, out / "encoder.keras", training_record(
+        Contract(kind="encoder", input=spec, output=OutputSpec(name="latent", activation="none")), latent=latent))
+    # The decoder's input is a latent code, not an image. InputSpec needs an image, so it holds a
+    # 1x1 single-channel placeholder with identity scaling; `latent` says what the input really is
+    # ((N, 1, 1, latent_size), NHWC), and `image` what the output is.
+    decoder_spec = InputSpec(height=1, width=1, channels=1, color="GRAY", scale=1.0, name="latent")
+    save_model(decoder, out / "decoder.keras", training_record(
+        Contract(kind="decoder", input=decoder_spec, output=OutputSpec(name="reconstruction", activation="none")),
+        latent={**latent, "input_is_latent": True},
+        image={"height": input_size, "width": input_size, "channels": 1, "scale": spec.scale}))
+
+    val = x[val_idx]
+    shown = val[:10]
+    _plots.reconstructions(shown, model.predict(shown, verbose=0), out / "reconstructions.png")
+    codes = encoder.predict(val, verbose=0)
+    _plots.latent_space(codes, digits_set.labels[val_idx], out / "latent_space.png")
+    if generate_from is not None:
+        point = np.asarray(generate_from, np.float32).reshape(1, 1, 1, latent_size)
+        _plots.generated(decoder.predict(point, verbose=0)[0], list(generate_from), out / "generated.png")
+    history["digits"] = sorted(set(digits_set.labels.tolist()))
+    history["train_samples"], history["val_samples"] = int(len(train_idx)), int(len(val_idx))
+    return _write_history(out, history)
+
+
+def train_fcn8(
+    *,
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    variant: str = "classic",
+    classes: int = 2,
+    class_names: Sequence[str] | None = None,
+    input_size: int = 224,
+    head_width: int = 4096,
+    backbone: str = "none",
+    freeze_backbone: bool = False,
+    epochs: int = 10,
+    batch_size: int = 4,
+    val_split: float = 0.2,
+    seed: int = 0,
+    learning_rate: float = 1e-4,
+    samples: int = 64,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train FCN-8 on a segmentation set (``data=None``: generated scenes); returns the summary.
+
+    Example::
+
+        summary = train_fcn8(data="data/membrane", out="runs/fcn", head_width=64, epochs=5)
+        summary["val_iou"][-1]      # per class, last epoch
+    """
+    out = _prepare(out, seed)
+    names = tuple(class_names) if class_names else (("background", "object") if classes == 2 else
+                                                    ("background",) + tuple(f"class{i}" for i in range(1, classes)))
+    if len(names) != classes:
+        raise EdgesegError(f"--class-names has {len(names)} names for --classes {classes}.")
+    spec = fcn8_input_spec(input_size=input_size, backbone=backbone)
+    palette = default_palette(classes)
+    dataset = load_segmentation(data, spec=spec, classes=classes, palette=palette, samples=samples, seed=seed)
+    if dataset.skipped:
+        log.warning("%d item(s) skipped (listed above)", len(dataset.skipped))
+    train_idx, val_idx = split(len(dataset.x), fraction=val_split, seed=seed)
+    log.info("FCN-8 %s: %d training and %d validation images from %s", variant, len(train_idx), len(val_idx),
+             data if data is not None else "generated scenes")
+
+    model = build_fcn8(variant=variant, classes=classes, input_size=input_size, head_width=head_width,
+                       backbone=backbone, trainable_backbone=not freeze_backbone)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    contract = Contract(kind="segmentation", input=spec,
+                        output=OutputSpec(name="probabilities", activation="softmax", classes=names, palette=palette))
+    x_val, y_val = dataset.x[val_idx], dataset.y[val_idx]
+    iou = _IoU(x_val, y_val, classes, batch_size)
+    history = _fit(model, dataset.x[train_idx], dataset.y[train_idx], x_val, y_val, out=out,
+                   record=training_record(contract), epochs=epochs, batch_size=batch_size, verbose=verbose,
+                   extra=iou)
+    predictions = iou.predict(model)
+    rgb = _to_rgb8(x_val, spec)
+    _plots.segmentation_grid(rgb, y_val, predictions, palette, out / "predictions.png")
+    final = per_class_iou(y_val, predictions, classes)
+    _plots.iou_bars(final, names, out / "iou.png")
+    history.update(classes=list(names), best_val_iou=_nan_to_none(final), skipped=list(dataset.skipped),
+                   notices=list(dataset.notices), train_samples=int(len(train_idx)), val_samples=int(len(val_idx)))
+    return _write_history(out, history)
+
+
+def per_class_iou(truth: np.ndarray, prediction: np.ndarray, classes: int) -> list[float]:
+    """Intersection over union per class; NaN for a class absent from both."""
+    ious = []
+    for c in range(classes):
+        t, p = truth == c, prediction == c
+        union = np.logical_or(t, p).sum()
+        ious.append(float(np.logical_and(t, p).sum() / union) if union else float("nan"))
+    return ious
+
+
+class _IoU:
+    """Per-class validation IoU after each epoch (Keras' metrics average; we want every class)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: int, batch_size: int) -> None:
+        self.x, self.y, self.classes, self.batch_size = x, y, classes, batch_size
+
+    def predict(self, model: keras.Model) -> np.ndarray:
+        return model.predict(self.x, batch_size=self.batch_size, verbose=0).argmax(-1).astype(np.uint8)
+
+    def __call__(self, model: keras.Model, history: dict[str, Any]) -> str:
+        ious = per_class_iou(self.y, self.predict(model), self.classes)
+        history.setdefault("val_iou", []).append(_nan_to_none(ious))
+        history.setdefault("val_miou", []).append(float(np.nanmean(ious)))
+        return "val_iou " + " ".join(f"{v:.3f}" for v in ious)
+
+
+def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, verbose, extra=None) -> dict[str, Any]:
+    if epochs < 1:
+        raise EdgesegError(f"--epochs must be at least 1, got {epochs}.")
+    history: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "best_epoch": None, "best_val_loss": None}
+
+    class Checkpoint(keras.callbacks.Callback):
+        # Keras' ModelCheckpoint cannot add our record to the archive; this saves through save_model.
+        best_weights = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            history["loss"].append(float(logs["loss"]))
+            history["val_loss"].append(float(logs["val_loss"]))
+            note = extra(self.model, history) if extra else ""
+            history["epoch_seconds"].append(round(time.perf_counter() - self.started, 2))
+            best = history["best_val_loss"]
+            if best is None or logs["val_loss"] < best:
+                history["best_epoch"], history["best_val_loss"] = epoch + 1, float(logs["val_loss"])
+                Checkpoint.best_weights = self.model.get_weights()
+                save_model(self.model, out / "model.keras", record)
+                note += " (best: saved model.keras)"
+            if note:
+                log.info("epoch %d: %s", epoch + 1, note.strip())
+            _write_history(out, history)
+
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, shuffle=True,
+              verbose=verbose, callbacks=[Checkpoint()])
+    model.set_weights(Checkpoint.best_weights)  # pictures and sub-models show the saved (best) epoch
+    return history
+
+
+def _prepare(out, seed: int) -> Path:
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise EdgesegError(f"Cannot write to --out `{out}`: {error.strerror}. Pick a writable folder.") from None
+    keras.utils.set_random_seed(seed)
+    return out
+
+
+def _write_history(out: Path, history: dict[str, Any]) -> dict[str, Any]:
+    temporary = out / ".history.json.tmp"
+    temporary.write_text(json.dumps(history, indent=2))
+    os.replace(temporary, out / "history.json")
+    return history
+
+
+def _to_rgb8(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    # Undo normalize() for the pictures: p = (x * std + mean) / scale, then to RGB order.
+    pixels = (x * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
+    pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    if spec.color == "BGR":
+        pixels = pixels[..., ::-1]
+    elif spec.color == "GRAY":
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return pixels
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if np.isnan(v) else round(float(v), 5) for v in values]
