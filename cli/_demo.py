@@ -49,9 +49,9 @@ class DemoConfig:
         return self.samples == QUICK_SPEC
 
 
-FULL = DemoConfig(train_scenes=384, fcn_epochs=12)
+FULL = DemoConfig(train_scenes=384, fcn_epochs=12, cae_epochs=15)
 # The committed sample models train longer than the demo's: they are made once, and used for real.
-SAMPLE_MODELS = DemoConfig(train_scenes=512, fcn_epochs=16)
+SAMPLE_MODELS = DemoConfig(train_scenes=512, fcn_epochs=16, cae_epochs=30)
 QUICK = DemoConfig(samples=QUICK_SPEC, train_scenes=32, fcn_epochs=1, cae_epochs=1, head_width=16,
                    backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6, bench_repeats=1)
 
@@ -154,7 +154,7 @@ def option_supported(command: str, option: str) -> bool:
 
 def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, train_root: Path | None = None,
               stages: str = "demo") -> Runner:
-    """Run the chain into ``out``. ``stages``: ``demo`` (everything) or ``models`` (data, train, export, verify).
+    """Run the chain into ``out``. ``stages``: ``demo`` (everything) or ``models`` (data, train, slim, export, verify).
 
     ``data_root`` is where the sample inputs go (default ``out/data``); ``train_root`` where the
     training scenes go (default ``out/data/train``).
@@ -163,7 +163,7 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
     train_data = train_root or data.root / "train"
     fcn, cae, seg = out / FCN8_DIR, out / CAE_DIR, out / SEGMENT_DIR
     demo = stages == "demo"
-    runner = Runner(total=14 if demo else 7, commands=available_commands())
+    runner = Runner(total=14 if demo else 9, commands=available_commands())
 
     def make_data() -> str:
         make_sample_data(data.root, spec=config.samples)
@@ -187,11 +187,16 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
 
     def train_cae() -> str:
         source = config.mnist or data.digits
-        edgeseg("train", "cae", "--data", source, "--out", cae, "--epochs", config.cae_epochs, "--seed", config.seed)
+        edgeseg("train", "cae", "--data", source, "--out", cae, "--epochs", config.cae_epochs, "--seed", config.seed,
+                "--learning-rate", 3e-3)
         return _history_line(cae / "history.json")
 
     runner.step("train-fcn8", "train FCN-8 on scenes", train_fcn8, needs=["data"], command="train")
     runner.step("train-cae", "train the CAE on digits", train_cae, needs=["data"], command="train")
+    if not demo:
+        for model, folder in (("fcn8", fcn), ("cae", cae)):
+            runner.step(f"slim-{model}", f"drop {model}'s optimizer state from model.keras",
+                        lambda folder=folder: _drop_optimizer(folder / "model.keras"), needs=[f"train-{model}"])
     for model, folder in (("fcn8", fcn), ("cae", cae)):
         runner.step(f"export-{model}", f"export {model} to ONNX",
                     lambda folder=folder: edgeseg("export", folder / "model.keras", "-o", folder / "model.onnx"),
@@ -242,6 +247,16 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
 
     runner.step("report", "write report.html", report)
     return runner
+
+
+def _drop_optimizer(path: Path) -> str:
+    # A committed sample needs the weights, not Adam's two moments per weight (3x the size).
+    from edgeseg.export._keras_file import load_model, save_model
+
+    before = path.stat().st_size
+    model, record = load_model(path, compile=False)
+    save_model(model, path, record)
+    return f"{before / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB"
 
 
 def _verify(folder: Path, *inputs: str | os.PathLike) -> str:

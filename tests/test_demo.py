@@ -137,3 +137,15 @@ def test_demo_refuses_a_missing_mnist_path_in_one_line(tmp_path):
                            "--data", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("edgeseg demo: error: --data")
+
+
+def test_backbone_width_narrows_vgg16_and_keeps_its_layer_names():
+    from edgeseg.export._models import backbone_layer_names, build_fcn8
+    from edgeseg.runtime import EdgesegError
+
+    narrow = build_fcn8(variant="classic", classes=3, input_size=32, head_width=8, backbone_width=0.125)
+    assert narrow.get_layer("block1_conv1").filters == 8 and narrow.get_layer("block5_conv3").filters == 64
+    assert all(narrow.get_layer(name) is not None for name in backbone_layer_names())
+    assert narrow.output.shape[1:] == (32, 32, 3)
+    with pytest.raises(EdgesegError, match="backbone_width"):
+        build_fcn8(variant="course", input_size=32, head_width=8, backbone_width=0.5)
