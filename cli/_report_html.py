@@ -99,9 +99,7 @@ class _Page:
             parts.append(f"<h3>{title}</h3>" + self.missing(f"train-{name}"))
             history = _load(folder / "history.json")
             if history:
-                rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v[-1] if isinstance(v, list) and v else v)}</td></tr>"
-                               for k, v in history.items() if isinstance(v, (list, int, float)))
-                parts.append(f"<table><tr><th>metric</th><th>last epoch</th></tr>{rows}</table>")
+                parts.append(_history_table(history))
             pictures = sorted(folder.glob("*.png")) if folder.is_dir() else []
             pictures = [p for p in pictures if p.name != "calibrate.png"]
             parts.append('<div class="grid plots">' + "".join(
@@ -214,9 +212,26 @@ class _Page:
                          f"<th>agreement</th><th>peak MB</th></tr>{rows}</table>")
             machine = report.get("machine")
             if machine:
-                parts.append(f"<p>Machine: {html.escape(json.dumps(machine))[:400]}</p>")
+                facts = machine.items() if isinstance(machine, dict) else [("machine", machine)]
+                parts.append("<p>Machine: " + "; ".join(f"{html.escape(str(k))} {_fmt(v)}" for k, v in facts) + "</p>")
             parts.append("<p>" + " · ".join(filter(None, (self.link(self.out / "bench.json"), self.link(self.out / "bench.md")))) + "</p>")
         return "\n".join(parts) + "</section>"
+
+
+def _history_table(history: dict) -> str:
+    # Per-epoch series (as long as val_loss) show their last value; plain numbers show as they are.
+    epochs = len(history.get("val_loss") or [])
+    rows = []
+    for key, value in history.items():
+        if isinstance(value, list) and epochs and len(value) == epochs:
+            value = value[-1]
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        rows.append(f"<tr><td>{html.escape(key)}</td><td>{_fmt(value)}</td></tr>")
+    classes = history.get("classes")
+    if isinstance(classes, list) and classes:
+        rows.append(f"<tr><td>classes</td><td>{html.escape(', '.join(map(str, classes)))}</td></tr>")
+    return f"<table><tr><th>metric</th><th>last epoch</th></tr>{''.join(rows)}</table>"
 
 
 def _stills(video: Path, folder: Path, *, count: int) -> list[Path]:
