@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.calibration._data import IGNORE, CalibrationSet
+from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime._contract import Contract
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -348,36 +349,11 @@ def time_side_by_side(paths: dict[str, Path], frames: CalibrationSet, *, rounds:
 
 
 def compute_flops(model) -> dict[str, tuple[str, int]]:
-    """Multiply-add FLOPs (2 per MAC) of each Conv/ConvTranspose/MatMul/Gemm node, from the graph's shapes.
+    """Multiply-add FLOPs (2 per MAC) of each Conv/ConvTranspose/MatMul/Gemm node: ``{name: (op, flops)}``.
 
-    Needs shapes on the node inputs/outputs (run shape inference first); a node with an unknown
-    shape counts 0. A symbolic batch dimension counts as 1 (FLOPs per frame).
+    Per frame (the batch counts as 1); shapes come from ONNX shape inference (see :mod:`._flops`).
     """
-    shapes = {}
-    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        dims = info.type.tensor_type.shape.dim
-        shapes[info.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    flops = {}
-    for node in model.graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        x, w, y = (shapes.get(node.input[0]), shapes.get(node.input[1]) if len(node.input) > 1 else None,
-                   shapes.get(node.output[0]))
-        count = 0
-        if x and w and y:
-            # Grouped convolutions need no special case: the weight already holds Cin/g (Cout/g).
-            if node.op_type == "Conv":  # w: (Cout, Cin/g, k...)
-                count = 2 * int(np.prod(y)) * int(np.prod(w[1:]))
-            elif node.op_type == "ConvTranspose":  # w: (Cin, Cout/g, k...): every input pixel scatters a kernel
-                count = 2 * int(np.prod(x)) * int(np.prod(w[1:]))
-            else:  # MatMul / Gemm: out elements x inner dimension
-                transpose_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-                inner = x[-2] if transpose_a else x[-1]
-                count = 2 * int(np.prod(y)) * int(inner)
-        flops[node.name] = (node.op_type, count)
-    return flops
+    return {name: (op, flops) for name, op, flops in count_flops(model)["nodes"]}
 
 
 @dataclass(frozen=True)

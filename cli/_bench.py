@@ -93,7 +93,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                                        keras=Path("fcn8.keras"), runners=("ort-plain", "opencv-dnn")))
         report["runners"]["opencv-dnn"]["fps"]
     """
-    from edgeseg._bench_flops import count_flops
+    from edgeseg.calibration._flops import count_flops
     from edgeseg._bench_worker import read_contract
 
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="edgeseg-bench-"))

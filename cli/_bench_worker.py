@@ -165,17 +165,9 @@ def run_loop_batched(job: dict[str, Any], contract, infer: Callable[[np.ndarray]
 
 def reconstruction_pixels(output: np.ndarray, geometry, spec) -> np.ndarray:
     """One (H, W, C) model-unit reconstruction -> 8-bit BGR/gray pixels at the image's size (the runtime's)."""
-    import cv2
+    from edgeseg.runtime._preprocess import denormalize, restore
 
-    from edgeseg.runtime import restore
-
-    pixels = (output * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
-    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-    if spec.color == "RGB":
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    elif spec.color == "GRAY":
-        pixels = pixels[:, :, 0]
-    return restore(pixels, geometry, nearest=False)
+    return restore(denormalize(output, spec), geometry, nearest=False)
 
 
 def read_contract(path: str):

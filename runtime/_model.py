@@ -26,7 +26,7 @@ import numpy as np
 from edgeseg.runtime._contract import Contract, contract_from_metadata, METADATA_KEY
 from edgeseg.runtime._errors import BadInputError, EdgesegError
 from edgeseg.runtime._frames import Frame, open_source
-from edgeseg.runtime._preprocess import Geometry, preprocess_batch, restore
+from edgeseg.runtime._preprocess import Geometry, denormalize, preprocess_batch, restore
 from edgeseg.runtime._session import CUDA, check_model_file, make_session
 
 ENGINES = ("onnxruntime", "openvino", "auto")
@@ -266,15 +266,8 @@ class Model:
         error = np.abs(model_input - output).mean(axis=-1)
         crop = error[geometry.top: geometry.top + geometry.height, geometry.left: geometry.left + geometry.width]
         score = float(crop.mean())
-        # Back to pixels: the inverse of normalize(), then to OpenCV's BGR order.
-        pixels = (output * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
-        pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-        if spec.color == "RGB":
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-        elif spec.color == "GRAY":
-            pixels = pixels[:, :, 0]
         return ReconstructionResult(
-            reconstruction=restore(pixels, geometry, nearest=False),
+            reconstruction=restore(denormalize(output, spec), geometry, nearest=False),
             error_map=restore(error.astype(np.float32), geometry, nearest=False),
             score=score,
         )

@@ -88,6 +88,15 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return out
 
 
+def denormalize(values: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The inverse of :func:`normalize` for one (H, W, C) tensor: 8-bit pixels in OpenCV's order (BGR or gray 2-D)."""
+    pixels = (values * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    if spec.color == "GRAY":
+        return pixels[:, :, 0]
+    return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if spec.color == "RGB" else pixels
+
+
 def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
     """One frame -> a (1, ...) float32 batch in the model's layout, and where the frame went.
 

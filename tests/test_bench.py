@@ -19,7 +19,7 @@ from edgeseg._bench import (
     schedule,
 )
 from edgeseg._bench_ceiling import measure_ceiling
-from edgeseg._bench_flops import count_flops
+from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, read_mask_png, write_contract, write_mask_png
 
 SIZE = 8
