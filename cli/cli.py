@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "edgeseg.calibration._cli",
     "edgeseg.runtime._cli",
     "edgeseg._bench_cli",
+    "edgeseg._demo_cli",
 )
 
 _DESCRIPTION = """\

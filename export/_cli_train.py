@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="comma-separated class names (default: background,object or background,class1,...)")
     fcn.add_argument("--input-size", type=int, default=224, help="side of the square input (multiple of 32); images are stretched to it")
     fcn.add_argument("--head-width", type=int, default=4096, help="width of conv6/conv7 (the course: 4096)")
+    fcn.add_argument("--backbone-width", type=float, default=1.0,
+                     help="multiplier of VGG16's 64/128/256/512 filters, e.g. 0.125 for a fast small model (default: 1.0)")
     fcn.add_argument("--backbone", default="none", help="VGG16 weights: none, imagenet (downloads) or a local no-top .h5 path")
     fcn.add_argument("--freeze-backbone", action="store_true", help="keep the VGG16 layers fixed")
     fcn.add_argument("--samples", type=int, default=64, help="how many scenes to generate when --data is not given")
@@ -93,7 +95,7 @@ def _run_cae(args: argparse.Namespace) -> int:
 def _run_fcn8(args: argparse.Namespace) -> int:
     summary = _trainer().train_fcn8(
         data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
-        input_size=args.input_size, head_width=args.head_width, backbone=args.backbone,
+        input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
         freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,
         val_split=args.val_split, seed=args.seed, learning_rate=args.learning_rate, samples=args.samples)
     ious = ", ".join(f"{n} {v if v is None else round(v, 3)}" for n, v in zip(summary["classes"], summary["best_val_iou"]))

@@ -120,6 +120,7 @@ def train_fcn8(
     class_names: Sequence[str] | None = None,
     input_size: int = 224,
     head_width: int = 4096,
+    backbone_width: float = 1.0,
     backbone: str = "none",
     freeze_backbone: bool = False,
     epochs: int = 10,
@@ -152,6 +153,7 @@ def train_fcn8(
              data if data is not None else "generated scenes")
 
     model = build_fcn8(variant=variant, classes=classes, input_size=input_size, head_width=head_width,
+                       backbone_width=backbone_width,
                        backbone=backbone, trainable_backbone=not freeze_backbone)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
     contract = Contract(kind="segmentation", input=spec,

@@ -1,0 +1,225 @@
+"""Sample inputs, made deterministically: a scene video, a scene folder with bad files, digits.
+
+Everything comes from a seed, offline, with NumPy and OpenCV only (the scenes from
+``edgeseg.runtime._scenes``), so ``edgeseg samples`` rebuilds the repository's ``samples/``
+folder and ``edgeseg demo`` builds the same kind of inputs in its own folder. Same seed, same
+pixels, same masks.
+
+Layout of a sample folder (names are fixed; the demo and the tests rely on them)::
+
+    scenes.avi  scenes_masks/000000.png ...    a short video of moving shapes + per-frame class ids
+    folder/     scene_000.png ... + empty.png, truncated.jpg, notes.png (three bad files)
+    folder_masks/scene_000.png ...              the good images' class ids
+    scenes/images/*.png  scenes/masks/*.png     labelled still scenes (training, calibration)
+    digits.npz                                  MNIST-like 28x28 digits, Keras' mnist.npz layout
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.runtime._errors import EdgesegError
+
+log = logging.getLogger("edgeseg.samples")
+
+# The Hershey fonts that look like handwriting or plain print; all ship with OpenCV.
+_DIGIT_FONTS = (
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
+    cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
+    cv2.FONT_HERSHEY_PLAIN,
+)
+BAD_FILES = ("empty.png", "truncated.jpg", "notes.png")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How much sample data to make, and from which seed.
+
+    ``size`` is the side of every scene (a multiple of 32, so FCN-8 takes it without resizing).
+    """
+
+    size: int = 96
+    classes: int = 3
+    video_frames: int = 60
+    fps: float = 15.0
+    folder_images: int = 8
+    scenes: int = 32
+    digits_train: int = 2000
+    digits_test: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("size", "classes", "video_frames", "folder_images", "scenes", "digits_train", "digits_test"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise EdgesegError(f"Sample setting `{key}` must be a positive integer, got {value!r}.")
+        if self.classes < 2:
+            raise EdgesegError(f"Samples need at least 2 classes (background and a shape), got {self.classes}.")
+
+
+# The demo's --quick sizes: enough to exercise every step, small enough to train in seconds.
+QUICK_SPEC = SampleSpec(size=64, video_frames=12, folder_images=4, scenes=16, digits_train=256, digits_test=64)
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Where the made samples are."""
+
+    root: Path
+    video: Path
+    video_masks: Path
+    folder: Path
+    folder_masks: Path
+    scenes: Path
+    digits: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike) -> SampleData:
+        root = Path(root)
+        return cls(
+            root=root,
+            video=root / "scenes.avi",
+            video_masks=root / "scenes_masks",
+            folder=root / "folder",
+            folder_masks=root / "folder_masks",
+            scenes=root / "scenes",
+            digits=root / "digits.npz",
+        )
+
+
+def make_sample_data(root: str | os.PathLike, *, spec: SampleSpec = SampleSpec()) -> SampleData:
+    """Make every sample input under ``root`` (created if needed); returns where each one is.
+
+    Example::
+
+        data = make_sample_data("samples", spec=SampleSpec(size=64, video_frames=20))
+        # data.video, data.folder (with bad files), data.scenes/images + masks, data.digits
+    """
+    from edgeseg.runtime._scenes import make_scene_video
+
+    data = SampleData.at(root)
+    data.root.mkdir(parents=True, exist_ok=True)
+    make_scene_video(data.video, frames=spec.video_frames, size=(spec.size, spec.size), classes=spec.classes,
+                     fps=spec.fps, seed=spec.seed)
+    make_scene_set(data.folder, data.folder_masks, count=spec.folder_images, size=spec.size,
+                   classes=spec.classes, seed=spec.seed + 1)
+    add_bad_files(data.folder)
+    make_scene_set(data.scenes / "images", data.scenes / "masks", count=spec.scenes, size=spec.size,
+                   classes=spec.classes, seed=spec.seed + 2)
+    write_digits(data.digits, train=spec.digits_train, test=spec.digits_test, seed=spec.seed + 3)
+    log.info("samples: wrote %s (video, folder with %d bad files, %d scenes, digits)",
+             data.root, len(BAD_FILES), spec.scenes)
+    return data
+
+
+def make_scene_set(images: str | os.PathLike, masks: str | os.PathLike, *, count: int, size: int,
+                   classes: int, seed: int) -> list[Path]:
+    """``count`` still scenes as ``images/scene_NNN.png`` with class ids in ``masks/scene_NNN.png``.
+
+    Each scene has its own seed (``seed * 100003 + i``), so adding scenes never changes earlier ones.
+
+    Example::
+
+        make_scene_set("data/images", "data/masks", count=100, size=96, classes=3, seed=0)
+    """
+    from edgeseg.runtime._scenes import make_scene
+
+    images, masks = Path(images), Path(masks)
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(count):
+        image, mask = make_scene(seed * 100003 + i, size=(size, size), classes=classes)
+        name = f"scene_{i:03d}.png"
+        _imwrite(images / name, image)
+        _imwrite(masks / name, mask)
+        written.append(images / name)
+    return written
+
+
+def add_bad_files(folder: str | os.PathLike) -> list[Path]:
+    """Add the three bad files a robust reader must survive: empty, truncated JPEG, text named .png."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    empty, truncated, notes = (folder / name for name in BAD_FILES)
+    empty.write_bytes(b"")
+    # A real JPEG cut in half: the header parses, the picture does not.
+    gradient = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))
+    ok, encoded = cv2.imencode(".jpg", gradient, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise EdgesegError("OpenCV could not encode a JPEG; this OpenCV build lacks libjpeg.")
+    truncated.write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    notes.write_text("This is not an image: edgeseg must skip it, log one line and go on.\n", encoding="utf-8")
+    return [empty, truncated, notes]
+
+
+def make_digits(count: int, *, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-like digits: ``(images, labels)``, uint8 ``(count, size, size)`` white on black, uint8 labels.
+
+    Each digit is drawn with a Hershey font at a random scale and thickness, then rotated
+    (+-15 degrees), shifted (+-2 px) and slightly blurred, like pen strokes in MNIST.
+
+    Example::
+
+        images, labels = make_digits(1000, seed=0)
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype(np.uint8)
+    images = np.zeros((count, size, size), np.uint8)
+    big = size * 4  # draw at 4x and shrink: smoother strokes than drawing at 28 px
+    for i, label in enumerate(labels):
+        font = _DIGIT_FONTS[int(rng.integers(len(_DIGIT_FONTS)))]
+        thickness = int(rng.integers(6, 13))
+        canvas = np.zeros((big, big), np.uint8)
+        text = str(int(label))
+        scale = 1.0
+        (w, h), _ = cv2.getTextSize(text, font, scale, thickness)
+        scale = float(rng.uniform(0.6, 0.72)) * big / max(w, h)
+        cv2.putText(canvas, text, (big // 4, big * 3 // 4), font, scale, 255, thickness, cv2.LINE_AA)
+        # Centre the ink by its centre of mass, as MNIST does, then rotate and shift a little.
+        moments = cv2.moments(canvas, binaryImage=False)
+        centre = (moments["m10"] / max(moments["m00"], 1.0), moments["m01"] / max(moments["m00"], 1.0))
+        angle = float(rng.uniform(-15, 15))
+        matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        matrix[:, 2] += np.array([big / 2 - centre[0], big / 2 - centre[1]]) + rng.uniform(-2, 2, size=2) * 4
+        canvas = cv2.warpAffine(canvas, matrix, (big, big), flags=cv2.INTER_LINEAR, borderValue=0)
+        images[i] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    return images, labels
+
+
+def write_digits(path: str | os.PathLike, *, train: int, test: int, seed: int = 0) -> Path:
+    """Write ``train`` + ``test`` generated digits to an ``.npz`` in Keras' ``mnist.npz`` layout.
+
+    Keys ``x_train``, ``y_train``, ``x_test``, ``y_test``, so ``--data`` takes it exactly like the real
+    ``mnist.npz``. The archive's member timestamps are fixed, so the file is byte-for-byte reproducible.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = make_digits(train, seed=seed)
+    x_test, y_test = make_digits(test, seed=seed + 1)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    temporary = path.with_name(f".{path.name}.tmp")
+    # np.savez stamps members with the current time; write the zip ourselves to stay reproducible.
+    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    os.replace(temporary, path)
+    return path
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise EdgesegError(f"Cannot write `{path}`: check that the folder is writable.")

@@ -1,0 +1,151 @@
+"""`edgeseg demo --quick` end to end, its report page, and how the step runner copes with failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from edgeseg._demo import Runner, StepFailed, available_commands
+from edgeseg._report_html import write_report
+from edgeseg._samples import BAD_FILES
+
+SECTIONS = ("steps", "training", "verification", "int8", "segmentation", "bench")
+
+
+class _Links(HTMLParser):
+    """Every src/href of a page, and the ids of its sections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+        self.sections: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for key in ("src", "href"):
+            if attrs.get(key):
+                self.references.append(attrs[key])
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(page: Path) -> _Links:
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def _assert_references_resolve(page: Path, references: list[str]) -> None:
+    root = page.parent.resolve()
+    for reference in references:
+        parsed = urlparse(reference)
+        assert not parsed.scheme and not parsed.netloc, f"{reference!r} is not a relative link"
+        assert not reference.startswith("/"), f"{reference!r} is absolute"
+        target = (page.parent / unquote(parsed.path)).resolve()
+        assert target.is_relative_to(root), f"{reference!r} points outside the demo folder"
+        assert target.exists(), f"{reference!r} does not exist"
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS="2", TF_NUM_INTEROP_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    return out, done
+
+
+def test_quick_demo_runs_every_available_step_and_fails_none(quick_demo):
+    out, done = quick_demo
+    assert done.returncode == 0, done.stderr[-3000:]
+    progress = [line for line in done.stderr.splitlines() if line.startswith("demo [")]
+    assert any(line.endswith("write report.html ...") for line in progress)
+    commands = available_commands()
+    # A step may be skipped only because its command is not in this build, or because such a step was.
+    for line in progress:
+        assert "FAILED" not in line, line
+        if "SKIPPED" in line:
+            assert "is not in this build" in line or "needs step(s)" in line, line
+    if {"train", "export", "verify", "calibrate", "segment", "bench"} <= commands:
+        assert not [line for line in progress if "SKIPPED" in line], progress
+        for path in ("fcn8/model.onnx", "fcn8/model.int8.onnx", "cae/model.onnx", "fcn8/verify.json",
+                     "fcn8/calibrate.json", "bench.json", "segment/video-int8/summary.json"):
+            assert (out / path).is_file(), path
+        folder = json.loads((out / "segment/folder-fp32/summary.json").read_text())
+        assert folder["frames_failed"] == len(BAD_FILES)
+        assert json.loads((out / "fcn8/verify.json").read_text())["ok"] is True
+
+
+def test_report_page_has_every_section_and_every_reference_resolves(quick_demo):
+    out, _ = quick_demo
+    page = out / "report.html"
+    parsed = _parse(page)
+    assert parsed.sections == list(SECTIONS)
+    _assert_references_resolve(page, parsed.references)
+    if "segment" in available_commands() and "train" in available_commands():
+        text = " ".join(parsed.text)
+        for bad in BAD_FILES:
+            assert Path(bad).stem in text  # the bad files are listed with their reasons
+        assert any(r.endswith(".mp4") for r in parsed.references)
+        assert sum(r.endswith(".png") for r in parsed.references) >= 8
+
+
+def test_a_failing_step_is_named_its_dependents_skip_and_the_rest_run(tmp_path):
+    runner = Runner(total=4, commands=frozenset({"export"}))
+
+    def broken() -> str:
+        raise StepFailed("`edgeseg export x.keras` exited with status 2")
+
+    assert runner.step("a", "first", broken, command="export") is False
+    assert runner.step("b", "needs a", lambda: "never", needs=["a"]) is False
+    assert runner.step("c", "independent", lambda: "done") is True
+    assert runner.step("d", "absent command", lambda: "never", command="calibrate") is False
+    status = {r.name: (r.status, r.detail) for r in runner.results}
+    assert status["a"] == ("failed", "`edgeseg export x.keras` exited with status 2")
+    assert status["b"][0] == "skipped" and "a" in status["b"][1]
+    assert status["c"] == ("ok", "done")
+    assert status["d"][0] == "skipped" and "`edgeseg calibrate` is not in this build" in status["d"][1]
+    assert [r.name for r in runner.failed] == ["a"]
+
+    page = write_report(tmp_path, runner.results)
+    parsed = _parse(page)
+    assert parsed.sections == list(SECTIONS)
+    assert "exited with status 2" in " ".join(parsed.text)
+    _assert_references_resolve(page, parsed.references)
+
+
+def test_a_crashing_step_does_not_stop_the_run():
+    runner = Runner(total=2, commands=frozenset())
+    assert runner.step("a", "crashes", lambda: 1 / 0) is False
+    assert runner.step("b", "runs anyway", lambda: "ok") is True
+    assert runner.results[0].status == "failed" and "ZeroDivisionError" in runner.results[0].detail
+
+
+def test_demo_refuses_a_missing_mnist_path_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "demo", "--quick", "--out", str(tmp_path / "o"),
+                           "--data", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("edgeseg demo: error: --data")
+
+
+def test_backbone_width_narrows_vgg16_and_keeps_its_layer_names():
+    from edgeseg.export._models import backbone_layer_names, build_fcn8
+    from edgeseg.runtime import EdgesegError
+
+    narrow = build_fcn8(variant="classic", classes=3, input_size=32, head_width=8, backbone_width=0.125)
+    assert narrow.get_layer("block1_conv1").filters == 8 and narrow.get_layer("block5_conv3").filters == 64
+    assert all(narrow.get_layer(name) is not None for name in backbone_layer_names())
+    assert narrow.output.shape[1:] == (32, 32, 3)
+    with pytest.raises(EdgesegError, match="backbone_width"):
+        build_fcn8(variant="course", input_size=32, head_width=8, backbone_width=0.5)
