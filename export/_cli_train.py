@@ -10,12 +10,22 @@ _BAD_ITEMS = ("Bad items (unreadable image, image/mask size mismatch, unpaired f
               "the class list) are skipped and counted, one line each; a run with none left stops.")
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    # Appends "(default: X)" where the help text does not already say it and there is a default to show.
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="build and train the CAE or FCN-8; writes model.keras, history.json, PNGs",
                                   description="Build and train a model. Writes <out>/model.keras (best epoch by "
                                   "validation loss), <out>/history.json and PNG pictures.")
     models = train.add_subparsers(dest="model", metavar="MODEL", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
 
     cae = models.add_parser("cae", formatter_class=fmt, help="the course's convolutional autoencoder on MNIST",
                             description="Train the CAE on MNIST. Also writes encoder.keras, decoder.keras, "
