@@ -184,7 +184,7 @@ class VideoSink:
                     self.codec = "h264 (ffmpeg libx264)"
                     return
                 continue
-            writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*attempt), self.fps, (width, height))
+            writer = _quiet_video_writer(self.path, attempt, self.fps, (width, height))
             if writer.isOpened():
                 self._writer = writer
                 self.codec = "h264 (opencv avc1)" if attempt == "avc1" else "mpeg4 (opencv mp4v)"
@@ -225,3 +225,13 @@ class VideoSink:
         except (ImportError, AttributeError, OSError):
             pass  # not Linux, or the system caps pipe sizes lower: only slower
         return True
+
+
+def _quiet_video_writer(path: Path, fourcc: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    # Probing an encoder the OpenCV build lacks prints an [ERROR] line; the fallback is ours to report.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
