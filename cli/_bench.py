@@ -245,7 +245,10 @@ def summarize(name: str, results: list[dict[str, Any]], *, flops: int, ceiling: 
     # Each runner is held to the ceiling of the precision it computes in (OpenVINO at its defaults
     # runs bf16 on CPUs that have it; INT8 runners run int8 kernels).
     precisions = {r.get("precision") for r in done}
-    ceiling_kind = "int8" if name in INT8_RUNNERS else "bf16" if "bf16" in precisions else "fp32"
+    if name in INT8_RUNNERS or any("int8" in str(p) for p in precisions):
+        ceiling_kind = "int8"
+    else:
+        ceiling_kind = "bf16" if any("bf16" in str(p) for p in precisions) else "fp32"
     top = ceiling.get(ceiling_kind)
     agreements = [r["agreement"] for r in done if r.get("agreement") is not None]
     max_abs = [r["recon_max_abs"] for r in done if r.get("recon_max_abs") is not None]
