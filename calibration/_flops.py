@@ -50,17 +50,26 @@ def count_flops(model: Any) -> dict[str, Any]:
 
 
 def _batch_of_one(proto):
+    # A skeleton of the graph for shape inference: the nodes and the big weights' names, types and dims,
+    # not their bytes (a copy of a 537 MB model would cost calibration its size again, and more).
     import onnx
 
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    initializers = {i.name for i in proto.graph.initializer}
-    for value in proto.graph.input:
+    graph = proto.graph
+    # Small tensors keep their values: shape inference reads them (Reshape's shape, Slice's starts).
+    weights = [w if math.prod(w.dims) <= 4096 else onnx.TensorProto(name=w.name, data_type=w.data_type, dims=w.dims)
+               for w in graph.initializer]
+    skeleton = onnx.helper.make_model(
+        onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input), list(graph.output),
+                               initializer=weights, value_info=list(graph.value_info)),
+        opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    initializers = {w.name for w in weights}
+    for value in skeleton.graph.input:
         if value.name in initializers:
             continue
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
-    return proto
+    return skeleton
 
 
 def _node_flops(node, shapes: dict[str, list]) -> int | None:
