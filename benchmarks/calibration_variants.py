@@ -24,7 +24,7 @@ import onnx
 from edgeseg.calibration import _measure
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import QuantizeOptions, RangeCollector, preprocess_for_quantization, quantize
-from edgeseg.runtime._contract import contract_from_metadata, metadata_of
+from edgeseg.runtime.contract import Contract, metadata_of
 
 VARIANTS = {
     "qdq_uint8_per_channel (default)": QuantizeOptions(activations="uint8"),
@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = Path(args.model)
-    contract = contract_from_metadata(metadata_of(onnx.load(str(model), load_external_data=False)))
+    contract = Contract.from_onnx(onnx.load(str(model), load_external_data=False))
     with tempfile.TemporaryDirectory() as tmp, load_calibration_set(args.data, contract, samples=args.samples) as frames:
         work = Path(tmp)
         prepared = work / "prepared.onnx"

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="write the results JSON here")
     args = parser.parse_args(argv)
 
-    from edgeseg._bench_worker import read_contract
+    from edgeseg.bench._worker import read_contract
     from edgeseg.runtime import open_source, preprocess
 
     d = args.models

@@ -26,6 +26,7 @@ _PUBLIC = {
     "load_calibration_set": "edgeseg.calibration._data",
     "cpu_int8_support": "edgeseg.calibration._measure",
     "compute_flops": "edgeseg.calibration._measure",
+    "count_flops": "edgeseg.calibration._flops",
 }
 
 __all__ = sorted(_PUBLIC)

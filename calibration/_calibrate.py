@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
@@ -21,8 +20,9 @@ from edgeseg.calibration._quantize import (
     quantize,
     write_trt_table,
 )
-from edgeseg.runtime._contract import Contract, contract_from_metadata, metadata_of, write_contract
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import Contract, write_contract
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import atomic_path, write_json_atomic
 
 log = logging.getLogger("edgeseg.calibration")
 
@@ -74,7 +74,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     if budget is not None and budget.max_drop < 0:
         raise EdgesegError(f"--max-drop must be >= 0 points, got {budget.max_drop}.")
     proto = _load(model)
-    contract = contract_from_metadata(metadata_of(proto), origin=str(model))
+    contract = Contract.from_onnx(proto, origin=str(model))
     if contract is None:
         raise EdgesegError(
             f"Model `{model}` has no edgeseg contract (metadata key `edgeseg`): calibration needs its preprocessing. "
@@ -184,7 +184,7 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     if chart:
         result["chart"] = str(write_chart(result["layers"], Path(chart)))
     if report:
-        Path(report).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(report, result)
     return result
 
 
@@ -357,10 +357,8 @@ def _input_name(path: Path, preferred: str) -> str:
 def _save_atomically(model, output: Path) -> None:
     import onnx
 
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, output)
+        with atomic_path(output) as tmp:
+            onnx.save(model, str(tmp))
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise EdgesegError(f"Cannot write `{output}`: {error.strerror or error}.") from None

@@ -18,10 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime._contract import Contract, InputSpec
-from edgeseg.runtime._errors import BadInputError, EdgesegError
-from edgeseg.runtime._frames import VideoInfo, classify_source, open_source, read_image
-from edgeseg.runtime._preprocess import Geometry, fit, normalize
+from edgeseg.runtime.contract import Contract, InputSpec
+from edgeseg.runtime.errors import BadInputError, EdgesegError
+from edgeseg.runtime import Geometry, VideoInfo, classify_source, fit, normalize, open_source, read_image
 
 log = logging.getLogger("edgeseg.calibration")
 

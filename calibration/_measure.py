@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeseg.calibration._data import IGNORE, CalibrationSet
 from edgeseg.calibration._flops import count_flops
-from edgeseg.runtime._contract import Contract
+from edgeseg.runtime.contract import Contract
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Compute ops the CPU execution provider runs in int8 when wrapped in Q/DQ; the rest

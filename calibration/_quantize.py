@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.calibration")
 

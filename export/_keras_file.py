@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import atomic_path
 
 RECORD_MEMBER = "edgeseg.json"
 
@@ -30,18 +30,17 @@ def save_model(model: Any, path: str | os.PathLike, record: dict[str, Any] | Non
     if path.suffix != ".keras":
         raise EdgesegError(f"Model path must end in .keras, got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(handle)
-    try:
-        model.save(temporary)
-        if record is not None:
-            with zipfile.ZipFile(temporary, "a") as archive:
-                archive.writestr(RECORD_MEMBER, json.dumps(record, indent=2, sort_keys=True))
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files owner-only; a model is not a secret
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    # Keras insists on the .keras suffix of the file it writes.
+    with atomic_path(path) as temporary:
+        keras_path = temporary.with_name(temporary.name + ".keras")
+        try:
+            model.save(keras_path)
+            if record is not None:
+                with zipfile.ZipFile(keras_path, "a") as archive:
+                    archive.writestr(RECORD_MEMBER, json.dumps(record, indent=2, sort_keys=True))
+            os.replace(keras_path, temporary)
+        finally:
+            keras_path.unlink(missing_ok=True)
     return path
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 FCN8_VARIANTS = ("classic", "course")
 

@@ -7,18 +7,17 @@ shape, the NCHW input, the contract) is ours, so another converter drops in at t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime._contract import KINDS, METADATA_KEY, Contract, write_contract
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import KINDS, METADATA_KEY, Contract, write_contract
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import sha256_of, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -255,26 +254,10 @@ def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(suffix=".onnx", prefix=f".{path.stem}-", dir=path.parent)
+        write_bytes_atomic(path, proto.SerializeToString())
     except OSError as error:
-        raise EdgesegError(f"Cannot write `{path}`: {error.strerror}. Choose a writable -o path.") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(proto.SerializeToString())
-        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; a model file is for sharing
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        raise EdgesegError(f"Cannot write `{path}`: {error.strerror or error}. Choose a writable -o path.") from None
     return path
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_versions(*, keras_sha256: str, opset: int, **more: Any) -> dict[str, Any]:

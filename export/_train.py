@@ -8,7 +8,6 @@ epoch, so an interrupted run keeps what it learned) and PNG pictures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -23,8 +22,9 @@ from edgeseg.export import _plots
 from edgeseg.export._data import MNIST_SPEC, load_mnist, load_segmentation, mnist_arrays, split
 from edgeseg.export._keras_file import save_model
 from edgeseg.export._models import build_cae, build_fcn8
-from edgeseg.runtime._contract import Contract, InputSpec, OutputSpec, default_palette
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec, default_palette
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,6 @@ def train_fcn8(
     val_split: float = 0.2,
     seed: int = 0,
     learning_rate: float = 1e-4,
-    samples: int = 64,
     verbose: int = 2,
 ) -> dict[str, Any]:
     """Train FCN-8 on a segmentation set (``data=None``: generated scenes); returns the summary.
@@ -145,7 +144,7 @@ def train_fcn8(
         raise EdgesegError(f"--class-names has {len(names)} names for --classes {classes}.")
     spec = fcn8_input_spec(input_size=input_size, backbone=backbone)
     palette = default_palette(classes)
-    dataset = load_segmentation(data, spec=spec, classes=classes, palette=palette, samples=samples, seed=seed)
+    dataset = load_segmentation(data, spec=spec, classes=classes, palette=palette)
     if dataset.skipped:
         log.warning("%d item(s) skipped (listed above)", len(dataset.skipped))
     train_idx, val_idx = split(len(dataset.x), fraction=val_split, seed=seed)
@@ -247,9 +246,7 @@ def _prepare(out, seed: int) -> Path:
 
 
 def _write_history(out: Path, history: dict[str, Any]) -> dict[str, Any]:
-    temporary = out / ".history.json.tmp"
-    temporary.write_text(json.dumps(history, indent=2))
-    os.replace(temporary, out / "history.json")
+    write_json_atomic(out / "history.json", history)
     return history
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
-from edgeseg.runtime._contract import Contract, contract_from_metadata, metadata_of
-from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime.contract import Contract
+from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ def verify_files(
         print(report.table()); assert report.ok, report.first_failure
     """
     from edgeseg.export._keras_file import load_model
-    from edgeseg.export._onnx import sha256_of
+    from edgeseg.runtime.files import sha256_of
 
     proto = load_onnx(onnx_path)
-    contract = contract_from_metadata(metadata_of(proto), origin=str(onnx_path))
+    contract = Contract.from_onnx(proto, origin=str(onnx_path))
     if contract is None:
         raise EdgesegError(
             f"Cannot verify `{onnx_path}`: it carries no edgeseg contract. Export it with `edgeseg export` first."
@@ -465,7 +465,7 @@ def _inputs(
     """Batches (one input each, NHWC) to feed both sides: images through the contract, or random."""
     import dataclasses
 
-    from edgeseg.runtime._preprocess import preprocess
+    from edgeseg.runtime import preprocess
 
     nhwc = dataclasses.replace(contract.input, layout="NHWC")
     model_shape = tuple(model.inputs[0].shape[1:])

@@ -1,25 +1,31 @@
-"""Inference side: OpenCV + onnxruntime, reading each model's contract. Never imports TensorFlow.
+"""edgeseg.runtime: the TF-free core and inference. OpenCV + onnxruntime (or OpenVINO); never TensorFlow.
+
+What other packages and apps use, each concept once:
+
+- errors (:mod:`edgeseg.runtime.errors`): :class:`EdgesegError` stops a run, :class:`BadInputError` costs one item;
+- the contract (:mod:`edgeseg.runtime.contract`): :class:`Contract`, read from a file by :meth:`Contract.from_onnx`;
+- preprocessing: :func:`preprocess` and its parts :func:`fit`, :func:`normalize`, :func:`denormalize`, :func:`restore`;
+- post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
+- files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
+- datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
+- frames and sources, sinks, engines, :class:`Model` and :func:`segment`.
 
 onnxruntime itself is imported only when a session is built, so the contract and preprocessing
 helpers work (and the ``edgeseg`` command line starts) without it.
 """
 
-from edgeseg.runtime._contract import (
-    METADATA_KEY,
-    Contract,
-    InputSpec,
-    OutputSpec,
-    contract_from_metadata,
-    write_contract,
-)
-from edgeseg.runtime._errors import BadInputError, EdgesegError
-from edgeseg.runtime._frames import Frame, VideoInfo, open_source, read_image
-from edgeseg.runtime._model import Model, ReconstructionResult, SegmentationResult
-from edgeseg.runtime._pipeline import segment
-from edgeseg.runtime._preprocess import Geometry, preprocess, preprocess_batch, restore
-from edgeseg.runtime._session import ProviderFallbackWarning, make_session
-from edgeseg.runtime._sinks import VideoSink, read_mask_png, write_mask_png
-from edgeseg.runtime._streams import LiveSource
+from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
+from edgeseg.runtime._model import Model, resolve_engine
+from edgeseg.runtime._pipeline import segment, stage_table
+from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
+from edgeseg.runtime._render import Palette, heatmap, overlay
+from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
+from edgeseg.runtime._sinks import JsonlSink, VideoSink, read_mask_png, write_mask_png
+from edgeseg.runtime._streams import LiveSource, is_live
+from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
+from edgeseg.runtime.errors import BadInputError, EdgesegError
+from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, write_json_atomic, write_text_atomic
+from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
     "METADATA_KEY",
@@ -29,23 +35,42 @@ __all__ = [
     "Frame",
     "Geometry",
     "InputSpec",
+    "JsonlSink",
     "LiveSource",
     "Model",
     "OutputSpec",
+    "Palette",
     "ProviderFallbackWarning",
     "ReconstructionResult",
     "SegmentationResult",
     "VideoInfo",
     "VideoSink",
-    "contract_from_metadata",
+    "atomic_path",
+    "classify_source",
+    "default_palette",
+    "default_threads",
+    "denormalize",
+    "fit",
+    "heatmap",
+    "image_frames",
+    "is_live",
     "make_session",
+    "normalize",
     "open_source",
+    "overlay",
     "preprocess",
     "preprocess_batch",
     "read_image",
     "read_mask_png",
+    "resolve_engine",
     "restore",
     "segment",
+    "sha256_of",
+    "stage_table",
+    "video_frames",
+    "write_bytes_atomic",
     "write_contract",
+    "write_json_atomic",
     "write_mask_png",
+    "write_text_atomic",
 ]

@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edgeseg.runtime._errors import EdgesegError
+    from edgeseg.runtime.errors import EdgesegError
     from edgeseg.runtime._model import Model
     from edgeseg.runtime._pipeline import segment, stage_table
 
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from edgeseg.runtime._errors import EdgesegError
+    from edgeseg.runtime.errors import EdgesegError
 
     overrides: dict[str, Any] = {}
     spec: dict[str, Any] = {}

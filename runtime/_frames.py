@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 

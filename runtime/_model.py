@@ -16,41 +16,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edgeseg.runtime._contract import Contract, contract_from_metadata, METADATA_KEY
-from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime.contract import METADATA_KEY, Contract
+from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime._frames import Frame, open_source
-from edgeseg.runtime._preprocess import Geometry, denormalize, preprocess_batch, restore
+from edgeseg.runtime import postprocess as post
+from edgeseg.runtime._preprocess import Geometry, preprocess_batch
+from edgeseg.runtime.postprocess import Result, SegmentationResult
 from edgeseg.runtime._session import CUDA, check_model_file, make_session
 
 ENGINES = ("onnxruntime", "openvino", "auto")
-
-
-@dataclass(frozen=True)
-class SegmentationResult:
-    """Class ids at the frame's own size (uint8, or uint16 past 256 classes), and what they cover."""
-
-    mask: np.ndarray
-    class_fraction: Mapping[str, float]
-    probabilities: np.ndarray | None = None  # (H, W, classes) float32, only when asked for
-
-
-@dataclass(frozen=True)
-class ReconstructionResult:
-    """An autoencoder's output: the reconstruction (8-bit BGR or gray), per-pixel error, one score."""
-
-    reconstruction: np.ndarray
-    error_map: np.ndarray  # float32 (H, W): mean |input - output| over channels, in model units
-    score: float  # mean of the error map over the frame's content: higher is more anomalous
-
-
-Result = SegmentationResult | ReconstructionResult
 
 
 class Model:
@@ -86,7 +65,6 @@ class Model:
 
             check_model_file(self.path)
             self._openvino = OpenVinoEngine(self.path, precision=precision, threads=threads, throughput=throughput)
-            metadata: Mapping[str, str] = self._openvino.metadata
             self.providers: tuple[str, ...] = ("OpenVINO:CPU",)
             self.precision = self._openvino.precision
             self.streams = self._openvino.streams
@@ -97,13 +75,12 @@ class Model:
                 raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
                                    "fp32 (use engine='openvino', or leave precision at 'auto').")
             self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization)
-            metadata = self.session.get_modelmeta().custom_metadata_map
             self.providers = tuple(self.session.get_providers())
             self.precision = "fp32"
             self.streams = 1
             inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
             output_names = [o.name for o in self.session.get_outputs()]
-        self.contract = _resolve_contract(metadata, contract, origin=f"model `{self.path}`")
+        self.contract = _resolve_contract(self.path, contract)
         names = [name for name, _ in inputs]
         self.input_name = self.contract.input.name if self.contract.input.name in names else names[0]
         self._input_index = names.index(self.input_name)
@@ -112,7 +89,7 @@ class Model:
             self._check_input_shape(dict(inputs)[self.input_name])
         self._uses_cuda = CUDA in self.providers
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
-        self.mask_dtype = np.uint8 if self.contract.num_classes <= 256 else np.uint16
+        self.mask_dtype = post.mask_dtype(self.contract)
         self.kind = self.contract.kind
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -180,21 +157,11 @@ class Model:
                  else (batch, spec.channels, spec.height, spec.width))
         self.run(np.zeros(shape, np.float32))
 
-    # -- post-processing ---------------------------------------------------------------------
+    # -- post-processing: edgeseg.runtime.postprocess, bound to this model's contract ---------
 
     def channels_last(self, output: np.ndarray) -> np.ndarray:
         """One output item as (H, W, C) whatever the model's layout."""
-        if output.ndim == 2:
-            return output[:, :, None]
-        if output.ndim != 3:
-            raise EdgesegError(f"model `{self.path}`: expected a (C, H, W) or (H, W, C) output per frame, "
-                               f"got shape {output.shape}.")
-        expected = self.contract.num_classes if self.kind == "segmentation" else self.contract.input.channels
-        last_fits = output.shape[-1] in (expected, 1)
-        first_fits = output.shape[0] in (expected, 1)
-        if first_fits and (not last_fits or self.contract.input.layout == "NCHW"):
-            return output.transpose(1, 2, 0)
-        return output
+        return self._named(post.channels_last, output, self.contract)
 
     def postprocess(self, output: np.ndarray, geometry: Geometry, model_input: np.ndarray | None = None, *,
                     probabilities: bool = False) -> Result:
@@ -211,7 +178,8 @@ class Model:
         if self.kind == "autoencoder":
             if model_input is None:
                 raise EdgesegError("autoencoder post-processing needs the preprocessed input.")
-            return self._reconstruction(output, self.channels_last(model_input), geometry)
+            return self._named(post.reconstruction, output, self.channels_last(model_input), geometry,
+                               self.contract.input)
         return self.segmentation(output, geometry, probabilities=probabilities)
 
     def segmentation(self, scores: np.ndarray, geometry: Geometry, *, probabilities: bool = False,
@@ -220,57 +188,19 @@ class Model:
 
         ``activated``: the scores are already probabilities (e.g. temporally smoothed ones).
         """
-        classes = self.contract.output.classes
-        if scores.shape[-1] == 1 and len(classes) == 2:
-            # One sigmoid channel for two classes: class 1 where p > 0.5 (logit > 0 without activation).
-            threshold = 0.0 if self.contract.output.activation == "none" and not activated else 0.5
-            small = (scores[:, :, 0] > threshold).astype(self.mask_dtype)
-        else:
-            if scores.shape[-1] != len(classes):
-                raise EdgesegError(f"model `{self.path}`: its output has {scores.shape[-1]} channels but the "
-                                   f"contract names {len(classes)} classes.")
-            small = _argmax_last(scores).astype(self.mask_dtype, copy=False)
-        spec = self.contract.input
-        resized = scores.shape[:2] != (spec.height, spec.width)
-        if resized:  # an output coarser than the input (an output stride): back to input size first
-            small = cv2.resize(small, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
-        mask = restore(small, geometry, nearest=True)
-        counts = _class_counts(mask, len(classes))
-        fraction = {name: round(float(c) / mask.size, 6) for name, c in zip(classes, counts)}
-        probs = None
-        if probabilities:
-            probs = scores if activated else self.probabilities(scores)
-            if resized:
-                probs = cv2.resize(probs, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
-                probs = probs[:, :, None] if probs.ndim == 2 else probs
-            probs = restore(probs, geometry, nearest=False)
-        return SegmentationResult(mask=mask, class_fraction=fraction, probabilities=probs)
+        return self._named(post.segmentation, scores, geometry, self.contract, with_probabilities=probabilities,
+                           activated=activated)
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Model-size scores as probabilities (applies softmax/sigmoid where the model has none)."""
-        scores = scores.astype(np.float32, copy=False)
-        if self.contract.output.activation != "none":
-            return scores
-        if scores.shape[-1] == 1:
-            return 1.0 / (1.0 + np.exp(-scores))
-        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+        return post.probabilities(scores, self.contract)
 
-    def _reconstruction(self, output: np.ndarray, model_input: np.ndarray, geometry: Geometry
-                        ) -> ReconstructionResult:
-        spec = self.contract.input
-        if output.size != model_input.size:
-            raise EdgesegError(f"model `{self.path}`: autoencoder output shape {output.shape} does not match "
-                               f"its input {model_input.shape}.")
-        output = output.reshape(model_input.shape)
-        error = np.abs(model_input - output).mean(axis=-1)
-        crop = error[geometry.top: geometry.top + geometry.height, geometry.left: geometry.left + geometry.width]
-        score = float(crop.mean())
-        return ReconstructionResult(
-            reconstruction=restore(denormalize(output, spec), geometry, nearest=False),
-            error_map=restore(error.astype(np.float32), geometry, nearest=False),
-            score=score,
-        )
+    def _named(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        # A contract/output mismatch is the model's fault: say which model.
+        try:
+            return function(*args, **kwargs)
+        except EdgesegError as error:
+            raise EdgesegError(f"model `{self.path}`: {error}") from None
 
     def _check_input_shape(self, shape: Sequence[Any]) -> None:
         spec = self.contract.input
@@ -286,23 +216,6 @@ class Model:
                     f"says {spec.layout} {spec.height}x{spec.width}x{spec.channels}. Fix the contract "
                     "(input.layout/height/width/channels)."
                 )
-
-
-def _argmax_last(scores: np.ndarray) -> np.ndarray:
-    # Profiled in the writer thread (FCN-8, 224x224x2): argmax over a 2-long last axis costs 0.34 ms,
-    # one comparison 0.03 ms. Same ids: a tie goes to class 0 either way.
-    if scores.shape[-1] == 2:
-        return scores[..., 1] > scores[..., 0]
-    return scores.argmax(axis=-1)
-
-
-def _class_counts(mask: np.ndarray, classes: int) -> np.ndarray:
-    # np.bincount widens uint8 to intp first (0.73 ms for 640x480); OpenCV's histogram counts in place
-    # (exact below 2**24 pixels, where float32 still holds every integer).
-    if mask.dtype == np.uint8 and mask.size < 2**24 and classes <= 256:
-        hist = cv2.calcHist([mask], [0], None, [classes], [0, classes]).ravel()
-        return hist.astype(np.int64)
-    return np.bincount(mask.ravel(), minlength=classes)[:classes]
 
 
 def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
@@ -339,11 +252,11 @@ def resolve_engine(engine: str, *, provider: str = "auto") -> str:
     return "openvino"
 
 
-def _resolve_contract(metadata: Mapping[str, str], given: Contract | Mapping[str, Any] | None, *,
-                      origin: str) -> Contract:
+def _resolve_contract(path: Path, given: Contract | Mapping[str, Any] | None) -> Contract:
     if isinstance(given, Contract):
         return given
-    stored = contract_from_metadata(metadata, origin=origin)
+    origin = f"model `{path}`"
+    stored = Contract.from_onnx(path, origin=origin)
     if given is None:
         if stored is None:
             raise EdgesegError(

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime._contract import METADATA_KEY
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -69,10 +68,6 @@ class OpenVinoEngine:
             text = " ".join(str(error).split())[:200]
             raise EdgesegError(f"Cannot read model `{self.path}`: OpenVINO says: {text}. "
                                "Pass an .onnx file written by `edgeseg export`.") from None
-        # OpenVINO keeps the ONNX metadata_props under rt_info["framework"]: the contract, no second read.
-        self.metadata: dict[str, str] = {}
-        if model.has_rt_info(["framework", METADATA_KEY]):
-            self.metadata[METADATA_KEY] = model.get_rt_info(["framework", METADATA_KEY]).astype(str)
         self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         config: dict[str, Any] = {}
         if precision == "f32":

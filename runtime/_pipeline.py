@@ -13,7 +13,6 @@ the video is finalized and ``summary.json`` is written, so every output stays va
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import queue
@@ -29,9 +28,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeseg.runtime._errors import BadInputError, EdgesegError
+from edgeseg.runtime.errors import BadInputError, EdgesegError
+from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source
-from edgeseg.runtime._model import Model, ReconstructionResult
+from edgeseg.runtime._model import Model
+from edgeseg.runtime.postprocess import ReconstructionResult
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._sinks import JsonlSink, VideoSink, write_mask_png
@@ -161,7 +162,7 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     if run.error is not None:
         raise run.error
     summary = run.summary(source=source, kind=kind, wall=wall, batch=batch, stream=stream)
-    _write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -473,12 +474,6 @@ def _make_parent(path: Path, made: set[Path]) -> None:
 
 def _round(ms: dict[str, float]) -> dict[str, float]:
     return {stage: round(value, 3) for stage, value in ms.items()}
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _Null:

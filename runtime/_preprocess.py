@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edgeseg.runtime._contract import InputSpec
-from edgeseg.runtime._errors import BadInputError
+from edgeseg.runtime.contract import InputSpec
+from edgeseg.runtime.errors import BadInputError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 

@@ -26,7 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import write_bytes_atomic
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -57,9 +58,7 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[
             + _chunk(b"PLTE", plte)
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
             + _chunk(b"IEND", b""))
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # a crash never leaves a half-written mask under the real name
+    write_bytes_atomic(path, data)  # a crash never leaves a half-written mask under the real name
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:

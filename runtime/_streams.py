@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import cv2
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime._frames import Frame
 
 log = logging.getLogger("edgeseg.runtime")

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.runtime._contract import Contract, InputSpec, OutputSpec, write_contract
+from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec, write_contract
 
 SIZE = 32
 

@@ -14,8 +14,8 @@ import pytest
 from edgeseg.calibration import Budget, QuantizeOptions, calibrate, compute_flops, cpu_int8_support
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import RangeCollector, preprocess_for_quantization
-from edgeseg.runtime._contract import contract_from_metadata, metadata_of
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import Contract, metadata_of
+from edgeseg.runtime.errors import EdgesegError
 
 REPORT_FIELDS = {"method", "samples", "fp32", "int8", "miou_drop", "agreement", "speedup", "sqnr_db",
                  "float_nodes", "peak_mb", "warnings", "mean_abs_prob_diff", "layers", "float_compute"}
@@ -39,7 +39,7 @@ def test_every_method_writes_an_int8_model_close_to_fp32_with_its_contract(kit, 
                        options=QuantizeOptions(method=method, percentile=99.9), timing_rounds=2, sqnr_frames=2)
     ops = _ops(out)
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
-    contract = contract_from_metadata(metadata_of(onnx.load(str(out))))
+    contract = Contract.from_onnx(onnx.load(str(out)))
     assert contract.kind == "segmentation" and contract.output.classes == ("class0", "class1")
     assert contract.calibration["method"] == method and contract.calibration["samples"] == 10
     assert contract.calibration["float_nodes"] == ["up"]  # the ConvTranspose: no int8 kernel on CPU
@@ -91,7 +91,7 @@ def test_chunked_calibration_matches_one_pass(kit, tmp_path, seg_model, method):
     frames = kit.write_frames(tmp_path / "f", 8)
     prepared = tmp_path / "p.onnx"
     preprocess_for_quantization(seg_model, prepared)
-    contract = contract_from_metadata(metadata_of(onnx.load(str(seg_model))))
+    contract = Contract.from_onnx(onnx.load(str(seg_model)))
     options = QuantizeOptions(method=method)
     results = {}
     with load_calibration_set(frames, contract) as data:
@@ -124,7 +124,7 @@ def test_accuracy_control_returns_lowest_sqnr_layers_to_float(kit, tmp_path, seg
     assert control["drop_after"] <= control["drop_before"]
     assert control["within_budget"] == (control["drop_after"] <= 0.0)
     assert control["speed_cost"] > 0
-    contract = contract_from_metadata(metadata_of(onnx.load(str(out))))
+    contract = Contract.from_onnx(onnx.load(str(out)))
     assert contract.calibration["excluded_nodes"] == control["returned"]
     # A returned Conv really computes in float: nothing quantizes its output any more.
     first = control["returned"][0]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgeseg.calibration._data import IGNORE, load_calibration_set
-from edgeseg.runtime._contract import Contract, InputSpec, OutputSpec
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec
+from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime._preprocess import preprocess
 
 SIZE = 32

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgeseg.export._data import load_mnist, load_segmentation, mnist_arrays, read_idx, split
-from edgeseg.runtime._contract import InputSpec
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.contract import InputSpec
+from edgeseg.runtime.errors import EdgesegError
 
 SPEC = InputSpec(height=32, width=32, channels=3, color="RGB", scale=1 / 255)
 
@@ -142,11 +142,9 @@ def test_course_npy_pair_one_hot(tmp_path):
         load_segmentation(tmp_path, spec=SPEC, classes=2)
 
 
-def test_generated_scenes_and_split():
-    data = load_segmentation(None, spec=SPEC, classes=3, samples=4, seed=3)
-    again = load_segmentation(None, spec=SPEC, classes=3, samples=4, seed=3)
-    np.testing.assert_array_equal(data.x, again.x)
-    assert data.y.max() <= 2
+def test_no_data_is_one_clear_error_and_split():
+    with pytest.raises(EdgesegError, match="pass --data"):
+        load_segmentation(None, spec=SPEC, classes=3)
     train, val = split(10, fraction=0.2, seed=0)
     assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
     with pytest.raises(EdgesegError, match="val-split"):

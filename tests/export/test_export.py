@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.runtime._contract import contract_from_metadata, metadata_of
+from edgeseg.runtime.contract import Contract, metadata_of
 
 
 def _export(model_path, out, *extra):
@@ -17,14 +17,14 @@ def _export(model_path, out, *extra):
 
 
 def _contract(path):
-    return contract_from_metadata(metadata_of(onnx.load(str(path))))
+    return Contract.from_onnx(onnx.load(str(path)))
 
 
 def test_fcn8_export_carries_the_contract_and_a_lean_graph(model_files, tmp_path):
     out = tmp_path / "fcn8.onnx"
     assert _export(model_files["fcn8"], out) == 0
     proto = onnx.load(str(out))
-    contract = contract_from_metadata(metadata_of(proto))
+    contract = Contract.from_onnx(proto)
     assert contract.kind == "segmentation"
     assert contract.output.classes == ("background", "cell") and contract.output.activation == "softmax"
     assert contract.input.mean == (0.485, 0.456, 0.406) and contract.input.layout == "NHWC"

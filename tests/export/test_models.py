@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgeseg.export._models import build_cae, build_fcn8, build_model, model_names
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 
 def _shapes(model, names):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, contract_from_metadata
-from edgeseg.runtime._contract import METADATA_KEY, write_contract
+from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec
+from edgeseg.runtime.contract import METADATA_KEY, write_contract
 
 
 def _contract(**changes):
@@ -99,14 +99,14 @@ def test_metadata_round_trip_on_a_real_model_proto():
     write_contract(model, _contract(kind="autoencoder"))  # replaces, does not duplicate
     meta = {e.key: e.value for e in onnx.load_from_string(model.SerializeToString()).metadata_props}
     assert meta["other"] == "kept"
-    assert contract_from_metadata(meta).kind == "autoencoder"
+    assert Contract.from_onnx(meta).kind == "autoencoder"
     assert list(meta).count(METADATA_KEY) == 1
 
 
 def test_model_without_contract_reads_as_none():
-    assert contract_from_metadata({"producer": "x"}) is None
+    assert Contract.from_onnx({"producer": "x"}) is None
 
 
 def test_broken_json_names_the_key():
     with pytest.raises(EdgesegError, match="not valid JSON"):
-        contract_from_metadata({METADATA_KEY: "{not json"})
+        Contract.from_onnx({METADATA_KEY: "{not json"})

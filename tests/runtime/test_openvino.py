@@ -138,7 +138,7 @@ def test_bad_engine_and_precision_are_user_errors(seg_model, tmp_path):
 
 
 def test_two_class_fast_path_and_counts_match_argmax_and_bincount():
-    from edgeseg.runtime._model import _argmax_last, _class_counts
+    from edgeseg.runtime.postprocess import _argmax_last, _class_counts
 
     rng = np.random.default_rng(3)
     scores = rng.random((40, 50, 2)).astype(np.float32)

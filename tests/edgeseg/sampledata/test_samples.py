@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg._samples import BAD_FILES, SampleData, SampleSpec, make_digits, make_sample_data
+from edgeseg.sampledata._samples import BAD_FILES, SampleData, SampleSpec, make_digits, make_sample_data
 from edgeseg.runtime import BadInputError, read_image
 from edgeseg.runtime._sinks import read_mask_png
 
-SAMPLES = SampleData.at(Path(__file__).resolve().parents[1] / "samples")
+SAMPLES = SampleData.at(Path(__file__).resolve().parents[3] / "samples")
 MODELS = SAMPLES.root / "models"
 SMALL = SampleSpec(size=32, video_frames=5, folder_images=2, scenes=3, digits_train=20, digits_test=5)
 

@@ -1,4 +1,4 @@
-"""One benchmark run in its own process: ``python -m edgeseg._bench_worker JOB.json RESULT.json``.
+"""One benchmark run in its own process: ``python -m edgeseg.bench._worker JOB.json RESULT.json``.
 
 Each runner runs in a fresh interpreter so that its peak memory is its own and no library's
 thread pool or cache carries over to the next runner. Every runner except ``edgeseg*`` shares
@@ -64,7 +64,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job: ``{"runner", "model", "keras", "int8", "source", "frames", "threads", "out"}``."""
     runner = job["runner"]
     if runner == "ceiling":
-        from edgeseg._bench_ceiling import measure_ceiling
+        from edgeseg.bench._ceiling import measure_ceiling
 
         return measure_ceiling(threads=job.get("threads_list") or (1, 2))
     if runner in EDGESEG_RUNNERS:
@@ -165,20 +165,16 @@ def run_loop_batched(job: dict[str, Any], contract, infer: Callable[[np.ndarray]
 
 def reconstruction_pixels(output: np.ndarray, geometry, spec) -> np.ndarray:
     """One (H, W, C) model-unit reconstruction -> 8-bit BGR/gray pixels at the image's size (the runtime's)."""
-    from edgeseg.runtime._preprocess import denormalize, restore
+    from edgeseg.runtime import denormalize, restore
 
     return restore(denormalize(output, spec), geometry, nearest=False)
 
 
 def read_contract(path: str):
     """The contract stored in an ONNX file (the benchmark needs it for identical preprocessing)."""
-    import onnx
+    from edgeseg.runtime import Contract, EdgesegError
 
-    from edgeseg.runtime import EdgesegError, contract_from_metadata
-    from edgeseg.runtime._contract import metadata_of
-
-    proto = onnx.load(path, load_external_data=False)
-    contract = contract_from_metadata(metadata_of(proto), origin=path)
+    contract = Contract.from_onnx(path)
     if contract is None:
         raise EdgesegError(
             f"Model `{path}` has no edgeseg contract in its metadata: the benchmark needs it to preprocess "
@@ -291,7 +287,7 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> tuple[Callable[[
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = ov.Core().compile_model(model_path, "CPU", config)
         request = compiled.create_infer_request()
-        from edgeseg._bench_ceiling import precision_name
+        from edgeseg.bench._ceiling import precision_name
 
         precision = "int8" if runner == "openvino-int8" else precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
         return lambda batch: request.infer({0: batch})[0], precision
@@ -307,7 +303,7 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
         import keras  # noqa: F401
     except ImportError:
         raise Skip("TensorFlow/Keras is not installed (pip install 'edgeseg[export]')") from None
-    from edgeseg.export._keras_file import load_model
+    from edgeseg.export import load_model
 
     model, _ = load_model(keras_path)
     if runner == "keras-predict":

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.runtime._errors import EdgesegError
-from edgeseg.runtime._scenes import make_scene, make_scene_video, masks_dir_for, scene_frames
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.sampledata._scenes import make_scene, make_scene_video, masks_dir_for, scene_frames
 
 
 def test_same_seed_same_pixels_and_every_class_present():
@@ -49,5 +49,5 @@ def test_bad_arguments():
 
 
 def test_scenes_do_not_import_tensorflow():
-    code = "import sys, edgeseg.runtime._scenes; sys.exit(any(m in sys.modules for m in ('tensorflow', 'keras')))"
+    code = "import sys, edgeseg.sampledata._scenes; sys.exit(any(m in sys.modules for m in ('tensorflow', 'keras')))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,14 +11,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg._bench import (
+from edgeseg.bench._bench import (
     BenchConfig,
     markdown_table,
     mask_agreement,
     run_bench,
     schedule,
 )
-from edgeseg._bench_ceiling import measure_ceiling
+from edgeseg.bench._ceiling import measure_ceiling
 from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, read_mask_png, write_contract, write_mask_png
 
@@ -327,7 +327,7 @@ def test_autoencoder_markdown_shows_reconstruction_error(ae_report):
 
 
 def test_reconstruction_agreement_in_pixel_units(tmp_path):
-    from edgeseg._bench import reconstruction_agreement
+    from edgeseg.bench._bench import reconstruction_agreement
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

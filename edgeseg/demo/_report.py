@@ -15,6 +15,8 @@ from typing import Any
 
 import cv2
 
+from edgeseg.runtime.files import write_text_atomic
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
@@ -50,7 +52,7 @@ def write_report(out: str | os.PathLike, results: Sequence[Any], *, config: Any 
     text = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>edgeseg demo</title>"
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     path = out / "report.html"
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 _RUNNER_HELP = (
@@ -56,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from edgeseg._bench import BenchConfig, markdown_table, prepare_models, run_bench
+    from edgeseg.bench._bench import BenchConfig, markdown_table, prepare_models, run_bench
+    from edgeseg.runtime.files import write_json_atomic, write_text_atomic
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgeseg-bench-"))
     models = prepare_models(model=args.model, keras=args.keras, int8=args.int8, source=args.source,
@@ -70,10 +70,10 @@ def _run(args: argparse.Namespace) -> int:
     report = run_bench(config)
     report["notes"] = models.notes
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_json_atomic(args.json, report)
     table = markdown_table(report)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+        write_text_atomic(args.markdown, table)
     print(table, end="")
     return 0

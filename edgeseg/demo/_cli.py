@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from edgeseg._demo import run_demo
+    from edgeseg.demo._demo import run_demo
 
     runner = run_demo(args.out, quick=args.quick, mnist=args.data, seed=args.seed)
     return _finish(runner, args.out / "report.html")
@@ -55,8 +55,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_samples(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from edgeseg._demo import SAMPLE_MODELS, run_chain
-    from edgeseg._samples import make_sample_data
+    from edgeseg.demo._demo import SAMPLE_MODELS, run_chain
+    from edgeseg.sampledata._samples import make_sample_data
 
     spec = replace(SAMPLE_MODELS.samples, seed=args.seed)
     if args.no_models:

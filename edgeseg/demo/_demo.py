@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgeseg._samples import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.sampledata._samples import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.demo")
 
@@ -240,7 +240,7 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
     runner.step("bench", "benchmark the runners", bench, needs=["export-fcn8", "train-fcn8"], command="bench")
 
     def report() -> str:
-        from edgeseg._report_html import write_report
+        from edgeseg.demo._report import write_report
 
         page = write_report(out, runner.results + [StepResult("report", "write report.html", "ok")], config=config)
         return str(page)
@@ -251,7 +251,7 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
 
 def _drop_optimizer(path: Path) -> str:
     # A committed sample needs the weights, not Adam's two moments per weight (3x the size).
-    from edgeseg.export._keras_file import load_model, save_model
+    from edgeseg.export import load_model, save_model
 
     before = path.stat().st_size
     model, record = load_model(path, compile=False)

@@ -12,9 +12,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from edgeseg._demo import Runner, StepFailed, available_commands
-from edgeseg._report_html import write_report
-from edgeseg._samples import BAD_FILES
+from edgeseg.demo._demo import Runner, StepFailed, available_commands
+from edgeseg.demo._report import write_report
+from edgeseg.sampledata._samples import BAD_FILES
 
 SECTIONS = ("steps", "training", "verification", "int8", "segmentation", "bench")
 

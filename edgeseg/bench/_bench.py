@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.bench")
 
@@ -94,8 +94,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                                        keras=Path("fcn8.keras"), runners=("ort-plain", "opencv-dnn")))
         report["runners"]["opencv-dnn"]["fps"]
     """
-    from edgeseg.calibration._flops import count_flops
-    from edgeseg._bench_worker import read_contract
+    from edgeseg.calibration import count_flops
+    from edgeseg.bench._worker import read_contract
 
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="edgeseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def run_worker(job: dict[str, Any], out: Path) -> dict[str, Any]:
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(
-        [sys.executable, "-m", "edgeseg._bench_worker", str(job_path), str(result_path)],
+        [sys.executable, "-m", "edgeseg.bench._worker", str(job_path), str(result_path)],
         capture_output=True, text=True, env=env,
     )
     if done.returncode != 0 or not result_path.exists():
@@ -192,7 +192,7 @@ def run_worker(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def mask_agreement(masks: Path, reference: Path) -> float | None:
     """Share of pixels whose class id matches the reference's, over the frames both wrote."""
-    from edgeseg._bench_worker import read_mask
+    from edgeseg.bench._worker import read_mask
 
     same = total = 0
     for ref_path in sorted(reference.glob("*.png")):

@@ -14,16 +14,16 @@ import logging
 import sys
 
 from edgeseg import __version__
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
-# Modules that register subcommands, in the order `edgeseg --help` lists them.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "edgeseg.export._cli_train",
-    "edgeseg.export._cli_export",
-    "edgeseg.calibration._cli",
-    "edgeseg.runtime._cli",
-    "edgeseg._bench_cli",
-    "edgeseg._demo_cli",
+# Packages whose `_cli` module registers subcommands, in the order `edgeseg --help` lists them.
+# The `_cli` modules are the one sanctioned way in: argparse only at import, heavy imports inside handlers.
+_COMMAND_PACKAGES: tuple[str, ...] = (
+    "edgeseg.export",
+    "edgeseg.calibration",
+    "edgeseg.runtime",
+    "edgeseg.bench",
+    "edgeseg.demo",
 )
 
 _DESCRIPTION = """\
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for package in _COMMAND_PACKAGES:
+        importlib.import_module(f"{package}._cli").register(subparsers)
     return parser
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 _KINDS = ("circle", "rectangle", "triangle", "ellipse")
 # Video codecs by file suffix: widely decodable, and present in opencv-python-headless' own FFmpeg.

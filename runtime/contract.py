@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
 
 METADATA_KEY = "edgeseg"
 FORMAT_VERSION = 1
@@ -126,6 +127,8 @@ class Contract:
     source: Mapping[str, Any] = field(default_factory=dict)
     verified: Mapping[str, Any] | None = None
     calibration: Mapping[str, Any] | None = None
+    # Encoder and decoder halves: the code's size and shape ({"latent_size": 2, "shape": [1, 1, 2]}).
+    latent: Mapping[str, Any] | None = None
     format: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -144,7 +147,7 @@ class Contract:
         data["output"]["classes"] = list(self.output.classes)
         data["output"]["palette"] = [list(c) for c in self.output.palette]
         data["source"] = dict(self.source)
-        for optional in ("verified", "calibration"):
+        for optional in ("verified", "calibration", "latent"):
             if data[optional] is None:
                 del data[optional]
             else:
@@ -189,12 +192,38 @@ class Contract:
                 source=dict(data.get("source") or {}),
                 verified=data.get("verified"),
                 calibration=data.get("calibration"),
+                latent=data.get("latent"),
                 format=fmt,
             )
         except EdgesegError as error:
             raise EdgesegError(f"{origin}: {error}") from None
         except (TypeError, ValueError) as error:
             raise EdgesegError(f"{origin}: malformed contract: {error}") from None
+
+    @classmethod
+    def from_onnx(cls, model: str | os.PathLike | Any, *, origin: str | None = None) -> Contract | None:
+        """The contract stored in an ONNX model, or None when it carries none.
+
+        ``model``: a path to an ``.onnx`` file (read without onnx or onnxruntime, skipping the graph,
+        so a 512 MB model costs a few reads), an ``onnx.ModelProto``, or a metadata map such as
+        onnxruntime's ``custom_metadata_map``. This is the one reader every tool uses.
+
+        Example::
+
+            contract = Contract.from_onnx("fcn8.onnx")
+            print(contract.input.height, contract.output.classes)
+        """
+        if isinstance(model, (str, os.PathLike)):
+            origin = origin or f"model `{model}`"
+            metadata = read_onnx_metadata(model)
+        elif isinstance(model, Mapping):
+            metadata = model
+        else:
+            metadata = metadata_of(model)
+        text = metadata.get(METADATA_KEY)
+        if text is None:
+            return None
+        return cls.from_json(text, origin=origin or "model")
 
     @classmethod
     def from_json(cls, text: str, *, origin: str = "contract") -> Contract:
@@ -205,21 +234,78 @@ class Contract:
         return cls.from_dict(data, origin=origin)
 
 
-def contract_from_metadata(metadata: Mapping[str, str], *, origin: str = "model") -> Contract | None:
-    """The contract stored in an ONNX file's metadata map, or None when there is none.
-
-    ``metadata`` is ``session.get_modelmeta().custom_metadata_map`` from onnxruntime, or
-    :func:`metadata_of` applied to an ``onnx.ModelProto``.
-    """
-    text = metadata.get(METADATA_KEY)
-    if text is None:
-        return None
-    return Contract.from_json(text, origin=origin)
-
-
 def metadata_of(model_proto: Any) -> dict[str, str]:
     """``metadata_props`` of an ``onnx.ModelProto`` as a plain dict."""
     return {entry.key: entry.value for entry in model_proto.metadata_props}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, read from its protobuf wire format without loading the graph.
+
+    An ONNX file is a ``ModelProto``; its metadata are field 14, each a message of key (1) and
+    value (2). Every other top-level field is skipped by its length, so the weights are never read.
+    A file that is not a protobuf raises EdgesegError naming it.
+    """
+    from edgeseg.runtime.errors import EdgesegError as _Error
+
+    metadata: dict[str, str] = {}
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            while handle.tell() < size:
+                key = _varint(handle)
+                field_number, wire_type = key >> 3, key & 7
+                if wire_type == 0:
+                    _varint(handle)
+                elif wire_type == 1:
+                    handle.seek(8, os.SEEK_CUR)
+                elif wire_type == 5:
+                    handle.seek(4, os.SEEK_CUR)
+                elif wire_type == 2:
+                    length = _varint(handle)
+                    if handle.tell() + length > size:
+                        raise ValueError("a field runs past the end of the file")
+                    if field_number == 14:
+                        entry = _fields(handle.read(length))
+                        metadata[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
+                    else:
+                        handle.seek(length, os.SEEK_CUR)
+                else:
+                    raise ValueError(f"wire type {wire_type} is not used by ONNX files")
+    except OSError as error:
+        raise _Error(f"Cannot read model `{path}`: {error.strerror or error}.") from None
+    except (ValueError, EOFError) as error:
+        raise _Error(f"Cannot read model `{path}`: not an ONNX file ({error}). Pass an .onnx file written by "
+                     "`edgeseg export`.") from None
+    return metadata
+
+
+def _varint(handle: Any) -> int:
+    result, shift = 0, 0
+    while True:
+        byte = handle.read(1)
+        if not byte:
+            raise EOFError("the file ends inside a field")
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("a malformed varint")
+
+
+def _fields(data: bytes) -> dict[int, bytes]:
+    # The length-delimited fields of one small message (a metadata entry): {field number: bytes}.
+    import io
+
+    stream, found = io.BytesIO(data), {}
+    while stream.tell() < len(data):
+        key = _varint(stream)
+        if key & 7 != 2:
+            raise ValueError("a metadata entry holds a field that is not a string")
+        length = _varint(stream)
+        found[key >> 3] = stream.read(length)
+    return found
 
 
 def write_contract(model_proto: Any, contract: Contract) -> None:

@@ -1,7 +1,7 @@
 """Sample inputs, made deterministically: a scene video, a scene folder with bad files, digits.
 
 Everything comes from a seed, offline, with NumPy and OpenCV only (the scenes from
-``edgeseg.runtime._scenes``), so ``edgeseg samples`` rebuilds the repository's ``samples/``
+``edgeseg.sampledata._scenes``), so ``edgeseg samples`` rebuilds the repository's ``samples/``
 folder and ``edgeseg demo`` builds the same kind of inputs in its own folder. Same seed, same
 pixels, same masks.
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime._errors import EdgesegError
+from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import atomic_path
 
 log = logging.getLogger("edgeseg.samples")
 
@@ -105,7 +106,7 @@ def make_sample_data(root: str | os.PathLike, *, spec: SampleSpec = SampleSpec()
         data = make_sample_data("samples", spec=SampleSpec(size=64, video_frames=20))
         # data.video, data.folder (with bad files), data.scenes/images + masks, data.digits
     """
-    from edgeseg.runtime._scenes import make_scene_video
+    from edgeseg.sampledata._scenes import make_scene_video
 
     data = SampleData.at(root)
     data.root.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ def make_scene_set(images: str | os.PathLike, masks: str | os.PathLike, *, count
 
         make_scene_set("data/images", "data/masks", count=100, size=96, classes=3, seed=0)
     """
-    from edgeseg.runtime._scenes import make_scene
+    from edgeseg.sampledata._scenes import make_scene
 
     images, masks = Path(images), Path(masks)
     images.mkdir(parents=True, exist_ok=True)
@@ -208,15 +209,13 @@ def write_digits(path: str | os.PathLike, *, train: int, test: int, seed: int = 
     x_train, y_train = make_digits(train, seed=seed)
     x_test, y_test = make_digits(test, seed=seed + 1)
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    temporary = path.with_name(f".{path.name}.tmp")
     # np.savez stamps members with the current time; write the zip ourselves to stay reproducible.
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for key, array in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, "w") as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(temporary, path)
     return path
 
 
