@@ -85,11 +85,19 @@ def register(subparsers: Any) -> None:
     con.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted after scaling")
     con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
     con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
+    ray = parser.add_argument_group("cluster (Ray; pip install 'edgeseg[ray]'; see README \"Running on a cluster\")")
+    ray.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local, auto (RAY_ADDRESS / the running cluster) or ray://host:port")
+    ray.add_argument("--workers", type=int, default=2, metavar="N", help="--ray: actors, each with its own model (default: 2)")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="--ray: CPUs (= inference threads) per actor (default: 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="--ray: GPUs per actor (default: 0)")
+    ray.add_argument("--resume", action="store_true", help="--ray: skip the units an interrupted job in --out completed")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import EdgesegError
+    if args.ray:  # edgeseg.scaleout stands on the runtime: imported by name, only when asked for
+        return _scaleout().run_from_args(args, contract=_contract_overrides(args) or None)
     from edgeseg.runtime._model import Model
     from edgeseg.runtime._pipeline import segment, stage_table
 
@@ -109,6 +117,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"overlay.mp4: {summary['outputs']['video_codec']}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json", file=sys.stderr)
     return 130 if summary["interrupted"] else 0
+
+
+def _scaleout() -> Any:
+    import importlib
+
+    from edgeseg.runtime.errors import EdgesegError
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        raise EdgesegError("--ray needs Ray: pip install 'edgeseg[ray]'") from None
+    return importlib.import_module("edgeseg.scaleout")
 
 
 def _contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
