@@ -11,6 +11,8 @@ finishes the units in flight. That is ~100 lines on ``ray.wait``.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -23,7 +25,7 @@ from typing import Any
 from edgeseg.runtime import EdgesegError, Model, write_json_atomic
 from edgeseg.scaleout._merge import merge_source
 from edgeseg.scaleout._plan import Selection, Source, Unit, plan
-from edgeseg.scaleout._worker import WriteOptions, is_complete, run_unit
+from edgeseg.scaleout._worker import WORK_DIR, WriteOptions, is_complete, run_unit
 
 log = logging.getLogger("edgeseg.scaleout")
 
@@ -75,11 +77,14 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
     _check(cluster, write)
     # Fail here, in one line, on a bad model: not once per actor in a worker log.
     local = spec.build(threads=1, provider="cpu" if spec.provider == "cuda" else None)
+    cluster = _same_grain(cluster, Path(out))
     planned, units = plan(list(sources), out=out, select=select, chunk=cluster.chunk,
                           range_frames=cluster.range_frames, smooth=write.smooth)
     todo = [u for u in units if not (cluster.resume and is_complete(u, write))]
     if not cluster.resume:
         _clear_markers(planned)
+    Path(out, WORK_DIR).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out, WORK_DIR, "plan.json"), {"chunk": cluster.chunk, "range_frames": cluster.range_frames})
     ray = _ray()
     started_ray = _connect(ray, cluster.address)
     pool = _Pool(ray, spec, cluster)
@@ -274,13 +279,25 @@ def _check(cluster: ClusterOptions, write: WriteOptions) -> None:
                            f"{write.batch}, {write.smooth}, {write.alpha}.")
 
 
+def _same_grain(cluster: ClusterOptions, out: Path) -> ClusterOptions:
+    # --resume must cut the job into the units the interrupted run cut, or nothing would match.
+    if not cluster.resume:
+        return cluster
+    try:
+        grain = json.loads((out / WORK_DIR / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return cluster
+    return dataclasses.replace(cluster, chunk=int(grain["chunk"]), range_frames=int(grain["range_frames"]))
+
+
 def _clear_markers(sources: list[Source]) -> None:
     # A fresh run (no --resume) must not join parts of an earlier run's units into its outputs.
     for source in sources:
-        work = Path(source.out) / ".scaleout"
+        work = Path(source.out) / WORK_DIR
         if work.is_dir():
             for path in work.iterdir():
-                path.unlink(missing_ok=True)
+                if path.name != "plan.json":
+                    path.unlink(missing_ok=True)
 
 
 def _bar(total: int, enabled: bool) -> Any:
