@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -89,9 +90,12 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
     started_ray = _connect(ray, cluster.address)
     pool = _Pool(ray, spec, cluster)
     started = time.perf_counter()
+    stop = stop or threading.Event()
+    restore = _on_signals(stop)  # after ray.init, which installs handlers of its own
     try:
-        pool.run(todo, write, total=sum(u.frames for u in todo), stop=stop or threading.Event())
+        pool.run(todo, write, total=sum(u.frames for u in todo), stop=stop)
     finally:
+        restore()
         pool.close()
         if started_ray:
             ray.shutdown()
@@ -298,6 +302,27 @@ def _clear_markers(sources: list[Source]) -> None:
             for path in work.iterdir():
                 if path.name != "plan.json":
                     path.unlink(missing_ok=True)
+
+
+def _on_signals(stop: threading.Event) -> Any:
+    """SIGINT/SIGTERM: no new units, the ones in flight finish, the parts are joined; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the units in flight and joining the outputs (again to abort)",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 def _bar(total: int, enabled: bool) -> Any:
