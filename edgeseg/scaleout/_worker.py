@@ -93,8 +93,13 @@ def run_unit(unit: Unit, model: Model, options: WriteOptions, *, worker: str = "
     state, palette = _State(), Palette.from_rgb(model.contract.output.palette)
     started = time.perf_counter()
     try:
-        for chunk in _chunks(_ahead(_frames(unit), 2 * options.batch + 2), options.batch):
-            _infer_and_write(chunk, unit, model, options, palette, state, temporary_video)
+        inferred = (_infer(chunk, model) for chunk in _chunks(_ahead(_frames(unit), 2 * options.batch + 2),
+                                                               options.batch))
+        # Writing (PNG deflate, overlay drawing, the encoder pipe) runs one batch behind inference,
+        # in this thread, while the next batch is inferred in another: the runtime's stages, in one actor.
+        for items in _ahead(inferred, 2):
+            for item in items:
+                _finish(*item, unit, model, options, palette, state, temporary_video)
     finally:
         if state.video is not None:
             state.video.close()
@@ -136,9 +141,9 @@ def _frames(unit: Unit) -> Iterator[tuple[Frame, bool, float]]:
 
 
 def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Decode in a thread, ``depth`` items ahead: an actor has one CPU's worth of Python, and OpenCV's
-    decoder and onnxruntime both release the GIL, so decoding the next frames while this one runs
-    is what the runtime's three-stage pipeline does too (measured: ~40% of a frame's time was decode)."""
+    """Run the generator ``items`` in a thread, ``depth`` items ahead. OpenCV and onnxruntime release
+    the GIL, so decoding, inference and writing overlap as in the runtime's three-stage pipeline
+    (measured without this: a worker spent ~40% of each frame decoding, in series with the rest)."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     done, quit = object(), threading.Event()
 
@@ -159,6 +164,10 @@ def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
             put((done, None))
         except BaseException as error:  # an EdgesegError from the reader fails the unit, in this thread
             put((done, error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a nested _ahead ends its own thread too
+                close()
 
     thread = threading.Thread(target=fill, name="edgeseg-decode-ahead", daemon=True)
     thread.start()
@@ -186,8 +195,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _infer_and_write(chunk: list[tuple[Frame, bool, float]], unit: Unit, model: Model, options: WriteOptions,
-                     palette: Palette, state: _State, temporary_video: Path) -> None:
+def _infer(chunk: list[tuple[Frame, bool, float]], model: Model) -> list[list[Any]]:
     items = []
     for frame, warm, decode_s in chunk:
         ms = {"decode": decode_s * 1000}
@@ -212,8 +220,7 @@ def _infer_and_write(chunk: list[tuple[Frame, bool, float]], unit: Unit, model: 
         for i, item in enumerate(good):
             item[4] = outputs[i]
             item[5]["infer"] = seconds * 1000 / len(good)
-    for frame, warm, tensor, geometry, output, ms in items:
-        _finish(frame, warm, tensor, geometry, output, ms, unit, model, options, palette, state, temporary_video)
+    return items
 
 
 def _finish(frame: Frame, warm: bool, tensor: np.ndarray | None, geometry: Any, output: np.ndarray | None,
