@@ -125,13 +125,23 @@ def folder_paths(folder: str | os.PathLike, *, recursive: bool = False) -> list[
 
 
 def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
-                 max_frames: int | None = None) -> Iterator[Frame]:
-    """Decode a video file frame by frame; a damaged file yields every decodable frame, then says where it ended."""
+                 max_frames: int | None = None, seek: bool = False) -> Iterator[Frame]:
+    """Decode a video file frame by frame; a damaged file yields every decodable frame, then says where it ended.
+
+    ``seek``: jump to ``start`` (OpenCV seeks to the keyframe before it and decodes forward: the same
+    pixels) instead of decoding every earlier frame; for frame ranges of long videos (``--ray``).
+    """
     capture = _open_video(path)
     info = VideoInfo._from_capture(capture)
     stem = Path(path).stem
     try:
         index, yielded = 0, 0
+        if seek and start > 0:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+            index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
+            if index != start:  # a container that cannot seek exactly: decode from the start instead
+                capture.release()
+                capture, index = _open_video(path), 0
         while max_frames is None or yielded < max_frames:
             wanted = index >= start and (index - start) % stride == 0
             if not wanted:

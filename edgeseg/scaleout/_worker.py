@@ -124,7 +124,7 @@ def _frames(unit: Unit) -> Iterator[tuple[Frame, bool, float]]:
         offset = unit.index
     else:
         frames = video_frames(unit.video, stride=unit.stride, start=unit.first - unit.warm * unit.stride,
-                              max_frames=unit.count + unit.warm)
+                              max_frames=unit.count + unit.warm, seek=True)
         offset = 0
     position = 0
     while True:
