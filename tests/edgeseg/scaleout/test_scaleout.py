@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import ray
 
 from edgeseg.cli import main
 from edgeseg.runtime import Model, read_mask_png, segment
 from edgeseg.scaleout import ClusterOptions, Selection, WriteOptions, segment_on_ray
 
-ray = pytest.importorskip("ray")  # the `ray` extra: installed wherever the dev tests run
 
 MODEL = str(Path(__file__).resolve().parents[3] / "samples" / "models" / "fcn8" / "model.onnx")
 FRAMES = 30
