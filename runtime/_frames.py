@@ -109,7 +109,10 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise BadInputError(f"unreadable file ({error.strerror or error})") from None
     if data[:2].tobytes() == b"\xff\xd8":
         _check_jpeg_complete(data.tobytes())
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV asserts on some damaged headers instead of returning None
+        image = None
     if image is None:
         raise BadInputError("not a decodable image (corrupt, truncated or not an image)")
     _check_size((image.shape[1], image.shape[0]), max_pixels)

@@ -183,3 +183,77 @@ def test_the_cli_says_so_for_an_empty_folder_named_like_an_image(seg_model, tmp_
 
 def test_display_path_escapes_only_what_is_not_utf8():
     assert display_path(os.fsdecode(b"/d/\xc3\xa9_b_\xff.png")) == "/d/\u00e9_b_\\xff.png"
+
+
+# -- 6. model contracts and outputs that used to give a traceback ----------------------------------
+
+def _model_with_metadata(path, text, *, batch_slice=False, free_size=False):
+    """A pass-through ONNX model (optionally keeping only the first result of a batch) with ``text`` as contract."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    size = ["H", "W"] if free_size else [32, 32]
+    nodes, inits = [helper.make_node("Identity", ["image"], ["scores"])], []
+    if batch_slice:
+        inits = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", 1), ("a", 0))]
+        nodes = [helper.make_node("Slice", ["image", "s", "e", "a"], ["scores"])]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *size, 3])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "edgeseg", text
+    onnx.save(model, str(path))
+    return path
+
+
+def _contract_text(**input_changes):
+    data = {"kind": "segmentation", "input": {"height": 32, "width": 32, "channels": 3, "name": "image"},
+            "output": {"name": "scores", "activation": "softmax", "classes": ["r", "g", "b"]}}
+    data["input"].update(input_changes)
+    return json.dumps(data)
+
+
+def _segment_cli(tmp_path, model, source, *extra):
+    return subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(source), "--model", str(model),
+                           "--out", str(tmp_path / "o"), *map(str, extra)], capture_output=True, text=True, timeout=120)
+
+
+def _images(tmp_path, kit, count=4):
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i}.png"), kit.colour_frame(32, 32, [kit.RED, kit.BLUE]))
+    return folder
+
+
+@pytest.mark.parametrize("contract, message", [
+    (json.dumps({"kind": "segmentation", "input": "224x224"}), "`input` must be a JSON object"),
+    (json.dumps({"kind": "segmentation", "input": 7}), "`input` must be a JSON object"),
+    (_contract_text(height=100000, width=100000), "100000x100000 pixels"),
+])
+def test_bad_contracts_stop_with_one_line(contract, message, tmp_path, kit):
+    model = _model_with_metadata(tmp_path / "m.onnx", contract, free_size=True)
+    result = _segment_cli(tmp_path, model, _images(tmp_path, kit, 1))
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_a_model_returning_fewer_results_than_the_batch_stops_with_one_line(tmp_path, kit):
+    model = _model_with_metadata(tmp_path / "m.onnx", _contract_text(), batch_slice=True)
+    result = _segment_cli(tmp_path, model, _images(tmp_path, kit), "--batch", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "frame/s" not in line]  # not the bar
+    assert len(lines) == 1 and "returned 1 (shape [1, 32, 32, 3]) result(s) for a batch of 4" in lines[0]
+
+
+def test_is_nan_output_flags_any_nan_and_nothing_else():
+    from edgeseg.runtime.postprocess import is_nan_output
+
+    clean = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    assert not is_nan_output(clean) and not is_nan_output(clean.astype(np.float16))
+    assert not is_nan_output(np.full((4, 4), 255, np.uint8))
+    poisoned = clean.copy()
+    poisoned[3, 4, 1] = np.nan
+    assert is_nan_output(poisoned) and is_nan_output(np.full((2, 2), np.nan, np.float32))
