@@ -187,7 +187,7 @@ class Contract:
                 raise EdgesegError(f"{origin}: the contract lacks the key `{key}`.")
         for key in ("input", "output", "source", "verified", "calibration", "latent"):
             value = data.get(key)
-            if value is not None and not isinstance(value, Mapping):
+            if (value is not None or key == "input") and not isinstance(value, Mapping):
                 raise EdgesegError(f"{origin}: contract key `{key}` must be a JSON object, got {_shown(value)}.")
         raw_input = dict(data["input"])
         for key in ("height", "width", "channels"):
@@ -208,8 +208,8 @@ class Contract:
             )
         except EdgesegError as error:
             raise EdgesegError(f"{origin}: {error}") from None
-        except (TypeError, ValueError) as error:
-            raise EdgesegError(f"{origin}: malformed contract: {error}") from None
+        except (TypeError, ValueError, OverflowError) as error:
+            raise EdgesegError(f"{origin}: malformed contract: {' '.join(str(error).split())}") from None
 
     @classmethod
     def from_onnx(cls, model: str | os.PathLike | Any, *, origin: str | None = None) -> Contract | None:
