@@ -22,7 +22,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from edgeseg.runtime._imageheader import Reader, header_size, jpeg_layout
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 

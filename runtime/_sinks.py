@@ -26,7 +26,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from edgeseg.runtime._frames import opencv_path
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_bytes_atomic

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from edgeseg.runtime._preprocess import Geometry, denormalize, restore
 from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.errors import EdgesegError

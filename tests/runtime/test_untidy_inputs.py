@@ -8,7 +8,6 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from edgeseg.runtime import EdgesegError, read_mask_png, segment
 from edgeseg.runtime._frames import display_path, frame_names, open_source, read_image
 from edgeseg.runtime._imageheader import header_size
@@ -19,14 +18,14 @@ def _jsonl(folder):
 
 
 def _png(path, image):
-    ok, data = cv2.imencode(".png", image)
+    _, data = cv2.imencode(".png", image)
     with open(path, "wb") as handle:  # bytes paths too: OpenCV's own writer crashes on them
         handle.write(data.tobytes())
 
 
 def _run_in_child(code, tmp_path):
     # OpenCV segfaults on some paths: a crash must fail this test, not kill pytest.
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return subprocess.run(check=False, args=[sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
 # -- 1. file names that are not valid UTF-8 -------------------------------------------------------
@@ -97,7 +96,7 @@ def test_frame_names_stay_unique_whatever_the_paths(tmp_path):
 
 def test_jpeg_with_trailing_bytes_decodes_and_a_cut_one_is_refused(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    ok, data = cv2.imencode(".jpg", image)
+    _, data = cv2.imencode(".jpg", image)
     data = data.tobytes()
     padded = tmp_path / "padded.jpg"
     padded.write_bytes(data + bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8)))
@@ -140,7 +139,7 @@ def test_huge_tiff_is_refused_from_its_header(tmp_path):
 
 
 def test_huge_jpeg_with_its_size_after_large_metadata_is_refused_from_its_header(tmp_path):
-    ok, data = cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))
+    _, data = cv2.imencode(".jpg", np.zeros((16, 16), np.uint8))
     data = bytearray(data.tobytes())
     sof = data.index(b"\xff\xc0")
     data[sof + 5: sof + 9] = (40000).to_bytes(2, "big") * 2  # the frame header claims 40000x40000
@@ -156,7 +155,7 @@ def test_huge_jpeg_with_its_size_after_large_metadata_is_refused_from_its_header
 def test_a_folders_gif_dir_and_video_each_get_a_record(seg_model, tmp_path, kit):
     folder = tmp_path / "in"
     folder.mkdir()
-    ok, gif = cv2.imencode(".gif", kit.colour_frame(8, 8, [kit.GREEN]))
+    _, gif = cv2.imencode(".gif", kit.colour_frame(8, 8, [kit.GREEN]))
     (folder / "g.gif").write_bytes(gif.tobytes())
     (folder / "x.jpg").mkdir()
     kit.moving_video(folder / "v.avi", count=2)
@@ -175,7 +174,7 @@ def test_a_source_folder_named_like_an_image_with_nothing_in_it_stops_with_one_l
 
 def test_the_cli_says_so_for_an_empty_folder_named_like_an_image(seg_model, tmp_path):
     (tmp_path / "x.jpg").mkdir()
-    result = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(tmp_path / "x.jpg"), "--model",
+    result = subprocess.run(check=False, args=[sys.executable, "-m", "edgeseg", "segment", str(tmp_path / "x.jpg"), "--model",
                              str(seg_model), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no image files" in result.stderr
     assert "Traceback" not in result.stderr
@@ -215,7 +214,7 @@ def _contract_text(**input_changes):
 
 
 def _segment_cli(tmp_path, model, source, *extra):
-    return subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(source), "--model", str(model),
+    return subprocess.run(check=False, args=[sys.executable, "-m", "edgeseg", "segment", str(source), "--model", str(model),
                            "--out", str(tmp_path / "o"), *map(str, extra)], capture_output=True, text=True, timeout=120)
 
 

@@ -7,11 +7,10 @@ import textwrap
 
 import cv2
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from edgeseg.runtime import BadInputError, Contract, EdgesegError
 from edgeseg.runtime._frames import read_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 _SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -122,6 +121,6 @@ _VIDEO_CHILD = textwrap.dedent('''
 
 def test_any_bytes_as_a_video_give_frames_or_one_clear_error(tmp_path):
     # In a child: a decoder crash must fail this test, not end pytest.
-    result = subprocess.run([sys.executable, "-c", _VIDEO_CHILD, "25"], capture_output=True, text=True,
+    result = subprocess.run(check=False, args=[sys.executable, "-c", _VIDEO_CHILD, "25"], capture_output=True, text=True,
                             errors="backslashreplace", timeout=300, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("survived"), result.stderr[-3000:]
