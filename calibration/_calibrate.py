@@ -25,6 +25,7 @@ from edgeseg.calibration._quantize import (
     quantize,
     write_trt_table,
 )
+from edgeseg.runtime import default_threads
 from edgeseg.runtime.contract import Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import atomic_path, write_json_atomic
@@ -313,7 +314,7 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
         "mean_abs_prob_diff": comparison.mean_abs_prob_diff,
         "reconstruction_mse": comparison.reconstruction_mse,
         "speedup": timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame,
-        "timing": {"threads": threads, "runs": timings["fp32"].runs, "interleaved": True,
+        "timing": {"threads": default_threads() if threads is None else threads, "runs": timings["fp32"].runs, "interleaved": True,
                    "note": "median ms per frame, batch 1, FP32 and INT8 alternating with the same session options"},
         "sqnr_db": {name: db for name, db in ranked},
         "layers": [{"name": name, **measured.layers[name]} for name, _ in ranked],

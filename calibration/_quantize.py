@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.calibration._cli import TRT_TABLE_FORMAT  # noqa: F401  (the format, named once, for --help)
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -225,15 +226,6 @@ def output_activations(model_path: Path) -> list[str]:
         if node is not None and node.op_type in ("Softmax", "Sigmoid"):
             found += [node.name, *path]
     return found
-
-
-TRT_TABLE_FORMAT = (
-    "onnxruntime's TensorRT execution provider INT8 calibration table: calibration.flatbuffers (TrtTable of "
-    "tensor name -> dynamic range, read through trt_int8_calibration_table_name with "
-    "trt_int8_use_native_calibration_table=0), calibration.cache (the same as text, one `name amax` a line) and "
-    "calibration.json (lowest, highest and amax per tensor). Each range is symmetric: amax = max(|lowest|, "
-    "|highest|), which TensorRT applies as [-amax, amax]"
-)
 
 
 def trt_amax(lowest: float, highest: float) -> float:
