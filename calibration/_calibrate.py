@@ -84,15 +84,16 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         ranges = collect_ranges(run)
         peaks["calibrate"] = _peak_mb()
         with bar.stage("quantizing"):
-            default = quantize_candidate(run, ranges, name="int8.onnx")
+            default = quantize_candidate(run, ranges=ranges, name="int8.onnx")
         peaks["quantize"] = _peak_mb()
         measured = measure(run, default)
         peaks["measure"] = _peak_mb()
         control, candidate = None, default
         if budget is not None:
-            control, candidate, measured = control_accuracy(run, ranges, default, measured, budget=budget)
+            control, candidate, measured = control_accuracy(run, ranges=ranges, default=default, measured=measured,
+                                                              budget=budget)
         with bar.stage("timing FP32 and INT8 side by side"):
-            timings = _time(run, candidate, default, rounds=timing_rounds, threads=threads)
+            timings = _time(run, candidate=candidate, default=default, rounds=timing_rounds, threads=threads)
         peaks["timing"] = _peak_mb()
         with bar.stage("finding compute left in float"):
             floats = float_compute_of(run, candidate)
@@ -207,7 +208,7 @@ def collect_ranges(run: _Run) -> Ranges:
     return Ranges(cache=cache, tensors=tensors)
 
 
-def quantize_candidate(run: _Run, ranges: Ranges, *, name: str, returned: tuple[str, ...] = ()) -> Candidate:
+def quantize_candidate(run: _Run, *, ranges: Ranges, name: str, returned: tuple[str, ...] = ()) -> Candidate:
     """Write one INT8 model from the cached ranges, with ``returned`` nodes kept in float."""
     path = run.work / name
     quantize(run.prepared, path, cache=ranges.cache, options=run.options, exclude=returned)
@@ -228,7 +229,7 @@ def _compare(run: _Run, candidate: Candidate) -> _measure.Comparison:
                             chunk=run.chunk)
 
 
-def control_accuracy(run: _Run, ranges: Ranges, default: Candidate, measured: Measurement, *, budget: Budget
+def control_accuracy(run: _Run, *, ranges: Ranges, default: Candidate, measured: Measurement, budget: Budget
                      ) -> tuple[Control, Candidate, Measurement]:
     """Return the layers that add the most noise to float, one at a time, until the drop fits ``budget``."""
     kind = run.contract.kind
@@ -240,7 +241,7 @@ def control_accuracy(run: _Run, ranges: Ranges, default: Candidate, measured: Me
         for step, name in enumerate(ranking[: budget.max_steps]):
             if drop <= budget.max_drop:
                 break
-            candidate = quantize_candidate(run, ranges, name=f"int8_step{step + 1}.onnx",
+            candidate = quantize_candidate(run, ranges=ranges, name=f"int8_step{step + 1}.onnx",
                                            returned=candidate.returned + (name,))
             comparison = _compare(run, candidate)
             drop = comparison.drop(kind)
@@ -256,7 +257,7 @@ def control_accuracy(run: _Run, ranges: Ranges, default: Candidate, measured: Me
     return control, candidate, measured
 
 
-def _time(run: _Run, candidate: Candidate, default: Candidate, *, rounds: int, threads: int | None
+def _time(run: _Run, *, candidate: Candidate, default: Candidate, rounds: int, threads: int | None
           ) -> dict[str, _measure.Timing]:
     timed = {"fp32": run.model, "int8": candidate.path}
     if candidate.returned:

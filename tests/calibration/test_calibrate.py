@@ -15,7 +15,7 @@ import pytest
 from edgeseg.calibration import Budget, QuantizeOptions, calibrate, compute_flops, cpu_int8_support
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import RangeCollector, preprocess_for_quantization
-from edgeseg.runtime.contract import Contract, metadata_of
+from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import EdgesegError
 
 REPORT_FIELDS = {"method", "samples", "fp32", "int8", "miou_drop", "agreement", "speedup", "sqnr_db",
