@@ -73,9 +73,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                    timing_rounds=timing_rounds, budget=budget)
     contract = _read_contract(model)
     peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
-    with tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
-            load_calibration_set(data, contract, samples=samples, every=every, masks=masks) as frames, \
-            _Progress(enabled=progress, stages=8 + (budget is not None)) as bar:
+    with _Progress(enabled=progress, stages=9 + (budget is not None)) as bar, \
+            tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
+            _read_frames(bar, data, contract, samples=samples, every=every, masks=masks) as frames:
         run = _Run(model=model, prepared=Path(tmp) / "prepared.onnx", work=Path(tmp), contract=contract,
                    frames=frames, options=options, chunk=chunk, sqnr_frames=sqnr_frames, bar=bar)
         with bar.stage("preparing the graph"):
@@ -190,6 +190,12 @@ class FloatCompute:
 
 
 # ---------------------------------------------------------------- the stages
+
+
+def _read_frames(bar: _Progress, data, contract: Contract, *, samples: int, every: int | None, masks
+                 ) -> CalibrationSet:
+    with bar.stage("reading frames"):
+        return load_calibration_set(data, contract, samples=samples, every=every, masks=masks)
 
 
 def collect_ranges(run: _Run) -> Ranges:
