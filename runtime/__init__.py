@@ -23,14 +23,18 @@ from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
 from edgeseg.runtime._sinks import JsonlSink, VideoSink, read_mask_png, write_mask_png
 from edgeseg.runtime._streams import LiveSource, is_live
+from edgeseg.runtime._openvino import openvino_available
 from edgeseg.runtime._tuning import (
     BARS,
+    RECORD_VERSION,
     EngineConfig,
     cache_dir,
     choose_config,
+    cpu_flags,
     find_record,
     heuristic_config,
     machine_fingerprint,
+    pick,
     record_path,
 )
 from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
@@ -40,10 +44,14 @@ from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
     "BARS",
+    "RECORD_VERSION",
     "EngineConfig",
     "cache_dir",
     "choose_config",
+    "cpu_flags",
     "find_record",
+    "openvino_available",
+    "pick",
     "heuristic_config",
     "machine_fingerprint",
     "record_path",

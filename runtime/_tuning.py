@@ -48,11 +48,11 @@ class EngineConfig:
     file: str = "fp32"
 
     def describe(self) -> str:
-        """A short human label, e.g. ``openvino bf16, 2 threads, batch 4, throughput``."""
-        precision = "fp32" if self.engine == "onnxruntime" and self.file == "fp32" else self.precision
+        """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
+        precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
         threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
         mode = "throughput" if self.throughput else "latency"
-        return f"{self.engine} {self.file} {precision}, {threads}, batch {self.batch}, {mode}"
+        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
@@ -135,20 +135,29 @@ def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | 
     """
     if bar not in BARS:
         raise EdgesegError(f"Unknown agreement bar {bar!r}: expected one of {', '.join(BARS)}.")
-    record = find_record(model, cache=cache) if provider != "cuda" else None
-    if record is not None:
-        for candidate in record.get("candidates", []):
-            if candidate.get("agreement") is None or candidate["agreement"] < BARS[bar] or not candidate.get("fps"):
-                continue
-            config = EngineConfig.from_dict(candidate["config"])
-            int8 = _usable_int8(record) if config.file == "int8" else None
-            if config.file == "int8" and int8 is None:
-                continue  # the INT8 file moved or changed since tuning: the next candidate
-            why = (f"tuning record {Path(record['path']).name}: fastest measured here at the {bar} bar "
-                   f"({candidate['fps']:.1f} fps, {100 * candidate['agreement']:.2f}% agreement)")
-            return config, why, int8
+    record = find_record(model, cache=cache) if provider not in ("cuda", "tensorrt") else None
+    picked = pick(record, bar) if record is not None else None
+    if picked is not None:
+        candidate, int8 = picked
+        why = (f"tuning record {Path(record['path']).name}: fastest measured here at the {bar} bar "
+               f"({candidate['fps']:.1f} fps, {100 * candidate['agreement']:.2f}% agreement)")
+        return EngineConfig.from_dict(candidate["config"]), why, int8
     config, why = heuristic_config(provider=provider)
     return config, f"no tuning record for this model on this machine (run `edgeseg tune`); {why}", None
+
+
+def pick(record: dict[str, Any], bar: str) -> tuple[dict[str, Any], str | None] | None:
+    """The record's fastest candidate at or above ``bar`` that can run now, with its INT8 file if it
+    runs one (None: none qualifies). The one rule both ``edgeseg tune`` and ``engine="auto"`` apply."""
+    runnable = [c for c in record.get("candidates", [])
+                if c.get("fps") and c.get("agreement") is not None and c["agreement"] >= BARS[bar]]
+    for candidate in sorted(runnable, key=lambda c: -c["fps"]):
+        if candidate["config"].get("file") != "int8":
+            return candidate, None
+        int8 = _usable_int8(record)
+        if int8 is not None:  # else the INT8 file moved or changed since tuning: the next candidate
+            return candidate, int8
+    return None
 
 
 def heuristic_config(*, provider: str = "auto") -> tuple[EngineConfig, str]:
