@@ -91,13 +91,16 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
     # Spinning workers burn the cores that decoding and writing need between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    if strict:
-        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
 
     wants_cuda = provider in ("cuda", "tensorrt") or (provider == "auto" and CUDA in available)
     requested: list[Any] = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
     if provider == "tensorrt":
         requested.insert(0, (TENSORRT, _tensorrt_options(fp16=fp16, engine_cache=engine_cache)))
+    strict = strict and CUDA in requested  # on the CPU there is nothing to fall back from
+    if strict:
+        # onnxruntime refuses the CPU provider listed next to this option: the GPU providers alone.
+        requested.remove(CPU)
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     model: Any = _fp16_model(path) if fp16 and provider == "cuda" else str(path)
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=requested)
