@@ -16,7 +16,7 @@ from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
-PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
+PROVIDERS = ("auto", "cuda", "cpu", "tensorrt")
 OPTIMIZATIONS = ("all", "extended", "basic", "disable")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
