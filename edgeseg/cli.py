@@ -23,6 +23,7 @@ _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.calibration",
     "edgeseg.runtime",
     "edgeseg.bench",
+    "edgeseg.tune",
     "edgeseg.demo",
 )
 
