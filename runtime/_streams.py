@@ -51,6 +51,7 @@ class StreamStats:
     dropped: int = 0
     reconnects: int = 0
     stalls: int = 0
+    unread: int = 0  # grabbed, never taken: left behind by close(); grabbed - dropped - unread were taken
     failures: list[str] = field(default_factory=list)
     gave_up: bool = False
 
@@ -144,7 +145,7 @@ class LiveSource:
     def close(self, timeout: float = 1.0) -> None:
         """Stop grabbing; waits at most ``timeout`` seconds (a grabber blocked in FFmpeg is left behind).
 
-        A frame grabbed and never taken counts as dropped, so ``grabbed - dropped`` is what was taken.
+        Frames grabbed and never taken are counted in ``stats.unread``.
         """
         self._stop.set()
         with self._cond:
@@ -154,10 +155,10 @@ class LiveSource:
         with self._cond:
             if self._latest is not None:
                 self._latest = None
-                self.stats.dropped += 1
+                self.stats.unread += 1
             while not self._queue.empty():
                 self._queue.get_nowait()
-                self.stats.dropped += 1
+                self.stats.unread += 1
             if self.state != "gave_up":
                 self.state = "stopped"
             self._done.set()
