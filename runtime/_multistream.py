@@ -264,7 +264,7 @@ class _Stream:
 
     def close_source(self) -> None:
         if self.live is not None:
-            self.live.close(timeout=1.0)
+            self.live.close(timeout=0.5)  # a grabber stuck in FFmpeg is left behind: stop within 1 s overall
 
     # -- the writer thread ------------------------------------------------------------------
 

@@ -196,6 +196,7 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
         took = time.monotonic() - sent
+        print(f"stopped {took:.3f} s after SIGTERM")
     finally:
         process.kill()
         silent.close()
