@@ -185,13 +185,16 @@ def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             seq = 0
             try:
+                # Each part ends with the next boundary: browsers show a part only once its end is seen, so
+                # the newest frame shows at once, and a stream that has ended still shows its last frame.
+                self.wfile.write(f"--{_BOUNDARY}\r\n".encode())
                 while not board.closed:
                     got = board.wait(name, seq, timeout=0.5)
                     if got is None:
                         continue
                     seq, jpeg = got
-                    self.wfile.write(f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
-                                     "\r\n\r\n".encode() + jpeg + b"\r\n")
+                    self.wfile.write(f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                                     + jpeg + f"\r\n--{_BOUNDARY}\r\n".encode())
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the viewer went away
