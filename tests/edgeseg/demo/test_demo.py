@@ -12,9 +12,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from edgeseg.demo._demo import Runner, StepFailed, available_commands
+from edgeseg.demo._demo import Runner, StepFailed
 from edgeseg.demo._report import write_report
-from edgeseg.sampledata._samples import BAD_FILES
+from edgeseg.sampledata import BAD_FILES
 
 SECTIONS = ("steps", "training", "verification", "int8", "segmentation", "bench")
 
@@ -66,25 +66,23 @@ def quick_demo(tmp_path_factory):
     return out, done
 
 
-def test_quick_demo_runs_every_available_step_and_fails_none(quick_demo):
+def test_quick_demo_runs_every_step_and_fails_none(quick_demo):
     out, done = quick_demo
     assert done.returncode == 0, done.stderr[-3000:]
     progress = [line for line in done.stderr.splitlines() if line.startswith("demo [")]
-    assert any(line.endswith("write report.html ...") for line in progress)
-    commands = available_commands()
-    # A step may be skipped only because its command is not in this build, or because such a step was.
-    for line in progress:
-        assert "FAILED" not in line, line
-        if "SKIPPED" in line:
-            assert "is not in this build" in line or "needs step(s)" in line, line
-    if {"train", "export", "verify", "calibrate", "segment", "bench"} <= commands:
-        assert not [line for line in progress if "SKIPPED" in line], progress
-        for path in ("fcn8/model.onnx", "fcn8/model.int8.onnx", "cae/model.onnx", "fcn8/verify.json",
-                     "fcn8/calibrate.json", "bench.json", "segment/video-int8/summary.json"):
-            assert (out / path).is_file(), path
-        folder = json.loads((out / "segment/folder-fp32/summary.json").read_text())
-        assert folder["frames_failed"] == len(BAD_FILES)
-        assert json.loads((out / "fcn8/verify.json").read_text())["ok"] is True
+    finished = [line for line in progress if not line.endswith(" ...")]
+    assert len(finished) == 14, progress
+    assert all(": OK in " in line for line in finished), [line for line in finished if ": OK in " not in line]
+    for path in ("fcn8/model.onnx", "fcn8/model.int8.onnx", "cae/model.onnx", "fcn8/verify.json", "cae/verify.json",
+                 "fcn8/calibrate.json", "bench.json", "bench.md", "segment/video-int8/summary.json",
+                 "segment/folder-int8/summary.json", "report.html"):
+        assert (out / path).is_file(), path
+    folder = json.loads((out / "segment/folder-fp32/summary.json").read_text())
+    assert folder["frames_failed"] == len(BAD_FILES)
+    assert json.loads((out / "fcn8/verify.json").read_text())["ok"] is True
+    bench = json.loads((out / "bench.json").read_text())
+    assert set(bench["runners"]) == {"ort-plain", "edgeseg", "edgeseg-int8"}
+    assert bench["runners"]["edgeseg"]["agreement"] > 0.99  # the same FP32 model, another loop
 
 
 def test_report_page_has_every_section_and_every_reference_resolves(quick_demo):
@@ -93,29 +91,26 @@ def test_report_page_has_every_section_and_every_reference_resolves(quick_demo):
     parsed = _parse(page)
     assert parsed.sections == list(SECTIONS)
     _assert_references_resolve(page, parsed.references)
-    if "segment" in available_commands() and "train" in available_commands():
-        text = " ".join(parsed.text)
-        for bad in BAD_FILES:
-            assert Path(bad).stem in text  # the bad files are listed with their reasons
-        assert any(r.endswith(".mp4") for r in parsed.references)
-        assert sum(r.endswith(".png") for r in parsed.references) >= 8
+    text = " ".join(parsed.text)
+    for bad in BAD_FILES:
+        assert Path(bad).stem in text  # the bad files are listed with their reasons
+    assert any(r.endswith(".mp4") for r in parsed.references)
+    assert sum(r.endswith(".png") for r in parsed.references) >= 8
 
 
 def test_a_failing_step_is_named_its_dependents_skip_and_the_rest_run(tmp_path):
-    runner = Runner(total=4, commands=frozenset({"export"}))
+    runner = Runner(total=3)
 
     def broken() -> str:
         raise StepFailed("`edgeseg export x.keras` exited with status 2")
 
-    assert runner.step("a", "first", broken, command="export") is False
+    assert runner.step("a", "first", broken) is False
     assert runner.step("b", "needs a", lambda: "never", needs=["a"]) is False
     assert runner.step("c", "independent", lambda: "done") is True
-    assert runner.step("d", "absent command", lambda: "never", command="calibrate") is False
     status = {r.name: (r.status, r.detail) for r in runner.results}
     assert status["a"] == ("failed", "`edgeseg export x.keras` exited with status 2")
     assert status["b"][0] == "skipped" and "a" in status["b"][1]
     assert status["c"] == ("ok", "done")
-    assert status["d"][0] == "skipped" and "`edgeseg calibrate` is not in this build" in status["d"][1]
     assert [r.name for r in runner.failed] == ["a"]
 
     page = write_report(tmp_path, runner.results)
@@ -126,7 +121,7 @@ def test_a_failing_step_is_named_its_dependents_skip_and_the_rest_run(tmp_path):
 
 
 def test_a_crashing_step_does_not_stop_the_run():
-    runner = Runner(total=2, commands=frozenset())
+    runner = Runner(total=2)
     assert runner.step("a", "crashes", lambda: 1 / 0) is False
     assert runner.step("b", "runs anyway", lambda: "ok") is True
     assert runner.results[0].status == "failed" and "ZeroDivisionError" in runner.results[0].detail
