@@ -39,7 +39,13 @@ class DemoConfig:
     calibrate_samples: int = 32
     calibrate_rounds: int = 10
     bench_frames: int = 30
-    bench_repeats: int = 2
+    bench_repeats: int = 1
+    # Each runner is a fresh process; the Keras ones load TensorFlow each time (the slowest part of a
+    # bench), so the demo keeps one Keras runner (plus Keras as the reference) and one round.
+    bench_runners: tuple[str, ...] = ("keras-predict", "ort-plain", "opencv-dnn", "openvino", "openvino-int8",
+                                      "edgeseg", "edgeseg-int8", "edgeseg-fast")
+    bench_keras_reference: bool = True
+    bench_ceiling: bool = True
     mnist: Path | None = None
     seed: int = 0
 
@@ -52,7 +58,10 @@ FULL = DemoConfig(train_scenes=384, fcn_epochs=12, cae_epochs=15)
 # The committed sample models train longer than the demo's: they are made once, and used for real.
 SAMPLE_MODELS = DemoConfig(train_scenes=512, fcn_epochs=16, cae_epochs=30)
 QUICK = DemoConfig(samples=QUICK_SPEC, train_scenes=32, fcn_epochs=1, cae_epochs=1, head_width=16,
-                   backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6, bench_repeats=1)
+                   backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6,
+                   # three runners, FP32 onnxruntime as the reference, no ceiling: no TensorFlow process, seconds
+                   bench_runners=("ort-plain", "edgeseg", "edgeseg-int8"), bench_keras_reference=False,
+                   bench_ceiling=False)
 
 
 @dataclass
@@ -221,14 +230,13 @@ class _Chain:
         # The bench package has no public module yet; its runner lives in _bench (see the report to merge).
         from edgeseg.bench._bench import BenchConfig, markdown_table, run_bench
 
-        runners = None
-        if self.config.quick:  # three runners and no ceiling: the whole comparison stays a few seconds
-            runners = ("ort-plain", "edgeseg", *(("edgeseg-int8",) if with_int8 else ()))
+        config = self.config
+        runners = tuple(r for r in config.bench_runners if with_int8 or not r.endswith("-int8"))
         report = run_bench(BenchConfig(
-            model=self.fcn / "model.onnx", keras=self.fcn / "model.keras", source=str(self.data.video),
-            int8=self.fcn / "model.int8.onnx" if with_int8 else None, runners=runners,
-            frames=self.config.bench_frames, repeats=self.config.bench_repeats, work_dir=self.out / "bench",
-            measure_ceiling=not self.config.quick))
+            model=self.fcn / "model.onnx", keras=self.fcn / "model.keras" if config.bench_keras_reference else None,
+            source=str(self.data.video), int8=self.fcn / "model.int8.onnx" if with_int8 else None, runners=runners,
+            frames=config.bench_frames, repeats=config.bench_repeats, work_dir=self.out / "bench",
+            measure_ceiling=config.bench_ceiling))
         report["notes"] = []
         write_json_atomic(self.out / "bench.json", report)
         write_text_atomic(self.out / "bench.md", markdown_table(report))
