@@ -131,8 +131,19 @@ class Model:
                 yield dataclasses.replace(frame, error=str(error)), None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Raw preprocessed float32 batch in, raw first output out (for benchmarks and calibration)."""
+        """Raw preprocessed float32 batch in, raw first output out (for benchmarks and calibration).
+
+        A model whose output does not hold one result per input frame raises EdgesegError.
+        """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        output = self._run(batch)
+        if np.ndim(output) == 0 or output.shape[0] != batch.shape[0]:
+            got = "a scalar" if np.ndim(output) == 0 else f"{output.shape[0]} (shape {list(output.shape)})"
+            raise EdgesegError(f"model `{self.path}` returned {got} result(s) for a batch of {batch.shape[0]} frames: "
+                               "its output's first axis must be the batch. Fix the model, or run with --batch 1.")
+        return output
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._openvino is not None:
             return self._openvino.run(batch, self._input_index)
         if self._uses_cuda:

@@ -227,8 +227,7 @@ class _Chain:
                 f"agreement {report['agreement']:.3f}, speedup {report['speedup']:.2f}x")
 
     def bench(self, *, with_int8: bool) -> str:
-        # The bench package has no public module yet; its runner lives in _bench (see the report to merge).
-        from edgeseg.bench._bench import BenchConfig, markdown_table, run_bench
+        from edgeseg.bench import BenchConfig, markdown_table, run_bench
 
         config = self.config
         runners = tuple(r for r in config.bench_runners if with_int8 or not r.endswith("-int8"))
