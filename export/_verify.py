@@ -441,10 +441,15 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
         parts = node.name.split("/")
         if len(parts) < 2 or _INSERTED.search(node.name):
             continue
-        for depth in range(len(parts) - 1):  # the outermost match: a layer scope holds its ops
+        for depth in range(len(parts) - 2, -1, -1):
             names = _scope_candidates(parts[depth], by_name)
             if not names:
                 continue
+            while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
+                # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
+                # layer's own scope: the outer one of a run of matching scopes is the layer.
+                depth -= 1
+                names = _scope_candidates(parts[depth], by_name)
             scope = "/".join(parts[: depth + 1])
             last_node[scope] = node.output[0]
             if scope not in options:
@@ -462,12 +467,10 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
                     assigned[free[0]] = scope
                 del pending[scope]
                 progress = True
-        if not progress:
-            # Several scopes share candidates (TensorFlow's scope suffixes collide with layer names):
-            # no rule that holds across exports pairs them, so these layers are not compared.
-            for scope in list(pending):
-                for name in pending.pop(scope):
-                    assigned.setdefault(name, AMBIGUOUS)
+        if not progress:  # several scopes share candidates: pair them up in order of appearance
+            scope = next(iter(pending))
+            free = [n for n in pending.pop(scope) if n not in assigned]
+            assigned[free[0]] = scope
     found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
     return found or None
 

@@ -39,7 +39,7 @@ def test_exports_verify_on_every_inspected_layer(model_files, exports, tmp_path,
                      "fuse", "up_final", "softmax"]
     assert {"name", "type", "shape", "max_abs_err", "max_rel_err", "ok"} <= set(report["layers"][0])
     assert report["not_compared"] == []
-    assert report["layers"][5]["shape"] == [18, 18, 2] and report["layers"][3]["type"] == "Conv2DTranspose"
+    assert report["layers"][5]["shape"] == [18, 18, 2] and report["layers"][5]["type"] == "Conv2DTranspose"
     assert report["output"]["argmax_agreement"] == 1.0
     assert report["inputs"] == {"kind": "random", "count": 2, "skipped": 0}
 
