@@ -44,8 +44,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--precision", choices=("auto", "f32"), default="auto",
                      help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
                           "(default: auto)")
-    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto); "
+                          "tensorrt keeps its built engines under the XDG cache")
+    run.add_argument("--strict", action="store_true",
+                     help="with --provider cuda/tensorrt: fail at start if any node would run on the CPU")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="inference threads (default: onnxruntime every core on machines with 2 or fewer, else all "
                           "but one; openvino every core; 0: the engine's own choice). On a machine where another "
@@ -97,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     if source is None:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
+                  strict=args.strict,
                   contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
                   throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
     outputs = [name.strip() for name in args.write.split(",") if name.strip()]
