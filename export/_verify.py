@@ -467,12 +467,31 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
                     assigned[free[0]] = scope
                 del pending[scope]
                 progress = True
+        if not progress and _pair_by_one_suffix(pending, assigned):
+            continue
         if not progress:  # several scopes share candidates: pair them up in order of appearance
             scope = next(iter(pending))
             free = [n for n in pending.pop(scope) if n not in assigned]
             assigned[free[0]] = scope
     found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
     return found or None
+
+
+def _pair_by_one_suffix(pending: dict[str, list[str]], assigned: dict[str, str]) -> bool:
+    """Settle shared candidates by TensorFlow's rule: a traced layer's scope is its name plus one `_<n>`.
+
+    Scope `bn_1` is layer `bn` and scope `bn_1_2` layer `bn_1`, whatever order the nodes come in,
+    so repeated and rewritten exports pair the same way. Returns whether anything was paired.
+    """
+    paired = False
+    for scope, names in list(pending.items()):
+        base = re.fullmatch(r"(.+)_\d+", scope.rsplit("/", 1)[-1])
+        name = next((n for n in names if base and n.rsplit("/", 1)[-1] == base.group(1) and n not in assigned), None)
+        if name is not None:
+            assigned[name] = scope
+            del pending[scope]
+            paired = True
+    return paired
 
 
 def _scope_candidates(part: str, by_name: dict[str, list[_Probe]]) -> list[_Probe]:
