@@ -17,6 +17,7 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
 from edgeseg.runtime._model import Model, resolve_engine
+from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
 from edgeseg.runtime._pipeline import segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -70,6 +71,9 @@ __all__ = [
     "ProviderFallbackWarning",
     "ReconstructionResult",
     "SegmentationResult",
+    "StreamOptions",
+    "StreamResult",
+    "StreamSpec",
     "VideoInfo",
     "VideoSink",
     "atomic_path",
@@ -85,12 +89,14 @@ __all__ = [
     "normalize",
     "open_source",
     "overlay",
+    "parse_sources",
     "preprocess",
     "preprocess_batch",
     "read_image",
     "read_mask_png",
     "resolve_engine",
     "restore",
+    "run_streams",
     "segment",
     "sha256_of",
     "stage_table",

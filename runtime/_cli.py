@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from edgeseg.runtime import _streams_cli
+
 _EPILOG = """\
 SOURCE is an image, a folder (sorted; --recursive for subfolders), a glob in quotes, a .txt
 file listing paths, a video file, a webcam index (0) or a stream URL (rtsp://, http://, tcp://).
@@ -30,8 +32,9 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="image, folder, glob, .txt list, video file, webcam index or stream URL")
+    parser.add_argument("source", nargs="*", metavar="SOURCE",
+                        help="image, folder, glob, .txt list, video file, webcam index or stream URL; "
+                             "several: one run over all of them (see 'several streams')")
     parser.add_argument("--source", dest="source_option", metavar="PATH",
                         help="the same as SOURCE (for scripts that name every option)")
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
@@ -88,6 +91,7 @@ def register(subparsers: Any) -> None:
     con.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted after scaling")
     con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
     con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
+    _streams_cli.add_arguments(parser)
     parser.set_defaults(func=_run)
 
 
@@ -96,13 +100,16 @@ def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime._model import Model
     from edgeseg.runtime._pipeline import segment, stage_table
 
-    source = args.source_option if args.source_option is not None else args.source
-    if source is None:
+    sources = _streams_cli.sources_of(args)
+    source = sources[0] if len(sources) == 1 else None
+    if not sources:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
                   strict=args.strict,
                   contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
                   throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
+    if _streams_cli.wants(args):
+        return _streams_cli.run(args, model)
     outputs = [name.strip() for name in args.write.split(",") if name.strip()]
     summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
                       max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,

@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "f32, bf16 where the CPU has it, int8 with --int8 x threads x batch x latency/throughput), each "
             "with its mask agreement against FP32 onnxruntime, within --seconds; write a tuning record (machine "
             "fingerprint, model sha256) to the cache. `edgeseg segment --engine auto` and Model(engine='auto') "
-            "then run the fastest configuration at the exact bar (>= 99.9%% agreement), or the fast bar "
-            "(>= 99%%) where asked."
+            "then run the fastest configuration at the exact bar (>= 99.9% agreement), or the fast bar "
+            "(>= 99%) where asked."
         ),
     )
     parser.add_argument("model", type=Path, help="the FP32 .onnx exported by edgeseg")

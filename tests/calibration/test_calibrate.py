@@ -210,7 +210,7 @@ def test_cli_end_to_end_with_jpeg_0_255_masks_and_bad_input_exit_2(kit, tmp_path
     (tmp_path / "empty").mkdir()
     failed = _cli(seg_model, "--data", tmp_path / "empty", "-o", tmp_path / "x.onnx")
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
-    assert "No calibration frames" in failed.stderr and not (tmp_path / "x.onnx").exists()
+    assert "is a folder with no image files" in failed.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path, seg_model):

@@ -65,3 +65,11 @@ def test_missing_extra_message_names_package_and_extra():
     message = missing_extra_message("bench", ModuleNotFoundError("no", name="openvino.runtime"))
     assert "`openvino`" in message and "edgeseg[openvino]" in message
     assert "edgeseg[bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+
+
+def test_every_help_page_formats_cleanly():
+    # argparse %-formats help strings but not descriptions: a stray `%%` or a printed dict means a garbled page.
+    parser = build_parser()
+    for name, sub in {"edgeseg": parser, **_subcommands(parser)}.items():
+        text = sub.format_help()
+        assert "%%" not in text and "{'" not in text and "%(" not in text, f"`edgeseg {name} --help` is garbled"
