@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from edgeseg.runtime import _streams_cli
+
 _EPILOG = """\
 SOURCE is an image, a folder (sorted; --recursive for subfolders), a glob in quotes, a .txt
 file listing paths, a video file, a webcam index (0) or a stream URL (rtsp://, http://, tcp://).
@@ -30,8 +32,9 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="image, folder, glob, .txt list, video file, webcam index or stream URL")
+    parser.add_argument("source", nargs="*", metavar="SOURCE",
+                        help="image, folder, glob, .txt list, video file, webcam index or stream URL; "
+                             "several: one run over all of them (see 'several streams')")
     parser.add_argument("--source", dest="source_option", metavar="PATH",
                         help="the same as SOURCE (for scripts that name every option)")
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
@@ -44,8 +47,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--precision", choices=("auto", "f32"), default="auto",
                      help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
                           "(default: auto)")
-    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto); "
+                          "tensorrt keeps its built engines under the XDG cache")
+    run.add_argument("--strict", action="store_true",
+                     help="with --provider cuda/tensorrt: fail at start if any node would run on the CPU")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="inference threads (default: onnxruntime every core on machines with 2 or fewer, else all "
                           "but one; openvino every core; 0: the engine's own choice). On a machine where another "
@@ -85,6 +91,7 @@ def register(subparsers: Any) -> None:
     con.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted after scaling")
     con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
     con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
+    _streams_cli.add_arguments(parser)
     ray = parser.add_argument_group("cluster (Ray; pip install 'edgeseg[ray]'; see README \"Running on a cluster\")")
     ray.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local, auto (RAY_ADDRESS / the running cluster) or ray://host:port")
     ray.add_argument("--workers", type=int, default=2, metavar="N", help="--ray: actors, each with its own model (default: 2)")
@@ -101,12 +108,16 @@ def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime._model import Model
     from edgeseg.runtime._pipeline import segment, stage_table
 
-    source = args.source_option if args.source_option is not None else args.source
-    if source is None:
+    sources = _streams_cli.sources_of(args)
+    source = sources[0] if len(sources) == 1 else None
+    if not sources:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
+                  strict=args.strict,
                   contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
                   throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
+    if _streams_cli.wants(args):
+        return _streams_cli.run(args, model)
     outputs = [name.strip() for name in args.write.split(",") if name.strip()]
     summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
                       max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,

@@ -30,12 +30,13 @@ import numpy as np
 
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
-from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source
+from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
+                                     open_source)
 from edgeseg.runtime._model import Model
 from edgeseg.runtime.postprocess import ReconstructionResult
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
-from edgeseg.runtime._sinks import JsonlSink, VideoSink, write_mask_png
+from edgeseg.runtime._sinks import JsonlSink, VideoSink, write_image, write_mask_png
 from edgeseg.runtime._streams import LiveSource, is_live
 
 log = logging.getLogger("edgeseg.runtime")
@@ -117,7 +118,9 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
                 raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; "
                                    f"got {stride}, {start}, {max_frames}.")
             chosen = itertools.islice(paths, start, None, stride)
-            frames = itertools.islice(image_frames(chosen, root=source if kind == "folder" else None), max_frames)
+            root = source if kind == "folder" else None
+            names = itertools.islice(frame_names(paths, root), start, None, stride)  # names of the whole source
+            frames = itertools.islice(image_frames(chosen, root=root, names=names), max_frames)
         if kind == "video":
             info = VideoInfo.from_video_path(source)
             total = len(range(start, info.frame_count, stride)) if info.frame_count else None
@@ -290,7 +293,8 @@ class _Run:
                 cv2.destroyAllWindows()
 
     def _finish(self, item: _Item, jsonl: Any, smoothed: np.ndarray | None) -> np.ndarray | None:
-        frame, record = item.frame, {"index": item.frame.index, "name": item.frame.name}
+        # "source": which file an output name belongs to (names drop suffixes; odd bytes are escaped).
+        frame, record = item.frame, {"index": item.frame.index, "name": item.frame.name, "source": item.frame.source}
         if item.output is None:
             self.failed += 1
             reason = frame.error or "no output"
@@ -372,7 +376,7 @@ class _Run:
         elif "overlay" in self.outputs and not self.sequential:
             outputs["overlay"] = "overlay/"
         summary = {
-            "source": str(source),
+            "source": display_path(str(source)),
             "source_kind": kind,
             "model": str(self.model.path),
             "kind": self.model.kind,
@@ -461,8 +465,10 @@ def _progress_bar(total: int | None, *, enabled: bool):
 
 def _imwrite(path: Path, image: np.ndarray, made: set[Path]) -> None:
     _make_parent(path, made)
-    if not cv2.imwrite(str(path), image):
-        raise EdgesegError(f"Cannot write `{path}`: OpenCV could not write it (disk full or not writable?).")
+    try:
+        write_image(path, image)  # bytes through imencode: OpenCV crashes on non-UTF-8 paths
+    except OSError as error:
+        raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
 
 
 def _make_parent(path: Path, made: set[Path]) -> None:

@@ -18,16 +18,17 @@ from edgeseg.scaleout._worker import WriteOptions
 
 def run_from_args(args: argparse.Namespace, *, contract: dict[str, Any] | None = None) -> int:
     """Run the parsed ``edgeseg segment`` options on Ray; ``contract``: the runtime's contract overrides."""
-    sources = list(getattr(args, "sources", None) or [])
-    for extra in (args.source, args.source_option):
-        if extra is not None and extra not in sources:
-            sources.append(extra)
+    sources = ([args.source_option] if args.source_option is not None else []) + list(args.source or [])
     if not sources:
         raise EdgesegError("no SOURCE given: pass images, folders, globs, .txt lists or videos (or --source PATH).")
     if args.show:
         raise EdgesegError("--show opens a window on this machine; it does not combine with --ray (drop one).")
+    live = [name for name in ("serve", "rotate", "stall_timeout") if getattr(args, name, None) is not None]
+    if live:
+        raise EdgesegError(f"--{live[0].replace('_', '-')} is for live streams; --ray runs files (images and videos). "
+                           "Drop one of them.")
     spec = ModelSpec(args.model, provider=args.provider, optimization=args.optimization, contract=contract,
-                     engine=args.engine, precision=args.precision)
+                     engine=args.engine, precision=args.precision, strict=args.strict)
     cluster = ClusterOptions(address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                              gpus_per_worker=args.gpus_per_worker, resume=args.resume,
                              progress=not args.no_progress)

@@ -43,10 +43,11 @@ class ModelSpec:
     contract: dict[str, Any] | None = None
     engine: str = "onnxruntime"
     precision: str = "auto"
+    strict: bool = False
 
     def build(self, *, threads: int | None, provider: str | None = None) -> Model:
         return Model(self.path, provider=provider or self.provider, threads=threads, optimization=self.optimization,
-                     contract=self.contract, engine=self.engine, precision=self.precision)
+                     contract=self.contract, engine=self.engine, precision=self.precision, strict=self.strict)
 
 
 @dataclass(frozen=True)
