@@ -172,3 +172,13 @@ def _first_marker_pid(out: Path, job: threading.Thread) -> int:
                 pass
         time.sleep(0.01)
     raise AssertionError("no unit finished (or the job ended) before the test could act")
+
+
+def test_cli_with_several_sources_writes_one_folder_each(cluster, inputs, tmp_path):
+    video, images = inputs
+    code = main(["segment", str(video), str(images), "--model", MODEL, "--out", str(tmp_path / "job"), "--ray", "auto",
+                 "--workers", "2", "--write", "masks,jsonl", "--no-progress"])
+    job = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert code == 0 and [s["frames"] for s in job["sources"]] == [FRAMES, 4] and job["frames_failed"] == 1  # no --recursive
+    assert len(_tree(tmp_path / "job" / "clip", "masks")) == FRAMES and len(_tree(tmp_path / "job" / "images", "masks")) == 4
+    assert not (tmp_path / "job" / "clip" / "overlay.mp4").exists()  # --write without overlay: none drawn
