@@ -115,7 +115,7 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
     if len(summaries) == 1:
         return summaries[0]
     job = {"sources": [{"source": s["source"], "out": str(Path(p.out)), "frames": s["frames"],
-                        "frames_failed": s["frames_failed"]} for s, p in zip(summaries, planned)],
+                        "frames_failed": s["frames_failed"], "error": p.error} for s, p in zip(summaries, planned)],
            "frames": sum(s["frames"] for s in summaries), "frames_failed": sum(s["frames_failed"] for s in summaries),
            "wall_s": round(wall, 3), "interrupted": pool.interrupted, **info, **extra}
     job["fps"] = round(job["frames"] / wall, 3) if wall > 0 else 0.0
@@ -263,9 +263,9 @@ def _connect(ray: Any, address: str) -> bool:
     if ray.is_initialized():
         return False
     if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False)  # workers' warnings (a skipped file) reach this terminal
     elif address == "auto" or address.startswith("ray://") or ":" in address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address)
     else:
         raise EdgesegError(f"--ray expects local, auto or ray://host:port, got {address!r}.")
     return True

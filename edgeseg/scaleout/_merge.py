@@ -102,12 +102,13 @@ def _join_lines(parts: list[Path], target: Path) -> None:
 def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: WriteOptions,
              model: dict[str, Any], wall: float, interrupted: bool, outputs: dict[str, Any]) -> dict[str, Any]:
     done = sum(m["frames"] for _, m in finished)
-    failed = sum(m["frames_failed"] for _, m in finished)
+    failed = sum(m["frames_failed"] for _, m in finished) + (1 if source.error else 0)
     stage_total = {stage: sum(m["stage_ms"].get(stage, 0.0) for _, m in finished) for stage in STAGES}
     busy = sum(m["seconds"] for _, m in finished)
     return {
         "source": source.spec,
         "source_kind": source.kind,
+        "error": source.error,
         **model,
         "frames": done,
         "frames_failed": failed,

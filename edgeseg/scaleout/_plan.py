@@ -7,12 +7,15 @@ marker, so a unit is the grain of retry and of ``--resume``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.runtime import EdgesegError, VideoInfo, classify_source
+
+log = logging.getLogger("edgeseg.scaleout")
 
 # Frames of earlier weight below this are forgotten when a range rebuilds its --smooth state.
 SMOOTH_FORGET = 1e-4
@@ -60,6 +63,7 @@ class Source:
     out: str
     frames: int
     fps: float
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,13 @@ def plan(sources: list[str], *, out: str | os.PathLike, select: Selection = Sele
     for number, (spec, folder) in enumerate(zip(sources, outs)):
         kind, paths = classify_source(spec, recursive=select.recursive)
         if kind == "video":
-            source, pieces = _video_units(number, spec, folder, select, range_frames, warm_frames(smooth))
+            try:
+                source, pieces = _video_units(number, spec, folder, select, range_frames, warm_frames(smooth))
+            except EdgesegError as error:
+                if len(sources) == 1:
+                    raise  # the job's only source: stop with its one line, as without Ray
+                log.warning("skipped %s: %s", spec, error)  # one bad video of many costs only itself
+                source, pieces = Source(number, spec, kind, folder, 0, 0.0, error=str(error)), []
         else:
             chosen = paths[select.start::select.stride][:select.max_frames]
             root = spec if kind == "folder" else None

@@ -176,9 +176,12 @@ def _first_marker_pid(out: Path, job: threading.Thread) -> int:
 
 def test_cli_with_several_sources_writes_one_folder_each(cluster, inputs, tmp_path):
     video, images = inputs
-    code = main(["segment", str(video), str(images), "--model", MODEL, "--out", str(tmp_path / "job"), "--ray", "auto",
-                 "--workers", "2", "--write", "masks,jsonl", "--no-progress"])
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")  # one bad video of several costs only itself
+    code = main(["segment", str(video), str(images), str(broken), "--model", MODEL, "--out", str(tmp_path / "job"),
+                 "--ray", "auto", "--workers", "2", "--write", "masks,jsonl", "--no-progress"])
     job = json.loads((tmp_path / "job" / "summary.json").read_text())
-    assert code == 0 and [s["frames"] for s in job["sources"]] == [FRAMES, 4] and job["frames_failed"] == 1  # no --recursive
+    assert code == 0 and [s["frames"] for s in job["sources"]] == [FRAMES, 4, 0]  # images: no --recursive
+    assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"][2]["error"]
     assert len(_tree(tmp_path / "job" / "clip", "masks")) == FRAMES and len(_tree(tmp_path / "job" / "images", "masks")) == 4
     assert not (tmp_path / "job" / "clip" / "overlay.mp4").exists()  # --write without overlay: none drawn
