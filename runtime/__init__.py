@@ -16,11 +16,12 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
 from edgeseg.runtime._model import Model, resolve_engine
-from edgeseg.runtime._pipeline import segment, stage_table
+from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
-from edgeseg.runtime._sinks import JsonlSink, VideoSink, read_mask_png, write_mask_png
+from edgeseg.runtime._sinks import (FrameSink, JsonlSink, MaskSink, Outcome, OverlayImageSink, OverlayVideoSink,
+                                    ReconstructionSink, RecordSink, VideoSink, read_mask_png, write_mask_png)
 from edgeseg.runtime._streams import LiveSource, is_live
 from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
@@ -28,6 +29,16 @@ from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, wr
 from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
+    "RecordSink",
+    "ReconstructionSink",
+    "OverlayVideoSink",
+    "OverlayImageSink",
+    "Outcome",
+    "MaskSink",
+    "FrameSink",
+    "open_model",
+    "Source",
+    "SegmentOptions",
     "METADATA_KEY",
     "BadInputError",
     "Contract",

@@ -75,6 +75,11 @@ def register(subparsers: Any) -> None:
                       help="overlay.mp4 encoder: auto tries ffmpeg libx264 (imageio-ffmpeg), then OpenCV avc1, then mp4v (default: auto)")
     outp.add_argument("--show", action="store_true", help="show overlays in a window (needs an OpenCV with a GUI; default: off)")
     outp.add_argument("--no-progress", action="store_true", help="no progress bar or live fps line (default: shown)")
+    outp.add_argument("--overwrite", action="store_true",
+                      help="--out already holds a run: delete that run's outputs first (default: refuse)")
+    outp.add_argument("--resume", action="store_true",
+                      help="--out holds an interrupted run: continue it, skipping frames whose outputs are there "
+                           "(default: refuse)")
     con = parser.add_argument_group("contract (only for ONNX files without the edgeseg contract, or to override it)")
     con.add_argument("--kind", choices=("segmentation", "autoencoder"), help="what the model computes")
     con.add_argument("--input-size", metavar="HxW", help="model input size, e.g. 224 or 224x224")
@@ -90,20 +95,20 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import EdgesegError
-    from edgeseg.runtime._model import Model
-    from edgeseg.runtime._pipeline import segment, stage_table
+    from edgeseg.runtime._pipeline import SegmentOptions, open_model, segment, stage_table
 
     source = args.source_option if args.source_option is not None else args.source
     if source is None:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
-    model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
-                  contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
-                  throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
-    outputs = [name.strip() for name in args.write.split(",") if name.strip()]
-    summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
-                      max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,
-                      smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
-                      show=args.show, progress=not args.no_progress)
+    options = SegmentOptions(
+        outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
+        batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,
+        alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
+        show=args.show, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+        provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
+        optimization=args.optimization)
+    model = open_model(args.model, options, contract=_contract_overrides(args) or None)
+    summary = segment(source, model=model, out=args.out, options=options)
     print(stage_table(summary), file=sys.stderr)
     if "video_codec" in summary["outputs"]:
         print(f"overlay.mp4: {summary['outputs']['video_codec']}", file=sys.stderr)
