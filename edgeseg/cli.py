@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from edgeseg import __version__
 from edgeseg.runtime.errors import EdgesegError
@@ -56,24 +58,65 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``edgeseg`` command line; returns the process exit code.
 
     Exit codes: 0 success, 1 a check failed (``verify``), 2 a bad model, option or output
-    (one line on stderr), 130 interrupted.
+    (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM, at any moment: one line).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    command = "edgeseg"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"edgeseg {args.command}"
+        _configure_logging(verbose=args.verbose, quiet=args.quiet)
         return int(args.func(args) or 0)
     except EdgesegError as error:
-        print(f"edgeseg {args.command}: error: {error}", file=sys.stderr)
+        if _interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
+            return _say_interrupted(command)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
+    except ImportError as error:
+        if _interrupted(error):
+            return _say_interrupted(command)
+        raise
     except KeyboardInterrupt:
-        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _say_interrupted(command)
+
+
+def _interrupted(error: BaseException) -> bool:
+    # A Ctrl-C that lands while a C extension (onnxruntime, cv2, numpy) initializes comes back as an
+    # ImportError("initialization failed") caused by the KeyboardInterrupt; code that turns ImportError
+    # into "install X" would then lie. Walk the chain to tell the two apart.
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _say_interrupted(command: str) -> int:
+    try:
+        print(f"{command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    return 130
 
 
 def _configure_logging(*, verbose: bool, quiet: bool) -> None:
     # The library never configures logging itself; the command line does, once.
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Warnings are messages for the user, not for a debugger: no file path and source line.
+    warnings.formatwarning = _format_warning
+    if not verbose:
+        # OpenCV's and FFmpeg's own log lines repeat, less clearly, what edgeseg reports itself.
+        # Set before cv2 is imported (the handlers import it lazily); -v keeps them.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    text = str(message)
+    return f"{text}\n" if text.startswith("edgeseg") else f"warning: {text}\n"

@@ -210,21 +210,26 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
         print(summary["fps"], summary["outputs"]["video_codec"])
     """
     options = _with_changes(options or SegmentOptions(), changes)
-    model = open_model(model, options)
-    out = _prepare_out(Path(out), options)
-    kept = _finished_records(out, model, options) if options.resume else {}
-    opened = source if isinstance(source, Source) else Source.open(source, options)
     stop = stop or threading.Event()
-    batch = 1 if opened.live is not None else options.batch
-    run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
-    if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
-        # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
-        # every bench runner does; a run of a frame or two is not worth the extra inference.
-        try:
-            model.warmup(batch)
-        except Exception as error:  # a model that cannot run says so on the first real frame, with its name
-            log.debug("warm-up failed: %s", error)
-    wall = _run_stages(run, opened, batch, stop)
+    # From the first moment: a Ctrl-C while the model loads or warms up ends the run the same clean way.
+    restore_signals = _install_signal_handlers(stop)
+    try:
+        model = open_model(model, options)
+        out = _prepare_out(Path(out), options)
+        kept = _finished_records(out, model, options) if options.resume else {}
+        opened = source if isinstance(source, Source) else Source.open(source, options)
+        batch = 1 if opened.live is not None else options.batch
+        run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
+        if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
+            # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
+            # every bench runner does; a run of a frame or two is not worth the extra inference.
+            try:
+                model.warmup(batch)
+            except Exception as error:  # a model that cannot run says so on the first real frame, with its name
+                log.debug("warm-up failed: %s", error)
+        wall = _run_stages(run, opened, batch)
+    finally:
+        restore_signals()
     if run.error is not None:
         raise run.error
     summary = run.summary(wall=wall, batch=batch)
@@ -242,10 +247,9 @@ def _with_changes(options: SegmentOptions, changes: dict[str, Any]) -> SegmentOp
     return dataclasses.replace(options, **changes)
 
 
-def _run_stages(run: _Run, source: Source, batch: int, stop: threading.Event) -> float:
+def _run_stages(run: _Run, source: Source, batch: int) -> float:
     """Decode thread, inference here, writer thread; returns the wall time."""
     live = source.live is not None
-    restore_signals = _install_signal_handlers(stop)
     # The stages hand each other chunks of `batch` frames: one queue operation per batch, not per
     # frame, which is what lets small models (the CAE: thousands of images/s) run faster than a loop.
     decoded: queue.Queue = queue.Queue(maxsize=1 if live else 2)
@@ -260,12 +264,11 @@ def _run_stages(run: _Run, source: Source, batch: int, stop: threading.Event) ->
         run.infer_all(decoded, inferred)
     finally:
         if run.error is not None:
-            stop.set()
+            run.stop.set()
         source.close()
         decoder.join()
         _put(inferred, _END, None)
         writer.join()
-        restore_signals()
     return time.perf_counter() - started
 
 
@@ -384,11 +387,13 @@ class _Run:
                 item.ms["preprocess"] = (time.perf_counter() - t1) * 1000
                 chunk.append(item)
                 if len(chunk) >= batch:
-                    if not _put(decoded, chunk, self.stop):
+                    # A frame taken from the source is finished even when a stop comes now: a stream's
+                    # grabbed - dropped then equals the frames done.
+                    if not _put(decoded, chunk, self.infer_finished):
                         break
                     chunk = []
-            if chunk and not self.stop.is_set():  # the last, shorter batch
-                _put(decoded, chunk, self.stop)
+            if chunk:  # the last, shorter batch
+                _put(decoded, chunk, self.infer_finished)
         except BaseException as error:  # an EdgesegError from a source stops the run, reported by segment()
             self.error = error
             self.stop.set()
