@@ -17,6 +17,11 @@ A model exported by `edgeseg export` carries its preprocessing; for an ONNX file
 edgeseg contract, pass --kind, --input-size and --classes (plus --color, --layout, --scale,
 --mean, --std, --resize where the defaults are wrong).
 
+An --out that already holds a run is refused: pass --overwrite to replace that run's outputs
+(your own files there stay) or --resume to continue an interrupted run.
+onnxruntime itself writes a device id under $XDG_CACHE_HOME (or ~/.cache)/Microsoft/DeveloperTools
+when it is imported; edgeseg writes nothing outside --out.
+
 example: edgeseg segment clip.mp4 --model fcn8.onnx --out runs/clip --smooth 0.5"""
 
 
@@ -109,6 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         optimization=args.optimization)
     model = open_model(args.model, options, contract=_contract_overrides(args) or None)
     summary = segment(source, model=model, out=args.out, options=options)
+    if summary["frames"] == 0 and not summary["interrupted"]:
+        # Nothing was processed: a table of zero timings and exit 0 would read as success.
+        reason = summary.get("first_failure") or "the source gave no frames"
+        raise EdgesegError(f"nothing was processed from `{source}` ({reason}); see {args.out}/frames.jsonl.")
     print(stage_table(summary), file=sys.stderr)
     if "video_codec" in summary["outputs"]:
         print(f"overlay.mp4: {summary['outputs']['video_codec']}", file=sys.stderr)

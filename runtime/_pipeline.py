@@ -133,6 +133,26 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
                  throughput=options.batch > 1)
 
 
+_QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+                            "QLinearMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def model_precision(model: Model) -> str:
+    """What the summary calls the model's precision: ``int8`` for a quantized file (calibrated by edgeseg,
+    or holding QDQ/QLinear nodes), else what the engine runs (``fp32``; OpenVINO's ``bf16``/``f32``)."""
+    if model.contract.calibration:
+        return "int8"
+    try:
+        import onnx  # not in the runtime-only install: then the contract alone decides
+    except ImportError:
+        return model.precision
+    try:
+        graph = onnx.load(str(model.path), load_external_data=False).graph
+    except Exception:  # the engine read it; a reader that cannot is no reason to fail the run
+        return model.precision
+    return "int8" if any(node.op_type in _QUANTIZED_OPS for node in graph.node) else model.precision
+
+
 @dataclass
 class Source:
     """What the user typed, opened: an iterator of frames, its ``kind`` (image, folder, glob, list,
@@ -160,6 +180,7 @@ class Source:
     @classmethod
     def open(cls, spec: str | os.PathLike | int, options: SegmentOptions = SegmentOptions()) -> Source:
         if is_live(spec):
+            _check_webcam(spec)
             stream = LiveSource(spec, policy=options.policy, reconnect=options.reconnect)
             stream.start()
             return cls(spec, itertools.islice(iter(stream), options.max_frames), "stream", None, stream.fps, stream)
@@ -180,6 +201,17 @@ class Source:
     def close(self) -> None:
         if self.live is not None:
             self.live.close()
+
+
+def _check_webcam(spec: Any) -> None:
+    # A camera that is not there fails at once: the reconnect retries are for streams that worked.
+    if not (isinstance(spec, int) or str(spec).isdigit()) or not sys.platform.startswith("linux"):
+        return
+    index = int(spec)
+    if not Path(f"/dev/video{index}").exists():
+        found = sorted(p.name for p in Path("/dev").glob("video*"))
+        raise EdgesegError(f"No webcam {index}: /dev/video{index} does not exist (cameras here: "
+                           f"{', '.join(found) or 'none'}). Pass another index, a video file or a stream URL.")
 
 
 @dataclass
@@ -343,6 +375,7 @@ class _Run:
         self.done = 0
         self.failed = 0
         self.resumed = 0
+        self.first_failure: str | None = None
         self.stage_total = dict.fromkeys(STAGES, 0.0)
         self.infer_seconds = 0.0
         self.infer_finished = threading.Event()
@@ -497,6 +530,7 @@ class _Run:
             self.failed += 1
             reason = frame.error or "no output"
             log.warning("skipped %s: %s", frame.source or frame.name, reason)
+            self.first_failure = self.first_failure or f"{frame.source or frame.name}: {reason}"
             if self.records is not None:
                 self.records.write(frame, Outcome(None, reason, item.ms))
             return smoothed
@@ -574,10 +608,11 @@ class _Run:
             "provider": model.providers[0] if model.providers else "",
             "providers": list(model.providers),
             "engine": model.engine,
-            "precision": model.precision,
+            "precision": model_precision(model),
             "streams": model.streams,
             "frames": self.done,
             "frames_failed": self.failed,
+            "first_failure": self.first_failure,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
             "infer_fps": round(self.done / self.infer_seconds, 3) if self.infer_seconds > 0 else 0.0,
             "wall_s": round(wall, 3),
