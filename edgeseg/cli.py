@@ -112,6 +112,9 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
         # Set before cv2 is imported (the handlers import it lazily); -v keeps them.
         os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        if "cv2" in sys.modules:  # already loaded (edgeseg.runtime imports it): the variable came too late
+            cv2 = sys.modules["cv2"]
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
     outp.add_argument("--codec", choices=("auto", "avc1", "ffmpeg", "mp4v"), default="auto",
                       help="overlay.mp4 encoder: auto tries ffmpeg libx264 (imageio-ffmpeg), then OpenCV avc1, then mp4v (default: auto)")
     outp.add_argument("--show", action="store_true", help="show overlays in a window (needs an OpenCV with a GUI; default: off)")
-    outp.add_argument("--no-progress", action="store_true", help="no progress bar or live fps line (default: shown)")
+    outp.add_argument("--no-progress", action="store_true",
+                      help="no progress bar or live fps line (default: shown when stderr is a terminal)")
     outp.add_argument("--overwrite", action="store_true",
                       help="--out already holds a run: delete that run's outputs first (default: refuse)")
     outp.add_argument("--resume", action="store_true",
@@ -109,12 +110,12 @@ def _run(args: argparse.Namespace) -> int:
         outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
         batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,
         alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
-        show=args.show, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+        show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite, resume=args.resume,
         provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
         optimization=args.optimization)
     model = open_model(args.model, options, contract=_contract_overrides(args) or None)
     summary = segment(source, model=model, out=args.out, options=options)
-    if summary["frames"] == 0 and not summary["interrupted"]:
+    if summary["frames"] == 0 and not summary["interrupted"] and not summary.get("frames_resumed"):
         # Nothing was processed: a table of zero timings and exit 0 would read as success.
         reason = summary.get("first_failure") or "the source gave no frames"
         raise EdgesegError(f"nothing was processed from `{source}` ({reason}); see {args.out}/frames.jsonl.")

@@ -163,7 +163,7 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
             yield Frame(index, f"{stem}_{index:06d}", image, timestamp, source=str(path))
             index += 1
             yielded += 1
-        ended = index - len(failed)
+        ended = failed[0] if failed else index  # the first frame that could not be read
         if max_frames is None and info.frame_count and ended < info.frame_count:
             log.warning("%s: video ended after %d of the %d frames its header announces (truncated or damaged)",
                         path, ended, info.frame_count)

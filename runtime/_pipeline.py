@@ -260,12 +260,12 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
             except Exception as error:  # a model that cannot run says so on the first real frame, with its name
                 log.debug("warm-up failed: %s", error)
         wall = _run_stages(run, opened, batch)
+        if run.error is not None:
+            raise run.error
+        summary = run.summary(wall=wall, batch=batch)
+        write_json_atomic(out / "summary.json", summary)
     finally:
-        restore_signals()
-    if run.error is not None:
-        raise run.error
-    summary = run.summary(wall=wall, batch=batch)
-    write_json_atomic(out / "summary.json", summary)
+        restore_signals()  # only now: a Ctrl-C before summary.json is written still ends the run cleanly
     return summary
 
 
@@ -529,7 +529,9 @@ class _Run:
         if item.output is None:
             self.failed += 1
             reason = frame.error or "no output"
-            log.warning("skipped %s: %s", frame.source or frame.name, reason)
+            # A lone image that fails is the run's one error (the CLI says so); in a folder it is one line of many.
+            log.log(logging.DEBUG if self.source.kind == "image" else logging.WARNING, "skipped %s: %s",
+                    frame.source or frame.name, reason)
             self.first_failure = self.first_failure or f"{frame.source or frame.name}: {reason}"
             if self.records is not None:
                 self.records.write(frame, Outcome(None, reason, item.ms))
