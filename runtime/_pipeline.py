@@ -376,6 +376,7 @@ class _Run:
         self.failed = 0
         self.resumed = 0
         self.first_failure: str | None = None
+        self.taken = 0  # frames taken from the source (the decode thread's); each is finished
         self.stage_total = dict.fromkeys(STAGES, 0.0)
         self.infer_seconds = 0.0
         self.infer_finished = threading.Event()
@@ -411,6 +412,7 @@ class _Run:
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
+                self.taken += 1
                 item = _Item(frame, arrived=t1, ms={"decode": (t1 - t0) * 1000}, kept=self.kept.get(frame.name))
                 if frame.ok and item.kept is None:
                     try:
@@ -628,7 +630,9 @@ class _Run:
             summary["frames_resumed"] = self.resumed
         if source.live is not None:
             stats = source.live.stats
+            # grabbed = dropped + left_unread + frames + frames_failed: every frame the camera sent is accounted for.
             summary["stream"] = {"policy": source.live.policy, "grabbed": stats.grabbed, "dropped": stats.dropped,
+                                 "left_unread": max(0, stats.grabbed - stats.dropped - self.taken),
                                  "reconnects": stats.reconnects, "gave_up": stats.gave_up,
                                  "failures": stats.failures[-10:]}
         return summary

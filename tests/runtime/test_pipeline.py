@@ -332,3 +332,40 @@ def test_an_int8_model_is_reported_as_int8(tmp_path, kit):
     write_contract(calibrated, contract.replace(calibration={"method": "minmax", "samples": 8}))
     onnx.save(calibrated, str(tmp_path / "cal.onnx"))
     assert segment(image, model=tmp_path / "cal.onnx", out=tmp_path / "c")["precision"] == "int8"
+
+
+@pytest.mark.timeout(90)
+def test_an_interrupted_stream_accounts_for_every_grabbed_frame(seg_model, tmp_path, kit):
+    import socket
+    import subprocess
+
+    import imageio_ffmpeg  # in the `dev` extra
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    video = kit.moving_video(tmp_path / "loop.avi", count=20, fps=25.0)
+    server = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+                               "-stream_loop", "-1", "-i", str(video), "-c:v", "mpeg2video", "-f", "mpegts",
+                               f"tcp://127.0.0.1:{port}?listen=1"], stdin=subprocess.DEVNULL)
+    out, stop = tmp_path / "out", threading.Event()
+
+    def stop_after_eight_frames():
+        while not stop.is_set():
+            jsonl = out / "frames.jsonl"
+            if jsonl.exists() and jsonl.read_text().count("\n") >= 8:
+                stop.set()
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=stop_after_eight_frames)
+    watcher.start()
+    try:
+        summary = segment(f"tcp://127.0.0.1:{port}", model=seg_model, out=out, stop=stop, outputs=("jsonl",))
+    finally:
+        stop.set()
+        watcher.join()
+        server.kill()
+        server.wait(timeout=10)
+    stream = summary["stream"]
+    assert summary["interrupted"] and summary["frames"] >= 8 and len(_jsonl(out)) == summary["frames"]
+    assert stream["grabbed"] == stream["dropped"] + stream["left_unread"] + summary["frames"] + summary["frames_failed"]
