@@ -271,7 +271,7 @@ def _verify(folder: Path, *inputs: str | os.PathLike) -> str:
 
 
 def _segment(source: Path, model: Path, target: Path) -> str:
-    edgeseg("segment", source, "--model", model, "--out", target, "--no-progress")
+    edgeseg("segment", source, "--model", model, "--out", target, "--no-progress", "--overwrite")  # a rerun replaces it
     summary = _read_json(target / "summary.json")
     return f"{summary.get('frames')} frames, {summary.get('frames_failed')} failed, {summary.get('fps', 0):.1f} frames/s"
 

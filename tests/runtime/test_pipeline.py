@@ -309,9 +309,9 @@ def test_a_damaged_frame_mid_video_costs_only_that_frame(seg_model, tmp_path, ki
 
 def test_an_int8_model_is_reported_as_int8(tmp_path, kit):
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    from edgeseg.runtime import Contract
+    from edgeseg.runtime import Contract, write_contract
 
     plain = onnx.load(str(kit.build_segmentation(tmp_path / "fp32.onnx")))
     graph = plain.graph
@@ -328,7 +328,6 @@ def test_an_int8_model_is_reported_as_int8(tmp_path, kit):
     assert segment(image, model=tmp_path / "fp32.onnx", out=tmp_path / "f")["precision"] == "fp32"
     calibrated = onnx.load(str(tmp_path / "fp32.onnx"))
     contract = Contract.from_onnx(calibrated)
-    from edgeseg.runtime import write_contract
     write_contract(calibrated, contract.replace(calibration={"method": "minmax", "samples": 8}))
     onnx.save(calibrated, str(tmp_path / "cal.onnx"))
     assert segment(image, model=tmp_path / "cal.onnx", out=tmp_path / "c")["precision"] == "int8"
