@@ -57,9 +57,10 @@ def register(subparsers: Any) -> None:
                           "process keeps a core busy, --threads 1 is often faster: measure with edgeseg bench")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
-    run.add_argument("--batch", type=int, default=1, metavar="N",
+    run.add_argument("--batch", type=int, default=None, metavar="N",
                      help="frames per inference call for images and video files; with --engine openvino, > 1 also "
-                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 1)")
+                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 64 for autoencoders, "
+                          "else 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")

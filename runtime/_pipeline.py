@@ -56,6 +56,10 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 # What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run".
 RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction")
 _END = object()
+# The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
+# call decide its speed (benchmarks/cae_pipeline.py: batch 64 ran 1.27x a plain onnxruntime loop, batch 1 0.61x).
+# Segmentation keeps 1: FCN-8 is kernel-bound, and batch 1 keeps latency and memory low.
+AUTOENCODER_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class SegmentOptions:
     """Every knob of :func:`segment`, validated once (``None`` means "the model's or engine's default").
 
     Frames: ``stride``, ``start``, ``max_frames``, ``recursive`` (subfolders). Inference: ``batch``
-    (frames per call, finite sources), and, when the model is given as a path, ``provider``,
+    (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and, when the model is given as a path, ``provider``,
     ``threads``, ``engine``, ``precision``, ``optimization`` (see :class:`Model`). Outputs: ``outputs``
     (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always written), ``alpha``
     (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class probabilities, videos and
@@ -77,7 +81,7 @@ class SegmentOptions:
     """
 
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
-    batch: int = 1
+    batch: int | None = None
     stride: int = 1
     start: int = 0
     max_frames: int | None = None
@@ -103,7 +107,7 @@ class SegmentOptions:
         unknown = set(self.outputs) - set(OUTPUTS)
         if unknown:
             raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from {', '.join(OUTPUTS)}.")
-        if self.batch < 1 or self.queue_size < 1:
+        if (self.batch is not None and self.batch < 1) or self.queue_size < 1:
             raise EdgesegError(f"`batch` and `queue_size` must be >= 1, got {self.batch} and {self.queue_size}.")
         if self.stride < 1 or self.start < 0 or (self.max_frames is not None and self.max_frames < 0):
             raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; "
@@ -131,7 +135,7 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
         return model
     return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
                  contract=contract, engine=options.engine, precision=options.precision,
-                 throughput=options.batch > 1)
+                 throughput=(options.batch or 1) > 1)
 
 
 # Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).
@@ -250,7 +254,7 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
         out = _prepare_out(Path(out), options)
         kept = _finished_records(out, model, options) if options.resume else {}
         opened = source if isinstance(source, Source) else Source.open(source, options)
-        batch = 1 if opened.live is not None else options.batch
+        batch = _batch(options, model, opened)
         run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
         if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
             # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
@@ -267,6 +271,14 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
     finally:
         restore_signals()  # only now: a Ctrl-C before summary.json is written still ends the run cleanly
     return summary
+
+
+def _batch(options: SegmentOptions, model: Model, source: Source) -> int:
+    if source.live is not None:
+        return 1  # a live frame waits for no other
+    if options.batch is not None:
+        return options.batch
+    return AUTOENCODER_BATCH if model.kind == "autoencoder" else 1
 
 
 def _with_changes(options: SegmentOptions, changes: dict[str, Any]) -> SegmentOptions:
