@@ -22,6 +22,8 @@ _PUBLIC = {
     "write_chart": "edgeseg.calibration._calibrate",
     "QuantizeOptions": "edgeseg.calibration._quantize",
     "METHODS": "edgeseg.calibration._quantize",
+    "write_trt_table": "edgeseg.calibration._quantize",
+    "read_trt_table": "edgeseg.calibration._quantize",
     "CalibrationSet": "edgeseg.calibration._data",
     "load_calibration_set": "edgeseg.calibration._data",
     "cpu_int8_support": "edgeseg.calibration._measure",

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
+import sys
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgeseg.calibration import _measure
-from edgeseg.calibration._data import CalibrationSet, load_calibration_set
+from edgeseg.calibration._data import CalibrationSet, FrameStats, load_calibration_set
 from edgeseg.calibration._quantize import (
     QuantizeOptions,
     RangeCollector,
@@ -20,6 +25,7 @@ from edgeseg.calibration._quantize import (
     quantize,
     write_trt_table,
 )
+from edgeseg.runtime import default_threads
 from edgeseg.runtime.contract import Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import atomic_path, write_json_atomic
@@ -48,12 +54,13 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
               samples: int = 128, every: int | None = None, chunk: int = 8, budget: Budget | None = None,
               report: str | os.PathLike | None = None, chart: str | os.PathLike | None = None,
               trt_table: str | os.PathLike | None = None, threads: int | None = None, timing_rounds: int = 20,
-              sqnr_frames: int = 8) -> dict:
+              sqnr_frames: int = 8, progress: bool = False) -> dict:
     """Quantize ``model`` to INT8 from calibration frames in ``data``; write ``output`` and return the report.
 
-    The FP32 and INT8 models are compared on the calibration frames (against ``masks`` when
-    given), timed side by side, and compared layer by layer (SQNR). With ``budget``, the layers
-    with the lowest SQNR return to float until the accuracy drop fits.
+    Stages, each a function with typed results: collect ranges -> quantize -> measure (FP32 vs
+    INT8 on the frames, against ``masks`` when given, and per-layer SQNR) -> accuracy control
+    (with ``budget``: lowest-SQNR layers back to float until the drop fits) -> time side by side
+    -> report. ``progress`` shows a bar on stderr over the stages.
 
     Example::
 
@@ -61,9 +68,335 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
                            options=QuantizeOptions(method="entropy"), samples=64)
         print(report["speedup"], report["miou_drop"])
     """
+    model, output = Path(model), Path(output)
+    _check_request(model=model, output=output, report=report, chart=chart, chunk=chunk,
+                   timing_rounds=timing_rounds, budget=budget)
+    contract = _read_contract(model)
+    peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
+    with _Progress(enabled=progress, stages=9 + (budget is not None)) as bar, \
+            tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
+            _read_frames(bar, data, contract, samples=samples, every=every, masks=masks) as frames:
+        run = _Run(model=model, prepared=Path(tmp) / "prepared.onnx", work=Path(tmp), contract=contract,
+                   frames=frames, options=options, chunk=chunk, sqnr_frames=sqnr_frames, bar=bar)
+        with bar.stage("preparing the graph"):
+            preprocess_for_quantization(model, run.prepared)
+        peaks["prepare"] = _peak_mb()
+        ranges = collect_ranges(run)
+        peaks["calibrate"] = _peak_mb()
+        with bar.stage("quantizing"):
+            default = quantize_candidate(run, ranges=ranges, name="int8.onnx")
+        peaks["quantize"] = _peak_mb()
+        measured = measure(run, default)
+        peaks["measure"] = _peak_mb()
+        control, candidate = None, default
+        if budget is not None:
+            control, candidate, measured = control_accuracy(run, ranges=ranges, default=default, measured=measured,
+                                                              budget=budget)
+        with bar.stage("timing FP32 and INT8 side by side"):
+            timings = _time(run, candidate=candidate, default=default, rounds=timing_rounds, threads=threads)
+        peaks["timing"] = _peak_mb()
+        with bar.stage("finding compute left in float"):
+            floats = float_compute_of(run, candidate)
+        with bar.stage("writing the INT8 model"):
+            _write_model(candidate, contract, output,
+                         calibration=_calibration_section(options, samples=len(frames), floats=floats,
+                                                             returned=candidate.returned))
+            trt_files = write_trt_table(ranges.tensors, Path(trt_table)) if trt_table else None
+        stats = frames.stats
+    result = build_report(contract=contract, options=options, stats=stats, measured=measured, timings=timings,
+                          floats=floats, control=control, output=output, trt_files=trt_files, threads=threads,
+                          peaks=peaks)
+    if chart:
+        result["chart"] = str(write_chart(result["layers"], Path(chart)))
+    if report:
+        write_json_atomic(report, result)
+    return result
+
+
+# ---------------------------------------------------------------- what flows between the stages
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage reads: the model, its prepared graph, the frames and the options. Built once."""
+
+    model: Path
+    prepared: Path
+    work: Path
+    contract: Contract
+    frames: CalibrationSet
+    options: QuantizeOptions
+    chunk: int
+    sqnr_frames: int
+    bar: _Progress
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Stage 1: the calibrated range of each tensor, and the cache file every quantization reuses."""
+
+    cache: Path
+    tensors: Mapping[str, tuple[float, float]]  # tensor -> (lowest, highest)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Stage 2: one INT8 model, and the nodes accuracy control returned to float in it."""
+
+    path: Path
+    returned: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Stage 3: FP32 vs INT8 on the frames, and per-layer SQNR of the candidate."""
+
+    comparison: _measure.Comparison
+    layers: Mapping[str, dict]
+
+
+@dataclass(frozen=True)
+class Control:
+    """Stage 4: what accuracy control did; the report shows :meth:`to_report`."""
+
+    max_drop: float
+    drop_before: float
+    drop_after: float
+    returned: tuple[str, ...]
+    steps: tuple[tuple[str, float], ...]  # (node returned, drop after it)
+
+    @property
+    def within_budget(self) -> bool:
+        return self.drop_after <= self.max_drop
+
+    def to_report(self, timings: Mapping[str, _measure.Timing]) -> dict:
+        entry = {"max_drop": self.max_drop, "drop_before": self.drop_before, "returned": list(self.returned),
+                 "steps": [{"returned": name, "drop": drop} for name, drop in self.steps],
+                 "drop_after": self.drop_after, "within_budget": self.within_budget}
+        if "int8_default" in timings:
+            before, after = timings["int8_default"].ms_per_frame, timings["int8"].ms_per_frame
+            entry.update(ms_per_frame_before=before, ms_per_frame_after=after, speed_cost=after / before)
+        return entry
+
+
+@dataclass(frozen=True)
+class FloatCompute:
+    """Stage 5: the INT8 model's compute nodes that still run in float, and their share of the FLOPs."""
+
+    nodes: Mapping[str, dict]
+    share: float
+    total_flops: int
+    kernels: _measure.Kernels
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def _read_frames(bar: _Progress, data, contract: Contract, *, samples: int, every: int | None, masks
+                 ) -> CalibrationSet:
+    with bar.stage("reading frames"):
+        return load_calibration_set(data, contract, samples=samples, every=every, masks=masks)
+
+
+def collect_ranges(run: _Run) -> Ranges:
+    """Feed every calibration frame, chunk by chunk, and save the ranges to a cache file."""
+    collector = RangeCollector(run.prepared, run.work, run.options)
+    input_name = _input_name(run.prepared, run.contract.input.name)
+    with run.bar.stage("collecting ranges"), run.bar.frames(len(run.frames), "ranges") as frames_bar:
+        for _, batch in run.frames.chunks(run.chunk):
+            collector.add(input_name, batch)
+            frames_bar.update(len(batch))
+        cache = run.work / "ranges.json"
+        data = collector.save(cache)
+    # onnxruntime stores each end as a numpy array (shape () or (1,)): plain floats from here on.
+    tensors = {name: (float(np.min(data[name].range_value[0])), float(np.max(data[name].range_value[1])))
+               for name in data.keys()}
+    return Ranges(cache=cache, tensors=tensors)
+
+
+def quantize_candidate(run: _Run, *, ranges: Ranges, name: str, returned: tuple[str, ...] = ()) -> Candidate:
+    """Write one INT8 model from the cached ranges, with ``returned`` nodes kept in float."""
+    path = run.work / name
+    quantize(run.prepared, path, cache=ranges.cache, options=run.options, exclude=returned)
+    return Candidate(path=path, returned=returned)
+
+
+def measure(run: _Run, candidate: Candidate) -> Measurement:
+    """Compare FP32 and ``candidate`` on the frames, and measure its per-layer SQNR."""
+    with run.bar.stage("comparing FP32 and INT8"):
+        comparison = _compare(run, candidate)
+    with run.bar.stage("per-layer SQNR"):
+        layers = _measure.layer_sqnr(run.prepared, candidate.path, run.frames, run.work, max_frames=run.sqnr_frames)
+    return Measurement(comparison=comparison, layers=layers)
+
+
+def _compare(run: _Run, candidate: Candidate) -> _measure.Comparison:
+    return _measure.compare(make_session(run.model), make_session(candidate.path), run.frames, run.contract,
+                            chunk=run.chunk)
+
+
+def control_accuracy(run: _Run, *, ranges: Ranges, default: Candidate, measured: Measurement, budget: Budget
+                     ) -> tuple[Control, Candidate, Measurement]:
+    """Return the layers that add the most noise to float, one at a time, until the drop fits ``budget``."""
+    kind = run.contract.kind
+    start = drop = measured.comparison.drop(kind)
+    ranking = [name for name, _ in _measure.worst_first(measured.layers, key="added_db")
+               if name not in run.options.float_nodes and measured.layers[name]["op"] not in _measure.DATA_MOVEMENT]
+    candidate, steps = default, []
+    with run.bar.stage("accuracy control"):
+        for step, name in enumerate(ranking[: budget.max_steps]):
+            if drop <= budget.max_drop:
+                break
+            candidate = quantize_candidate(run, ranges=ranges, name=f"int8_step{step + 1}.onnx",
+                                           returned=candidate.returned + (name,))
+            comparison = _compare(run, candidate)
+            drop = comparison.drop(kind)
+            steps.append((name, drop))
+            log.info("accuracy control: %s back to float -> drop %.3f", name, drop)
+            measured = Measurement(comparison=comparison, layers=measured.layers)
+    if candidate.returned:
+        measured = Measurement(comparison=measured.comparison,
+                               layers=_measure.layer_sqnr(run.prepared, candidate.path, run.frames, run.work,
+                                                          max_frames=run.sqnr_frames))
+    control = Control(max_drop=budget.max_drop, drop_before=start, drop_after=drop, returned=candidate.returned,
+                      steps=tuple(steps))
+    return control, candidate, measured
+
+
+def _time(run: _Run, *, candidate: Candidate, default: Candidate, rounds: int, threads: int | None
+          ) -> dict[str, _measure.Timing]:
+    timed = {"fp32": run.model, "int8": candidate.path}
+    if candidate.returned:
+        timed["int8_default"] = default.path
+    return _measure.time_side_by_side(timed, run.frames, rounds=rounds, threads=threads)
+
+
+def float_compute_of(run: _Run, candidate: Candidate) -> FloatCompute:
+    """Which compute nodes of ``candidate`` the CPU provider runs in float, and their FLOPs."""
     import onnx
 
-    model, output = Path(model), Path(output)
+    flops = _measure.compute_flops(onnx.load(str(run.prepared)))
+    kernels = _measure.optimized_kernels(candidate.path, run.work)
+    left = _measure.float_compute(onnx.load(str(candidate.path)), flops, kernels)
+    total = sum(f for _, f in flops.values()) or 1
+    share = sum(entry["flops"] for entry in left.values()) / total
+    return FloatCompute(nodes=left, share=share, total_flops=total, kernels=kernels)
+
+
+def _calibration_section(options: QuantizeOptions, *, samples: int, floats: FloatCompute,
+                         returned: tuple[str, ...] = ()) -> dict:
+    return {"method": options.method, "samples": samples, "excluded_nodes": [*options.float_nodes, *returned],
+            "float_nodes": sorted(floats.nodes), **options.summary()}
+
+
+def _write_model(candidate: Candidate, contract: Contract, output: Path, *, calibration: dict) -> None:
+    # The contract is copied whole (latent, verified, source...): only `calibration` is added.
+    import onnx
+
+    final = onnx.load(str(candidate.path))
+    write_contract(final, contract.replace(calibration=calibration))
+    _save_atomically(final, output)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameStats, measured: Measurement,
+                 timings: Mapping[str, _measure.Timing], floats: FloatCompute, control: Control | None,
+                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float]) -> dict:
+    """The report dict (DESIGN.md's fields): JSON values only, no paths as objects and no private keys."""
+    comparison = measured.comparison
+    fp32, int8 = _side(comparison.fp32, timings["fp32"]), _side(comparison.int8, timings["int8"])
+    ranked = _measure.worst_first(measured.layers)
+    returned = list(control.returned) if control else []
+    return {
+        "model": contract.kind, "output": str(output),
+        "method": options.method, "samples": stats.read, "options": options.summary(),
+        "fp32": fp32, "int8": int8,
+        "miou_drop": _difference(fp32["miou"], int8["miou"]),
+        "per_class_iou_drop": ({k: _difference(v, int8["per_class_iou"][k]) for k, v in fp32["per_class_iou"].items()}
+                               if fp32["per_class_iou"] else None),
+        "pixel_acc_drop": _difference(fp32["pixel_acc"], int8["pixel_acc"]),
+        "agreement": comparison.agreement,
+        "mean_abs_prob_diff": comparison.mean_abs_prob_diff,
+        "reconstruction_mse": comparison.reconstruction_mse,
+        "speedup": timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame,
+        "timing": {"threads": default_threads() if threads is None else threads, "runs": timings["fp32"].runs, "interleaved": True,
+                   "note": "median ms per frame, batch 1, FP32 and INT8 alternating with the same session options"},
+        "sqnr_db": {name: db for name, db in ranked},
+        "layers": [{"name": name, **measured.layers[name]} for name, _ in ranked],
+        "float_nodes": sorted(floats.nodes),
+        "float_compute": {"share": floats.share, "total_gflops": floats.total_flops / 1e9,
+                          "nodes": dict(floats.nodes), "ep_kernels": floats.kernels.counts()},
+        "excluded_nodes": [*options.float_nodes, *returned],
+        "accuracy_control": control.to_report(timings) if control else None,
+        "frames": {"source": stats.source, "kind": stats.kind, "read": stats.read, "skipped": stats.skipped,
+                   "masks": stats.masks, "thresholded_masks": stats.thresholded_masks,
+                   "median_autocorrelation": stats.median_autocorrelation, "evaluated_on": "the calibration frames"},
+        "cpu": dict(zip(("int8_dot_product", "flags"), _measure.cpu_int8_support())),
+        "peak_mb": _peak_mb(),
+        "peak_mb_after": dict(peaks),
+        "trt_table": trt_files,
+        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings),
+    }
+
+
+def _side(scores: Mapping, timing: _measure.Timing) -> dict:
+    return {"miou": scores.get("miou"), "pixel_acc": scores.get("pixel_acc"),
+            "per_class_iou": scores.get("per_class_iou"), "ms_per_frame": timing.ms_per_frame, "fps": timing.fps}
+
+
+def _difference(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else before - after
+
+
+def report_warnings(*, stats: FrameStats, floats: FloatCompute, options: QuantizeOptions,
+                    timings: Mapping[str, _measure.Timing]) -> list[str]:
+    """What limits the result: too few or too alike frames, masks thresholded, CPU, float compute, speed."""
+    warnings = []
+    if stats.skipped:
+        warnings.append(f"{stats.skipped} calibration frame(s) were unreadable and skipped "
+                        f"(first: {stats.skipped_reasons[0]}).")
+    if stats.read < MIN_SAMPLES:
+        warnings.append(f"only {stats.read} calibration frames (fewer than {MIN_SAMPLES}): ranges may miss "
+                        "scenes the model will see; pass more with --samples and more data.")
+    if stats.distinct_frames * 4 < stats.read:
+        warnings.append(f"only {stats.distinct_frames} distinct-looking frames among {stats.read}: "
+                        "sample a longer stretch of video or more images.")
+    if stats.thresholded_masks:
+        warnings.append(f"{stats.thresholded_masks} binary mask(s) had values between 0 and 255 (JPEG edges?): "
+                        "thresholded at 128, as training does.")
+    has_dot, cpu_flags = _measure.cpu_int8_support()
+    if not has_dot:
+        warnings.append(f"this CPU has no int8 dot-product instructions ({cpu_flags}): INT8 may be slower "
+                        "than FP32 here; measure on the target device.")
+    if floats.nodes:
+        warnings.append(_float_warning(floats, options))
+    speedup = timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame
+    if speedup < 1.0:
+        warnings.append(f"INT8 is slower than FP32 here ({speedup:.2f}x).")
+    return warnings
+
+
+def _float_warning(floats: FloatCompute, options: QuantizeOptions) -> str:
+    by_reason: dict[str, int] = {}
+    for entry in floats.nodes.values():
+        key = f"{entry['op']} ({entry['reason']})"
+        by_reason[key] = by_reason.get(key, 0) + entry["flops"]
+    detail = ", ".join(f"{k}: {100 * v / floats.total_flops:.2f}%"
+                       for k, v in sorted(by_reason.items(), key=lambda i: -i[1]))
+    hint = ""
+    if any(e["reason"].startswith("not fused") for e in floats.nodes.values()) and options.activations == "int8":
+        hint = " With int8 activations the x86 CPU provider leaves Convs after MaxPool in float: try --activations uint8."
+    return (f"{len(floats.nodes)} compute node(s) run in float, {100 * floats.share:.2f}% of the model's FLOPs "
+            f"({detail}).{hint}")
+
+
+# ---------------------------------------------------------------- checks before any work
+
+
+def _check_request(*, model: Path, output: Path, report, chart, chunk: int, timing_rounds: int,
+                   budget: Budget | None) -> None:
     if chunk < 1 or timing_rounds < 1:
         raise EdgesegError(f"--chunk and --rounds must be at least 1, got {chunk} and {timing_rounds}.")
     if output.resolve() == model.resolve():
@@ -73,6 +406,9 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
             raise EdgesegError(f"{flag} `{path}`: folder `{Path(path).parent}` does not exist; create it first.")
     if budget is not None and budget.max_drop < 0:
         raise EdgesegError(f"--max-drop must be >= 0 points, got {budget.max_drop}.")
+
+
+def _read_contract(model: Path) -> Contract:
     proto = _load(model)
     contract = Contract.from_onnx(proto, origin=str(model))
     if contract is None:
@@ -83,182 +419,44 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     if contract.calibration:
         raise EdgesegError(f"Model `{model}` is already quantized (its contract has a `calibration` section). "
                            "Calibrate the FP32 parent model instead.")
+    if contract.kind == "decoder":
+        raise EdgesegError(f"Model `{model}` is a decoder half: its input is a latent code, not an image, so "
+                           "calibration frames cannot feed it. Calibrate the whole autoencoder or its encoder.")
     check_quantizable(proto)
-    del proto
-
-    warnings: list[str] = []
-    # The process peak after each stage (it only grows): says which stage set the peak.
-    peaks: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
-            load_calibration_set(data, contract, samples=samples, every=every, masks=masks) as frames:
-        work = Path(tmp)
-        stats = frames.stats
-        if stats.skipped:
-            warnings.append(f"{stats.skipped} calibration frame(s) were unreadable and skipped "
-                            f"(first: {stats.skipped_reasons[0]}).")
-        if len(frames) < MIN_SAMPLES:
-            warnings.append(f"only {len(frames)} calibration frames (fewer than {MIN_SAMPLES}): ranges may miss "
-                            "scenes the model will see; pass more with --samples and more data.")
-        if stats.distinct_frames * 4 < len(frames):
-            warnings.append(f"only {stats.distinct_frames} distinct-looking frames among {len(frames)}: "
-                            "sample a longer stretch of video or more images.")
-        prepared = work / "prepared.onnx"
-        preprocess_for_quantization(model, prepared)
-        peaks["prepare"] = _peak_mb()
-
-        collector = RangeCollector(prepared, work, options)
-        input_name = _input_name(prepared, contract.input.name)
-        for _, batch in frames.chunks(chunk):
-            collector.add(input_name, batch)
-        cache = work / "ranges.json"
-        ranges = collector.save(cache)
-        peaks["calibrate"] = _peak_mb()
-        del collector
-
-        candidate = work / "int8.onnx"
-        quantize(prepared, candidate, cache=cache, options=options)
-        peaks["quantize"] = _peak_mb()
-        comparison = _compare(model, candidate, frames, contract, chunk)
-        peaks["compare"] = _peak_mb()
-        layers = _measure.layer_sqnr(prepared, candidate, frames, work, max_frames=sqnr_frames)
-        peaks["sqnr"] = _peak_mb()
-        control = None
-        if budget is not None:
-            control, candidate, comparison = _accuracy_control(
-                budget, model, prepared, candidate, cache, options, frames, contract, chunk, layers, comparison, work)
-        if control and control["returned"]:
-            layers = _measure.layer_sqnr(prepared, candidate, frames, work, max_frames=sqnr_frames)
-
-        timed = {"fp32": model, "int8": candidate}
-        if control and control["returned"]:
-            timed["int8_default"] = control.pop("_default_path")
-        timings = _measure.time_side_by_side(timed, frames, rounds=timing_rounds, threads=threads)
-        peaks["timing"] = _peak_mb()
-        if control:
-            control.pop("_default_path", None)
-            if "int8_default" in timings:
-                control["ms_per_frame_before"] = timings["int8_default"].ms_per_frame
-                control["ms_per_frame_after"] = timings["int8"].ms_per_frame
-                control["speed_cost"] = timings["int8"].ms_per_frame / timings["int8_default"].ms_per_frame
-
-        candidate_proto = onnx.load(str(candidate))
-        flops = _measure.compute_flops(onnx.load(str(prepared)))
-        kernels = _measure.optimized_kernels(candidate, work)
-        left = _measure.float_compute(candidate_proto, flops, kernels)
-        total = sum(f for _, f in flops.values()) or 1
-        float_share = sum(entry["flops"] for entry in left.values()) / total
-        excluded = list(options.float_nodes) + list(control["returned"] if control else [])
-
-        has_dot, cpu_flags = _measure.cpu_int8_support()
-        if not has_dot:
-            warnings.append(f"this CPU has no int8 dot-product instructions ({cpu_flags}): INT8 may be slower "
-                            "than FP32 here; measure on the target device.")
-        by_reason: dict[str, int] = {}
-        for entry in left.values():
-            by_reason.setdefault(f"{entry['op']} ({entry['reason']})", 0)
-            by_reason[f"{entry['op']} ({entry['reason']})"] += entry["flops"]
-        if left:
-            detail = ", ".join(f"{k}: {100 * v / total:.2f}%" for k, v in sorted(by_reason.items(), key=lambda i: -i[1]))
-            hint = ""
-            if any(e["reason"].startswith("not fused") for e in left.values()) and options.activations == "int8":
-                hint = " With int8 activations the x86 CPU provider leaves Convs after MaxPool in float: try --activations uint8."
-            warnings.append(f"{len(left)} compute node(s) run in float, {100 * float_share:.2f}% of the model's FLOPs "
-                            f"({detail}).{hint}")
-        speedup = timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame
-        if speedup < 1.0:
-            warnings.append(f"INT8 is slower than FP32 here ({speedup:.2f}x).")
-
-        calibration = {
-            "method": options.method, "samples": len(frames), "excluded_nodes": excluded,
-            "float_nodes": sorted(left), **options.summary(),
-        }
-        final = onnx.load(str(candidate))
-        write_contract(final, contract.replace(calibration=calibration))
-        _save_atomically(final, output)
-        trt_files = write_trt_table(ranges, Path(trt_table)) if trt_table else None
-
-    result = _report(contract, options, frames_stats=stats, samples=len(frames), comparison=comparison,
-                     timings=timings, layers=layers, left=left, float_share=float_share, total_flops=total,
-                     kernels=kernels, excluded=excluded, control=control, warnings=warnings,
-                     cpu=(has_dot, cpu_flags), output=output, trt_files=trt_files, threads=threads, peaks=peaks)
-    if chart:
-        result["chart"] = str(write_chart(result["layers"], Path(chart)))
-    if report:
-        write_json_atomic(report, result)
-    return result
+    return contract
 
 
-def _compare(model: Path, candidate: Path, frames: CalibrationSet, contract: Contract, chunk: int):
-    return _measure.compare(make_session(model), make_session(candidate), frames, contract, chunk=chunk)
+class _Progress:
+    """A tqdm bar on stderr over the stages (and one over frames in the long ones); silent when disabled."""
 
+    def __init__(self, *, enabled: bool, stages: int):
+        self.enabled = enabled
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
 
-def _accuracy_control(budget, model, prepared, default_int8, cache, options, frames, contract, chunk, layers,
-                      comparison, work):
-    kind = contract.kind
-    start_drop = comparison.drop(kind)
-    control = {"max_drop": budget.max_drop, "drop_before": start_drop, "returned": [], "steps": [],
-               "_default_path": default_int8}
-    ranking = [name for name, _ in _measure.worst_first(layers, key="added_db")
-               if name not in options.float_nodes and layers[name]["op"] not in _measure.DATA_MOVEMENT]
-    candidate = default_int8
-    drop = start_drop
-    for step, name in enumerate(ranking):
-        if drop <= budget.max_drop or step >= budget.max_steps:
-            break
-        control["returned"].append(name)
-        candidate = work / f"int8_step{step + 1}.onnx"
-        quantize(prepared, candidate, cache=cache, options=options, exclude=control["returned"])
-        comparison = _compare(model, candidate, frames, contract, chunk)
-        drop = comparison.drop(kind)
-        control["steps"].append({"returned": name, "drop": drop})
-        log.info("accuracy control: %s back to float -> drop %.3f", name, drop)
-    control["drop_after"] = drop
-    control["within_budget"] = drop <= budget.max_drop
-    return control, candidate, comparison
+            self._bar = tqdm(total=stages, unit="stage", file=sys.stderr, dynamic_ncols=True, desc="calibrate")
 
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self._bar is not None:
+            self._bar.set_description(name)
+        yield
+        if self._bar is not None:
+            self._bar.update(1)
 
-def _report(contract, options, *, frames_stats, samples, comparison, timings, layers, left, float_share,
-            total_flops, kernels, excluded, control, warnings, cpu, output, trt_files, threads, peaks) -> dict:
-    def side(name: str, scores: dict) -> dict:
-        timing = timings[name]
-        return {"miou": scores.get("miou"), "pixel_acc": scores.get("pixel_acc"),
-                "per_class_iou": scores.get("per_class_iou"), "ms_per_frame": timing.ms_per_frame, "fps": timing.fps}
+    def frames(self, total: int, name: str):
+        from tqdm import tqdm
 
-    fp32, int8 = side("fp32", comparison.fp32), side("int8", comparison.int8)
-    miou_drop = (fp32["miou"] - int8["miou"]) if fp32["miou"] is not None and int8["miou"] is not None else None
-    ranked = _measure.worst_first(layers)
-    return {
-        "model": contract.kind, "output": str(output),
-        "method": options.method, "samples": samples, "options": options.summary(),
-        "fp32": fp32, "int8": int8,
-        "miou_drop": miou_drop,
-        "per_class_iou_drop": ({k: (fp32["per_class_iou"][k] - int8["per_class_iou"][k])
-                                if fp32["per_class_iou"][k] is not None and int8["per_class_iou"][k] is not None
-                                else None for k in fp32["per_class_iou"]} if fp32["per_class_iou"] else None),
-        "pixel_acc_drop": (fp32["pixel_acc"] - int8["pixel_acc"]) if fp32["pixel_acc"] is not None else None,
-        "agreement": comparison.agreement,
-        "mean_abs_prob_diff": comparison.mean_abs_prob_diff,
-        "reconstruction_mse": comparison.reconstruction_mse,
-        "speedup": timings["fp32"].ms_per_frame / timings["int8"].ms_per_frame,
-        "timing": {"threads": threads, "runs": timings["fp32"].runs, "interleaved": True,
-                   "note": "median ms per frame, batch 1, FP32 and INT8 alternating with the same session options"},
-        "sqnr_db": {name: db for name, db in ranked},
-        "layers": [{"name": name, **layers[name]} for name, _ in ranked],
-        "float_nodes": sorted(left),
-        "float_compute": {"share": float_share, "total_gflops": total_flops / 1e9,
-                          "nodes": left, "ep_kernels": kernels.counts()},
-        "excluded_nodes": excluded,
-        "accuracy_control": control,
-        "frames": {"source": frames_stats.source, "kind": frames_stats.kind, "read": frames_stats.read,
-                   "skipped": frames_stats.skipped, "masks": frames_stats.masks,
-                   "median_autocorrelation": frames_stats.median_autocorrelation,
-                   "evaluated_on": "the calibration frames"},
-        "cpu": {"int8_dot_product": cpu[0], "flags": cpu[1]},
-        "peak_mb": _peak_mb(),
-        "peak_mb_after": peaks,
-        "trt_table": trt_files,
-        "warnings": warnings,
-    }
+        return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, desc=name, leave=False,
+                    disable=not self.enabled)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def write_chart(layers: list[dict], path: Path, *, limit: int = 40) -> Path:
@@ -298,9 +496,11 @@ def format_table(report: dict) -> str:
         rows.append(("pixel acc %", pct(report["fp32"]["pixel_acc"]), pct(report["int8"]["pixel_acc"])))
         for name, value in report["fp32"]["per_class_iou"].items():
             rows.append((f"IoU {name} %", pct(value), pct(report["int8"]["per_class_iou"][name])))
-    if report["reconstruction_mse"]:
-        mse = report["reconstruction_mse"]
+    mse = report["reconstruction_mse"] or {}
+    if "fp32" in mse:
         rows.append(("recon MSE", f"{mse['fp32']:.5f}", f"{mse['int8']:.5f}"))
+    elif mse:
+        rows.append(("code MSE vs FP32", "-", f"{mse['fp32_vs_int8']:.5f}"))
     rows.append(("ms/frame", _ms(report["fp32"]["ms_per_frame"]), _ms(report["int8"]["ms_per_frame"])))
     rows.append(("frames/s", f"{report['fp32']['fps']:.1f}", f"{report['int8']['fps']:.1f}"))
     width = max(len(r[0]) for r in rows)

@@ -12,6 +12,17 @@ limits the speedup. Local files plug in as --data (folder, glob, .txt list, vide
 MNIST IDX file, or a folder with images/ and masks/) and --masks (class-id PNGs named like the images)."""
 
 
+# What write_trt_table (in _quantize) writes; named here so that `--help` needs no onnxruntime.
+# argparse expands %, hence no % in it.
+TRT_TABLE_FORMAT = (
+    "onnxruntime's TensorRT execution provider INT8 calibration table: calibration.flatbuffers (TrtTable of "
+    "tensor name -> dynamic range, read through trt_int8_calibration_table_name with "
+    "trt_int8_use_native_calibration_table=0), calibration.cache (the same as text, one `name amax` a line) and "
+    "calibration.json (lowest, highest and amax per tensor). Each range is symmetric: amax = max(|lowest|, "
+    "|highest|), which TensorRT applies as [-amax, amax]"
+)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("calibrate", help="INT8 static quantization from real frames, with a report",
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,15 +71,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(mIoU with masks, pixel disagreement without, %% MSE increase for autoencoders; "
                         "default: off)")
     p.add_argument("--trt-table", metavar="DIR", default=None,
-                   help="also write a TensorRT calibration table into DIR (default: none)")
+                   help="also write a TensorRT calibration table into DIR (default: none). Format: " + TRT_TABLE_FORMAT)
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for FP32 and INT8 alike (default: the runtime's choice, as in edgeseg segment: "
-                        "1 on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
+                        "every core on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
     p.add_argument("--rounds", type=int, default=20, help="timed runs per model (default: 20)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (default: shown when stderr is a terminal)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from edgeseg.calibration._calibrate import Budget, calibrate, format_table
@@ -86,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.data, output=args.output, masks=args.masks, options=options, samples=args.samples,
         every=args.every, chunk=args.chunk, budget=None if args.max_drop is None else Budget(args.max_drop),
         report=args.report, chart=chart, trt_table=args.trt_table, threads=args.threads, timing_rounds=args.rounds,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(format_table(report))
     return 0

@@ -8,7 +8,6 @@ through the runtime's own :func:`fit` and :func:`normalize` (the contract's prep
 
 from __future__ import annotations
 
-import gzip
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -18,9 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeseg.runtime import Geometry, VideoInfo, classify_source, fit, normalize, open_source
 from edgeseg.runtime.contract import Contract, InputSpec
+from edgeseg.runtime.datasets import read_idx, read_mask
 from edgeseg.runtime.errors import BadInputError, EdgesegError
-from edgeseg.runtime import Geometry, VideoInfo, classify_source, fit, normalize, open_source, read_image
 
 log = logging.getLogger("edgeseg.calibration")
 
@@ -44,6 +44,7 @@ class FrameStats:
     skipped: int
     skipped_reasons: tuple[str, ...] = ()
     masks: int = 0
+    thresholded_masks: int = 0  # binary 0/255 masks with in-between (JPEG edge) values, thresholded at 128
     median_autocorrelation: float = 1.0
     flat_frames: int = 0
     distinct_frames: int = 0
@@ -98,8 +99,9 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
     ``data`` is an image folder, a glob, a ``.txt`` list, a video (frames sampled evenly over
     its length, or every ``every``-th), an ``.npy``/``.npz`` array of images (N, H, W[, C]; the
     course's arrays), an MNIST IDX image file (``...-ubyte.gz``), or a folder holding ``images/``
-    and ``masks/``. Masks are class-id images paired with frames by file
-    stem; binary {0, 255} masks of a two-class model read as {0, 1}.
+    and ``masks/``. Masks pair with frames by file stem and are read by
+    :func:`edgeseg.runtime.datasets.read_mask`, the rules training uses (0/255 and JPEG-edge
+    masks of a two-class model thresholded at 128, colour masks through the contract's palette).
 
     Example::
 
@@ -119,6 +121,9 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
         kind, items = "array", _array_images(data, samples=samples, every=every)
     else:
         kind, items = _source_images(data, samples=samples, every=every)
+    if masks is not None and contract.kind != "segmentation":
+        raise EdgesegError(f"--masks: model kind `{contract.kind}` has no classes to score against masks; "
+                           "drop --masks (its report compares reconstructions instead).")
     mask_paths = _mask_index(Path(masks)) if masks is not None else None
 
     tmp = tempfile.TemporaryDirectory(prefix="edgeseg-calib-")
@@ -131,7 +136,7 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
     names: list[str] = []
     skipped: list[str] = []
     autocorr: list[float] = []
-    flat = 0
+    flat = thresholded = 0
     fingerprints: set[bytes] = set()
     unpaired: list[str] = []
     try:
@@ -147,7 +152,8 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
                         if mask_path is None:
                             unpaired.append(name)
                             continue
-                        mask = _fit_mask(read_image(mask_path), geometry, spec, contract.num_classes, mask_path)
+                        mask, blurred = _fit_mask(mask_path, geometry, contract)
+                        thresholded += blurred
                 except BadInputError as bad:
                     error = str(bad)
             if error is not None:
@@ -169,12 +175,14 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
                 f"with the same stem (first: {unpaired[0]!r}; masks there look like {sorted(mask_paths)[:3]}). "
                 "Name each mask after its image (cells_01.png -> masks/cells_01.png)."
             )
+        if not names and skipped:
+            raise EdgesegError(f"No usable calibration frames in `{data}`: all {len(skipped)} read were refused "
+                               f"(first: {skipped[0]}). Fix those files or point --data/--masks elsewhere.")
         if not names:
-            reason = f" ({len(skipped)} unreadable: {skipped[0]})" if skipped else ""
-            raise EdgesegError(f"No calibration frames in `{data}`: expected images, a video or an .npy array{reason}.")
+            raise EdgesegError(f"No calibration frames in `{data}`: expected images, a video or an .npy array.")
         stats = FrameStats(
             source=str(data), kind=kind, read=len(names), skipped=len(skipped), skipped_reasons=tuple(skipped[:20]),
-            masks=len(names) if mask_store is not None else 0,
+            masks=len(names) if mask_store is not None else 0, thresholded_masks=thresholded,
             median_autocorrelation=float(np.median(autocorr)), flat_frames=int(flat),
             distinct_frames=len(fingerprints),
         )
@@ -227,7 +235,7 @@ def _source_images(data: Path, *, samples: int, every: int | None):
 
 
 def _load_array(path: Path) -> np.ndarray:
-    """An .npy (memory-mapped), an .npz (its images array) or an MNIST IDX image file as an array."""
+    """An .npy (memory-mapped), an .npz (its images array) or an MNIST IDX image file (the datasets reader)."""
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -238,13 +246,7 @@ def _load_array(path: Path) -> np.ndarray:
                 if not images:
                     raise EdgesegError(f"`{path}` holds no image array (N, H, W[, C]); it has {archive.files}.")
                 return archive[images[0]]
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as handle:
-            head = handle.read(4)
-            if head[:2] != b"\x00\x00" or head[2] != 0x08:
-                raise EdgesegError(f"`{path}` is not an IDX file of uint8 images (magic {head.hex()}).")
-            dims = [int.from_bytes(handle.read(4), "big") for _ in range(head[3])]
-            return np.frombuffer(handle.read(), np.uint8).reshape(dims)
+        return read_idx(path)
     except (OSError, ValueError, EOFError) as error:
         raise EdgesegError(f"Cannot read `{path}` as an image array: {error}.") from None
 
@@ -282,19 +284,14 @@ def _mask_index(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in paths}
 
 
-def _fit_mask(mask: np.ndarray, geometry: Geometry, spec: InputSpec, num_classes: int, path: Path) -> np.ndarray:
-    if mask.ndim == 3:
-        mask = mask[:, :, 0]
+def _fit_mask(path: Path, geometry: Geometry, contract: Contract) -> tuple[np.ndarray, int]:
+    """The mask at ``path`` read by the datasets rules, placed like its frame; 1 when it was thresholded."""
+    mask, thresholded = read_mask(path, contract.num_classes, contract.output.palette or None)
     if mask.shape != (geometry.frame_height, geometry.frame_width):
         raise BadInputError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, its image "
                             f"{geometry.frame_width}x{geometry.frame_height}")
-    mask = mask.astype(np.uint8)
-    values = np.unique(mask)
-    if num_classes == 2 and set(values.tolist()) <= {0, 255}:
-        mask = (mask > 0).astype(np.uint8)
-    elif num_classes and values.max() >= num_classes:
-        raise BadInputError(f"mask {path.name} holds class id {int(values.max())}, the model has {num_classes} classes")
+    spec = contract.input
     placed = cv2.resize(mask, (geometry.width, geometry.height), interpolation=cv2.INTER_NEAREST)
     canvas = np.full((spec.height, spec.width), IGNORE, np.uint8)
     canvas[geometry.top:geometry.top + geometry.height, geometry.left:geometry.left + geometry.width] = placed
-    return canvas
+    return canvas, thresholded

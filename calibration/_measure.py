@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.calibration._data import IGNORE, CalibrationSet
 from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime.contract import Contract
+from edgeseg.runtime.postprocess import channels_last, class_ids
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Compute ops the CPU execution provider runs in int8 when wrapped in Q/DQ; the rest
@@ -69,9 +70,11 @@ class Comparison:
 
     def drop(self, kind: str) -> float:
         """The accuracy lost, in points: mIoU (with masks), disagreement (without), MSE increase % (autoencoder)."""
-        if self.reconstruction_mse is not None:
-            fp32, int8 = self.reconstruction_mse["fp32"], self.reconstruction_mse["int8"]
-            return 100.0 * (int8 - fp32) / max(fp32, 1e-12)
+        mse = self.reconstruction_mse
+        if mse is not None and "fp32_power" in mse:  # an encoder: FP32-vs-INT8 noise over the code's power
+            return 100.0 * mse["fp32_vs_int8"] / max(mse["fp32_power"], 1e-12)
+        if mse is not None:
+            return 100.0 * (mse["int8"] - mse["fp32"]) / max(mse["fp32"], 1e-12)
         if self.fp32.get("miou") is not None and self.int8.get("miou") is not None:
             return 100.0 * (self.fp32["miou"] - self.int8["miou"])
         return 100.0 * (1.0 - (self.agreement or 0.0))
@@ -82,18 +85,8 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
     input_name = fp32_session.get_inputs()[0].name
     names = contract.output.classes
     result = Comparison()
-    if contract.kind == "autoencoder":
-        errors = {"fp32": 0.0, "int8": 0.0, "fp32_vs_int8": 0.0}
-        count = 0
-        for _, batch in frames.chunks(chunk):
-            a, b = (_run(s, input_name, batch) for s in (fp32_session, int8_session))
-            target = batch.reshape(a.shape) if batch.size == a.size else None
-            if target is not None:
-                errors["fp32"] += float(np.square(a - target).sum())
-                errors["int8"] += float(np.square(b - target).sum())
-            errors["fp32_vs_int8"] += float(np.square(a - b).sum())
-            count += a.size
-        result.reconstruction_mse = {k: v / max(1, count) for k, v in errors.items()}
+    if contract.kind in ("autoencoder", "encoder"):
+        result.reconstruction_mse = _output_errors(fp32_session, int8_session, input_name, frames, chunk)
         return result
     scores = {"fp32": _Scores(max(2, len(names))), "int8": _Scores(max(2, len(names)))}
     agree = total = 0
@@ -118,22 +111,41 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
     return result
 
 
+def _output_errors(fp32_session, int8_session, input_name: str, frames: CalibrationSet, chunk: int) -> dict:
+    """Mean squared errors: each model's output against its input (an autoencoder), and FP32 vs INT8.
+
+    An encoder's output (the latent code) has no input to match: then ``fp32_power`` (the mean
+    square of the FP32 code) scales the FP32-vs-INT8 error instead.
+    """
+    errors = {"fp32": 0.0, "int8": 0.0, "fp32_vs_int8": 0.0}
+    power = 0.0
+    count = 0
+    same_shape = True
+    for _, batch in frames.chunks(chunk):
+        a, b = (_run(s, input_name, batch) for s in (fp32_session, int8_session))
+        same_shape = same_shape and batch.size == a.size
+        if same_shape:
+            target = batch.reshape(a.shape)
+            errors["fp32"] += float(np.square(a - target).sum())
+            errors["int8"] += float(np.square(b - target).sum())
+        errors["fp32_vs_int8"] += float(np.square(a - b).sum())
+        power += float(np.square(a).sum())
+        count += a.size
+    result = {k: v / max(1, count) for k, v in errors.items()}
+    if not same_shape:
+        return {"fp32_vs_int8": result["fp32_vs_int8"], "fp32_power": power / max(1, count)}
+    return result
+
+
 def _run(session, input_name: str, batch: np.ndarray) -> np.ndarray:
     # One frame per call: exported models may have a fixed batch of 1.
     return np.concatenate([session.run(None, {input_name: batch[i : i + 1]})[0] for i in range(len(batch))])
 
 
 def _classes(output: np.ndarray, contract: Contract) -> np.ndarray:
-    """Class ids (N, H, W) from a segmentation output, NHWC or NCHW, one or many channels."""
-    n = max(1, contract.num_classes)
-    if output.ndim == 4 and output.shape[-1] not in (1, n) and output.shape[1] in (1, n):
-        output = output.transpose(0, 2, 3, 1)
-    if output.ndim == 3:
-        output = output[..., None]
-    if output.shape[-1] == 1:
-        threshold = 0.5 if contract.output.activation in ("sigmoid", "softmax") else 0.0
-        return (output[..., 0] > threshold).astype(np.uint8)
-    return output.argmax(-1).astype(np.uint8)
+    """Class ids (N, H, W) of a batch of outputs, by the runtime's own post-processing (any layout,
+    argmax or the one-channel threshold by activation), so INT8 is scored as ``segment`` would see it."""
+    return np.stack([class_ids(channels_last(item, contract), contract) for item in output])
 
 
 # ---------------------------------------------------------------- per-layer SQNR

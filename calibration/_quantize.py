@@ -12,13 +12,15 @@ import io
 import logging
 import os
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgeseg.calibration._cli import TRT_TABLE_FORMAT  # noqa: F401  (the format, named once, for --help)
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("edgeseg.calibration")
 
@@ -226,13 +228,60 @@ def output_activations(model_path: Path) -> list[str]:
     return found
 
 
-def write_trt_table(ranges, folder: Path) -> list[str]:
-    """TensorRT calibration table files (JSON, flatbuffers, text cache) for GPU users."""
-    from onnxruntime.quantization.quant_utils import write_calibration_table
+def trt_amax(lowest: float, highest: float) -> float:
+    """The symmetric dynamic range TensorRT needs: the larger magnitude of the two ends.
+
+    onnxruntime's own writer stores max(highest, lowest), which drops a negative end larger
+    than the positive one (a range -51.3..30.8 became 30.8).
+    """
+    return max(abs(float(lowest)), abs(float(highest)))
+
+
+def write_trt_table(ranges: Mapping[str, tuple[float, float]], folder: Path) -> list[str]:
+    """Write the TensorRT calibration table for ``ranges`` (tensor -> (lowest, highest)) into ``folder``.
+
+    Format: see :data:`TRT_TABLE_FORMAT`. Returns the files written.
+
+    Example::
+
+        write_trt_table({"conv1": (-51.3, 30.8)}, Path("trt"))   # conv1 -> amax 51.3
+    """
+    import flatbuffers
+    from onnxruntime.quantization.CalTableFlatBuffers import KeyValue, TrtTable
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_calibration_table(ranges, dir=str(folder))
-    return sorted(str(p) for p in folder.iterdir())
+    names = sorted(ranges)
+    amax = {name: trt_amax(*ranges[name]) for name in names}
+    builder = flatbuffers.Builder(1024)
+    entries = []
+    for name in names:
+        key, value = builder.CreateString(name), builder.CreateString(repr(amax[name]))
+        KeyValue.KeyValueStart(builder)
+        KeyValue.KeyValueAddKey(builder, key)
+        KeyValue.KeyValueAddValue(builder, value)
+        entries.append(KeyValue.KeyValueEnd(builder))
+    TrtTable.TrtTableStartDictVector(builder, len(entries))
+    for entry in reversed(entries):  # flatbuffers vectors are built back to front
+        builder.PrependUOffsetTRelative(entry)
+    vector = builder.EndVector()
+    TrtTable.TrtTableStart(builder)
+    TrtTable.TrtTableAddDict(builder, vector)
+    builder.Finish(TrtTable.TrtTableEnd(builder))
+    write_bytes_atomic(folder / "calibration.flatbuffers", bytes(builder.Output()))
+    write_text_atomic(folder / "calibration.cache", "".join(f"{name} {amax[name]!r}\n" for name in names))
+    write_json_atomic(folder / "calibration.json", {
+        name: {"lowest": float(ranges[name][0]), "highest": float(ranges[name][1]), "amax": amax[name]}
+        for name in names})
+    return sorted(str(folder / f) for f in ("calibration.flatbuffers", "calibration.cache", "calibration.json"))
+
+
+def read_trt_table(folder: Path) -> dict[str, float]:
+    """Read ``calibration.flatbuffers`` back as tensor -> amax (what the TensorRT provider will read)."""
+    from onnxruntime.quantization.CalTableFlatBuffers import TrtTable
+
+    table = TrtTable.TrtTable.GetRootAsTrtTable(Path(folder, "calibration.flatbuffers").read_bytes(), 0)
+    entries = (table.Dict(i) for i in range(table.DictLength()))
+    return {entry.Key().decode(): float(entry.Value()) for entry in entries}
 
 
 class _ListReader:

@@ -25,6 +25,7 @@ _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.calibration",
     "edgeseg.runtime",
     "edgeseg.bench",
+    "edgeseg.tune",
     "edgeseg.demo",
 )
 
@@ -54,6 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extra that brings each third-party package a command may import (pyproject.toml's extras).
+_EXTRA_OF_MODULE = {
+    "tensorflow": "export", "keras": "export", "tf2onnx": "export", "h5py": "export",
+    "onnx": "calibrate", "matplotlib": "calibrate", "onnxruntime": "cpu", "openvino": "openvino",
+    "psutil": "bench", "ray": "ray", "prometheus_client": "serve", "imageio_ffmpeg": "cpu",
+}
+# What a whole command needs, when the missing module is not one of the above.
+_EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",
+                     "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
+
+
+def missing_extra_message(command: str, error: ModuleNotFoundError) -> str:
+    """One line for a command whose optional dependency is not installed: which package, which extra.
+
+    Example::
+
+        missing_extra_message("export", ModuleNotFoundError(name="tf2onnx"))
+        # "edgeseg export needs the `tf2onnx` package, which is not installed: pip install 'edgeseg[export]'"
+    """
+    module = (error.name or "").split(".")[0] or "a package"
+    extra = _EXTRA_OF_MODULE.get(module) or _EXTRA_OF_COMMAND.get(command)
+    fix = f": pip install 'edgeseg[{extra}]'" if extra else " (it should come with edgeseg itself: reinstall edgeseg)"
+    return f"edgeseg {command} needs the `{module}` package, which is not installed{fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``edgeseg`` command line; returns the process exit code.
 
@@ -75,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as error:
         if _interrupted(error):
             return _say_interrupted(command)
-        raise
+        if not isinstance(error, ModuleNotFoundError) or command == "edgeseg":
+            raise
+        # An optional extra is missing: one line naming it, exit 2, never a traceback.
+        print(f"{command}: error: {missing_extra_message(command.split(' ', 1)[1], error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return _say_interrupted(command)
 

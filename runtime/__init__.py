@@ -8,7 +8,8 @@ What other packages and apps use, each concept once:
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
-- frames and sources, sinks, engines, :class:`Model` and :func:`segment`.
+- frames and sources, sinks, engines, :class:`Model` and :func:`segment`;
+- engine choice: :func:`choose_config` reads ``edgeseg tune``'s records (:class:`EngineConfig`), else a heuristic.
 
 onnxruntime itself is imported only when a session is built, so the contract and preprocessing
 helpers work (and the ``edgeseg`` command line starts) without it.
@@ -16,6 +17,7 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
 from edgeseg.runtime._model import Model, resolve_engine
+from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
 from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -23,6 +25,20 @@ from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, m
 from edgeseg.runtime._sinks import (FrameSink, JsonlSink, MaskSink, Outcome, OverlayImageSink, OverlayVideoSink,
                                     ReconstructionSink, RecordSink, VideoSink, read_mask_png, write_mask_png)
 from edgeseg.runtime._streams import LiveSource, is_live
+from edgeseg.runtime._openvino import openvino_available
+from edgeseg.runtime._tuning import (
+    BARS,
+    RECORD_VERSION,
+    EngineConfig,
+    cache_dir,
+    choose_config,
+    cpu_flags,
+    find_record,
+    heuristic_config,
+    machine_fingerprint,
+    pick,
+    record_path,
+)
 from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -39,6 +55,18 @@ __all__ = [
     "open_model",
     "Source",
     "SegmentOptions",
+    "BARS",
+    "RECORD_VERSION",
+    "EngineConfig",
+    "cache_dir",
+    "choose_config",
+    "cpu_flags",
+    "find_record",
+    "openvino_available",
+    "pick",
+    "heuristic_config",
+    "machine_fingerprint",
+    "record_path",
     "METADATA_KEY",
     "BadInputError",
     "Contract",
@@ -54,6 +82,9 @@ __all__ = [
     "ProviderFallbackWarning",
     "ReconstructionResult",
     "SegmentationResult",
+    "StreamOptions",
+    "StreamResult",
+    "StreamSpec",
     "VideoInfo",
     "VideoSink",
     "atomic_path",
@@ -69,12 +100,14 @@ __all__ = [
     "normalize",
     "open_source",
     "overlay",
+    "parse_sources",
     "preprocess",
     "preprocess_batch",
     "read_image",
     "read_mask_png",
     "resolve_engine",
     "restore",
+    "run_streams",
     "segment",
     "sha256_of",
     "stage_table",

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from edgeseg.runtime import _streams_cli
+
 _EPILOG = """\
 SOURCE is an image, a folder (sorted; --recursive for subfolders), a glob in quotes, a .txt
 file listing paths, a video file, a webcam index (0) or a stream URL (rtsp://, http://, tcp://).
@@ -35,8 +37,9 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", nargs="?", metavar="SOURCE",
-                        help="image, folder, glob, .txt list, video file, webcam index or stream URL")
+    parser.add_argument("source", nargs="*", metavar="SOURCE",
+                        help="image, folder, glob, .txt list, video file, webcam index or stream URL; "
+                             "several: one run over all of them (see 'several streams')")
     parser.add_argument("--source", dest="source_option", metavar="PATH",
                         help="the same as SOURCE (for scripts that name every option)")
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
@@ -49,8 +52,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--precision", choices=("auto", "f32"), default="auto",
                      help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
                           "(default: auto)")
-    run.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto)")
+    run.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
+                     help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto); "
+                          "tensorrt keeps its built engines under the XDG cache")
+    run.add_argument("--strict", action="store_true",
+                     help="with --provider cuda/tensorrt: fail at start if any node would run on the CPU")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="inference threads (default: onnxruntime every core on machines with 2 or fewer, else all "
                           "but one; openvino every core; 0: the engine's own choice). On a machine where another "
@@ -97,6 +103,7 @@ def register(subparsers: Any) -> None:
     con.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted after scaling")
     con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
     con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
+    _streams_cli.add_arguments(parser)
     parser.set_defaults(func=_run)
 
 
@@ -104,17 +111,20 @@ def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import EdgesegError
     from edgeseg.runtime._pipeline import SegmentOptions, open_model, segment, stage_table
 
-    source = args.source_option if args.source_option is not None else args.source
-    if source is None:
+    sources = _streams_cli.sources_of(args)
+    source = sources[0] if len(sources) == 1 else None
+    if not sources:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     options = SegmentOptions(
         outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
         batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,
         alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
-        show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite, resume=args.resume,
-        provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
-        optimization=args.optimization)
+        show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
+        resume=args.resume, provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
+        optimization=args.optimization, strict=args.strict)
     model = open_model(args.model, options, contract=_contract_overrides(args) or None)
+    if _streams_cli.wants(args):
+        return _streams_cli.run(args, model)
     summary = segment(source, model=model, out=args.out, options=options)
     if summary["frames"] == 0 and not summary["interrupted"] and not summary.get("frames_resumed"):
         # Nothing was processed: a table of zero timings and exit 0 would read as success.

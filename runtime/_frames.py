@@ -8,17 +8,21 @@ Live sources (cameras, stream URLs) live in the runtime's stream module.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import glob as globlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-
+from edgeseg.runtime._imageheader import Reader, header_size, jpeg_layout
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
@@ -27,6 +31,8 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2", ".sr", ".ras"}
 )
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif"})
+# In a folder a GIF is an image (its first frame); given alone as SOURCE it is a video.
+FOLDER_IMAGE_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
 # Larger images are refused per item rather than decoded into gigabytes (OpenCV's own cap is 2**30).
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -76,52 +82,181 @@ class VideoInfo:
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one image file as OpenCV would (alpha and 16-bit kept), or raise BadInputError saying why."""
+    """Decode one image file as OpenCV would (alpha and 16-bit kept), or raise BadInputError saying why.
+
+    The size is read from the header first (every accepted format), so a huge image is refused
+    before anything is decoded. The bytes go to OpenCV, never the path: OpenCV crashes on names
+    that are not valid UTF-8.
+
+    Example::
+
+        image = read_image("scans/cell_01.tif", max_pixels=50_000_000)
+    """
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError("a folder, not an image file")
+    if path.suffix.lower() in VIDEO_SUFFIXES - FOLDER_IMAGE_SUFFIXES:
+        raise BadInputError("a video file, not an image: segment it on its own (pass it as SOURCE)")
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        with open(path, "rb") as handle:
+            read = _file_reader(handle)
+            if not read(0, 1):
+                raise BadInputError("empty file (0 bytes)")
+            _check_size(header_size(read), max_pixels)
+            data = np.frombuffer(read(0, -1), np.uint8)
     except OSError as error:
         raise BadInputError(f"unreadable file ({error.strerror or error})") from None
-    if data.size == 0:
-        raise BadInputError("empty file (0 bytes)")
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
-        # libjpeg decodes a truncated JPEG with a grey bottom and only a warning: refuse it instead.
-        raise BadInputError("truncated JPEG (no end-of-image marker)")
-    width_height = _header_size(data)
-    if width_height and width_height[0] * width_height[1] > max_pixels:
-        raise BadInputError(f"image too large ({width_height[0]}x{width_height[1]} > {max_pixels} pixels)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if data[:2].tobytes() == b"\xff\xd8":
+        _check_jpeg_complete(data.tobytes())
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV asserts on some damaged headers instead of returning None
+        image = None
     if image is None:
         raise BadInputError("not a decodable image (corrupt, truncated or not an image)")
-    if image.shape[0] * image.shape[1] > max_pixels:
-        raise BadInputError(f"image too large ({image.shape[1]}x{image.shape[0]} > {max_pixels} pixels)")
+    _check_size((image.shape[1], image.shape[0]), max_pixels)
     return image
 
 
-def image_frames(paths: Iterable[str | os.PathLike], *, root: str | os.PathLike | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
-    """Frames from image files in the given order; a bad file yields a frame with ``error`` set."""
-    for index, path in enumerate(paths):
-        path = Path(path)
-        name = _frame_name(path, root)
+def _file_reader(handle: Any) -> Reader:
+    def read(offset: int, size: int) -> bytes:
+        handle.seek(offset)
+        return handle.read(size)
+
+    return read
+
+
+def _check_size(size: tuple[int, int] | None, max_pixels: int) -> None:
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadInputError(f"image too large ({size[0]}x{size[1]} > {max_pixels} pixels)")
+
+
+def _check_jpeg_complete(data: bytes) -> None:
+    # libjpeg decodes a truncated JPEG with a grey bottom and only a warning: refuse it instead. The
+    # end-of-image marker follows the last scan; bytes after it (thumbnails, padding) are allowed.
+    # Inside scans 0xFF is always stuffed, so the first FFD9 after the first scan is the real end.
+    _, scan = jpeg_layout(lambda offset, size: data[offset : offset + size])
+    if scan is None or data.find(b"\xff\xd9", scan) < 0:
+        raise BadInputError("truncated JPEG (no end-of-image marker after its image data)")
+
+
+def display_path(path: str | os.PathLike | bytes) -> str:
+    """A path as printable text: bytes that are not UTF-8 become ``\\xNN`` escapes (``b_\\xff.png``).
+
+    Example::
+
+        display_path(os.fsdecode(b"b_\\xff.png"))   # 'b_\\\\xff.png'
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def opencv_path(path: str | os.PathLike) -> Iterator[str]:
+    """A path OpenCV can take for ``path``: the path itself when it is valid UTF-8, else a symlink to it.
+
+    OpenCV 5 segfaults on file names that are not valid UTF-8 (VideoCapture, VideoWriter, imread,
+    imwrite). Such a name is reached through a symlink with an ASCII name in a private temporary
+    folder, removed when the block ends; the target need not exist yet (for writers).
+
+    Example::
+
+        with opencv_path(video) as name:
+            capture = cv2.VideoCapture(name)
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    try:
+        absolute.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield absolute
+        return
+    suffix = Path(absolute).suffix
+    suffix = suffix if suffix.isascii() and suffix[1:].isalnum() else ""
+    with tempfile.TemporaryDirectory(prefix="edgeseg-") as folder:
+        link = os.path.join(folder, "media" + suffix)
+        os.symlink(absolute, link)
+        yield link
+
+
+def frame_names(paths: Sequence[Path], root: str | os.PathLike | None = None) -> list[str]:
+    """The output name of each input: its stem (its path under ``root`` without the suffix).
+
+    When two inputs would share a name (``a.jpg`` and ``a.png``), both keep their suffix
+    (``a.jpg``, ``a.png``, so masks/a.jpg.png), and a name still taken gets ``~2``, ``~3``...
+    Bytes that are not UTF-8 become ``\\xNN`` escapes, as in :func:`display_path`.
+
+    Example::
+
+        frame_names([Path("a.jpg"), Path("a.png"), Path("b.png")])   # ['a.jpg', 'a.png', 'b']
+    """
+    relative = [_relative(path, root) for path in paths]
+    stems = [display_path(rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix()) for rel in relative]
+    counts = collections.Counter(stems)
+    names = [display_path(rel.as_posix()) if counts[stem] > 1 else stem for rel, stem in zip(relative, stems)]
+    taken: collections.Counter[str] = collections.Counter()
+    unique = []
+    for name in names:
+        taken[name] += 1
+        unique.append(name if taken[name] == 1 else f"{name}~{taken[name]}")
+    return unique
+
+
+def _relative(path: Path, root: str | os.PathLike | None) -> Path:
+    if root is not None:
         try:
-            yield Frame(index, name, read_image(path, max_pixels=max_pixels), source=str(path))
+            return path.relative_to(root)
+        except ValueError:
+            pass
+    return Path(path.name)
+
+
+def image_frames(paths: Iterable[str | os.PathLike], *, root: str | os.PathLike | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, names: Iterable[str] | None = None) -> Iterator[Frame]:
+    """Frames from image files in the given order; a bad file yields a frame with ``error`` set.
+
+    ``names``: one per path (default: :func:`frame_names` of these paths; pass the names of the whole
+    source when ``paths`` is a selection of it, so a name never depends on --stride/--start).
+    ``Frame.source`` is the path as :func:`display_path` prints it.
+    """
+    paths = [Path(p) for p in paths]
+    names = frame_names(paths, root) if names is None else names
+    for index, (path, name) in enumerate(zip(paths, names)):
+        source = display_path(path)
+        try:
+            yield Frame(index, name, read_image(path, max_pixels=max_pixels), source=source)
         except BadInputError as error:
-            yield Frame(index, name, None, source=str(path), error=str(error))
+            yield Frame(index, name, None, source=source, error=str(error))
 
 
 def folder_paths(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by suffix, case-insensitive), sorted by path."""
+    """What a folder source holds, sorted by path: every image file, and every item that looks like
+    one but is not (a folder named ``x.jpg``, a video file), so that it gets a record saying why.
+
+    Other files (no image suffix) are named in the log. A folder with nothing to process raises
+    EdgesegError: a run of zero frames is never a success.
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise EdgesegError(f"Cannot read folder `{folder}`: not a directory.")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    files = [p for p in candidates if p.is_file() or p.is_symlink()]
-    images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
-    ignored = len(files) - len(images)
+        raise EdgesegError(f"Cannot read folder `{display_path(folder)}`: not a directory.")
+    candidates = list(folder.rglob("*") if recursive else folder.iterdir())
+    entries = [p for p in candidates if p.is_file() or p.is_symlink() or (not recursive and p.is_dir())]
+    chosen = sorted(p for p in entries if _is_folder_item(p))
+    ignored = sorted(p for p in entries if not p.is_dir() and not _is_folder_item(p))
     if ignored:
-        log.info("%s: ignoring %d file(s) without an image suffix", folder, ignored)
-    return images
+        shown = ", ".join(display_path(p.name) for p in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log.info("%s: ignoring %d file(s) without an image or video suffix (%s)", display_path(folder),
+                 len(ignored), shown)
+    if not chosen:
+        raise EdgesegError(
+            f"Source `{display_path(folder)}` is a folder with no image files in it ({len(ignored)} other file(s)). "
+            f"Pass a folder of images ({', '.join(sorted(FOLDER_IMAGE_SUFFIXES))}), an image, a video or a glob."
+        )
+    return chosen
+
+
+def _is_folder_item(path: Path) -> bool:
+    return path.suffix.lower() in FOLDER_IMAGE_SUFFIXES or path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
@@ -133,7 +268,7 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
     """
     capture = _open_video(path)
     info = VideoInfo._from_capture(capture)
-    stem = Path(path).stem
+    stem, source = display_path(Path(path).stem), display_path(path)
     try:
         index, yielded = 0, 0
         failed: list[int] = []  # failed reads since the last good one: yielded only once a later one works
@@ -150,7 +285,7 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
             for lost in (i for i in failed if i >= start and (i - start) % stride == 0):
                 if max_frames is not None and yielded >= max_frames:
                     break
-                yield Frame(lost, f"{stem}_{lost:06d}", None, 0.0, source=str(path),
+                yield Frame(lost, f"{stem}_{lost:06d}", None, 0.0, source=source,
                             error=f"frame {lost} could not be decoded (damaged data in the video)")
                 yielded += 1
             failed = []
@@ -160,13 +295,13 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
             if max_frames is not None and yielded >= max_frames:
                 break
             timestamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            yield Frame(index, f"{stem}_{index:06d}", image, timestamp, source=str(path))
+            yield Frame(index, f"{stem}_{index:06d}", image, timestamp, source=source)
             index += 1
             yielded += 1
         ended = failed[0] if failed else index  # the first frame that could not be read
         if max_frames is None and info.frame_count and ended < info.frame_count:
             log.warning("%s: video ended after %d of the %d frames its header announces (truncated or damaged)",
-                        path, ended, info.frame_count)
+                        source, ended, info.frame_count)
     finally:
         capture.release()
 
@@ -187,27 +322,29 @@ def open_source(spec: str | os.PathLike, *, stride: int = 1, start: int = 0, max
     if kind == "video":
         return video_frames(spec, stride=stride, start=start, max_frames=max_frames)
     root = spec if kind == "folder" else None
-    frames = image_frames(itertools.islice(paths, start, None, stride), root=root, max_pixels=max_pixels)
+    names = itertools.islice(frame_names(paths, root), start, None, stride)
+    frames = image_frames(itertools.islice(paths, start, None, stride), root=root, max_pixels=max_pixels, names=names)
     return itertools.islice(frames, max_frames)
 
 
 def classify_source(spec: str | os.PathLike, *, recursive: bool = False) -> tuple[str, list[Path]]:
     """``(kind, image_paths)`` for a finite source; kind is image, folder, glob, list or video."""
-    text = str(spec)
+    text = os.fsdecode(spec) if isinstance(spec, bytes) else str(spec)
     path = Path(text)
     if path.is_dir():
         return "folder", folder_paths(path, recursive=recursive)
     if any(ch in text for ch in "*?[") and not path.exists():
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
+        # A folder the pattern matches by an image suffix (x.jpg/) is kept, to be named with its reason.
+        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file() or _is_folder_item(Path(p)))
         if not matches:
-            raise EdgesegError(f"Source `{text}`: the pattern matches no files.")
+            raise EdgesegError(f"Source `{display_path(text)}`: the pattern matches no files.")
         return "glob", matches
     if not path.exists():
-        raise EdgesegError(f"Source `{text}`: no such file or folder.")
+        raise EdgesegError(f"Source `{display_path(text)}`: no such file or folder.")
     suffix = path.suffix.lower()
     if suffix == ".txt":
         base = path.parent
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
         paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines if ln and not ln.startswith("#")]
         return "list", paths
     if suffix in VIDEO_SUFFIXES:
@@ -216,37 +353,15 @@ def classify_source(spec: str | os.PathLike, *, recursive: bool = False) -> tupl
 
 
 def _open_video(path: str | os.PathLike) -> cv2.VideoCapture:
+    shown = display_path(path)
+    if Path(path).is_dir():
+        raise EdgesegError(f"Cannot open video `{shown}`: it is a folder.")
     if not Path(path).is_file():
-        raise EdgesegError(f"Cannot open video `{path}`: no such file.")
-    capture = cv2.VideoCapture(str(path))
+        raise EdgesegError(f"Cannot open video `{shown}`: no such file.")
+    # FFmpeg holds the file open once it is opened, so the symlink of opencv_path may go at once.
+    with opencv_path(path) as name:
+        capture = cv2.VideoCapture(name)
     if not capture.isOpened():
         capture.release()
-        raise EdgesegError(f"Cannot open video `{path}`: OpenCV found no decodable video stream in it.")
+        raise EdgesegError(f"Cannot open video `{shown}`: OpenCV found no decodable video stream in it.")
     return capture
-
-
-def _frame_name(path: Path, root: str | os.PathLike | None) -> str:
-    if root is not None:
-        try:
-            return path.relative_to(root).with_suffix("").as_posix()
-        except ValueError:
-            pass
-    return path.stem
-
-
-def _header_size(data: np.ndarray) -> tuple[int, int] | None:
-    # Width and height from PNG and JPEG headers, so a huge image is refused before it is decoded.
-    head = data[:64 * 1024].tobytes()
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    if head[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                return None
-            marker = head[i + 1]
-            length = int.from_bytes(head[i + 2 : i + 4], "big")
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
-            i += 2 + length
-    return None

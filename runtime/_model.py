@@ -14,6 +14,7 @@ so threads may share one, and each worker process can build its own cheaply.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,9 @@ from edgeseg.runtime import postprocess as post
 from edgeseg.runtime._preprocess import Geometry, preprocess_batch
 from edgeseg.runtime.postprocess import Result, SegmentationResult
 from edgeseg.runtime._session import CUDA, check_model_file, make_session
+from edgeseg.runtime._tuning import EngineConfig, choose_config, heuristic_config
+
+log = logging.getLogger("edgeseg.runtime")
 
 ENGINES = ("onnxruntime", "openvino", "auto")
 
@@ -38,7 +42,10 @@ class Model:
     ``contract``: a :class:`Contract` or a dict of overrides (merged key by key into the file's
     contract, or the whole contract for a file that has none). ``engine``: ``onnxruntime`` (the
     default), ``openvino`` (the optional OpenVINO engine, :mod:`edgeseg.runtime._openvino`) or
-    ``auto`` (OpenVINO when it is installed and CUDA is not asked for, else onnxruntime).
+    ``auto``: the configuration ``edgeseg tune`` measured fastest for this file on this machine at the
+    agreement ``bar`` (``exact`` >= 99.9%, ``fast`` >= 99%; records under ``tuning_cache``, default the
+    XDG cache), else the heuristic of :func:`edgeseg.runtime.heuristic_config`; one log line says which
+    and why, and ``config`` holds it (its ``batch`` is the batch to feed).
     ``provider`` and ``optimization`` are onnxruntime's (see :func:`make_session`); ``precision`` is
     OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``; so is ``throughput``
     (several streams, each batch split across them: for batched files, not live sources). ``threads`` goes to
@@ -54,10 +61,24 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
                  optimization: str = "all", contract: Contract | Mapping[str, Any] | None = None,
-                 engine: str = "onnxruntime", precision: str = "auto", throughput: bool = False) -> None:
+                 engine: str = "onnxruntime", precision: str = "auto", throughput: bool = False,
+                 bar: str = "exact", tuning_cache: str | os.PathLike | None = None, strict: bool = False) -> None:
         self.path = Path(path)
-        self._arguments = (str(self.path), provider, threads, optimization, contract, engine, precision, throughput)
-        self.engine = resolve_engine(engine, provider=provider)
+        self._arguments = (str(self.path), provider, threads, optimization, contract, engine, precision, throughput,
+                           bar, tuning_cache, strict)
+        if engine not in ENGINES:
+            raise EdgesegError(f"Unknown engine {engine!r}: expected one of {', '.join(ENGINES)}.")
+        self.config = EngineConfig(engine=engine, precision=precision, threads=threads, throughput=throughput)
+        self.choice_reason = f"engine={engine!r} asked for"
+        if engine == "auto":
+            check_model_file(self.path)
+            self.config, self.choice_reason, int8 = choose_config(self.path, bar=bar, cache=tuning_cache,
+                                                                  provider=provider)
+            log.info("%s: engine auto runs %s (%s)", self.path.name, self.config.describe(), self.choice_reason)
+            self.path = Path(int8) if int8 else self.path
+            engine, precision = self.config.engine, self.config.precision
+            threads, throughput = self.config.threads, self.config.throughput
+        self.engine = engine
         self.session: Any = None
         self._openvino: Any = None
         if self.engine == "openvino":
@@ -74,7 +95,8 @@ class Model:
             if precision != "auto":
                 raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
                                    "fp32 (use engine='openvino', or leave precision at 'auto').")
-            self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization)
+            self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization,
+                                        strict=strict)
             self.providers = tuple(self.session.get_providers())
             self.precision = "fp32"
             self.streams = 1
@@ -131,8 +153,19 @@ class Model:
                 yield dataclasses.replace(frame, error=str(error)), None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Raw preprocessed float32 batch in, raw first output out (for benchmarks and calibration)."""
+        """Raw preprocessed float32 batch in, raw first output out (for benchmarks and calibration).
+
+        A model whose output does not hold one result per input frame raises EdgesegError.
+        """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        output = self._run(batch)
+        if np.ndim(output) == 0 or output.shape[0] != batch.shape[0]:
+            got = "a scalar" if np.ndim(output) == 0 else f"{output.shape[0]} (shape {list(output.shape)})"
+            raise EdgesegError(f"model `{self.path}` returned {got} result(s) for a batch of {batch.shape[0]} frames: "
+                               "its output's first axis must be the batch. Fix the model, or run with --batch 1.")
+        return output
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._openvino is not None:
             return self._openvino.run(batch, self._input_index)
         if self._uses_cuda:
@@ -220,14 +253,16 @@ class Model:
 
 def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
              contract: Contract | Mapping[str, Any] | None, engine: str = "onnxruntime",
-             precision: str = "auto", throughput: bool = False) -> Model:
+             precision: str = "auto", throughput: bool = False, bar: str = "exact",
+             tuning_cache: str | None = None, strict: bool = False) -> Model:
     return Model(path, provider=provider, threads=threads, optimization=optimization, contract=contract,
-                 engine=engine, precision=precision, throughput=throughput)
+                 engine=engine, precision=precision, throughput=throughput, bar=bar, tuning_cache=tuning_cache,
+                 strict=strict)
 
 
 def resolve_engine(engine: str, *, provider: str = "auto") -> str:
-    """The engine ``Model(engine=...)`` really uses: ``auto`` picks OpenVINO when it is installed and
-    CUDA is not asked for (on the CPU it is the fastest engine measured here), else onnxruntime.
+    """The engine ``engine`` means without a tuning record: ``auto`` is :func:`heuristic_config`'s
+    choice (OpenVINO on a bf16 CPU with OpenVINO installed and no CUDA, else onnxruntime).
 
     Example::
 
@@ -237,19 +272,7 @@ def resolve_engine(engine: str, *, provider: str = "auto") -> str:
         raise EdgesegError(f"Unknown engine {engine!r}: expected one of {', '.join(ENGINES)}.")
     if engine != "auto":
         return engine
-    from edgeseg.runtime._openvino import openvino_available
-
-    if provider == "cuda" or not openvino_available():
-        return "onnxruntime"
-    if provider == "auto":
-        try:
-            import onnxruntime as ort
-
-            if CUDA in ort.get_available_providers():  # a GPU beats any CPU engine
-                return "onnxruntime"
-        except ImportError:
-            pass
-    return "openvino"
+    return heuristic_config(provider=provider)[0].engine
 
 
 def _resolve_contract(path: Path, given: Contract | Mapping[str, Any] | None) -> Contract:

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.runtime._tuning import cpu_flags
 from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
-PRECISIONS = ("auto", "f32")
+PRECISIONS = ("auto", "f32", "bf16")
 MISSING = ("engine 'openvino' needs the openvino package, which is not installed: "
            "pip install 'edgeseg[openvino]' (or use --engine onnxruntime).")
 
@@ -37,7 +38,8 @@ def openvino_available() -> bool:
 class OpenVinoEngine:
     """A compiled OpenVINO model with one infer request per calling thread (so it is thread-safe).
 
-    ``precision``: ``auto`` (OpenVINO's default: bf16 where the CPU has it) or ``f32``.
+    ``precision``: ``auto`` (OpenVINO's default: bf16 where the CPU has it), ``f32`` or ``bf16`` (only
+    where the CPU has it).
     ``threads``: inference threads (None or 0: OpenVINO's default, every core; measured best here).
     ``throughput``: compile for throughput (OpenVINO's streams, one per pair of cores or so) and split
     each batch across them, for batched files; measured on FCN-8 batch 4 here: 64.5-65.5 fps against
@@ -56,6 +58,9 @@ class OpenVinoEngine:
         if precision not in PRECISIONS:
             raise EdgesegError(f"Unknown precision {precision!r} for engine 'openvino': expected one of "
                                f"{', '.join(PRECISIONS)} (auto: OpenVINO's default, bf16 where the CPU has it).")
+        if precision == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
+            raise EdgesegError("precision 'bf16' needs a CPU with AMX or AVX512-BF16, and this one has neither; "
+                               "use precision 'auto' (f32 here).")
         try:
             import openvino as ov
         except ImportError:
@@ -70,8 +75,8 @@ class OpenVinoEngine:
                                "Pass an .onnx file written by `edgeseg export`.") from None
         self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         config: dict[str, Any] = {}
-        if precision == "f32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if precision in ("f32", "bf16"):
+            config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if throughput:

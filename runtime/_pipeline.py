@@ -40,7 +40,8 @@ from edgeseg.runtime import postprocess as post
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
-from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, video_frames
+from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
+                                     video_frames)
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -67,8 +68,9 @@ class SegmentOptions:
     """Every knob of :func:`segment`, validated once (``None`` means "the model's or engine's default").
 
     Frames: ``stride``, ``start``, ``max_frames``, ``recursive`` (subfolders). Inference: ``batch``
-    (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and, when the model is given as a path, ``provider``,
-    ``threads``, ``engine``, ``precision``, ``optimization`` (see :class:`Model`). Outputs: ``outputs``
+    (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and,
+    when the model is given as a path, ``provider``, ``threads``, ``engine``, ``precision``,
+    ``optimization``, ``strict`` (see :class:`Model`). Outputs: ``outputs``
     (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always written), ``alpha``
     (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class probabilities, videos and
     streams), ``codec`` (overlay.mp4), ``show``, ``progress``. Live sources: ``policy``, ``reconnect``.
@@ -101,6 +103,7 @@ class SegmentOptions:
     engine: str = "onnxruntime"
     precision: str = "auto"
     optimization: str = "all"
+    strict: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", tuple(self.outputs))
@@ -135,7 +138,7 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
         return model
     return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
                  contract=contract, engine=options.engine, precision=options.precision,
-                 throughput=(options.batch or 1) > 1)
+                 throughput=(options.batch or 1) > 1, strict=options.strict)
 
 
 # Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).
@@ -195,7 +198,9 @@ class Source:
             fps = info.fps / options.stride
         else:  # the paths are listed already: don't walk the folder twice
             chosen = itertools.islice(paths, options.start, None, options.stride)
-            frames = itertools.islice(image_frames(chosen, root=spec if kind == "folder" else None), options.max_frames)
+            root = spec if kind == "folder" else None
+            names = itertools.islice(frame_names(paths, root), options.start, None, options.stride)  # the whole source's
+            frames = itertools.islice(image_frames(chosen, root=root, names=names), options.max_frames)
             total, fps = len(range(options.start, len(paths), options.stride)), 0.0
         if total is not None and options.max_frames is not None:
             total = min(total, options.max_frames)
@@ -622,7 +627,7 @@ class _Run:
                 outputs.update(sink.outputs)
         source, model = self.source, self.model
         summary = {
-            "source": str(source.spec),
+            "source": display_path(str(source.spec)),
             "source_kind": source.kind,
             "model": str(model.path),
             "kind": model.kind,

@@ -16,10 +16,11 @@ from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
-PROVIDERS = ("auto", "cuda", "cpu")
+PROVIDERS = ("auto", "cuda", "cpu", "tensorrt")
 OPTIMIZATIONS = ("all", "extended", "basic", "disable")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 class ProviderFallbackWarning(RuntimeWarning):
@@ -43,12 +44,19 @@ def default_threads() -> int:
 
 
 def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
-                 optimization: str = "all") -> Any:
+                 optimization: str = "all", strict: bool = False, fp16: bool = False,
+                 engine_cache: str | os.PathLike | None = None) -> Any:
     """Build an ``onnxruntime.InferenceSession`` for ``path`` with the providers and options asked for.
 
     ``provider``: ``auto`` (CUDA when onnxruntime has it, else the CPU), ``cuda`` (warns loudly,
-    once, when it ends up on the CPU) or ``cpu``. ``threads``: intra-op threads (None: see
+    once, when it ends up on the CPU), ``tensorrt`` (TensorRT, then CUDA, then CPU for what
+    TensorRT cannot take; its built engines are kept in ``engine_cache``, default
+    ``$XDG_CACHE_HOME/edgeseg/tensorrt``) or ``cpu``. ``threads``: intra-op threads (None: see
     :func:`default_threads`; 0: onnxruntime's own default). ``optimization``: graph optimization level.
+    ``strict``: fail at session creation if any node would run on the CPU instead of the GPU
+    (onnxruntime's ``session.disable_cpu_ep_fallback``); with ``provider="cpu"`` it changes nothing.
+    ``fp16``: the GPU's half-precision path (TensorRT's FP16 kernels, or for CUDA the model's
+    weights and compute converted to float16 with float32 inputs and outputs kept).
 
     Example::
 
@@ -67,6 +75,8 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
         import onnxruntime as ort
     except ImportError:
         raise EdgesegError("edgeseg's runtime needs onnxruntime: pip install 'edgeseg[cpu]' (or 'edgeseg[gpu]').") from None
+    available = ort.get_available_providers()
+    _check_gpu_request(provider, strict=strict, fp16=fp16, available=available)
 
     options = ort.SessionOptions()
     options.graph_optimization_level = {
@@ -82,12 +92,23 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
 
-    available = ort.get_available_providers()
-    wants_cuda = provider == "cuda" or (provider == "auto" and CUDA in available)
-    requested = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
+    wants_cuda = provider in ("cuda", "tensorrt") or (provider == "auto" and CUDA in available)
+    requested: list[Any] = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
+    if provider == "tensorrt":
+        requested.insert(0, (TENSORRT, _tensorrt_options(fp16=fp16, engine_cache=engine_cache)))
+    strict = strict and CUDA in requested  # on the CPU there is nothing to fall back from
+    if strict:
+        # onnxruntime refuses the CPU provider listed next to this option: the GPU providers alone.
+        requested.remove(CPU)
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else str(path)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        session = ort.InferenceSession(model, sess_options=options, providers=requested)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
+        if strict:
+            raise EdgesegError(f"provider={provider!r} with strict: `{path.name}` cannot run wholly on the GPU "
+                               f"(onnxruntime says: {_one_line(error)}). Export it with --cuda-friendly, or "
+                               "drop --strict to let those nodes run on the CPU.") from None
         raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(path, error)}") from None
     used = session.get_providers()
     if wants_cuda and CUDA not in used:
@@ -100,6 +121,42 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
         )
     log.debug("%s: providers %s, %s intra-op thread(s)", path.name, used, options.intra_op_num_threads)
     return session
+
+
+def _check_gpu_request(provider: str, *, strict: bool, fp16: bool, available: list[str]) -> None:
+    gpu = provider in ("cuda", "tensorrt")
+    if fp16 and not gpu:
+        raise EdgesegError(f"fp16 is the GPU path (provider 'cuda' or 'tensorrt'), got provider={provider!r}; "
+                           "on the CPU use engine 'openvino' (bf16 where the CPU has it).")
+    missing = CUDA if provider == "cuda" else TENSORRT if provider == "tensorrt" else None
+    if strict and missing and missing not in available:
+        raise EdgesegError(f"provider={provider!r} with strict: this onnxruntime build has no {missing} "
+                           f"(it has {', '.join(available)}); install onnxruntime-gpu (pip install 'edgeseg[gpu]') "
+                           "on a machine with a GPU, or drop --strict.")
+
+
+def _tensorrt_options(*, fp16: bool, engine_cache: str | os.PathLike | None) -> dict[str, Any]:
+    # Building a TensorRT engine takes minutes; the cache makes it a one-time cost per model and GPU.
+    if engine_cache is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        engine_cache = Path(base) / "edgeseg" / "tensorrt"
+    Path(engine_cache).mkdir(parents=True, exist_ok=True)
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache), "trt_fp16_enable": fp16}
+
+
+def _fp16_model(path: Path) -> bytes:
+    """The model with float16 weights and compute, float32 inputs and outputs (CUDA's FP16 path)."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        raise EdgesegError("fp16 needs the onnx package: pip install onnx (it comes with 'edgeseg[gpu]').") from None
+    return convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check_model_file(path: Path) -> None:

@@ -19,6 +19,7 @@ was written: :class:`MaskSink`, :class:`OverlayImageSink`, :class:`OverlayVideoS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-
+from edgeseg.runtime._frames import display_path, opencv_path
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_bytes_atomic
 from edgeseg.runtime.postprocess import ReconstructionResult, Result, SegmentationResult
@@ -51,8 +52,7 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[
     """
     path = Path(path)
     if mask.dtype != np.uint8:
-        if not cv2.imwrite(str(path), mask.astype(np.uint16)):
-            raise OSError(f"cannot write {path}")
+        write_image(path, mask.astype(np.uint16))
         return
     height, width = mask.shape
     colours = [tuple(int(v) for v in c) for c in palette][:256] or [(0, 0, 0)]
@@ -84,10 +84,29 @@ def read_mask_png(path: str | os.PathLike) -> np.ndarray:
         if np.any(rows[:, 0]):
             raise ValueError(f"{path}: PNG row filters other than 'none' are not supported here")
         return rows[:, 1:].copy()
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"{path}: not a readable PNG")
     return image if image.ndim == 2 else image[:, :, 0]
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Encode ``image`` by the path's suffix and write it atomically; raises OSError when it cannot.
+
+    The bytes, never the path, go to OpenCV: it crashes on file names that are not valid UTF-8.
+
+    Example::
+
+        write_image("overlay/frame.png", picture)
+    """
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    except cv2.error as error:
+        raise OSError(f"OpenCV cannot encode a {path.suffix} image ({error})") from None
+    if not ok:
+        raise OSError(f"OpenCV cannot encode a {path.suffix} image")
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -140,6 +159,7 @@ class VideoSink:
         self._size: tuple[int, int] | None = None
         self._writer: cv2.VideoWriter | None = None
         self._ffmpeg: subprocess.Popen | None = None
+        self._names = contextlib.ExitStack()  # the symlink OpenCV writes through, for a non-UTF-8 name
 
     def __enter__(self) -> VideoSink:
         return self
@@ -166,6 +186,7 @@ class VideoSink:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        self._names.close()
         if self._ffmpeg is not None:
             process, self._ffmpeg = self._ffmpeg, None
             try:
@@ -192,7 +213,8 @@ class VideoSink:
                     self.codec = "h264 (ffmpeg libx264)"
                     return
                 continue
-            writer = _quiet_video_writer(self.path, attempt, self.fps, (width, height))
+            name = self._names.enter_context(opencv_path(self.path))
+            writer = _quiet_video_writer(name, attempt, self.fps, (width, height))
             if writer.isOpened():
                 self._writer = writer
                 self.codec = "h264 (opencv avc1)" if attempt == "avc1" else "mpeg4 (opencv mp4v)"
@@ -235,12 +257,12 @@ class VideoSink:
         return True
 
 
-def _quiet_video_writer(path: Path, fourcc: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+def _quiet_video_writer(path: str, fourcc: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
     # Probing an encoder the OpenCV build lacks prints an [ERROR] line; the fallback is ours to report.
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        return cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
     finally:
         cv2.utils.logging.setLogLevel(level)
 
@@ -313,7 +335,7 @@ class _FolderSink(FrameSink):
             with open(path, "wb") as handle:
                 handle.write(data)
         except OSError as error:
-            raise EdgesegError(f"Cannot write `{path}`: {error.strerror or error}.") from None
+            raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
         self.written += 1
 
     @property
@@ -337,7 +359,7 @@ class MaskSink(_FolderSink):
         try:
             write_mask_png(path, outcome.result.mask, self.palette)
         except OSError as error:
-            raise EdgesegError(f"Cannot write `{path}`: {error.strerror or error}.") from None
+            raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
         self.written += 1
 
 
@@ -405,7 +427,8 @@ class RecordSink(FrameSink):
 def record_of(frame: Any, outcome: Outcome) -> dict[str, Any]:
     """The ``frames.jsonl`` record of one frame."""
     result = outcome.result
-    record: dict[str, Any] = {"index": frame.index, "name": frame.name, "ok": result is not None,
+    # "source": which file an output name belongs to (names drop suffixes; odd bytes are escaped).
+    record: dict[str, Any] = {"index": frame.index, "name": frame.name, "source": frame.source, "ok": result is not None,
                               "error": None if result is not None else (outcome.error or "no output"),
                               "class_fraction": dict(getattr(result, "class_fraction", {}))}
     if isinstance(result, ReconstructionResult):

@@ -25,6 +25,8 @@ LAYOUTS = ("NHWC", "NCHW")
 COLORS = ("RGB", "BGR", "GRAY")
 RESIZE_MODES = ("stretch", "letterbox")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
+# A model input larger than this is refused when the contract is read: 8192x8192 is already a 768 MB RGB float tensor.
+MAX_INPUT_PIXELS = 8192 * 8192
 
 # Colours for class masks and overlays when a model names none (class 0 is background: black).
 DEFAULT_PALETTE = (
@@ -66,6 +68,11 @@ class InputSpec:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise EdgesegError(f"Contract key `input.{key}` must be a positive integer, got {value!r}.")
+        if self.height * self.width > MAX_INPUT_PIXELS:
+            raise EdgesegError(
+                f"Contract says the input is {self.height}x{self.width} pixels, more than the {MAX_INPUT_PIXELS} "
+                "one frame may have (a float tensor of it would not fit in memory). Fix input.height/width."
+            )
         expected = 1 if self.color == "GRAY" else 3
         if self.channels != expected:
             raise EdgesegError(
@@ -178,6 +185,10 @@ class Contract:
         for key in ("kind", "input"):
             if key not in data:
                 raise EdgesegError(f"{origin}: the contract lacks the key `{key}`.")
+        for key in ("input", "output", "source", "verified", "calibration", "latent"):
+            value = data.get(key)
+            if (value is not None or key == "input") and not isinstance(value, Mapping):
+                raise EdgesegError(f"{origin}: contract key `{key}` must be a JSON object, got {_shown(value)}.")
         raw_input = dict(data["input"])
         for key in ("height", "width", "channels"):
             if key not in raw_input:
@@ -197,8 +208,8 @@ class Contract:
             )
         except EdgesegError as error:
             raise EdgesegError(f"{origin}: {error}") from None
-        except (TypeError, ValueError) as error:
-            raise EdgesegError(f"{origin}: malformed contract: {error}") from None
+        except (TypeError, ValueError, OverflowError) as error:
+            raise EdgesegError(f"{origin}: malformed contract: {' '.join(str(error).split())}") from None
 
     @classmethod
     def from_onnx(cls, model: str | os.PathLike | Any, *, origin: str | None = None) -> Contract | None:
@@ -329,6 +340,11 @@ def _known(spec: type, data: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, list)) else repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise EdgesegError(f"Contract key `{key}` must be one of {', '.join(choices)}; got {value!r}.")

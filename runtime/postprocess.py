@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from edgeseg.runtime._preprocess import Geometry, denormalize, restore
 from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.errors import EdgesegError
@@ -49,6 +48,22 @@ Result = SegmentationResult | ReconstructionResult
 def mask_dtype(contract: Contract) -> type:
     """Class ids fit uint8 up to 256 classes, uint16 past that."""
     return np.uint8 if contract.num_classes <= 256 else np.uint16
+
+
+def is_nan_output(output: np.ndarray) -> bool:
+    """True when a model's raw output for one frame holds a NaN: its mask or score would be made up.
+
+    The caller counts such frames (``summary["frames_nan"]``) and warns once; a model that gives
+    NaN is broken (overflow in fp16/INT8, a bad export), not the frame.
+
+    Example::
+
+        if is_nan_output(output):
+            nan_frames += 1
+    """
+    output = np.asarray(output)
+    # A sum propagates NaN without a temporary boolean array the size of the output.
+    return output.dtype.kind in "fc" and bool(np.isnan(output.sum(dtype=np.float64)))
 
 
 def channels_last(output: np.ndarray, contract: Contract) -> np.ndarray:

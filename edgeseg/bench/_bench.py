@@ -174,7 +174,14 @@ def _job(config: BenchConfig, runner: str, out: Path, kind: str = "segmentation"
 
 
 def run_worker(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Run one job in a fresh interpreter; a crash becomes a skipped result carrying the error's last line."""
+    """Run one job in a fresh interpreter; a crash becomes a skipped result carrying the error's last line.
+
+    The job and its result are typed JSON files (the worker calls the runtime's Python functions, not
+    commands). One process per run is kept for the measurement, not for convenience: peak memory is
+    read as the process's own high-water mark (VmHWM), which never goes down, and onnxruntime,
+    OpenVINO and TensorFlow keep thread pools, arenas and caches for the life of a process, so in one
+    process every runner would inherit the earlier runners' peak memory and warm state.
+    """
     out.mkdir(parents=True, exist_ok=True)
     job = {**job, "out": str(out)}
     job_path, result_path = out / "job.json", out / "result.json"
@@ -370,7 +377,8 @@ class PreparedModels:
 
 def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source: str,
                    work: Path) -> PreparedModels:
-    """An ``.onnx`` passes through; a ``.keras`` is exported (and calibrated for INT8) with edgeseg's own commands."""
+    """An ``.onnx`` passes through; a ``.keras`` is exported (and calibrated for INT8) by the typed functions
+    :func:`edgeseg.export.export_model` and :func:`edgeseg.calibration.calibrate`, in this process."""
     if not model.exists():
         raise EdgesegError(f"--model `{model}`: no such file. Pass an FP32 .onnx exported by edgeseg, or its .keras.")
     if keras is not None and not keras.exists():
@@ -384,13 +392,16 @@ def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source
         raise EdgesegError(f"--model `{model}`: expected a .onnx or .keras file, got `{suffix or 'no suffix'}`.")
     work.mkdir(parents=True, exist_ok=True)
     onnx_path = work / f"{model.stem}.onnx"
-    _edgeseg_command("export", str(model), "-o", str(onnx_path))
+    from edgeseg.export import export_model
+
+    export_model(model, onnx_path)
     notes = [f"exported {model} to {onnx_path}"]
     if int8 is None:
         int8 = work / f"{model.stem}.int8.onnx"
         try:
-            _edgeseg_command("calibrate", str(onnx_path), "--data", source, "-o", str(int8),
-                             "--report", str(work / "calibrate.json"))
+            from edgeseg.calibration import calibrate
+
+            calibrate(onnx_path, source, output=int8, report=work / "calibrate.json")
             notes.append(f"calibrated {int8} on {source}")
         except EdgesegError as error:
             # The FP32 runners are still worth running; the INT8 ones report why they were skipped.
@@ -398,13 +409,3 @@ def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source
             notes.append(f"no INT8 model: {error}")
             int8 = None
     return PreparedModels(onnx_path, keras or model, int8, notes)
-
-
-def _edgeseg_command(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "edgeseg", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
-        raise EdgesegError(
-            f"bench needs `edgeseg {args[0]}` to prepare the models, and it failed: "
-            f"{lines[-1] if lines else f'exit {done.returncode}'}. Pass an exported .onnx with --keras and --int8 instead."
-        )

@@ -9,7 +9,7 @@ _RUNNER_HELP = (
     "comma-separated runners (default: all that apply to the model's kind): keras-predict (autoencoders: Keras' "
     "default batch of 32), keras-predict-1 (autoencoders: one image per call), keras-call, ort-plain, opencv-dnn, openvino, "
     "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast (the fastest "
-    "configuration edgeseg offers here with >= 99% agreement: OpenVINO bf16, batched); one that cannot run here is reported as skipped with the reason"
+    "configuration edgeseg offers here with >= 99%% agreement: OpenVINO bf16, batched); one that cannot run here is reported as skipped with the reason"
 )
 
 

@@ -212,7 +212,7 @@ def run_loop(job: dict[str, Any], contract, infer: Callable[[np.ndarray], np.nda
         t2 = clock()
         output = infer(batch)
         t3 = clock()
-        mask = restore(class_ids(output, contract.num_classes), geometry, nearest=True)
+        mask = restore(class_ids(output, contract), geometry, nearest=True)
         t4 = clock()
         write_mask(masks / f"{mask_name(frame.name)}.png", mask, contract.output.palette)
         t5 = clock()
@@ -233,13 +233,12 @@ def run_loop(job: dict[str, Any], contract, infer: Callable[[np.ndarray], np.nda
     }
 
 
-def class_ids(output: np.ndarray, classes: int) -> np.ndarray:
-    """(1, H, W, C) or (1, C, H, W) scores -> (H, W) uint8 class ids (a 1-channel output thresholds at 0.5)."""
-    scores = np.asarray(output)[0]
-    axis = 0 if scores.shape[-1] != classes and scores.shape[0] == classes else -1
-    if scores.shape[axis] == 1:
-        return (np.take(scores, 0, axis=axis) > 0.5).astype(np.uint8)
-    return np.argmax(scores, axis=axis).astype(np.uint8)
+def class_ids(output: np.ndarray, contract) -> np.ndarray:
+    """(1, H, W, C) or (1, C, H, W) raw output -> (H, W) class ids by the runtime's one rule
+    (:mod:`edgeseg.runtime.postprocess`: argmax, or a one-channel output's threshold by its activation)."""
+    from edgeseg.runtime import postprocess
+
+    return postprocess.class_ids(postprocess.channels_last(np.asarray(output)[0], contract), contract)
 
 
 def mask_name(frame_name: str) -> str:

@@ -56,7 +56,7 @@ def _run_samples(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from edgeseg.demo._demo import SAMPLE_MODELS, run_chain
-    from edgeseg.sampledata._samples import make_sample_data
+    from edgeseg.sampledata import make_sample_data
 
     spec = replace(SAMPLE_MODELS.samples, seed=args.seed)
     if args.no_models:

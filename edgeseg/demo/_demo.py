@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgeseg.sampledata._samples import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
+from edgeseg.sampledata import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
 from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.demo")

@@ -5,6 +5,7 @@
 
 from edgeseg.sampledata._samples import (
     BAD_FILES,
+    QUICK_SPEC,
     SampleData,
     SampleSpec,
     add_bad_files,
@@ -16,6 +17,7 @@ from edgeseg.sampledata._scenes import make_scene, make_scene_video, masks_dir_f
 
 __all__ = [
     "BAD_FILES",
+    "QUICK_SPEC",
     "SampleData",
     "SampleSpec",
     "add_bad_files",

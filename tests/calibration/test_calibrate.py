@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,7 +15,7 @@ import pytest
 from edgeseg.calibration import Budget, QuantizeOptions, calibrate, compute_flops, cpu_int8_support
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import RangeCollector, preprocess_for_quantization
-from edgeseg.runtime.contract import Contract, metadata_of
+from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import EdgesegError
 
 REPORT_FIELDS = {"method", "samples", "fp32", "int8", "miou_drop", "agreement", "speedup", "sqnr_db",
@@ -180,21 +181,36 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_cli_end_to_end_and_bad_input_exit_2(kit, tmp_path, seg_model):
-    root = tmp_path / "data"
-    kit.write_frames(root / "images", 6, masks=root / "masks")
-    report = tmp_path / "r.json"
-    done = _cli(seg_model, "--data", root, "-o", tmp_path / "q.onnx", "--report", report, "--method", "entropy",
+def test_cli_end_to_end_with_jpeg_0_255_masks_and_bad_input_exit_2(kit, tmp_path, seg_model):
+    # Masks as a public set ships them: 0/255 JPEGs, whose edges hold in-between values. Training
+    # accepts them (runtime.datasets.read_mask); calibrate must read them by the same rule.
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    kit.write_frames(images, 6)
+    masks.mkdir()
+    for image in sorted(images.iterdir()):
+        binary = (cv2.imread(str(image), cv2.IMREAD_GRAYSCALE) > 128).astype(np.uint8) * 255
+        cv2.imwrite(str(masks / f"{image.stem}.jpg"), binary)
+    read_back = [cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) for mask in sorted(masks.iterdir())]
+    blurred = sum(bool(((m > 0) & (m < 255)).any()) for m in read_back)
+    assert blurred >= 3, "JPEG must add in-between edge values for this test to mean anything"
+    out, report = tmp_path / "out.int8.onnx", tmp_path / "r.json"
+    done = _cli(seg_model, "--data", images, "--masks", masks, "-o", out, "--report", report, "--method", "entropy",
                 "--rounds", "2", "--threads", "1")
     assert done.returncode == 0, done.stderr
     assert "mIoU %" in done.stdout and "speedup" in done.stdout and "warning:" in done.stdout
-    assert json.loads(report.read_text())["method"] == "entropy"
+    result = json.loads(report.read_text())
+    assert result["method"] == "entropy" and result["timing"]["threads"] == 1
+    assert result["frames"]["masks"] == 6 and result["frames"]["thresholded_masks"] == blurred
+    assert result["fp32"]["miou"] is not None and set(result["fp32"]["per_class_iou"]) == {"class0", "class1"}
+    assert any("thresholded at 128" in w for w in result["warnings"])
+    assert Contract.from_onnx(out).calibration["samples"] == 6
     assert (tmp_path / "r.sqnr.png").is_file()
+    assert "collecting ranges" not in done.stderr  # stderr is a pipe here: no progress bar
 
     (tmp_path / "empty").mkdir()
     failed = _cli(seg_model, "--data", tmp_path / "empty", "-o", tmp_path / "x.onnx")
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
-    assert "No calibration frames" in failed.stderr and not (tmp_path / "x.onnx").exists()
+    assert "is a folder with no image files" in failed.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path, seg_model):
@@ -203,7 +219,7 @@ def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path
         "import sys\n"
         "import edgeseg.calibration as c\n"
         "assert not {'onnx', 'onnxruntime', 'tensorflow'} & set(sys.modules), 'import is not lazy'\n"
-        f"c.calibrate({str(seg_model)!r}, {str(frames)!r}, output={str(tmp_path / 'q.onnx')!r}, timing_rounds=1)\n"
+        f"c.calibrate({str(seg_model)!r}, {str(frames)!r}, output={str(tmp_path / 'q.onnx')!r}, timing_rounds=1, sqnr_frames=1)\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ import pytest
 from edgeseg.calibration._data import IGNORE, load_calibration_set
 from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime._preprocess import preprocess
+from edgeseg.runtime import preprocess
 
 SIZE = 32
 CONTRACT = Contract(kind="segmentation", input=InputSpec(height=SIZE, width=SIZE, channels=3, color="RGB"),
@@ -115,11 +115,13 @@ def test_empty_folder_and_unpaired_masks_are_refused(kit, tmp_path):
 
 
 def test_mask_with_out_of_range_class_costs_only_its_frame(kit, tmp_path):
+    # Three classes: no 0/255 thresholding applies, so a 7 is out of range (read_mask's rule).
+    three = CONTRACT.replace(output={"classes": ("bg", "a", "b"), "palette": ()})
     kit.write_frames(tmp_path / "i", 4, masks=tmp_path / "m")
     cv2.imwrite(str(tmp_path / "m" / "frame_002.png"), np.full((48, 48), 7, np.uint8))
-    with load_calibration_set(tmp_path / "i", CONTRACT, masks=tmp_path / "m") as frames:
+    with load_calibration_set(tmp_path / "i", three, masks=tmp_path / "m") as frames:
         assert len(frames) == 3 and frames.stats.skipped == 1
-        assert "class id 7" in frames.stats.skipped_reasons[0]
+        assert "frame_002" in frames.stats.skipped_reasons[0] and "[7]" in frames.stats.skipped_reasons[0]
 
 
 def test_mnist_idx_and_npz_arrays(kit, tmp_path):
@@ -137,5 +139,5 @@ def test_mnist_idx_and_npz_arrays(kit, tmp_path):
             assert len(frames) == 5
             np.testing.assert_array_equal(frames.pixels[3][..., 0], digits[3])
     (tmp_path / "bad-ubyte.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04"))
-    with pytest.raises(EdgesegError, match="not an IDX file"):
+    with pytest.raises(EdgesegError, match="not an unsigned-byte IDX file"):
         load_calibration_set(tmp_path / "bad-ubyte.gz", gray)

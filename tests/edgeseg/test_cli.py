@@ -1,8 +1,13 @@
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
-from edgeseg.cli import build_parser
+import pytest
+
+from edgeseg.cli import build_parser, missing_extra_message
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _subcommands(parser):
@@ -30,3 +35,41 @@ def test_version_flag():
 def test_unknown_command_is_a_usage_error():
     out = subprocess.run([sys.executable, "-m", "edgeseg", "no-such-command"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def _without(tmp_path, *modules):
+    # A sitecustomize that blocks imports of `modules`, as on a machine without that extra installed.
+    folder = tmp_path / "hide"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    return {**__import__("os").environ, "PYTHONPATH": str(folder)}
+
+
+@pytest.mark.parametrize("command, hidden, extra", [
+    (["export", "samples/models/fcn8/model.keras", "-o", "m.onnx"], ("tensorflow", "keras", "tf2onnx"), "export"),
+    (["calibrate", "samples/models/fcn8/model.onnx", "--data", "samples/folder", "-o", "x.int8.onnx"], ("onnx",),
+     "calibrate"),
+])
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, command, hidden, extra):
+    command = [str(tmp_path / arg) if arg.endswith(".onnx") and "/" not in arg else arg for arg in command]
+    out = subprocess.run([sys.executable, "-m", "edgeseg", *command], capture_output=True, text=True,
+                         env=_without(tmp_path, *hidden), cwd=ROOT, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"pip install 'edgeseg[{extra}]'" in lines[0], lines[0]
+
+
+def test_missing_extra_message_names_package_and_extra():
+    message = missing_extra_message("bench", ModuleNotFoundError("no", name="openvino.runtime"))
+    assert "`openvino`" in message and "edgeseg[openvino]" in message
+    assert "edgeseg[bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+
+
+def test_every_help_page_formats_cleanly():
+    # argparse %-formats help strings but not descriptions: a stray `%%` or a printed dict means a garbled page.
+    parser = build_parser()
+    for name, sub in {"edgeseg": parser, **_subcommands(parser)}.items():
+        text = sub.format_help()
+        assert "%%" not in text and "{'" not in text and "%(" not in text, f"`edgeseg {name} --help` is garbled"

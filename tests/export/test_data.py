@@ -90,7 +90,7 @@ def test_untidy_folder_skips_bad_items_with_one_line_each(tmp_path, caplog):
     assert set(np.unique(data.y)) == {0, 1}
     assert len(data.skipped) == 4
     reasons = " | ".join(data.skipped)
-    for expected in ("d_mismatch.png: mask is 30x30", "e_empty.png: unreadable", "f_alone.png: unpaired image",
+    for expected in ("d_mismatch.png: mask is 30x30", "e_empty.png: empty file", "f_alone.png: unpaired image",
                      "g_alone.png: unpaired mask"):
         assert expected in reasons
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 4

@@ -110,3 +110,17 @@ def test_model_without_contract_reads_as_none():
 def test_broken_json_names_the_key():
     with pytest.raises(EdgesegError, match="not valid JSON"):
         Contract.from_onnx({METADATA_KEY: "{not json"})
+
+
+@pytest.mark.parametrize("value", ["224x224", 7, None, [224, 224, 3]])
+def test_an_input_section_that_is_not_an_object_is_named(value):
+    with pytest.raises(EdgesegError, match="`input` must be a JSON object"):
+        Contract.from_dict({"kind": "segmentation", "input": value, "output": {"classes": ["a"]}})
+
+
+def test_an_input_larger_than_the_cap_is_refused_when_read():
+    from edgeseg.runtime.contract import MAX_INPUT_PIXELS
+
+    with pytest.raises(EdgesegError, match="100000x100000 pixels"):
+        InputSpec(height=100000, width=100000, channels=3)
+    assert InputSpec(height=8192, width=8192, channels=3).height * 8192 == MAX_INPUT_PIXELS  # the cap itself is allowed

@@ -31,7 +31,8 @@ def untidy_folder(tmp_path):
 def test_folder_yields_every_file_sorted_and_marks_each_bad_one(untidy_folder):
     frames = list(open_source(untidy_folder))
     names = [f.name for f in frames]
-    assert names == sorted(names) == ["a", "b", "cut", "cut", "d16", "empty", "text"]
+    # cut.jpg and cut.png share a stem: both keep their suffix so neither overwrites the other's outputs
+    assert names == sorted(names) == ["a", "b", "cut.jpg", "cut.png", "d16", "empty", "text"]
     good = {f.name for f in frames if f.ok}
     assert good == {"a", "b", "d16"}
     errors = {f.source.rsplit("/", 1)[-1]: f.error for f in frames if not f.ok}
@@ -49,7 +50,7 @@ def test_recursive_folder_names_keep_the_subfolder(untidy_folder):
 
 def test_stride_start_and_max_frames_select_items(untidy_folder):
     names = [f.name for f in open_source(untidy_folder, start=1, stride=2, max_frames=2)]
-    assert names == ["b", "cut"]
+    assert names == ["b", "cut.png"]
 
 
 def test_glob_and_list_file(untidy_folder, tmp_path):

@@ -1,5 +1,6 @@
 import pickle
 import threading
+import warnings
 import zipfile
 
 import cv2
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime import EdgesegError, Model, ProviderFallbackWarning, make_session
-from edgeseg.runtime._session import default_threads
+from edgeseg.runtime import default_threads
 
 
 def _bands(mask):
@@ -142,8 +143,15 @@ def test_providers_are_reported_and_cuda_fallback_warns(seg_model):
 
     assert Model(seg_model, provider="cpu").providers == ("CPUExecutionProvider",)
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        session = make_session(seg_model, provider="cuda")
-        assert session.get_providers()[0] in ("CUDAExecutionProvider", "CPUExecutionProvider")
+        # On a GPU machine: CUDA runs, or the fallback to the CPU is announced; never a silent CPU run.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session = make_session(seg_model, provider="cuda")
+        fell_back = any(issubclass(w.category, ProviderFallbackWarning) for w in caught)
+        if session.get_providers()[0] == "CUDAExecutionProvider":
+            assert not fell_back
+        else:
+            assert fell_back and session.get_providers() == ["CPUExecutionProvider"]
     else:
         with pytest.warns(ProviderFallbackWarning, match="runs on the CPU"):
             session = make_session(seg_model, provider="cuda")

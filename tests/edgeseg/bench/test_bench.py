@@ -338,3 +338,22 @@ def test_reconstruction_agreement_in_pixel_units(tmp_path):
     found = reconstruction_agreement(a, b)
     assert found["recon_max_abs"] == pytest.approx(0.2)
     assert found["recon_mse"] == pytest.approx(0.04 / 20)
+
+
+def test_bench_help_prints_text_not_a_dict():
+    from edgeseg.cli import build_parser
+
+    parser = build_parser()
+    bench = parser._subparsers._group_actions[0].choices["bench"]
+    text = " ".join(bench.format_help().split())
+    assert ">= 99% agreement" in text and "{'" not in text
+
+
+def test_bench_class_ids_follow_the_runtime_threshold_rule():
+    from edgeseg.bench._worker import class_ids
+
+    logits = Contract(kind="segmentation", input=InputSpec(height=1, width=2, channels=3),
+                      output=OutputSpec(name="y", activation="none", classes=("bg", "fg")))
+    # One-channel logits: 0.3 is a positive logit (class 1), the old 0.5 rule called it class 0.
+    output = np.array([[[[0.3], [-0.2]]]], np.float32)
+    assert class_ids(output, logits).tolist() == [[1, 0]]

@@ -1,0 +1,253 @@
+"""Measure candidate engine configurations of one model on this machine and write a tuning record.
+
+Each candidate (engine x precision x threads x batch x latency/throughput, on the FP32 file and
+on an INT8 file when given) runs the same frames through :class:`edgeseg.runtime.Model` as
+``segment`` does (preprocess, infer, post-process), first the FP32 onnxruntime reference; its
+masks are compared with the reference's (agreement: the share of equal class ids; autoencoders:
+reconstruction pixels within one 8-bit level). The time budget is shared out among the
+candidates still to run; each gets at least one pass over the frames, so agreement is always known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.runtime import (
+    BARS,
+    RECORD_VERSION,
+    Contract,
+    EdgesegError,
+    EngineConfig,
+    Model,
+    cpu_flags,
+    machine_fingerprint,
+    open_source,
+    openvino_available,
+    pick,
+    record_path,
+    sha256_of,
+    write_json_atomic,
+)
+
+log = logging.getLogger("edgeseg.tune")
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What ``tune`` measures. ``seconds``: the whole budget (each candidate still gets one pass).
+
+    ``source``: frames to measure on (None: generated scenes at the model's size). ``threads``:
+    thread counts to try (None: 1 and every core). ``cache``: the record folder (None: XDG cache).
+    """
+
+    int8: Path | None = None
+    source: str | None = None
+    seconds: float = 60.0
+    cache: Path | None = None
+    frames: int = 8
+    batches: tuple[int, ...] = (1, 4)
+    threads: tuple[int, ...] | None = None
+    engines: tuple[str, ...] = ("onnxruntime", "openvino")
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.frames < 1:
+            raise EdgesegError(f"--seconds must be > 0 and frames >= 1, got {self.seconds} and {self.frames}.")
+        if self.int8 is not None and not Path(self.int8).is_file():
+            raise EdgesegError(f"--int8 `{self.int8}`: no such file. Pass a model made by `edgeseg calibrate`.")
+
+
+REFERENCE = EngineConfig()  # onnxruntime FP32, default threads, batch 1: what every mask is compared with
+
+
+def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino: bool) -> list[EngineConfig]:
+    """The configurations to try, the reference first, then the likeliest winners (the budget may end early).
+
+    Example::
+
+        candidate_configs(TuneOptions(), cores=2, bf16=True, openvino=True)[0]  # the FP32 reference
+    """
+    threads: tuple[int | None, ...] = (None, *sorted({t for t in options.threads or (1, cores) if t != cores}))
+    files = ("fp32", "int8") if options.int8 else ("fp32",)
+    found: list[EngineConfig] = [REFERENCE]
+    if openvino and "openvino" in options.engines:
+        precisions = ("bf16", "f32") if bf16 else ("f32",)
+        for file in files:
+            for precision in precisions if file == "fp32" else ("auto",):
+                for batch in options.batches:
+                    found.append(EngineConfig("openvino", precision, None, batch, batch > 1, file))
+                found += [EngineConfig("openvino", precision, t, 1, False, file) for t in threads if t is not None]
+    if "onnxruntime" in options.engines:
+        for file in files:
+            found += [EngineConfig("onnxruntime", "auto", t, b, False, file) for t in threads for b in options.batches]
+    unique: list[EngineConfig] = []
+    for config in found:
+        if config not in unique:
+            unique.append(config)
+    return unique
+
+
+def tune(model: str | os.PathLike, options: TuneOptions = TuneOptions()) -> dict[str, Any]:
+    """Measure the candidates on this machine, write the record, return it (``record["path"]``).
+
+    Example::
+
+        record = tune("fcn8.onnx", TuneOptions(seconds=20))
+        record["choice"]["exact"]   # e.g. {"engine": "openvino", "precision": "bf16", ...}
+    """
+    model = Path(model)
+    reference = Model(model, engine="onnxruntime")
+    images = _frames(options, reference.contract)
+
+    fingerprint = machine_fingerprint()
+    configs = candidate_configs(options, cores=fingerprint["cores"], bf16=bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
+                                openvino=openvino_available())
+    results = _measure_all(model, options, configs, images, masks=reference.kind == "segmentation")
+    record = _record(model, options, fingerprint, results, len(images))
+    path = record_path(record["model_sha256"], fingerprint, options.cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return {**record, "path": str(path)}
+
+
+def _measure_all(model: Path, options: TuneOptions, configs: Sequence[EngineConfig],
+                 images: list[np.ndarray], *, masks: bool) -> list[dict[str, Any]]:
+    deadline = time.perf_counter() + options.seconds
+    bar = _bar(len(configs), enabled=options.progress)
+    # Each engine logs what it compiled; here that is one line per candidate across the bar: keep warnings only.
+    runtime_log = logging.getLogger("edgeseg.runtime")
+    level = runtime_log.level
+    runtime_log.setLevel(max(level, logging.WARNING))
+    try:
+        return _measure_each(model, options, configs, images, masks=masks, deadline=deadline, bar=bar)
+    finally:
+        runtime_log.setLevel(level)
+        if bar is not None:
+            bar.close()
+
+
+def _measure_each(model: Path, options: TuneOptions, configs: Sequence[EngineConfig], images: list[np.ndarray], *,
+                  masks: bool, deadline: float, bar: Any) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    reference_outputs = None
+    for index, config in enumerate(configs):
+        left = deadline - time.perf_counter()
+        if index > 0 and left <= 0:
+            results.append({"config": asdict(config), "fps": None, "agreement": None,
+                            "skipped": "the time budget was spent (raise --seconds)"})
+        else:
+            slice_s = max(left, 0.0) / (len(configs) - index)
+            result, outputs = _measure(model, options, config, images, slice_s)
+            if reference_outputs is None:
+                reference_outputs = outputs
+            if outputs is not None:
+                result["agreement"] = _agreement(outputs, reference_outputs, masks=masks)
+            results.append(result)
+        if bar is not None:
+            bar.set_postfix_str(config.describe(), refresh=False)
+            bar.update(1)
+    return results
+
+
+def _measure(model: Path, options: TuneOptions, config: EngineConfig, images: list[np.ndarray],
+             slice_s: float) -> tuple[dict[str, Any], list[np.ndarray] | None]:
+    path = options.int8 if config.file == "int8" else model
+    result: dict[str, Any] = {"config": asdict(config), "fps": None, "agreement": None}
+    try:
+        runner = Model(path, engine=config.engine, precision=config.precision, threads=config.threads,
+                       throughput=config.throughput)
+        runner.warmup(config.batch)
+        outputs, done, started = None, 0, time.perf_counter()
+        while outputs is None or time.perf_counter() - started < slice_s:
+            pass_outputs = _one_pass(runner, images, config.batch)
+            outputs = outputs or pass_outputs
+            done += len(images)
+        result.update(fps=done / (time.perf_counter() - started), frames=done, precision=runner.precision)
+        return result, outputs
+    except EdgesegError as error:  # e.g. bf16 asked of a CPU without it: this candidate cannot run here
+        result["skipped"] = str(error)
+        return result, None
+
+
+def _one_pass(model: Model, images: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    outputs = []
+    for start in range(0, len(images), batch):
+        for result in model.predict_batch(images[start:start + batch]):
+            outputs.append(result.mask if hasattr(result, "mask") else result.reconstruction)
+    return outputs
+
+
+def _agreement(outputs: list[np.ndarray], reference: list[np.ndarray], *, masks: bool) -> float:
+    """Share of equal class ids (masks), or of reconstruction pixels within one 8-bit level."""
+    same = total = 0
+    for a, b in zip(outputs, reference):
+        equal = a == b if masks else np.abs(a.astype(np.int16) - b.astype(np.int16)) <= 1
+        same += int(np.count_nonzero(equal))
+        total += equal.size
+    return same / total if total else 0.0
+
+
+def _record(model: Path, options: TuneOptions, fingerprint: dict[str, Any], results: list[dict[str, Any]],
+            frames: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "version": RECORD_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": str(model.resolve()),
+        "model_sha256": sha256_of(model),
+        "int8": ({"path": str(Path(options.int8).resolve()), "sha256": sha256_of(options.int8)}
+                 if options.int8 else None),
+        "fingerprint": fingerprint,
+        "seconds": options.seconds,
+        "frames": frames,
+        "source": options.source,
+        "reference": REFERENCE.describe(),
+        "bars": BARS,
+        "candidates": sorted(results, key=lambda r: -(r["fps"] or 0.0)),
+    }
+    record["choice"] = {}
+    for bar in BARS:
+        picked = pick(record, bar)
+        record["choice"][bar] = picked[0]["config"] if picked else None
+    return record
+
+
+def _frames(options: TuneOptions, contract: Contract) -> list[np.ndarray]:
+    if options.source is None:
+        return _generated_frames(options.frames, contract)
+    images = [frame.image for frame in open_source(options.source, max_frames=options.frames) if frame.ok]
+    if not images:
+        raise EdgesegError(f"--source `{options.source}` gave no readable frame; pass a video, a folder of images, "
+                           "or leave --source out to measure on generated scenes.")
+    return images
+
+
+def _generated_frames(count: int, contract: Contract) -> list[np.ndarray]:
+    # Scenes at the model's own input size: the engines' speed depends on the tensor, not the content.
+    import cv2
+
+    from edgeseg.sampledata import make_scene_set
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-tune-") as folder:
+        paths = make_scene_set(Path(folder) / "images", Path(folder) / "masks", count=count,
+                               size=max(contract.input.height, contract.input.width),
+                               classes=max(2, contract.num_classes), seed=0)
+        return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+
+
+def _bar(total: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="config", dynamic_ncols=True, file=sys.stderr, desc="edgeseg tune")

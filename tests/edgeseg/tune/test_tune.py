@@ -1,0 +1,177 @@
+"""`edgeseg tune` and `Model(engine="auto")` on a tiny model (no timing is asserted)."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg.cli import main
+from edgeseg.runtime import (
+    Contract,
+    EdgesegError,
+    EngineConfig,
+    InputSpec,
+    Model,
+    OutputSpec,
+    choose_config,
+    find_record,
+    make_session,
+    pick,
+    record_path,
+    write_contract,
+)
+from edgeseg.tune import TuneOptions, candidate_configs, tune
+
+SIZE = 16
+
+
+def _tiny(path: Path, seed: int = 0) -> Path:
+    """NHWC (N, 16, 16, 3) -> Conv 3x3 to 2 classes -> softmax, with a contract."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["logits"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Softmax", ["nhwc"], ["scores"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", SIZE, SIZE, 2])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
+                     numpy_helper.from_array(np.array([0.1, -0.1], np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    write_contract(model, Contract(kind="segmentation", input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
+                                   output=OutputSpec(name="scores", activation="softmax", classes=("bg", "fg"))))
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    model = _tiny(root / "tiny.onnx")
+    cache = root / "cache"
+    record = tune(model, TuneOptions(seconds=3, frames=2, cache=cache, progress=False, batches=(1, 2)))
+    return model, cache, record
+
+
+def test_tune_writes_a_record_of_this_machine_and_model(tuned):
+    model, cache, record = tuned
+    stored = json.loads(Path(record["path"]).read_text())
+    assert Path(record["path"]).parent == cache
+    assert stored["fingerprint"]["cores"] >= 1 and stored["fingerprint"]["cpu"]
+    assert stored["fingerprint"]["libraries"]["onnxruntime"]
+    assert len(stored["model_sha256"]) == 64
+    measured = [c for c in stored["candidates"] if c["fps"]]
+    reference = next(c for c in measured if c["config"] == asdict(EngineConfig()))
+    assert reference["agreement"] == 1.0  # the FP32 reference agrees with itself
+    assert all(0.0 <= c["agreement"] <= 1.0 for c in measured)
+    fps = [c["fps"] for c in stored["candidates"] if c["fps"]]
+    assert fps == sorted(fps, reverse=True)
+    assert stored["choice"]["exact"] == pick(stored, "exact")[0]["config"]
+
+
+def test_model_auto_runs_the_recorded_choice(tuned, caplog):
+    model, cache, record = tuned
+    with caplog.at_level("INFO", logger="edgeseg.runtime"):
+        auto = Model(model, engine="auto", tuning_cache=cache)
+    assert asdict(auto.config) == record["choice"]["exact"]
+    assert auto.engine == record["choice"]["exact"]["engine"]
+    assert "tuning record" in auto.choice_reason
+    assert any("engine auto runs" in r.getMessage() and "tuning record" in r.getMessage() for r in caplog.records)
+    # The fast bar reads the same record.
+    assert asdict(Model(model, engine="auto", tuning_cache=cache, bar="fast").config) == record["choice"]["fast"]
+
+
+def test_record_of_another_machine_is_not_used(tuned, tmp_path):
+    model, cache, record = tuned
+    forged = json.loads(Path(record["path"]).read_text())
+    forged["fingerprint"]["cpu"] = "AMD EPYC 7B13"
+    other = tmp_path / "cache"
+    other.mkdir()
+    (other / Path(record["path"]).name).write_text(json.dumps(forged))  # same file name, other machine inside
+    assert find_record(model, cache=other) is None
+    auto = Model(model, engine="auto", tuning_cache=other)
+    assert "no tuning record" in auto.choice_reason
+
+
+def test_record_of_another_model_is_not_used(tuned, tmp_path):
+    model, cache, record = tuned
+    changed = _tiny(tmp_path / "tiny.onnx", seed=1)  # other weights: another hash
+    assert find_record(changed, cache=cache) is None
+    forged = json.loads(Path(record["path"]).read_text())
+    forged["model_sha256"] = "0" * 64
+    other = tmp_path / "cache"
+    other.mkdir()
+    (other / Path(record["path"]).name).write_text(json.dumps(forged))
+    assert find_record(model, cache=other) is None
+    assert "no tuning record" in choose_config(model, cache=other)[1]
+
+
+def test_bars_pick_the_fastest_candidate_above_each(tmp_path):
+    def candidate(engine, fps, agreement, file="fp32"):
+        return {"config": asdict(EngineConfig(engine=engine, file=file)), "fps": fps, "agreement": agreement}
+
+    record = {"int8": {"path": str(tmp_path / "gone.onnx"), "sha256": "0" * 64}, "candidates": [
+        candidate("openvino", 90.0, 0.9999, file="int8"),  # fastest, but its INT8 file is gone
+        candidate("openvino", 80.0, 0.995),
+        candidate("onnxruntime", 50.0, 1.0),
+        candidate("onnxruntime", 70.0, None),  # not measured
+    ]}
+    assert pick(record, "exact")[0]["fps"] == 50.0
+    assert pick(record, "fast")[0]["fps"] == 80.0
+
+
+def test_candidates_follow_the_machine():
+    plain = candidate_configs(TuneOptions(), cores=2, bf16=False, openvino=True)
+    assert plain[0] == EngineConfig()  # the FP32 reference first
+    assert not any(c.precision == "bf16" for c in plain) and not any(c.file == "int8" for c in plain)
+    amx = candidate_configs(TuneOptions(int8=Path(__file__)), cores=2, bf16=True, openvino=False)
+    assert {c.engine for c in amx} == {"onnxruntime"} and any(c.file == "int8" for c in amx)
+    assert len(amx) == len(set(amx))
+
+
+def test_tune_command_prints_the_table_and_choice(tuned, tmp_path, capsys):
+    model, _, _ = tuned
+    code = main(["tune", str(model), "--seconds", "1", "--frames", "1", "--cache", str(tmp_path), "--no-progress",
+                 "--fast"])
+    out = capsys.readouterr().out
+    assert code == 0 and "choice at the fast bar:" in out and "record:" in out
+    assert list(tmp_path.glob("*.json"))
+
+
+def test_strict_session_on_the_cpu_runs(tuned):
+    model, _, _ = tuned
+    session = make_session(model, provider="cpu", strict=True)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert Model(model, provider="cpu", strict=True).providers == ("CPUExecutionProvider",)
+
+
+@pytest.mark.parametrize("provider, missing", [("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")])
+def test_strict_gpu_without_a_gpu_is_one_line(tuned, provider, missing):
+    import onnxruntime as ort
+
+    model, _, _ = tuned
+    if missing in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime has {missing}: benchmarks/gpu_check.sh checks strict on the GPU")
+    with pytest.raises(EdgesegError, match=f"no {missing}") as caught:
+        Model(model, provider=provider, strict=True)
+    assert "\n" not in str(caught.value) and "--strict" in str(caught.value)
+
+
+def test_fp16_on_the_cpu_is_a_user_error(tuned):
+    model, _, _ = tuned
+    with pytest.raises(EdgesegError, match="fp16 is the GPU path"):
+        make_session(model, provider="cpu", fp16=True)
+
+
+def test_tuning_record_path_moves_with_cache(tuned, tmp_path):
+    model, _, record = tuned
+    path = record_path(record["model_sha256"], record["fingerprint"], tmp_path)
+    assert path.parent == tmp_path and path.name == Path(record["path"]).name

@@ -1,0 +1,206 @@
+"""Several live streams in one run, against real servers on 127.0.0.1 (ffmpeg over TCP and HTTP, GStreamer RTSP)."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edgeseg.runtime._multistream import StreamOptions, parse_sources, run_streams
+
+import imageio_ffmpeg  # in the `dev` extra
+
+MODEL = Path(__file__).resolve().parents[2] / "samples" / "models" / "fcn8" / "model.onnx"
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ffmpeg(video, target, *extra):
+    return subprocess.Popen([FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video),
+                             "-c:v", "mpeg2video", "-q:v", "5", "-f", "mpegts", *extra, target], stdin=subprocess.DEVNULL)
+
+
+def _has_gst_rtsp():
+    python = shutil.which("python3", path="/usr/bin")
+    return python is not None and subprocess.run(
+        [python, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"],
+        capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def video(tmp_path, kit):
+    return kit.moving_video(tmp_path / "loop.avi", count=20, height=64, width=64, fps=25.0)
+
+
+@pytest.fixture
+def servers():
+    started = []
+    yield started
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _wait_for(condition, seconds=40):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def _balanced(report):
+    return report["grabbed"] - report["dropped"] == report["frames"]
+
+
+def _jsonl_indices(folder):
+    lines = [json.loads(line) for path in sorted(folder.glob("frames*.jsonl")) for line in path.read_text().splitlines()]
+    return [line["index"] for line in lines]
+
+
+def test_names_from_a_list_file(tmp_path):
+    listing = tmp_path / "cams.txt"
+    listing.write_text("# site A\ndoor=rtsp://10.0.0.5/s?a=1\ntcp://127.0.0.1:9000\ndoor=clip.mp4\n")
+    specs = parse_sources([str(listing)])
+    assert [(s.name, s.source) for s in specs] == [("door", "rtsp://10.0.0.5/s?a=1"), ("127_0_0_1_9000", "tcp://127.0.0.1:9000"),
+                                                  ("door-2", str(tmp_path / "clip.mp4"))]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not _has_gst_rtsp(), reason="no RTSP server: apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
+                                                "gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly")
+def test_rtsp_http_and_a_file_in_one_run_with_metrics_and_health(video, servers, tmp_path):
+    rtsp_port, http_port, serve_port = _free_port(), _free_port(), _free_port()
+    servers.append(subprocess.Popen(["/usr/bin/python3", str(RTSP_SERVER), str(rtsp_port)], stdout=subprocess.DEVNULL))
+    servers.append(_ffmpeg(video, f"http://127.0.0.1:{http_port}/live.ts", "-listen", "1"))
+    time.sleep(1.0)  # both servers bind their ports
+    out, stop, seen, scraped = tmp_path / "out", threading.Event(), {}, {}
+
+    def count(result):
+        seen[result.stream] = seen.get(result.stream, 0) + 1
+        assert result.result.mask.shape == result.frame.image.shape[:2]
+
+    def scrape():
+        _wait_for(lambda: all(seen.get(n, 0) >= 10 for n in ("rtsp", "http")))
+        base = f"http://127.0.0.1:{serve_port}"
+        scraped["metrics"] = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        scraped["health"] = json.loads(urllib.request.urlopen(base + "/health", timeout=5).read())
+        page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+        scraped["page"] = page
+        with urllib.request.urlopen(base + "/stream/rtsp.mjpg", timeout=5) as mjpeg:
+            scraped["mjpeg_type"] = mjpeg.headers["Content-Type"]
+            scraped["jpeg"] = mjpeg.read(4096)
+        stop.set()
+
+    helper = threading.Thread(target=scrape)
+    helper.start()
+    summary = run_streams([f"rtsp=rtsp://127.0.0.1:{rtsp_port}/cam", f"http=http://127.0.0.1:{http_port}/live.ts",
+                           f"file={video}"], model=MODEL, out=out, on_result=count, stop=stop, serve=serve_port)
+    helper.join()
+    streams = summary["streams"]
+    assert streams["file"]["frames"] == 20 and streams["file"]["state"] == "done"
+    for name in ("rtsp", "http"):
+        assert streams[name]["frames"] >= 10 and _balanced(streams[name]), streams[name]
+        assert len(_jsonl_indices(out / name)) == streams[name]["frames"] == seen[name]
+        capture = cv2.VideoCapture(str(out / name / "overlay.mp4"))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == streams[name]["frames"]
+    assert summary["mean_batch"] > 1.0  # frames of several streams went through one inference call
+    assert 'edgeseg_stream_frames_total{stream="rtsp"}' in scraped["metrics"]
+    assert scraped["health"]["status"] == "ok" and scraped["health"]["streams"]["http"] == "reading"
+    assert '/stream/http.mjpg' in scraped["page"] and "multipart/x-mixed-replace" in scraped["mjpeg_type"]
+    assert b"\xff\xd8" in scraped["jpeg"]  # a JPEG frame came through
+    assert json.loads((out / "summary.json").read_text())["failed"] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_server_does_not_stop_the_others_and_is_reconnected(video, servers, tmp_path):
+    ports = [_free_port(), _free_port()]
+    servers.extend(_ffmpeg(video, f"tcp://127.0.0.1:{p}?listen=1") for p in ports)
+    out, stop, seen = tmp_path / "out", threading.Event(), {"a": 0, "b": 0}
+    restarted = {}
+
+    def chaos():
+        _wait_for(lambda: seen["b"] >= 10)
+        servers[1].kill()
+        time.sleep(1.0)
+        at_kill = seen["a"]
+        servers.append(_ffmpeg(video, f"tcp://127.0.0.1:{ports[1]}?listen=1"))
+        restarted["a_went_on"] = _wait_for(lambda: seen["a"] > at_kill + 10)
+        back = seen["b"]
+        restarted["b_back"] = _wait_for(lambda: seen["b"] > back + 10)
+        stop.set()
+
+    helper = threading.Thread(target=chaos)
+    helper.start()
+    summary = run_streams([f"a=tcp://127.0.0.1:{ports[0]}", f"b=tcp://127.0.0.1:{ports[1]}"], model=MODEL, out=out,
+                          stop=stop, on_result=lambda r: seen.__setitem__(r.stream, seen[r.stream] + 1),
+                          options=StreamOptions(reconnect=20, backoff=0.2, stall_timeout=2.0))
+    helper.join()
+    assert restarted == {"a_went_on": True, "b_back": True}
+    a, b = summary["streams"]["a"], summary["streams"]["b"]
+    assert b["reconnects"] >= 1 and a["reconnects"] == 0 and summary["failed"] == []
+    for report, name in ((a, "a"), (b, "b")):
+        assert _balanced(report), report
+        indices = _jsonl_indices(out / name)
+        assert len(indices) == report["frames"] == seen[name] and len(set(indices)) == len(indices)
+
+
+@pytest.mark.timeout(120)
+def test_rotation_gives_playable_segments_with_every_frame_once(video, servers, tmp_path):
+    port = _free_port()
+    servers.append(_ffmpeg(video, f"tcp://127.0.0.1:{port}?listen=1"))
+    out, stop, seen = tmp_path / "out", threading.Event(), []
+    threading.Thread(target=lambda: (_wait_for(lambda: len(seen) >= 90), stop.set())).start()
+    summary = run_streams([f"cam=tcp://127.0.0.1:{port}"], model=MODEL, out=out, stop=stop,
+                          on_result=lambda r: seen.append(r.frame.index),
+                          options=StreamOptions(rotate=1.0 / 60, outputs=("overlay", "jsonl")))  # 1 s segments
+    report = summary["streams"]["cam"]
+    segments = report["outputs"]["segments"]
+    assert len(segments) >= 2 and sum(s["frames"] for s in segments) == report["frames"] == len(seen)
+    for segment in segments:
+        capture = cv2.VideoCapture(str(out / "cam" / segment["video"]))  # playable: the index (moov) is written
+        assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == segment["frames"]
+        assert (out / "cam" / segment["jsonl"]).read_text().count("\n") == segment["frames"]
+    assert _jsonl_indices(out / "cam") == seen  # every frame in exactly one segment, in order
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_outputs(tmp_path):
+    silent = socket.socket()  # accepts and never sends: FFmpeg's open blocks for its whole timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    refused = _free_port()  # nothing listens: connection refused, then backoff
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg", "segment", f"silent=tcp://127.0.0.1:{silent.getsockname()[1]}",
+         f"refused=tcp://127.0.0.1:{refused}", "--model", str(MODEL), "--out", str(out), "--stall-timeout", "30",
+         "--reconnect", "50", "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)  # the model is loaded, one stream hangs in open, the other waits between attempts
+        assert process.poll() is None
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        took = time.monotonic() - sent
+        print(f"stopped {took:.3f} s after SIGTERM")
+    finally:
+        process.kill()
+        silent.close()
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 130 and summary["interrupted"]
+    assert summary["streams"]["silent"]["frames"] == 0 and summary["streams"]["refused"]["state"] == "stopped"
+    assert took < 3.0, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"  # loose: a loaded 2-core CI box
