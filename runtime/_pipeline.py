@@ -257,8 +257,8 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
     try:
         model = open_model(model, options)
         out = _prepare_out(Path(out), options)
-        kept = _finished_records(out, model, options) if options.resume else {}
         opened = source if isinstance(source, Source) else Source.open(source, options)
+        kept = _finished_records(out, model, options, opened) if options.resume else {}
         batch = _batch(options, model, opened)
         run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
         if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
@@ -343,11 +343,13 @@ def _prepare_out(out: Path, options: SegmentOptions) -> Path:
     return out
 
 
-def _finished_records(out: Path, model: Model, options: SegmentOptions) -> dict[str, dict[str, Any]]:
+def _finished_records(out: Path, model: Model, options: SegmentOptions, source: Source) -> dict[str, dict[str, Any]]:
     """``--resume``: the records of frames the earlier run finished whose files are there and readable."""
     path = out / "frames.jsonl"
     if not path.exists():
         return {}
+    if source.sequential and "overlay" in options.outputs and model.kind != "segmentation":
+        return {}  # overlay.mp4 is redrawn from saved masks; an autoencoder's heat maps need the model again
     kept: dict[str, dict[str, Any]] = {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
