@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from edgeseg import __version__
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM, at any moment: one line).
     """
     command = "edgeseg"
+    signals = InterruptRecorder()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -94,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(verbose=args.verbose, quiet=args.quiet)
         return int(args.func(args) or 0)
     except EdgesegError as error:
-        if _interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
+        if signals.interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
             return _say_interrupted(command)
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except ImportError as error:
-        if _interrupted(error):
+        if signals.interrupted(error):
             return _say_interrupted(command)
         if not isinstance(error, ModuleNotFoundError) or command == "edgeseg":
             raise
@@ -108,19 +111,44 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _say_interrupted(command)
+    finally:
+        signals.restore()
 
 
-def _interrupted(error: BaseException) -> bool:
-    # A Ctrl-C that lands while a C extension (onnxruntime, cv2, numpy) initializes comes back as an
-    # ImportError("initialization failed") caused by the KeyboardInterrupt; code that turns ImportError
-    # into "install X" would then lie. Walk the chain to tell the two apart.
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+class InterruptRecorder:
+    """SIGINT/SIGTERM raise KeyboardInterrupt, as Python's default SIGINT does, and are remembered.
+
+    Why remembered: a Ctrl-C that lands while a C extension initializes is turned into an ImportError
+    by that extension, often without a trace of the interrupt (measured: SIGINT during
+    ``import onnxruntime`` before numpy is loaded gives ``ImportError('import numpy failed')`` with no
+    cause), and code that turns an ImportError into "install X" would then lie. ``segment`` installs
+    its own handlers while frames run (finish what is in flight) and puts these back after.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def interrupted(self, error: BaseException) -> bool:
+        """True when a signal came, or ``error`` was caused by a KeyboardInterrupt."""
+        seen: set[int] = set()
+        cause: BaseException | None = error
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, KeyboardInterrupt):
+                return True
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        return self.received
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _say_interrupted(command: str) -> int:

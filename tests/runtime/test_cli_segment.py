@@ -148,7 +148,7 @@ runpy.run_module("edgeseg", run_name="__main__")
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("moment", ["edgeseg.cli", "onnxruntime", "frames"])
+@pytest.mark.parametrize("moment", ["edgeseg.cli", "numpy", "onnxruntime", "frames"])
 def test_ctrl_c_at_any_moment_is_one_clean_exit_130(seg_model, tmp_path, kit, moment):
     video = kit.moving_video(tmp_path / "long.avi", count=600)
     out = tmp_path / "o"
