@@ -13,7 +13,9 @@ from typing import Any
 # Layer classes whose outputs verification compares, by Keras class name (the list:
 # convolutions, transposed convolutions, croppings, additions and activations).
 INSPECTED_TYPES = frozenset(
-    {"Conv2D", "Conv2DTranspose", "Cropping2D", "Add", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU"}
+    {"Conv2D", "Conv2DTranspose", "Cropping2D", "Add", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU",
+     "SeparableConv2D", "DepthwiseConv2D", "BatchNormalization", "UpSampling2D", "Concatenate", "Multiply",
+     "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Rescaling", "Normalization", "Resizing", "Dense"}
 )
 TRANSPOSED_TYPES = frozenset({"Conv2DTranspose"})
 

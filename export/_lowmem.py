@@ -88,6 +88,7 @@ def convert_lowmem(
         return dict(zip(output_names, tf.nest.flatten(outputs)))
 
     function = tf.function(call, autograph=False)
+    captured = _captured_constants(function, list(input_signature) + weight_specs)
     proto, _ = tf2onnx.convert.from_function(
         function,
         input_signature=list(input_signature) + weight_specs,
@@ -98,7 +99,44 @@ def convert_lowmem(
     _order_outputs(proto.graph, output_names)
     loaders = {name: _loader(variable) for name, variable in zip(weight_names, variables)}
     _weights_to_initializers(proto.graph, loaders)
+    _captures_to_initializers(proto.graph, captured)
     return proto
+
+
+def _captured_constants(function: Any, signature: list[Any]) -> dict[str, np.ndarray]:
+    """Tensors the traced graph captured by value (a Normalization layer's adapted mean and variance).
+
+    tf2onnx turns each capture into a graph input that nobody feeds; their values are known
+    here, by the name of the placeholder that stands for them.
+    """
+    concrete = function.get_concrete_function(*signature)
+    values = {}
+    for value, placeholder in zip(concrete.captured_inputs, concrete.graph.internal_captures):
+        if getattr(value, "dtype", None) is not None and value.dtype.name != "resource":
+            values[placeholder.name] = np.asarray(value)
+    return values
+
+
+def _captures_to_initializers(graph: Any, captured: dict[str, np.ndarray]) -> None:
+    # A captured constant's input becomes an initializer (the value it stood for); matched by the
+    # placeholder's name, with or without tf2onnx's `:0` suffix.
+    from onnx import numpy_helper
+
+    def value_of(name: str) -> np.ndarray | None:
+        for key in (name, name.split(":")[0], f"{name}:0"):
+            if key in captured:
+                return captured[key]
+        return None
+
+    kept = []
+    for value in graph.input:
+        constant = value_of(value.name)
+        if constant is None:
+            kept.append(value)
+        else:
+            graph.initializer.append(numpy_helper.from_array(constant, value.name))
+    del graph.input[:]
+    graph.input.extend(kept)
 
 
 def _input_signature(model: Any, input_signature: Sequence[Any] | None) -> list[Any]:

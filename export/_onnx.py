@@ -7,7 +7,6 @@ shape, the NCHW input, the contract) is ours, so another converter drops in at t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime.contract import KINDS, METADATA_KEY, Contract, write_contract
+from edgeseg.runtime.contract import KINDS, Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import sha256_of, write_bytes_atomic
 
@@ -42,6 +41,8 @@ class ContractFacts:
     std: tuple[float, ...] | None = None
     resize: str | None = None
     classes: tuple[str, ...] | None = None
+    height: int | None = None  # the working size of a model that takes any size (--input-size HxW)
+    width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def to_onnx(
     import tensorflow as tf
 
     from edgeseg.export import _patches
+    from edgeseg.export._checks import flat_spatial_shape
     from edgeseg.export._cuda_friendly import exportable
 
     _patches.apply()
@@ -104,14 +106,19 @@ def to_onnx(
     if any(d is None for d in shape):
         raise EdgesegError(
             f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
-            "edgeseg exports static height and width. Pass them (the .keras record's input.height/width, or "
-            "--input-size)."
+            "edgeseg exports a fixed working size: pass --input-size HxW (e.g. --input-size 256x256)."
         )
     model, _ = exportable(model)
     image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
     # Calling the model inside a functional wrapper is also what makes Sequential models
     # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
-    wrapper = keras.Model(image, model(image), name=WRAPPER_NAME)
+    output = model(image)
+    flat = flat_spatial_shape(model, shape[0], shape[1]) if len(shape) == 3 else None
+    if flat is not None:
+        # A flat (N, H*W, C) output (Reshape + softmax): the file outputs (N, H, W, C), the same numbers
+        # as an image, so the runtime reads it like any segmentation output.
+        output = keras.layers.Reshape((*flat, output.shape[-1]), name="edgeseg_spatial")(output)
+    wrapper = keras.Model(image, output, name=WRAPPER_NAME)
     signature = (tf.TensorSpec((batch, *shape), tf.float32, name=input_name),)
     proto = _convert(wrapper, input_signature=signature, opset=opset)
     if nchw:
@@ -187,39 +194,28 @@ def build_contract(
     output_name: str,
     layout: str = "NHWC",
     source: Mapping[str, Any] | None = None,
-) -> tuple[Contract, dict[str, Any]]:
+) -> Contract:
     """The contract for ``model``: the record as training wrote it, overridden by ``facts``.
 
-    Returns ``(contract, extras)``: ``extras`` are the record's top-level keys the Contract does
-    not model (a decoder's ``latent``), kept so they reach the ONNX metadata unchanged.
+    What the model itself states is inferred and checked: the input size and channels, the
+    output activation and channel count against the class names, and preprocessing layers inside
+    the model (then the contract's own scale/mean/std are the identity, so nothing is applied twice).
+    A decoder's latent code shape goes into the contract's ``latent`` field.
     """
+    from edgeseg.export._checks import check_classes, normalizes_itself
+
     record = dict(record or {})
     kind = facts.kind or record.get("kind")
     if kind is None:
         raise EdgesegError(
             f"The .keras file has no edgeseg record, so the model's kind is unknown; pass --kind ({'|'.join(KINDS)})."
         )
-    raw_input = dict(record.get("input") or {})
-    # A decoder's input is the latent code; its contract input describes the image it makes.
-    image_tensor = model.outputs[0] if kind == "decoder" else model.inputs[0]
-    image_shape = tuple(image_tensor.shape[1:])
-    if len(image_shape) == 3:
-        for key, size in zip(("height", "width", "channels"), image_shape):
-            if size is not None and raw_input.get(key) is None:
-                raw_input[key] = int(size)
-    for key in ("color", "scale", "mean", "std", "resize"):
-        value = getattr(facts, key)
-        if value is not None:
-            raw_input[key] = value
-    defaulted = [key for key in ("color", "scale", "mean", "std", "resize") if key not in raw_input]
-    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
-        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
-    if defaulted and not record:
-        # A foreign .keras: say it loudly once: a wrong default here makes every deployed prediction wrong.
-        log.warning(
-            "The contract takes defaults for input %s (%s, scale 1/255, mean 0, std 1, stretch); "
-            "pass --%s to set them.", ", ".join(defaulted), raw_input.get("color"), "/--".join(defaulted)
-        )
+    raw_input = _input_facts(model, record, facts, kind)
+    if not record and normalizes_itself(model) and facts.scale is None and facts.mean is None and facts.std is None:
+        # The model rescales/normalizes its own input: the runtime must hand it raw 0..255 pixels.
+        raw_input.update(scale=1.0, mean=[0.0], std=[1.0])
+        log.warning("The model normalizes its own input (a Rescaling/Normalization layer): the contract feeds it "
+                    "raw 0..255 pixels (scale 1, mean 0, std 1); pass --scale/--mean/--std to override.")
     raw_input["layout"] = layout
     # The ONNX input's name: a decoder's takes a latent code, every other model an image.
     raw_input["name"] = "latent" if kind == "decoder" else INPUT_NAME
@@ -230,23 +226,54 @@ def build_contract(
         if len(raw_output.get("palette") or ()) < len(facts.classes):
             raw_output.pop("palette", None)
     raw_output.setdefault("activation", _final_activation(model))
-    if kind == "segmentation" and not raw_output.get("classes"):
-        raise EdgesegError("A segmentation model needs its class names; pass --classes background,cell (or a count).")
-    data = {"kind": kind, "input": raw_input, "output": raw_output, "source": dict(source or {})}
-    contract = Contract.from_dict(data, origin="export")
-    known = {"format", "kind", "input", "output", "source", "verified", "calibration"}
-    extras = {k: v for k, v in record.items() if k not in known}
-    if kind == "decoder" and "latent" not in extras:
-        extras["latent"] = {"shape": [d for d in model.inputs[0].shape[1:]]}
-    return contract, extras
+    if kind == "segmentation":
+        raw_output["classes"] = list(check_classes(model, raw_output.get("classes"), raw_output["activation"]))
+        if len(raw_output.get("palette") or ()) < len(raw_output["classes"]):
+            raw_output.pop("palette", None)
+    latent = record.get("latent")
+    if kind == "decoder" and latent is None:
+        latent = {"shape": [d for d in model.inputs[0].shape[1:]]}
+    data = {"kind": kind, "input": raw_input, "output": raw_output, "source": dict(source or {}), "latent": latent}
+    return Contract.from_dict(data, origin="export")
 
 
-def write_metadata(proto: Any, contract: Contract, extras: Mapping[str, Any] | None = None) -> None:
-    """Write ``contract`` (plus the record's ``extras``) into ``proto``'s metadata, in place."""
+def _input_facts(model: Any, record: Mapping[str, Any], facts: ContractFacts, kind: str) -> dict[str, Any]:
+    """The contract's input section: the record, the model's own shape, then the options."""
+    raw_input = dict(record.get("input") or {})
+    if facts.height is not None:
+        raw_input["height"], raw_input["width"] = facts.height, facts.width
+    # A decoder's input is the latent code; its contract input describes the image it makes.
+    image_tensor = model.outputs[0] if kind == "decoder" else model.inputs[0]
+    image_shape = tuple(image_tensor.shape[1:])
+    if len(image_shape) == 3:
+        for key, size in zip(("height", "width", "channels"), image_shape):
+            if size is not None and raw_input.get(key) is None:
+                raw_input[key] = int(size)
+    if kind != "decoder" and (raw_input.get("height") is None or raw_input.get("width") is None):
+        raise EdgesegError(
+            f"Model `{model.name}` takes any input size {tuple(image_tensor.shape)}; edgeseg exports a fixed working "
+            "size: pass --input-size HxW (e.g. --input-size 256x256)."
+        )
+    for key in ("color", "scale", "mean", "std", "resize"):
+        value = getattr(facts, key)
+        if value is not None:
+            raw_input[key] = value
+    defaulted = [key for key in ("color", "scale", "mean", "std", "resize") if key not in raw_input]
+    if "color" not in raw_input and raw_input.get("channels") in (1, 3):
+        raw_input["color"] = "GRAY" if raw_input["channels"] == 1 else "RGB"
+    if defaulted and not record:
+        # A foreign .keras: say it loudly once: a wrong default here makes every deployed prediction wrong.
+        taken = {"color": raw_input.get("color"), "scale": "1/255", "mean": "0", "std": "1", "resize": "stretch"}
+        log.warning(
+            "The contract takes defaults for input %s; pass --%s to set them.",
+            ", ".join(f"{key} {taken[key]}" for key in defaulted), "/--".join(defaulted),
+        )
+    return raw_input
+
+
+def write_metadata(proto: Any, contract: Contract) -> None:
+    """Write ``contract`` into ``proto``'s metadata, in place (every field, ``latent`` included)."""
     write_contract(proto, contract)
-    if extras:
-        entry = next(e for e in proto.metadata_props if e.key == METADATA_KEY)
-        entry.value = json.dumps({**contract.to_dict(), **extras}, sort_keys=True)
 
 
 def save_onnx(proto: Any, path: str | os.PathLike) -> Path:
@@ -303,15 +330,19 @@ def export_model(
         result = export_model("runs/fcn8/model.keras", "fcn8.onnx", verify=VerifyRequest(random=2))
         print(result.contract.output.classes, result.report.ok)
     """
+    from edgeseg.export._checks import refuse_unsupported, smoke_run
     from edgeseg.export._cuda_friendly import cuda_friendly as rewrite
     from edgeseg.export._keras_file import load_model
 
+    progress(f"loading {model_path}")
     model, record = load_model(model_path)
     source = source_versions(
         keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
     )
     # The contract first: a missing fact fails here, before the slow conversion.
-    contract, extras = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
+    contract = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
+    refuse_unsupported(model)
+    progress("converting to ONNX")
     exported, rewritten = rewrite(model) if cuda_friendly else (model, 0)
     proto = to_onnx(
         exported,
@@ -323,18 +354,28 @@ def export_model(
         input_name=contract.input.name,
     )
     contract = contract.replace(output={"name": proto.graph.output[0].name})
+    progress("running the ONNX file once and comparing it with Keras")
+    smoke_run(model, proto, contract)
     report = None
     if verify is not None:
         from edgeseg.export._verify import verify_models
 
+        progress("verifying layer by layer")
         report = verify_models(
             model, proto, contract, images=verify.images, random=verify.random, tolerance=verify.tolerance, seed=verify.seed
         )
         contract = contract.replace(verified=report.summary())
-    write_metadata(proto, contract, extras)
+    write_metadata(proto, contract)
     path = save_onnx(proto, output_path)
     log.info("exported %s -> %s (%d nodes, opset %d)", model_path, path, len(proto.graph.node), opset)
     return ExportResult(path=path, contract=contract, nodes=len(proto.graph.node), rewritten=rewritten, report=report)
+
+
+def progress(stage: str) -> None:
+    """One line per stage of a long command, on stderr, so a user sees it is working."""
+    import sys
+
+    print(f"edgeseg: {stage}...", file=sys.stderr, flush=True)
 
 
 def _final_activation(model: Any) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
 from edgeseg.runtime.contract import Contract
+from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 1e-5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 _INSERTED = re.compile(r"__\d+(:\d+)?$")  # nodes tf2onnx adds (layout transposes, reshapes)
+AMBIGUOUS = ""  # a layer whose ONNX scope cannot be told apart from another layer's
 _NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
 
 
@@ -54,6 +56,7 @@ class VerifyReport:
     inputs: dict[str, Any]
     layers: tuple[LayerCheck, ...]
     output: dict[str, Any]
+    not_compared: tuple[dict[str, str], ...] = ()  # {"name", "type", "reason"} per layer verify could not check
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,7 @@ class VerifyReport:
             "inputs": dict(self.inputs),
             "layers": [{**vars(check), "shape": list(check.shape)} for check in self.layers],
             "output": dict(self.output),
+            "not_compared": [dict(item) for item in self.not_compared],
         }
 
     def summary(self) -> dict[str, Any]:
@@ -77,6 +81,8 @@ class VerifyReport:
             shape = "x".join(str(d) for d in c.shape)
             mark = "ok" if c.ok else "FAIL"
             rows.append(f"{c.name:<{width}}  {c.type:<16} {shape:<18} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g}  {mark}")
+        for item in self.not_compared:
+            rows.append(f"{item['name']:<{width}}  {item['type']:<16} not compared: {item['reason']}")
         out = f"output: max_abs_err {self.output['max_abs_err']:.3g}"
         if self.output.get("argmax_agreement") is not None:
             out += f", argmax agreement {self.output['argmax_agreement']:.6f}"
@@ -180,32 +186,45 @@ def verify_models(
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     if not tolerance > 0:
         raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
-    probes, everyone, probe_model = _keras_probe(model, contract)
+    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
     wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
-    session, onnx_names, layouts = _onnx_probe(proto, probes, everyone, contract)
+    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
     batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
     onnx_batch = _fixed_batch(proto)
 
     stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
     agree = pixels = 0
-    for batch in batches:
+    for index, batch in enumerate(batches):
+        _progress(f"input {index + 1}/{count}")
         # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
         # a fixed-batch export gets that input repeated to its batch size.
         n = batch.shape[0]
         feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
-        expected = [np.asarray(a)[:n] for a in probe_model(feed, training=False)]
+        expected = [np.asarray(a)[:n] for a in _as_list(probe_model(feed, training=False))]
         onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
-        got = session.run(onnx_names, {proto.graph.input[0].name: np.ascontiguousarray(onnx_feed)})
+        got = _run(session, onnx_names, proto.graph.input[0].name, np.ascontiguousarray(onnx_feed))
         for probe, keras_out, onnx_out in zip(probes, expected, got):
-            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
+            if probe.name in unmatched:
+                continue
+            try:
+                onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
+            except EdgesegError:
+                if probe.name == "<output>":
+                    raise
+                unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
+                continue
             stats[probe.name].add(keras_out, onnx_out)
         if contract.kind == "segmentation":
-            agree += int(np.count_nonzero(keras_out.argmax(-1) == onnx_out.argmax(-1)))
-            pixels += int(np.prod(keras_out.shape[:-1]))
+            same = class_ids(keras_out, contract) == class_ids(onnx_out, contract)
+            agree += int(np.count_nonzero(same))
+            pixels += int(same.size)
 
     checks = []
     for probe in probes:
         if probe.type not in wanted or probe.name == "<output>":
+            continue
+        if probe.name in unmatched:
+            not_compared.append({"name": probe.name, "type": probe.type, "reason": unmatched[probe.name]})
             continue
         s = stats[probe.name]
         scale = max(1.0, s.range)
@@ -219,6 +238,9 @@ def verify_models(
                 ok=bool(s.max_abs <= tolerance * scale),
             )
         )
+    if layers == "all":
+        not_compared += [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
+                         for p in everyone.values() if p.type not in INSPECTED_TYPES]
     final = stats["<output>"]
     output_ok = final.max_abs <= tolerance * max(1.0, final.range)
     first = next((c.name for c in checks if not c.ok), None)
@@ -232,7 +254,55 @@ def verify_models(
         inputs={"kind": kind, "count": count, "skipped": skipped},
         layers=tuple(checks),
         output=output,
+        not_compared=tuple(not_compared),
     )
+
+
+def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
+    # A probe of a layer ONNX folded away may be the graph input itself, which is not an output.
+    wanted = [n for n in dict.fromkeys(names) if n != input_name]
+    values = dict(zip(wanted, session.run(wanted, {input_name: feed})))
+    values[input_name] = feed
+    return [values[n] for n in names]
+
+
+def _progress(stage: str) -> None:
+    import sys
+
+    print(f"edgeseg verify: {stage}", file=sys.stderr, flush=True)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _probes_or_output(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str, _Probe], Any, list[dict[str, str]]]:
+    """The layer probes; when the Keras graph cannot be re-run layer by layer, the final output alone."""
+    import keras
+
+    try:
+        probes, everyone, probe_model = _keras_probe(model, contract)
+        return probes, everyone, probe_model, []
+    except EdgesegError:
+        raise
+    except Exception as error:  # Keras ops used as functions and others the layer walk cannot re-run
+        reason = f"the Keras graph cannot be re-run layer by layer ({type(error).__name__}: {error})".splitlines()[0]
+    from edgeseg.export._graph import leaf_layers
+
+    shape = _input_shape(model, contract)
+    image = keras.Input(shape=shape, name="image")
+    final = _flat(model(image))[0]
+    skipped = [{"name": layer.name, "type": type(layer).__name__, "reason": reason} for _, layer in leaf_layers(model)]
+    probe = _Probe("<output>", "output", "", (), final, None)
+    return [probe], {}, keras.Model(image, [final]), skipped
+
+
+def _input_shape(model: Any, contract: Contract) -> tuple[Any, ...]:
+    shape = list(model.inputs[0].shape[1:])
+    if len(shape) == 3 and contract.kind != "decoder":
+        shape[0] = shape[0] or contract.input.height
+        shape[1] = shape[1] or contract.input.width
+    return tuple(shape)
 
 
 class _Stats:
@@ -261,11 +331,7 @@ def _keras_probe(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str
     """
     import keras
 
-    shape = list(model.inputs[0].shape[1:])
-    if len(shape) == 3 and contract.kind != "decoder":
-        shape[0] = shape[0] or contract.input.height
-        shape[1] = shape[1] or contract.input.width
-    image = keras.Input(shape=tuple(shape), name="image")
+    image = keras.Input(shape=_input_shape(model, contract), name="image")
     names = _report_names(model)
     producers: dict[int, str] = {}
     probes: list[_Probe] = []
@@ -300,13 +366,16 @@ def _report_names(model: Any) -> dict[tuple[tuple[str, ...], str], str]:
 
 def _onnx_probe(
     proto: Any, probes: list[_Probe], everyone: dict[str, _Probe], contract: Contract
-) -> tuple[Any, list[str], dict[str, str]]:
-    """An onnxruntime session on ``proto`` with each probe's tensor as an extra output."""
+) -> tuple[Any, list[str], dict[str, str], dict[str, str]]:
+    """An onnxruntime session on ``proto`` with each probe's tensor as an extra output.
+
+    Also returns the probes no ONNX tensor could be found for, with the reason (listed as not compared).
+    """
     import onnx
     import onnxruntime as ort
 
     graph = proto.graph
-    scope_tensor = _layer_tensors(graph, list(everyone.values()))
+    scope_tensor = _layer_tensors(graph, list(everyone.values())) if everyone else {}
     if scope_tensor is None:
         raise EdgesegError(
             "The ONNX file does not come from this Keras model: none of its nodes carry the model's layer names "
@@ -315,18 +384,22 @@ def _onnx_probe(
     graph_input = graph.input[0].name
     names, layouts = [], _propagate_layouts(graph, contract.input.layout)
     chosen: dict[str, str] = {}
+    unmatched: dict[str, str] = {}
     for probe in probes:
         if probe.name == "<output>":
             tensor = graph.output[0].name
         else:
             tensor = scope_tensor.get(probe.name)
+            if tensor == AMBIGUOUS:
+                unmatched[probe.name] = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
+                tensor = graph_input
             cursor = probe
             while tensor is None and cursor is not None:
-                if cursor.type in ("Conv2D", "Conv2DTranspose"):
-                    raise EdgesegError(
-                        f"The ONNX file does not come from this Keras model: it has no node for layer `{cursor.name}` "
-                        f"({cursor.type})."
-                    )
+                if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
+                    # A layer with weights cannot be folded away: its nodes were renamed or merged.
+                    unmatched[probe.name] = f"no ONNX node carries the name of layer `{cursor.name}`"
+                    tensor = graph_input
+                    break
                 # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
                 upstream = cursor.producer
                 tensor = graph_input if upstream is None else scope_tensor.get(upstream)
@@ -347,7 +420,7 @@ def _onnx_probe(
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
     chosen["<output>"] = layouts.get(graph.output[0].name, "?")
-    return session, names, chosen
+    return session, names, chosen, unmatched
 
 
 def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
@@ -372,6 +445,11 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
             names = _scope_candidates(parts[depth], by_name)
             if not names:
                 continue
+            while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
+                # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
+                # layer's own scope: the outer one of a run of matching scopes is the layer.
+                depth -= 1
+                names = _scope_candidates(parts[depth], by_name)
             scope = "/".join(parts[: depth + 1])
             last_node[scope] = node.output[0]
             if scope not in options:
@@ -389,12 +467,31 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
                     assigned[free[0]] = scope
                 del pending[scope]
                 progress = True
+        if not progress and _pair_by_one_suffix(pending, assigned):
+            continue
         if not progress:  # several scopes share candidates: pair them up in order of appearance
             scope = next(iter(pending))
             free = [n for n in pending.pop(scope) if n not in assigned]
             assigned[free[0]] = scope
-    found = {name: last_node[scope] for name, scope in assigned.items()}
+    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
     return found or None
+
+
+def _pair_by_one_suffix(pending: dict[str, list[str]], assigned: dict[str, str]) -> bool:
+    """Settle shared candidates by TensorFlow's rule: a traced layer's scope is its name plus one `_<n>`.
+
+    Scope `bn_1` is layer `bn` and scope `bn_1_2` layer `bn_1`, whatever order the nodes come in,
+    so repeated and rewritten exports pair the same way. Returns whether anything was paired.
+    """
+    paired = False
+    for scope, names in list(pending.items()):
+        base = re.fullmatch(r"(.+)_\d+", scope.rsplit("/", 1)[-1])
+        name = next((n for n in names if base and n.rsplit("/", 1)[-1] == base.group(1) and n not in assigned), None)
+        if name is not None:
+            assigned[name] = scope
+            del pending[scope]
+            paired = True
+    return paired
 
 
 def _scope_candidates(part: str, by_name: dict[str, list[_Probe]]) -> list[_Probe]:
@@ -434,6 +531,8 @@ def _propagate_layouts(graph: Any, input_layout: str) -> dict[str, str]:
 def _to_nhwc(array: np.ndarray, keras_shape: tuple[int, ...], layout: str, name: str) -> np.ndarray:
     """The ONNX tensor in Keras' channels-last layout, or an error if its shape fits neither."""
     keras_shape = tuple(keras_shape)
+    if array.ndim == 4 and len(keras_shape) == 3 and array.size == int(np.prod(keras_shape)):
+        return array.reshape(keras_shape)  # a flat (N, H*W, C) output the export made (N, H, W, C)
     if array.ndim != 4:
         if array.shape != keras_shape:
             raise _mismatch(name, keras_shape, array.shape)

@@ -18,12 +18,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="train, export, verify, calibrate, segment and benchmark on generated data; writes report.html",
         description="Run the whole chain offline on generated sample data and write a folder with report.html. "
-                    "About 3 to 5 minutes on 2 CPU cores; --quick takes under a minute. Exit 1 if a step failed.",
+                    "About 3 to 5 minutes on 2 CPU cores (about 90 CPU-seconds; longer when the machine is busy); "
+                    "--quick under a minute (about 20 CPU-seconds). Exit 1 if a step failed.",
     )
     demo.add_argument("--out", type=Path, default=Path("edgeseg-demo"),
                       help="output folder, created if missing (default: ./edgeseg-demo)")
     demo.add_argument("--quick", action="store_true",
-                      help="tiny sizes and 1 epoch: every step in under a minute (default: off)")
+                      help="tiny sizes and 1 epoch: every step in about a minute, models not useful (default: off)")
     demo.add_argument("--data", type=Path, default=None, metavar="MNIST_DIR",
                       help="local MNIST for the CAE: a folder of IDX .gz files or an .npz "
                            "(default: generated digits, no download)")

@@ -1,15 +1,13 @@
 """The whole chain on generated data, offline: what ``edgeseg demo`` and ``edgeseg samples`` run.
 
-Every step calls another package through its own command line, in this process
-(``edgeseg.cli.main([...])``), so TensorFlow loads once and each step does exactly what a user
-typing that command would get. A failing step is named, recorded and logged in one line; the
-steps that do not need its output still run. A step whose command is not in this build (its
-package has not landed) is skipped with a line saying so.
+Every step calls the typed Python function behind its command (``train_fcn8``, ``export_model``,
+``verify_files``, ``calibrate``, ``segment``, ``run_bench``) in this process, so TensorFlow loads
+once and a step's result is a value, not a parsed line of output. A failing step is named,
+recorded and logged in one line; the steps that do not need its output still run.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -18,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgeseg.sampledata import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.files import write_json_atomic, write_text_atomic
+from edgeseg.sampledata import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
 
 log = logging.getLogger("edgeseg.demo")
 
@@ -40,7 +39,13 @@ class DemoConfig:
     calibrate_samples: int = 32
     calibrate_rounds: int = 10
     bench_frames: int = 30
-    bench_repeats: int = 2
+    bench_repeats: int = 1
+    # Each runner is a fresh process; the Keras ones load TensorFlow each time (the slowest part of a
+    # bench), so the demo keeps one Keras runner (plus Keras as the reference) and one round.
+    bench_runners: tuple[str, ...] = ("keras-predict", "ort-plain", "opencv-dnn", "openvino", "openvino-int8",
+                                      "edgeseg", "edgeseg-int8", "edgeseg-fast")
+    bench_keras_reference: bool = True
+    bench_ceiling: bool = True
     mnist: Path | None = None
     seed: int = 0
 
@@ -53,7 +58,10 @@ FULL = DemoConfig(train_scenes=384, fcn_epochs=12, cae_epochs=15)
 # The committed sample models train longer than the demo's: they are made once, and used for real.
 SAMPLE_MODELS = DemoConfig(train_scenes=512, fcn_epochs=16, cae_epochs=30)
 QUICK = DemoConfig(samples=QUICK_SPEC, train_scenes=32, fcn_epochs=1, cae_epochs=1, head_width=16,
-                   backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6, bench_repeats=1)
+                   backbone_width=0.0625, calibrate_samples=8, calibrate_rounds=2, bench_frames=6,
+                   # three runners, FP32 onnxruntime as the reference, no ceiling: no TensorFlow process, seconds
+                   bench_runners=("ort-plain", "edgeseg", "edgeseg-int8"), bench_keras_reference=False,
+                   bench_ceiling=False)
 
 
 @dataclass
@@ -65,7 +73,6 @@ class StepResult:
     status: str
     seconds: float = 0.0
     detail: str = ""
-    command: str = ""
 
 
 class StepFailed(Exception):
@@ -77,19 +84,14 @@ class Runner:
     """Runs named steps in order, times them, logs progress, and never lets one failure stop the rest."""
 
     total: int
-    commands: frozenset[str]
     results: list[StepResult] = field(default_factory=list)
 
-    def step(self, name: str, title: str, work: Callable[[], str | None], *, needs: Sequence[str] = (),
-             command: str | None = None) -> bool:
-        """Run ``work`` unless a needed step did not succeed or ``command`` is absent; True if it succeeded."""
+    def step(self, name: str, title: str, work: Callable[[], str | None], *, needs: Sequence[str] = ()) -> bool:
+        """Run ``work`` unless a needed step did not succeed; True if it succeeded."""
         number = len(self.results) + 1
         prefix = f"demo [{number}/{self.total}] {title}"
         missing = [n for n in needs if not self.ok(n)]
-        if command is not None and command not in self.commands:
-            result = StepResult(name, title, "skipped",
-                                detail=f"`edgeseg {command}` is not in this build, so this step cannot run")
-        elif missing:
+        if missing:
             result = StepResult(name, title, "skipped", detail=f"needs step(s) that did not succeed: {', '.join(missing)}")
         else:
             log.info("%s ...", prefix)
@@ -117,41 +119,6 @@ class Runner:
         return [r for r in self.results if r.status == "failed"]
 
 
-def available_commands() -> frozenset[str]:
-    """The subcommands this build of ``edgeseg`` has (a package that has not landed has none)."""
-    from edgeseg.cli import build_parser
-
-    return frozenset(_subparsers(build_parser()))
-
-
-def edgeseg(*args: str | os.PathLike) -> None:
-    """Run ``edgeseg ARGS`` in this process; raise :class:`StepFailed` naming the command if it fails."""
-    from edgeseg.cli import main
-
-    argv = [str(a) for a in args]
-    shown = "edgeseg " + " ".join(argv)
-    log.info("  $ %s", shown)
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse rejects the options: the command line changed under us
-        code = exit_.code if isinstance(exit_.code, int) else 2
-    if code != 0:
-        raise StepFailed(f"`{shown}` exited with status {code}")
-
-
-def option_supported(command: str, option: str) -> bool:
-    """Whether ``edgeseg COMMAND`` (the first word of ``command``) knows ``option``."""
-    from edgeseg.cli import build_parser
-
-    words = command.split()
-    parser = _subparsers(build_parser()).get(words[0])
-    for word in words[1:]:
-        parser = _subparsers(parser).get(word) if parser else None
-    if parser is None:
-        return False
-    return any(option in action.option_strings for action in parser._actions)
-
-
 def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, train_root: Path | None = None,
               stages: str = "demo") -> Runner:
     """Run the chain into ``out``. ``stages``: ``demo`` (everything) or ``models`` (data, train, slim, export, verify).
@@ -160,93 +127,120 @@ def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, t
     training scenes go (default ``out/data/train``).
     """
     data = SampleData.at(data_root or out / "data")
-    train_data = train_root or data.root / "train"
-    fcn, cae, seg = out / FCN8_DIR, out / CAE_DIR, out / SEGMENT_DIR
+    chain = _Chain(out=out, config=config, data=data, train_data=train_root or data.root / "train")
     demo = stages == "demo"
-    runner = Runner(total=14 if demo else 9, commands=available_commands())
+    runner = Runner(total=14 if demo else 9)
+    chain.models(runner, slim=not demo)
+    if demo:
+        chain.deploy(runner)
+    return runner
 
-    def make_data() -> str:
-        make_sample_data(data.root, spec=config.samples)
-        spec = config.samples
-        make_scene_set(train_data / "images", train_data / "masks", count=config.train_scenes, size=spec.size,
-                       classes=spec.classes, seed=spec.seed + 10)
+
+@dataclass(frozen=True)
+class _Chain:
+    """The steps of one run: where each reads and writes, and the sizes it uses."""
+
+    out: Path
+    config: DemoConfig
+    data: SampleData
+    train_data: Path
+
+    @property
+    def fcn(self) -> Path:
+        return self.out / FCN8_DIR
+
+    @property
+    def cae(self) -> Path:
+        return self.out / CAE_DIR
+
+    def models(self, runner: Runner, *, slim: bool) -> None:
+        """Data, training, (slimming), export and verification of both models."""
+        runner.step("data", "make sample data", self.make_data)
+        runner.step("train-fcn8", "train FCN-8 on scenes", self.train_fcn8, needs=["data"])
+        runner.step("train-cae", "train the CAE on digits", self.train_cae, needs=["data"])
+        folders = (("fcn8", self.fcn), ("cae", self.cae))
+        if slim:
+            for model, folder in folders:
+                runner.step(f"slim-{model}", f"drop {model}'s optimizer state from model.keras",
+                            lambda folder=folder: _drop_optimizer(folder / "model.keras"), needs=[f"train-{model}"])
+        for model, folder in folders:
+            runner.step(f"export-{model}", f"export {model} to ONNX", lambda folder=folder: _export(folder),
+                        needs=[f"train-{model}"])
+        runner.step("verify-fcn8", "verify fcn8 layer by layer",
+                    lambda: _verify(self.fcn, images=self.data.scenes / "images"), needs=["export-fcn8"])
+        runner.step("verify-cae", "verify cae layer by layer", lambda: _verify(self.cae, random=4),
+                    needs=["export-cae"])
+
+    def deploy(self, runner: Runner) -> None:
+        """INT8 calibration, segmentation of the video and the folder, the benchmark and the page."""
+        runner.step("calibrate", "calibrate fcn8 to INT8", self.calibrate, needs=["export-fcn8"])
+        for source_name, source in (("video", self.data.video), ("folder", self.data.folder)):
+            for precision, model_file, needed in (("fp32", "model.onnx", "export-fcn8"),
+                                                  ("int8", "model.int8.onnx", "calibrate")):
+                target = self.out / SEGMENT_DIR / f"{source_name}-{precision}"
+                runner.step(f"segment-{source_name}-{precision}", f"segment the {source_name} with {precision.upper()}",
+                            lambda source=source, model=self.fcn / model_file, target=target: _segment(source, model, target),
+                            needs=[needed])
+        runner.step("bench", "benchmark the runners", lambda: self.bench(with_int8=runner.ok("calibrate")),
+                    needs=["export-fcn8", "train-fcn8"])
+
+        def report() -> str:
+            from edgeseg.demo._report import write_report
+
+            return str(write_report(self.out, runner.results + [StepResult("report", "write report.html", "ok")],
+                                    config=self.config))
+
+        runner.step("report", "write report.html", report)
+
+    def make_data(self) -> str:
+        spec = self.config.samples
+        make_sample_data(self.data.root, spec=spec)
+        make_scene_set(self.train_data / "images", self.train_data / "masks", count=self.config.train_scenes,
+                       size=spec.size, classes=spec.classes, seed=spec.seed + 10)
         return (f"{spec.video_frames}-frame {spec.size}x{spec.size} video, {spec.folder_images} images + 3 bad files, "
-                f"{config.train_scenes} training scenes, {spec.digits_train} digits")
+                f"{self.config.train_scenes} training scenes, {spec.digits_train} digits")
 
-    runner.step("data", "make sample data", make_data)
+    def train_fcn8(self) -> str:
+        from edgeseg.export import train_fcn8
 
-    def train_fcn8() -> str:
-        spec = config.samples
-        args = ["train", "fcn8", "--data", train_data, "--out", fcn, "--epochs", config.fcn_epochs,
-                "--seed", config.seed, "--variant", "classic", "--head-width", config.head_width,
-                "--input-size", spec.size, "--classes", spec.classes, "--batch-size", 16, "--learning-rate", 2e-3]
-        if option_supported("train fcn8", "--backbone-width"):
-            args += ["--backbone-width", config.backbone_width]
-        edgeseg(*args)
-        return _history_line(fcn / "history.json")
+        config, spec = self.config, self.config.samples
+        train_fcn8(data=self.train_data, out=self.fcn, epochs=config.fcn_epochs, seed=config.seed, variant="classic",
+                   head_width=config.head_width, backbone_width=config.backbone_width, input_size=spec.size,
+                   classes=spec.classes, batch_size=16, learning_rate=2e-3)
+        return _history_line(self.fcn / "history.json")
 
-    def train_cae() -> str:
-        source = config.mnist or data.digits
-        edgeseg("train", "cae", "--data", source, "--out", cae, "--epochs", config.cae_epochs, "--seed", config.seed,
-                "--learning-rate", 3e-3)
-        return _history_line(cae / "history.json")
+    def train_cae(self) -> str:
+        from edgeseg.export import train_cae
 
-    runner.step("train-fcn8", "train FCN-8 on scenes", train_fcn8, needs=["data"], command="train")
-    runner.step("train-cae", "train the CAE on digits", train_cae, needs=["data"], command="train")
-    if not demo:
-        for model, folder in (("fcn8", fcn), ("cae", cae)):
-            runner.step(f"slim-{model}", f"drop {model}'s optimizer state from model.keras",
-                        lambda folder=folder: _drop_optimizer(folder / "model.keras"), needs=[f"train-{model}"])
-    for model, folder in (("fcn8", fcn), ("cae", cae)):
-        runner.step(f"export-{model}", f"export {model} to ONNX",
-                    lambda folder=folder: edgeseg("export", folder / "model.keras", "-o", folder / "model.onnx"),
-                    needs=[f"train-{model}"], command="export")
-    runner.step("verify-fcn8", "verify fcn8 layer by layer",
-                lambda: _verify(fcn, "--images", data.scenes / "images"), needs=["export-fcn8"], command="verify")
-    runner.step("verify-cae", "verify cae layer by layer",
-                lambda: _verify(cae, "--random", 4), needs=["export-cae"], command="verify")
-    if not demo:
-        return runner
+        train_cae(data=self.config.mnist or self.data.digits, out=self.cae, epochs=self.config.cae_epochs,
+                  seed=self.config.seed, learning_rate=3e-3)
+        return _history_line(self.cae / "history.json")
 
-    def calibrate() -> str:
-        edgeseg("calibrate", fcn / "model.onnx", "--data", data.scenes / "images", "--masks", data.scenes / "masks",
-                "-o", fcn / "model.int8.onnx", "--report", fcn / "calibrate.json", "--chart", fcn / "calibrate.png",
-                "--samples", config.calibrate_samples, "--rounds", config.calibrate_rounds)
-        report = _read_json(fcn / "calibrate.json")
+    def calibrate(self) -> str:
+        from edgeseg.calibration import calibrate
+
+        report = calibrate(self.fcn / "model.onnx", self.data.scenes / "images", masks=self.data.scenes / "masks",
+                           output=self.fcn / "model.int8.onnx", report=self.fcn / "calibrate.json",
+                           chart=self.fcn / "calibrate.png", samples=self.config.calibrate_samples,
+                           timing_rounds=self.config.calibrate_rounds)
         return (f"mIoU FP32 {report['fp32']['miou']:.3f} -> INT8 {report['int8']['miou']:.3f}, "
                 f"agreement {report['agreement']:.3f}, speedup {report['speedup']:.2f}x")
 
-    runner.step("calibrate", "calibrate fcn8 to INT8", calibrate, needs=["export-fcn8"], command="calibrate")
-    for source_name, source in (("video", data.video), ("folder", data.folder)):
-        for precision, model_file, needed in (("fp32", "model.onnx", "export-fcn8"), ("int8", "model.int8.onnx", "calibrate")):
-            target = seg / f"{source_name}-{precision}"
-            runner.step(f"segment-{source_name}-{precision}", f"segment the {source_name} with {precision.upper()}",
-                        lambda source=source, model_file=model_file, target=target: _segment(source, fcn / model_file, target),
-                        needs=[needed], command="segment")
+    def bench(self, *, with_int8: bool) -> str:
+        from edgeseg.bench import BenchConfig, markdown_table, run_bench
 
-    def bench() -> str:
-        args = ["bench", "--model", fcn / "model.onnx", "--keras", fcn / "model.keras", "--source", data.video,
-                "--frames", config.bench_frames, "--repeats", config.bench_repeats, "--json", out / "bench.json",
-                "--markdown", out / "bench.md", "--work-dir", out / "bench"]
-        if runner.ok("calibrate"):
-            args += ["--int8", fcn / "model.int8.onnx"]
-        if config.quick:  # three runners and no ceiling: the whole comparison stays a few seconds
-            args += ["--runners", "ort-plain,edgeseg" + (",edgeseg-int8" if runner.ok("calibrate") else ""), "--no-ceiling"]
-        edgeseg(*args)
-        report = _read_json(out / "bench.json")
+        config = self.config
+        runners = tuple(r for r in config.bench_runners if with_int8 or not r.endswith("-int8"))
+        report = run_bench(BenchConfig(
+            model=self.fcn / "model.onnx", keras=self.fcn / "model.keras" if config.bench_keras_reference else None,
+            source=str(self.data.video), int8=self.fcn / "model.int8.onnx" if with_int8 else None, runners=runners,
+            frames=config.bench_frames, repeats=config.bench_repeats, work_dir=self.out / "bench",
+            measure_ceiling=config.bench_ceiling))
+        report["notes"] = []
+        write_json_atomic(self.out / "bench.json", report)
+        write_text_atomic(self.out / "bench.md", markdown_table(report))
         best = max(report["runners"].items(), key=lambda kv: kv[1].get("fps") or 0)
         return f"{len(report['runners'])} runners; fastest {best[0]} at {best[1]['fps']:.1f} frames/s"
-
-    runner.step("bench", "benchmark the runners", bench, needs=["export-fcn8", "train-fcn8"], command="bench")
-
-    def report() -> str:
-        from edgeseg.demo._report import write_report
-
-        page = write_report(out, runner.results + [StepResult("report", "write report.html", "ok")], config=config)
-        return str(page)
-
-    runner.step("report", "write report.html", report)
-    return runner
 
 
 def _drop_optimizer(path: Path) -> str:
@@ -259,21 +253,29 @@ def _drop_optimizer(path: Path) -> str:
     return f"{before / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB"
 
 
-def _verify(folder: Path, *inputs: str | os.PathLike) -> str:
-    report_path = folder / "verify.json"
-    try:
-        edgeseg("verify", folder / "model.keras", folder / "model.onnx", *inputs, "--report", report_path)
-    finally:
-        report = _read_json(report_path) if report_path.is_file() else None
-    output = report.get("output", {}) if report else {}
-    return (f"{len(report.get('layers', []))} layers, output max |err| {output.get('max_abs_err', float('nan')):.2e}"
-            if report else "")
+def _export(folder: Path) -> str:
+    from edgeseg.export import export_model
+
+    result = export_model(folder / "model.keras", folder / "model.onnx")
+    return f"{result.nodes} nodes, kind {result.contract.kind}"
+
+
+def _verify(folder: Path, *, images: Path | None = None, random: int = 4) -> str:
+    from edgeseg.export import verify_files
+
+    report = verify_files(folder / "model.keras", folder / "model.onnx", images=images, random=random)
+    write_json_atomic(folder / "verify.json", report.to_dict())
+    if not report.ok:
+        raise StepFailed(f"layer `{report.first_failure}` is out of tolerance (see {folder / 'verify.json'})")
+    output = report.to_dict().get("output") or {}
+    return f"{len(report.to_dict().get('layers') or [])} layers, output max |err| {output.get('max_abs_err', float('nan')):.2e}"
 
 
 def _segment(source: Path, model: Path, target: Path) -> str:
-    edgeseg("segment", source, "--model", model, "--out", target, "--no-progress", "--overwrite")  # a rerun replaces it
-    summary = _read_json(target / "summary.json")
-    return f"{summary.get('frames')} frames, {summary.get('frames_failed')} failed, {summary.get('fps', 0):.1f} frames/s"
+    from edgeseg.runtime import SegmentOptions, segment
+
+    summary = segment(source, model=model, out=target, options=SegmentOptions(overwrite=True))  # a rerun replaces it
+    return f"{summary['frames']} frames, {summary['frames_failed']} failed, {summary.get('fps') or 0:.1f} frames/s"
 
 
 def _history_line(path: Path) -> str:
@@ -293,13 +295,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise StepFailed(f"cannot read `{path}`: {error}") from None
-
-
-def _subparsers(parser: argparse.ArgumentParser | None) -> dict[str, argparse.ArgumentParser]:
-    for action in (parser._actions if parser else []):
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 @contextlib.contextmanager

@@ -35,9 +35,11 @@ def test_exports_verify_on_every_inspected_layer(model_files, exports, tmp_path,
     assert code == 0 and report["ok"] and report["first_failure"] is None
     names = [layer["name"] for layer in report["layers"]]
     # Nested encoder flattened; Keras names; every inspected type present.
-    assert names == ["block1_conv1", "block2_conv1", "score4", "up4", "crop4", "score3", "fuse", "up_final", "softmax"]
+    assert names == ["block1_conv1", "block1_pool", "block2_conv1", "block2_pool", "score4", "up4", "crop4", "score3",
+                     "fuse", "up_final", "softmax"]
     assert {"name", "type", "shape", "max_abs_err", "max_rel_err", "ok"} <= set(report["layers"][0])
-    assert report["layers"][3]["shape"] == [18, 18, 2] and report["layers"][3]["type"] == "Conv2DTranspose"
+    assert report["not_compared"] == []
+    assert report["layers"][5]["shape"] == [18, 18, 2] and report["layers"][5]["type"] == "Conv2DTranspose"
     assert report["output"]["argmax_agreement"] == 1.0
     assert report["inputs"] == {"kind": "random", "count": 2, "skipped": 0}
 
@@ -127,7 +129,7 @@ def test_export_with_verify_records_the_summary(model_files, tmp_path):
     from edgeseg.runtime.contract import Contract, metadata_of
 
     verified = Contract.from_onnx(onnx.load(str(out))).verified
-    assert verified["ok"] is True and verified["layers_checked"] == 9 and 0 <= verified["max_abs_err"] < 1e-4
+    assert verified["ok"] is True and verified["layers_checked"] == 11 and 0 <= verified["max_abs_err"] < 1e-4
     assert json.loads(report.read_text())["ok"] is True
 
 
