@@ -33,7 +33,7 @@ def run_from_args(args: argparse.Namespace, *, contract: dict[str, Any] | None =
                              gpus_per_worker=args.gpus_per_worker, resume=args.resume,
                              progress=not args.no_progress)
     write = WriteOptions(outputs=frozenset(n.strip() for n in args.write.split(",") if n.strip()), alpha=args.alpha,
-                         smooth=args.smooth, codec=args.codec, batch=args.batch)
+                         smooth=args.smooth, codec=args.codec, batch=args.batch or 1)
     select = Selection(stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive)
     summary = segment_on_ray(sources, model=spec, out=args.out, cluster=cluster, write=write, select=select)
     if "stage_ms" in summary:
