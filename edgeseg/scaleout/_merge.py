@@ -7,7 +7,6 @@ Without ffmpeg the parts are decoded and re-encoded through the runtime's :class
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
