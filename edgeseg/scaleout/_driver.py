@@ -295,13 +295,13 @@ def _prepare_outs(out: Path, sources: list[Source], options: SegmentOptions) -> 
     """The single-machine --out rule for the job's folder and each source's: a folder holding a run
     (its files, or this package's part folder) is refused unless --overwrite (cleared) or --resume."""
     for folder in dict.fromkeys([out, *(Path(s.out) for s in sources)]):
+        prepare_out(folder, options)  # refuses (naming the run's files) or clears them, as without Ray
         work = folder / WORK_DIR
         if work.is_dir() and not options.resume:
             if not options.overwrite:
                 raise EdgesegError(f"Output folder `{folder}` already holds a run ({WORK_DIR}): pass --overwrite "
                                    "to replace it, --resume to continue it, or another --out.")
             shutil.rmtree(work)  # the earlier run's parts must not be joined into this one's outputs
-        prepare_out(folder, options)
 
 
 def _on_signals(stop: threading.Event) -> Any:
