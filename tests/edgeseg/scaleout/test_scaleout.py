@@ -86,6 +86,8 @@ def test_folder_equals_single_machine(cluster, inputs, tmp_path):
     assert _lines(tmp_path / "ray" / "frames.jsonl") == _lines(tmp_path / "one" / "frames.jsonl")
     assert (summary["frames"], summary["frames_failed"]) == (single["frames"], single["frames_failed"]) == (7, 1)
     assert summary["units"] == {"planned": 3, "finished": 3}
+    # Each unit is the runtime's own segment(): its batch rule and reporting, not a copy of them.
+    assert [summary[k] for k in ("batch", "precision", "engine")] == [single[k] for k in ("batch", "precision", "engine")]
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["workers"] == summary["workers"]
 
 
@@ -204,3 +206,19 @@ def test_out_holding_a_run_is_refused_unless_overwrite_as_on_one_machine(cluster
     (tmp_path / "parts" / ".scaleout").mkdir(parents=True)
     with pytest.raises(EdgesegError, match="already holds a run"):
         segment_on_ray([str(images)], model=MODEL, out=tmp_path / "parts", cluster=ClusterOptions(workers=1))
+
+
+def test_an_autoencoder_gets_the_runtimes_batch_rule_and_the_same_reconstructions(cluster, tmp_path):
+    cae = str(Path(MODEL).parents[1] / "cae" / "model.onnx")
+    digits = np.load(Path(MODEL).parents[2] / "digits.npz")["x_test"][:70]
+    (tmp_path / "digits").mkdir()
+    for i, digit in enumerate(digits):
+        cv2.imwrite(str(tmp_path / "digits" / f"{i:03d}.png"), digit)
+    single = segment(str(tmp_path / "digits"), model=Model(cae, threads=1), out=tmp_path / "one")
+    summary = segment_on_ray([str(tmp_path / "digits")], model=cae, out=tmp_path / "ray",
+                             cluster=ClusterOptions(workers=2))  # units of 64 and 6: the single run's batches
+    assert summary["batch"] == single["batch"] == 64  # no --batch: the runtime's default for autoencoders
+    assert _tree(tmp_path / "ray", "reconstruction") == _tree(tmp_path / "one", "reconstruction")
+    assert len(_tree(tmp_path / "ray", "reconstruction")) == 70
+    scores = [json.loads(line)["score"] for line in (tmp_path / "ray" / "frames.jsonl").read_text().splitlines()]
+    assert scores == [json.loads(line)["score"] for line in (tmp_path / "one" / "frames.jsonl").read_text().splitlines()]
