@@ -54,7 +54,8 @@ def run(args: argparse.Namespace, model: Any) -> int:
 
     outputs = tuple(name.strip() for name in args.write.split(",") if name.strip() and name.strip() != "reconstruction")
     options = StreamOptions(outputs=outputs, alpha=args.alpha, codec=args.codec, reconnect=args.reconnect,
-                            stall_timeout=args.stall_timeout or 5.0, rotate=args.rotate, max_frames=args.max_frames)
+                            stall_timeout=args.stall_timeout or 5.0, rotate=args.rotate, max_frames=args.max_frames,
+                            smooth=args.smooth, policy=args.policy)
     summary = run_streams(sources_of(args), model=model, out=args.out, options=options, serve=args.serve,
                           host=args.host)
     for name, report in summary["streams"].items():
