@@ -21,8 +21,10 @@ grabbed but not taken when the run stopped).
 from __future__ import annotations
 
 import logging
+import json
 import os
 import queue
+import shutil
 import threading
 import time
 from collections import deque
@@ -66,6 +68,7 @@ class StreamOptions:
     ``smooth``: weight in [0, 1) of earlier frames' class probabilities, per stream (videos and live
     streams of segmentation models; reset on reconnect; 0: off). ``policy``: live sources keep only
     their newest frame (``drop-old``) or queue every frame, up to 32 per stream (``queue-all``).
+    ``overwrite``: replace the run an ``out`` folder holds (else such a folder is refused).
     """
 
     outputs: tuple[str, ...] = OUTPUTS
@@ -80,6 +83,7 @@ class StreamOptions:
     max_frames: int | None = None
     smooth: float = 0.0
     policy: str = "drop-old"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.outputs) - set(OUTPUTS)
@@ -167,7 +171,7 @@ def run_streams(sources: Sequence[str | os.PathLike | int | StreamSpec], *, mode
                            "autoencoder (no classes): drop --smooth.")
     root = Path(out) if out is not None else None
     if root is not None:
-        _check_writable(root)
+        _prepare_out(root, overwrite=options.overwrite)
     stop = stop or threading.Event()
     run = _MultiRun(specs, model=model, root=root, options=options, on_result=on_result, stop=stop)
     server = None
@@ -509,7 +513,8 @@ def _unique(specs: list[StreamSpec]) -> list[StreamSpec]:
     return unique
 
 
-def _check_writable(root: Path) -> None:
+def _prepare_out(root: Path, *, overwrite: bool) -> None:
+    """Make ``root`` writable; refuse one that holds a run (its summary.json) unless ``overwrite`` clears that run."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".edgeseg-write-test"
@@ -518,3 +523,19 @@ def _check_writable(root: Path) -> None:
     except OSError as error:
         raise EdgesegError(f"Cannot write to output folder `{root}`: {error.strerror or error}. "
                            "Pass a writable --out folder.") from None
+    summary = root / "summary.json"
+    if not summary.exists():
+        return
+    if not overwrite:
+        raise EdgesegError(f"Output folder `{root}` already holds a run (summary.json): pass --overwrite to replace "
+                           "it or another --out.")
+    try:
+        earlier = list(json.loads(summary.read_text()).get("streams", {}))
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    for name in earlier:  # only what a run writes: a user's own files stay
+        folder = root / name
+        if folder.is_dir() and folder.resolve().parent == root.resolve():
+            for path in [*folder.glob("frames*.jsonl"), *folder.glob("overlay*.mp4"), folder / "masks"]:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    summary.unlink()

@@ -51,11 +51,16 @@ def wants(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace, model: Any) -> int:
     """Run the streams; exit 0 when every stream ended well, 1 when one failed or gave up, 130 when stopped."""
     from edgeseg.runtime._multistream import StreamOptions, run_streams
+    from edgeseg.runtime.errors import EdgesegError
 
+    if args.resume:
+        raise EdgesegError("--resume continues the run of one file source; several streams start afresh: drop "
+                           "--resume (--overwrite replaces the run in --out).")
     outputs = tuple(name.strip() for name in args.write.split(",") if name.strip() and name.strip() != "reconstruction")
     options = StreamOptions(outputs=outputs, alpha=args.alpha, codec=args.codec, reconnect=args.reconnect,
                             stall_timeout=args.stall_timeout or 5.0, rotate=args.rotate, max_frames=args.max_frames,
-                            smooth=args.smooth, policy=args.policy)
+                            smooth=args.smooth, policy=args.policy,
+                            overwrite=args.overwrite)
     summary = run_streams(sources_of(args), model=model, out=args.out, options=options, serve=args.serve,
                           host=args.host)
     for name, report in summary["streams"].items():

@@ -311,3 +311,19 @@ def test_nan_outputs_are_counted_per_stream_and_warned_once(tmp_path, kit, caplo
     assert [summary["streams"][n]["frames_nan"] for n in ("a", "b")] == [10, 10]
     assert sum("NaN" in record.getMessage() for record in caplog.records) == 2  # once per stream
     assert all(line["nan"] for line in map(json.loads, (out / "a" / "frames.jsonl").read_text().splitlines()))
+
+
+def test_an_out_holding_a_run_is_refused_replaced_with_overwrite_and_resume_is_refused(tmp_path, kit, seg_model):
+    clip = _on_off_video(tmp_path / "onoff.avi", kit)
+    out, mine = tmp_path / "out", tmp_path / "out" / "notes.txt"
+    run_streams([f"old={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), rotate=1.0))
+    mine.write_text("my own file")
+    with pytest.raises(EdgesegError, match="already holds a run .* --overwrite"):
+        run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",)))
+    run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), overwrite=True))
+    assert list((out / "old").iterdir()) == [] and mine.read_text() == "my own file"  # the old run's files went
+    assert list(json.loads((out / "summary.json").read_text())["streams"]) == ["new"]
+    cli = subprocess.run([sys.executable, "-m", "edgeseg", "segment", f"a={clip}", f"b={clip}", "--model", str(seg_model),
+                          "--out", str(out), "--resume"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in cli.stderr.splitlines() if line.strip()]
+    assert cli.returncode == 2 and len(lines) == 1 and "--resume" in lines[0], cli.stderr
