@@ -414,7 +414,7 @@ def _onnx_probe(
             instrumented.graph.output.append(onnx.ValueInfoProto(name=tensor))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failure is reported once, by verify, in one line
     try:
         session = ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
