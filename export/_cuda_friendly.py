@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.export._graph import leaf_layers, walk
+from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,25 @@ def needs_rewrite(layer: Any, *, cuda: bool) -> bool:
     return cuda and layer.padding == "same" and any((k - s) % 2 for k, s in zip(layer.kernel_size, layer.strides))
 
 
-def cuda_friendly(model: Any) -> tuple[Any, int]:
+def cuda_friendly(model: Any, *, size: tuple[int, int] | None = None) -> tuple[Any, int]:
     """A flat copy of ``model`` whose transposed convolutions all export with symmetric pads.
 
-    Returns ``(model, rewritten)``; with nothing to rewrite, the original model and 0.
+    Returns ``(model, rewritten)``; with nothing to rewrite, the original model and 0. ``size``
+    (height, width) fixes a free ``(None, None)`` input first: the crops depend on the sizes.
 
     Example::
 
         friendly, count = cuda_friendly(model)   # then export `friendly` as usual
     """
-    return _rewrite(model, cuda=True)
+    return _rewrite(model, cuda=True, size=size)
 
 
-def exportable(model: Any) -> tuple[Any, int]:
+def exportable(model: Any, *, size: tuple[int, int] | None = None) -> tuple[Any, int]:
     """``model`` with the transposed convolutions tf2onnx cannot export made VALID (same math)."""
-    return _rewrite(model, cuda=False)
+    return _rewrite(model, cuda=False, size=size)
 
 
-def _rewrite(model: Any, *, cuda: bool) -> tuple[Any, int]:
+def _rewrite(model: Any, *, cuda: bool, size: tuple[int, int] | None) -> tuple[Any, int]:
     import keras
 
     if not any(needs_rewrite(layer, cuda=cuda) for _, layer in leaf_layers(model)):
@@ -74,17 +76,30 @@ def _rewrite(model: Any, *, cuda: bool) -> tuple[Any, int]:
         rewritten += 1
         return _as_valid(layer, args[0])
 
-    inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
+    inputs = [keras.Input(batch_shape=_fixed(tuple(t.shape), size), dtype=t.dtype, name=f"input_{i}")
+              for i, t in enumerate(model.inputs)]
     outputs = walk(model, inputs, hook)
     flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
     log.info("rewrote %d Conv2DTranspose layer(s) into VALID + Cropping2D", rewritten)
     return flat, rewritten
 
 
+def _fixed(shape: tuple, size: tuple[int, int] | None) -> tuple:
+    """An image input's shape with free height/width replaced by ``size``."""
+    if size is None or len(shape) != 4:
+        return shape
+    return (shape[0], shape[1] or size[0], shape[2] or size[1], shape[3])
+
+
 def _as_valid(layer: Any, x: Any) -> Any:
     import keras
 
     in_sizes = x.shape[1:3]
+    if None in in_sizes:  # the crop depends on the size: export fixes a free one first (--input-size)
+        raise EdgesegError(
+            f"Cannot rewrite layer `{layer.name}` for export: its input size {tuple(x.shape)} is not fixed; "
+            "pass --input-size HxW."
+        )
     out_sizes = layer.compute_output_shape(tuple(x.shape))[1:3]
     taps = _dilated_kernel(layer)
     kernel, crops = [], []

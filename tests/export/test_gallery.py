@@ -239,6 +239,23 @@ def test_dilated_conv_transpose_exports_and_verifies_layer_by_layer(dilation, pa
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [[], ["--cuda-friendly"]], ids=["plain", "cuda_friendly"])
+def test_free_input_with_rewritten_transposes_exports_and_verifies(extra, tmp_path, capsys):
+    # The rewrites crop by the layer's sizes, so they run at --input-size (a traceback before).
+    keras.utils.set_random_seed(6)
+    x = keras.Input((None, None, 3))
+    y = L.Conv2DTranspose(3, 3, padding="same", dilation_rate=2, name="dil")(x)
+    y = L.Conv2DTranspose(2, 4, strides=2, padding="same", name="odd")(y)  # kernel - stride even: plain is fine
+    y = L.Conv2DTranspose(2, 1, strides=2, name="small")(y)  # kernel < stride: tf2onnx's negative pads
+    source = save_model(keras.Model(x, L.Softmax()(y)), tmp_path / "f.keras", None)
+    target = tmp_path / "f.onnx"
+    assert _export(source, target, "--classes", "2", "--input-size", "8x12", *extra) == 0
+    assert main(["verify", str(source), str(target), "--random", "1"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    spec = Contract.from_onnx(target).input
+    assert (spec.height, spec.width) == (8, 12)
+
+
 def test_dilated_conv_transpose_channels_first_is_refused_in_one_line(tmp_path, capsys):
     # What the rewrite does not cover (channels_first) is refused in one line, not exported wrong.
     x = keras.Input((S, S, 3))
