@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
+import warnings
 
 from edgeseg import __version__
 from edgeseg.runtime.errors import EdgesegError
@@ -82,28 +86,103 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``edgeseg`` command line; returns the process exit code.
 
     Exit codes: 0 success, 1 a check failed (``verify``), 2 a bad model, option or output
-    (one line on stderr), 130 interrupted.
+    (one line on stderr), 130 interrupted (Ctrl-C or SIGTERM, at any moment: one line).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    command = "edgeseg"
+    signals = InterruptRecorder()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"edgeseg {args.command}"
+        _configure_logging(verbose=args.verbose, quiet=args.quiet)
         return int(args.func(args) or 0)
     except EdgesegError as error:
-        print(f"edgeseg {args.command}: error: {error}", file=sys.stderr)
+        if signals.interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
+            return _say_interrupted(command)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as error:
+    except ImportError as error:
+        if signals.interrupted(error):
+            return _say_interrupted(command)
+        if not isinstance(error, ModuleNotFoundError) or command == "edgeseg":
+            raise
         # An optional extra is missing: one line naming it, exit 2, never a traceback.
-        print(f"edgeseg {args.command}: error: {missing_extra_message(args.command, error)}", file=sys.stderr)
+        print(f"{command}: error: {missing_extra_message(command.split(' ', 1)[1], error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"edgeseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _say_interrupted(command)
+    finally:
+        signals.restore()
+
+
+class InterruptRecorder:
+    """SIGINT/SIGTERM raise KeyboardInterrupt, as Python's default SIGINT does, and are remembered.
+
+    Why remembered: a Ctrl-C that lands while a C extension initializes is turned into an ImportError
+    by that extension, often without a trace of the interrupt (measured: SIGINT during
+    ``import onnxruntime`` before numpy is loaded gives ``ImportError('import numpy failed')`` with no
+    cause), and code that turns an ImportError into "install X" would then lie. ``segment`` installs
+    its own handlers while frames run (finish what is in flight) and puts these back after.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def interrupted(self, error: BaseException) -> bool:
+        """True when a signal came, or ``error`` was caused by a KeyboardInterrupt."""
+        seen: set[int] = set()
+        cause: BaseException | None = error
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, KeyboardInterrupt):
+                return True
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        return self.received
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _say_interrupted(command: str) -> int:
+    try:
+        print(f"{command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    return 130
 
 
 def _configure_logging(*, verbose: bool, quiet: bool) -> None:
     # The library never configures logging itself; the command line does, once.
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Warnings are messages for the user, not for a debugger: no file path and source line.
+    warnings.formatwarning = _format_warning
+    if not verbose:
+        # OpenCV's and FFmpeg's own log lines repeat, less clearly, what edgeseg reports itself.
+        # Set before cv2 is imported (the handlers import it lazily); -v keeps them.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        if "cv2" in sys.modules:  # already loaded (edgeseg.runtime imports it): the variable came too late
+            cv2 = sys.modules["cv2"]
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # TensorFlow's C++ core prints INFO/WARNING lines (oneDNN, CPU features, grappler sessions) on
+    # stderr next to ours; the command line keeps them to errors unless -v. Set before TF loads.
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    text = str(message)
+    return f"{text}\n" if text.startswith("edgeseg") else f"warning: {text}\n"

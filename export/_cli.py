@@ -84,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     from edgeseg.export._onnx import ContractFacts, VerifyRequest, export_model
 
     facts = ContractFacts(
@@ -123,6 +126,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     from edgeseg.export._verify import verify_files
 
     try:
@@ -283,7 +289,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as -8,0, got {text!r}") from None
 
 
-def _trainer():
+def _trainer(data: str):
+    # Check what the user typed before TensorFlow takes seconds to load and --out is created.
+    if data != "keras" and not all(Path(part).exists() for part in str(data).split(",")):
+        raise EdgesegError(f"--data `{data}`: no such file or folder. Pass a local dataset (see --help).")
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     try:
         from edgeseg.export import _train
     except ImportError as error:
@@ -292,7 +304,7 @@ def _trainer():
 
 
 def _run_cae(args: argparse.Namespace) -> int:
-    summary = _trainer().train_cae(
+    summary = _trainer(args.data).train_cae(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
         seed=args.seed, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
         learning_rate=args.learning_rate, generate_from=args.generate_from)
@@ -301,7 +313,7 @@ def _run_cae(args: argparse.Namespace) -> int:
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer().train_fcn8(
+    summary = _trainer(args.data).train_fcn8(
         data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
         input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
         freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,

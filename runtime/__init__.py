@@ -18,11 +18,12 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
-from edgeseg.runtime._pipeline import segment, stage_table
+from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
-from edgeseg.runtime._sinks import JsonlSink, VideoSink, read_mask_png, write_mask_png
+from edgeseg.runtime._sinks import (FrameSink, JsonlSink, MaskSink, Outcome, OverlayImageSink, OverlayVideoSink,
+                                    ReconstructionSink, RecordSink, VideoSink, read_mask_png, write_mask_png)
 from edgeseg.runtime._streams import LiveSource, is_live
 from edgeseg.runtime._openvino import openvino_available
 from edgeseg.runtime._tuning import (
@@ -44,6 +45,16 @@ from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, wr
 from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
+    "RecordSink",
+    "ReconstructionSink",
+    "OverlayVideoSink",
+    "OverlayImageSink",
+    "Outcome",
+    "MaskSink",
+    "FrameSink",
+    "open_model",
+    "Source",
+    "SegmentOptions",
     "BARS",
     "RECORD_VERSION",
     "EngineConfig",

@@ -19,6 +19,11 @@ A model exported by `edgeseg export` carries its preprocessing; for an ONNX file
 edgeseg contract, pass --kind, --input-size and --classes (plus --color, --layout, --scale,
 --mean, --std, --resize where the defaults are wrong).
 
+An --out that already holds a run is refused: pass --overwrite to replace that run's outputs
+(your own files there stay) or --resume to continue an interrupted run.
+onnxruntime itself writes a device id under $XDG_CACHE_HOME (or ~/.cache)/Microsoft/DeveloperTools
+when it is imported; edgeseg writes nothing outside --out.
+
 example: edgeseg segment clip.mp4 --model fcn8.onnx --out runs/clip --smooth 0.5"""
 
 
@@ -58,9 +63,10 @@ def register(subparsers: Any) -> None:
                           "process keeps a core busy, --threads 1 is often faster: measure with edgeseg bench")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
-    run.add_argument("--batch", type=int, default=1, metavar="N",
+    run.add_argument("--batch", type=int, default=None, metavar="N",
                      help="frames per inference call for images and video files; with --engine openvino, > 1 also "
-                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 1)")
+                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 64 for autoencoders, "
+                          "else 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
@@ -80,7 +86,13 @@ def register(subparsers: Any) -> None:
     outp.add_argument("--codec", choices=("auto", "avc1", "ffmpeg", "mp4v"), default="auto",
                       help="overlay.mp4 encoder: auto tries ffmpeg libx264 (imageio-ffmpeg), then OpenCV avc1, then mp4v (default: auto)")
     outp.add_argument("--show", action="store_true", help="show overlays in a window (needs an OpenCV with a GUI; default: off)")
-    outp.add_argument("--no-progress", action="store_true", help="no progress bar or live fps line (default: shown)")
+    outp.add_argument("--no-progress", action="store_true",
+                      help="no progress bar or live fps line (default: shown when stderr is a terminal)")
+    outp.add_argument("--overwrite", action="store_true",
+                      help="--out already holds a run: delete that run's outputs first (default: refuse)")
+    outp.add_argument("--resume", action="store_true",
+                      help="--out holds an interrupted run: continue it, skipping frames whose outputs are there "
+                           "(default: refuse)")
     con = parser.add_argument_group("contract (only for ONNX files without the edgeseg contract, or to override it)")
     con.add_argument("--kind", choices=("segmentation", "autoencoder"), help="what the model computes")
     con.add_argument("--input-size", metavar="HxW", help="model input size, e.g. 224 or 224x224")
@@ -92,34 +104,56 @@ def register(subparsers: Any) -> None:
     con.add_argument("--std", metavar="S[,S,S]", help="per-channel std divided by after the mean")
     con.add_argument("--resize", choices=("stretch", "letterbox"), help="how frames are fitted to the input size")
     _streams_cli.add_arguments(parser)
+    ray = parser.add_argument_group("cluster (Ray; pip install 'edgeseg[ray]'; see README \"Running on a cluster\")")
+    ray.add_argument("--ray", metavar="ADDRESS", help="run on Ray: local, auto (RAY_ADDRESS / the running cluster) or ray://host:port")
+    ray.add_argument("--workers", type=int, default=2, metavar="N", help="--ray: actors, each with its own model (default: 2)")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C", help="--ray: CPUs (= inference threads) per actor (default: 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="--ray: GPUs per actor (default: 0)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from edgeseg.runtime.errors import EdgesegError
-    from edgeseg.runtime._model import Model
-    from edgeseg.runtime._pipeline import segment, stage_table
+
+    if args.ray:  # edgeseg.scaleout stands on the runtime: imported by name, only when asked for
+        return _scaleout().run_from_args(args, contract=_contract_overrides(args) or None)
+    from edgeseg.runtime._pipeline import SegmentOptions, open_model, segment, stage_table
 
     sources = _streams_cli.sources_of(args)
     source = sources[0] if len(sources) == 1 else None
     if not sources:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
-    model = Model(args.model, provider=args.provider, threads=args.threads, optimization=args.optimization,
-                  strict=args.strict,
-                  contract=_contract_overrides(args) or None, engine=args.engine, precision=args.precision,
-                  throughput=args.batch > 1)  # OpenVINO splits each batch across its streams
+    options = SegmentOptions(
+        outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
+        batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,
+        alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
+        show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
+        resume=args.resume, provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
+        optimization=args.optimization, strict=args.strict)
+    model = open_model(args.model, options, contract=_contract_overrides(args) or None)
     if _streams_cli.wants(args):
         return _streams_cli.run(args, model)
-    outputs = [name.strip() for name in args.write.split(",") if name.strip()]
-    summary = segment(source, model=model, out=args.out, batch=args.batch, stride=args.stride, start=args.start,
-                      max_frames=args.max_frames, recursive=args.recursive, outputs=outputs, alpha=args.alpha,
-                      smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
-                      show=args.show, progress=not args.no_progress)
+    summary = segment(source, model=model, out=args.out, options=options)
+    if summary["frames"] == 0 and not summary["interrupted"] and not summary.get("frames_resumed"):
+        # Nothing was processed: a table of zero timings and exit 0 would read as success.
+        reason = summary.get("first_failure") or "the source gave no frames"
+        raise EdgesegError(f"nothing was processed from `{source}` ({reason}); see {args.out}/frames.jsonl.")
     print(stage_table(summary), file=sys.stderr)
     if "video_codec" in summary["outputs"]:
         print(f"overlay.mp4: {summary['outputs']['video_codec']}", file=sys.stderr)
     print(f"wrote {args.out}/summary.json", file=sys.stderr)
     return 130 if summary["interrupted"] else 0
+
+
+def _scaleout() -> Any:
+    import importlib
+
+    from edgeseg.runtime.errors import EdgesegError
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        raise EdgesegError("--ray needs Ray: pip install 'edgeseg[ray]'") from None
+    return importlib.import_module("edgeseg.scaleout")
 
 
 def _contract_overrides(args: argparse.Namespace) -> dict[str, Any]:

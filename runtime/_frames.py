@@ -260,30 +260,56 @@ def _is_folder_item(path: Path) -> bool:
 
 
 def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
-                 max_frames: int | None = None) -> Iterator[Frame]:
-    """Decode a video file frame by frame; a damaged file yields every decodable frame, then says where it ended."""
+                 max_frames: int | None = None, seek: bool = False, max_failures: int = 25) -> Iterator[Frame]:
+    """Decode a video file frame by frame; a damaged file yields every decodable frame, then says where it ended.
+
+    A frame that fails to decode in the middle costs only itself: it comes as a frame with an error,
+    and reading goes on. ``max_failures`` failed reads in a row end the video (its damaged or cut tail).
+    ``seek``: jump to ``start`` (OpenCV seeks to the keyframe before it and decodes forward: the same
+    pixels) instead of decoding every earlier frame; for frame ranges of long videos (``--ray``).
+    """
     capture = _open_video(path)
     info = VideoInfo._from_capture(capture)
     stem, source = display_path(Path(path).stem), display_path(path)
     try:
         index, yielded = 0, 0
+        if seek and start > 0:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+            index = int(capture.get(cv2.CAP_PROP_POS_FRAMES))
+            if index != start:  # a container that cannot seek exactly: decode from the start instead
+                capture.release()
+                capture, index = _open_video(path), 0
+        failed: list[int] = []  # failed reads since the last good one: yielded only once a later one works
         while max_frames is None or yielded < max_frames:
             wanted = index >= start and (index - start) % stride == 0
-            if not wanted:
-                if not capture.grab():  # grab() skips the colour conversion of unwanted frames
+            # grab() skips the colour conversion of unwanted frames
+            ok, image = capture.read() if wanted else (capture.grab(), None)
+            if not ok:
+                failed.append(index)
+                if len(failed) >= max_failures or (info.frame_count and index + 1 >= info.frame_count):
                     break
                 index += 1
                 continue
-            ok, image = capture.read()
-            if not ok:
+            for lost in (i for i in failed if i >= start and (i - start) % stride == 0):
+                if max_frames is not None and yielded >= max_frames:
+                    break
+                yield Frame(lost, f"{stem}_{lost:06d}", None, 0.0, source=source,
+                            error=f"frame {lost} could not be decoded (damaged data in the video)")
+                yielded += 1
+            failed = []
+            if not wanted:
+                index += 1
+                continue
+            if max_frames is not None and yielded >= max_frames:
                 break
             timestamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             yield Frame(index, f"{stem}_{index:06d}", image, timestamp, source=source)
             index += 1
             yielded += 1
-        if max_frames is None and info.frame_count and index < info.frame_count:
+        ended = failed[0] if failed else index  # the first frame that could not be read
+        if max_frames is None and info.frame_count and ended < info.frame_count:
             log.warning("%s: video ended after %d of the %d frames its header announces (truncated or damaged)",
-                        source, index, info.frame_count)
+                        source, ended, info.frame_count)
     finally:
         capture.release()
 

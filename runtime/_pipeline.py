@@ -1,5 +1,9 @@
 """``segment``: a source through a model into masks, overlays, ``frames.jsonl`` and ``summary.json``.
 
+Named parts: a :class:`Source` (frames, kind, total, fps) built from what the user typed, one
+:class:`SegmentOptions`, a ``Model`` built by :func:`open_model` (the one rule the CLI and the API
+share), and frame sinks (:mod:`edgeseg.runtime._sinks`) that all take ``write(frame, outcome)``.
+
 Three stages overlap, joined by bounded queues (back-pressure: a fast stage waits for a slow one,
 memory stays flat): a decode thread reads and preprocesses frames, the calling thread runs
 inference (in batches for finite sources), and a writer thread post-processes, draws and writes.
@@ -12,15 +16,19 @@ the video is finalized and ``summary.json`` is written, so every output stays va
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
+import mmap
 import os
 import queue
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +36,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edgeseg.runtime import postprocess as post
+from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
-                                     open_source)
+                                     video_frames)
 from edgeseg.runtime._model import Model
-from edgeseg.runtime.postprocess import ReconstructionResult
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
-from edgeseg.runtime._sinks import JsonlSink, VideoSink, write_image, write_mask_png
+from edgeseg.runtime._sinks import (FrameSink, MaskSink, OverlayImageSink, OverlayVideoSink, Outcome,
+                                    ReconstructionSink, RecordSink, read_mask_png)
 from edgeseg.runtime._streams import LiveSource, is_live
 
 log = logging.getLogger("edgeseg.runtime")
@@ -44,7 +54,172 @@ log = logging.getLogger("edgeseg.runtime")
 OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 DEFAULT_OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
+# What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run".
+RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction")
 _END = object()
+# The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
+# call decide its speed (benchmarks/cae_pipeline.py: batch 64 ran 1.27x a plain onnxruntime loop, batch 1 0.61x).
+# Segmentation keeps 1: FCN-8 is kernel-bound, and batch 1 keeps latency and memory low.
+AUTOENCODER_BATCH = 64
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Every knob of :func:`segment`, validated once (``None`` means "the model's or engine's default").
+
+    Frames: ``stride``, ``start``, ``max_frames``, ``recursive`` (subfolders). Inference: ``batch``
+    (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and,
+    when the model is given as a path, ``provider``, ``threads``, ``engine``, ``precision``,
+    ``optimization``, ``strict`` (see :class:`Model`). Outputs: ``outputs``
+    (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always written), ``alpha``
+    (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class probabilities, videos and
+    streams), ``codec`` (overlay.mp4), ``show``, ``progress``. Live sources: ``policy``, ``reconnect``.
+    An ``--out`` that holds a run: ``overwrite`` clears it first, ``resume`` continues it.
+
+    Example::
+
+        options = SegmentOptions(batch=4, outputs=("masks", "jsonl"), smooth=0.5)
+        segment("clip.mp4", model="fcn8.onnx", out="runs/clip", options=options)
+    """
+
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    batch: int | None = None
+    stride: int = 1
+    start: int = 0
+    max_frames: int | None = None
+    recursive: bool = False
+    alpha: float = 0.5
+    smooth: float = 0.0
+    policy: str = "drop-old"
+    reconnect: int = 5
+    codec: str = "auto"
+    show: bool = False
+    progress: bool = False
+    queue_size: int = 8
+    overwrite: bool = False
+    resume: bool = False
+    provider: str = "auto"
+    threads: int | None = None
+    engine: str = "onnxruntime"
+    precision: str = "auto"
+    optimization: str = "all"
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        unknown = set(self.outputs) - set(OUTPUTS)
+        if unknown:
+            raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from {', '.join(OUTPUTS)}.")
+        if (self.batch is not None and self.batch < 1) or self.queue_size < 1:
+            raise EdgesegError(f"`batch` and `queue_size` must be >= 1, got {self.batch} and {self.queue_size}.")
+        if self.stride < 1 or self.start < 0 or (self.max_frames is not None and self.max_frames < 0):
+            raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; "
+                               f"got {self.stride}, {self.start}, {self.max_frames}.")
+        if not 0.0 <= self.smooth < 1.0:
+            raise EdgesegError(f"`smooth` must be in [0, 1) (0: off), got {self.smooth}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise EdgesegError(f"`alpha` (overlay opacity) must be in [0, 1], got {self.alpha}.")
+        if self.overwrite and self.resume:
+            raise EdgesegError("--overwrite and --resume contradict each other: pass one.")
+
+
+def open_model(model: Model | str | os.PathLike, options: SegmentOptions = SegmentOptions(), *,
+               contract: Contract | Mapping[str, Any] | None = None) -> Model:
+    """The one rule that turns what the user named into a :class:`Model` (the CLI and :func:`segment` use it).
+
+    A :class:`Model` is used as it is; a path is opened with the options' engine settings, compiled for
+    throughput when frames come in batches (OpenVINO splits each batch across its streams).
+
+    Example::
+
+        model = open_model("fcn8.onnx", SegmentOptions(engine="openvino", batch=4))
+    """
+    if isinstance(model, Model):
+        return model
+    return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
+                 contract=contract, engine=options.engine, precision=options.precision,
+                 throughput=(options.batch or 1) > 1, strict=options.strict)
+
+
+# Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).
+_QUANTIZED_OPS = (b"QuantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger", b"MatMulInteger")
+
+
+def model_precision(model: Model) -> str:
+    """What the summary calls the model's precision: ``int8`` for a quantized file (calibrated by edgeseg,
+    or holding QDQ/QLinear nodes), else what the engine runs (``fp32``; OpenVINO's ``bf16``/``f32``)."""
+    if model.contract.calibration:
+        return "int8"
+    # An operator's type is a plain string in the protobuf: a byte search finds it without the onnx package
+    # (not in the runtime-only install; importing it took 0.75 s, more than the CAE's whole 2,000 digits' inference).
+    try:
+        with open(model.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return "int8" if any(data.find(op) >= 0 for op in _QUANTIZED_OPS) else model.precision
+    except (OSError, ValueError):  # the engine read it; a file we cannot map is no reason to fail the run
+        return model.precision
+
+
+@dataclass
+class Source:
+    """What the user typed, opened: an iterator of frames, its ``kind`` (image, folder, glob, list,
+    video, stream), how many frames it will give (``total``, None when unknown), its frame rate (0 for
+    images), and, for live sources, the :class:`LiveSource` (its stats go into the summary).
+
+    Example::
+
+        source = Source.open("clip.mp4", SegmentOptions(stride=2))
+        print(source.kind, source.total, source.fps)
+    """
+
+    spec: Any
+    frames: Iterator[Frame]
+    kind: str
+    total: int | None
+    fps: float
+    live: LiveSource | None = None
+
+    @property
+    def sequential(self) -> bool:
+        """Frames of one scene in time order (a video or a stream): one overlay video, smoothing applies."""
+        return self.kind in ("video", "stream")
+
+    @classmethod
+    def open(cls, spec: str | os.PathLike | int, options: SegmentOptions = SegmentOptions()) -> Source:
+        if is_live(spec):
+            _check_webcam(spec)
+            stream = LiveSource(spec, policy=options.policy, reconnect=options.reconnect)
+            stream.start()
+            return cls(spec, itertools.islice(iter(stream), options.max_frames), "stream", None, stream.fps, stream)
+        kind, paths = classify_source(spec, recursive=options.recursive)
+        if kind == "video":
+            frames = video_frames(spec, stride=options.stride, start=options.start, max_frames=options.max_frames)
+            info = VideoInfo.from_video_path(spec)
+            total = len(range(options.start, info.frame_count, options.stride)) if info.frame_count else None
+            fps = info.fps / options.stride
+        else:  # the paths are listed already: don't walk the folder twice
+            chosen = itertools.islice(paths, options.start, None, options.stride)
+            root = spec if kind == "folder" else None
+            names = itertools.islice(frame_names(paths, root), options.start, None, options.stride)  # the whole source's
+            frames = itertools.islice(image_frames(chosen, root=root, names=names), options.max_frames)
+            total, fps = len(range(options.start, len(paths), options.stride)), 0.0
+        if total is not None and options.max_frames is not None:
+            total = min(total, options.max_frames)
+        return cls(spec, frames, kind, total, fps)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
+
+
+def _check_webcam(spec: Any) -> None:
+    # A camera that is not there fails at once: the reconnect retries are for streams that worked.
+    if not (isinstance(spec, int) or str(spec).isdigit()) or not sys.platform.startswith("linux"):
+        return
+    index = int(spec)
+    if not Path(f"/dev/video{index}").exists():
+        found = sorted(p.name for p in Path("/dev").glob("video*"))
+        raise EdgesegError(f"No webcam {index}: /dev/video{index} does not exist (cameras here: "
+                           f"{', '.join(found) or 'none'}). Pass another index, a video file or a stream URL.")
 
 
 @dataclass
@@ -55,43 +230,99 @@ class _Item:
     output: np.ndarray | None = None
     arrived: float = 0.0
     ms: dict[str, float] = field(default_factory=dict)
+    kept: dict[str, Any] | None = None  # the record of a frame a resumed run already finished
+    batch: tuple[np.ndarray, np.ndarray] | None = None  # (outputs, inputs) of the inference call it was part of
 
 
-def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike, out: str | os.PathLike,
-            provider: str = "auto", threads: int | None = None, engine: str = "onnxruntime",
-            precision: str = "auto", batch: int = 1, stride: int = 1, start: int = 0,
-            max_frames: int | None = None, recursive: bool = False, outputs: Collection[str] = DEFAULT_OUTPUTS,
-            alpha: float = 0.5, smooth: float = 0.0, policy: str = "drop-old", reconnect: int = 5,
-            codec: str = "auto", show: bool = False, progress: bool = False, queue_size: int = 8,
-            stop: threading.Event | None = None) -> dict[str, Any]:
+def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os.PathLike, out: str | os.PathLike,
+            options: SegmentOptions | None = None, stop: threading.Event | None = None,
+            **changes: Any) -> dict[str, Any]:
     """Run ``edgeseg segment``: every frame of ``source`` through ``model`` into ``out``; returns the summary.
 
-    ``source``: an image, folder, glob, ``.txt`` list, video file, webcam index or stream URL.
-    ``outputs``: which of masks, overlay (PNGs for images, ``overlay.mp4`` for videos and streams),
-    reconstruction (autoencoders) and jsonl to write; ``summary.json`` is always written.
-    ``batch``: frames per inference call (finite sources). ``smooth``: weight in [0, 1) of the
-    previous frames' class probabilities (videos and streams; 0 is off). ``policy``/``reconnect``:
-    live sources. ``stop``: set it to end the run early (SIGINT/SIGTERM set it too).
-    ``provider``/``threads``/``engine``/``precision``: used when ``model`` is a path (a :class:`Model`
-    keeps its own); see :class:`Model`.
+    ``source``: an image, folder, glob, ``.txt`` list, video file, webcam index or stream URL (or an
+    opened :class:`Source`). ``model``: a :class:`Model` or an .onnx path (opened by :func:`open_model`).
+    ``options``: a :class:`SegmentOptions`; any of its fields may also be given as a keyword
+    (``batch=4``), checked against the dataclass, so a misspelt one is an error, not ignored.
+    ``stop``: set it to end the run early (SIGINT/SIGTERM set it too).
 
     Example::
 
-        summary = segment("clip.mp4", model="fcn8.onnx", out="runs/clip")
+        summary = segment("clip.mp4", model="fcn8.onnx", out="runs/clip", options=SegmentOptions(batch=4))
         print(summary["fps"], summary["outputs"]["video_codec"])
     """
-    unknown = set(outputs) - set(OUTPUTS)
+    options = _with_changes(options or SegmentOptions(), changes)
+    stop = stop or threading.Event()
+    # From the first moment: a Ctrl-C while the model loads or warms up ends the run the same clean way.
+    restore_signals = _install_signal_handlers(stop)
+    try:
+        model = open_model(model, options)
+        out = _prepare_out(Path(out), options)
+        opened = source if isinstance(source, Source) else Source.open(source, options)
+        kept = _finished_records(out, model, options, opened) if options.resume else {}
+        batch = _batch(options, model, opened)
+        run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
+        if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
+            # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
+            # every bench runner does; a run of a frame or two is not worth the extra inference.
+            try:
+                model.warmup(batch)
+            except Exception as error:  # a model that cannot run says so on the first real frame, with its name
+                log.debug("warm-up failed: %s", error)
+        wall = _run_stages(run, opened, batch)
+        if run.error is not None:
+            raise run.error
+        summary = run.summary(wall=wall, batch=batch)
+        write_json_atomic(out / "summary.json", summary)
+    finally:
+        restore_signals()  # only now: a Ctrl-C before summary.json is written still ends the run cleanly
+    return summary
+
+
+def _batch(options: SegmentOptions, model: Model, source: Source) -> int:
+    if source.live is not None:
+        return 1  # a live frame waits for no other
+    if options.batch is not None:
+        return options.batch
+    return AUTOENCODER_BATCH if model.kind == "autoencoder" else 1
+
+
+def _with_changes(options: SegmentOptions, changes: dict[str, Any]) -> SegmentOptions:
+    if not changes:
+        return options
+    known = {f.name for f in dataclasses.fields(SegmentOptions)}
+    unknown = sorted(set(changes) - known)
     if unknown:
-        raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from {', '.join(OUTPUTS)}.")
-    if batch < 1 or queue_size < 1:
-        raise EdgesegError(f"`batch` and `queue_size` must be >= 1, got {batch} and {queue_size}.")
-    if not 0.0 <= smooth < 1.0:
-        raise EdgesegError(f"`smooth` must be in [0, 1) (0: off), got {smooth}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise EdgesegError(f"`alpha` (overlay opacity) must be in [0, 1], got {alpha}.")
-    if not isinstance(model, Model):
-        model = Model(model, provider=provider, threads=threads, engine=engine, precision=precision)
-    out = Path(out)
+        raise TypeError(f"segment() got unknown option(s) {', '.join(unknown)}; SegmentOptions has {', '.join(sorted(known))}.")
+    return dataclasses.replace(options, **changes)
+
+
+def _run_stages(run: _Run, source: Source, batch: int) -> float:
+    """Decode thread, inference here, writer thread; returns the wall time."""
+    live = source.live is not None
+    # The stages hand each other chunks of `batch` frames: one queue operation per batch, not per
+    # frame, which is what lets small models (the CAE: thousands of images/s) run faster than a loop.
+    decoded: queue.Queue = queue.Queue(maxsize=1 if live else 2)
+    inferred: queue.Queue = queue.Queue(maxsize=1 if live else max(2, run.options.queue_size // batch))
+    decoder = threading.Thread(target=run.decode, args=(source.frames, decoded, batch), name="edgeseg-decode",
+                               daemon=True)
+    writer = threading.Thread(target=run.write_all, args=(inferred,), name="edgeseg-write", daemon=True)
+    started = time.perf_counter()
+    try:
+        decoder.start()
+        writer.start()
+        run.infer_all(decoded, inferred)
+    finally:
+        if run.error is not None:
+            run.stop.set()
+        source.close()
+        decoder.join()
+        _put(inferred, _END, None)
+        writer.join()
+    return time.perf_counter() - started
+
+
+def _prepare_out(out: Path, options: SegmentOptions) -> Path:
+    """Make ``out`` writable; refuse a folder that holds a run unless told to overwrite or resume it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".edgeseg-write-test"
@@ -100,94 +331,93 @@ def segment(source: str | os.PathLike | int, *, model: Model | str | os.PathLike
     except OSError as error:
         raise EdgesegError(f"Cannot write to output folder `{out}`: {error.strerror or error}. "
                            "Pass a writable --out folder.") from None
+    previous = [name for name in RUN_FILES if (out / name).exists()]
+    if not previous or options.resume:
+        return out
+    if not options.overwrite:
+        raise EdgesegError(f"Output folder `{out}` already holds a run ({', '.join(previous)}): pass --overwrite "
+                           "to replace it, --resume to continue it, or another --out.")
+    for name in previous:  # only what a run writes: a user's own files in --out stay
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return out
 
-    stop = stop or threading.Event()
-    live = is_live(source)
-    if live:
-        stream = LiveSource(source, policy=policy, reconnect=reconnect)
-        stream.start()
-        frames: Iterator[Frame] = itertools.islice(iter(stream), max_frames)
-        kind, total, fps_in, batch = "stream", None, stream.fps, 1
-    else:
-        stream = None
-        kind, paths = classify_source(source, recursive=recursive)
-        if kind == "video":
-            frames = open_source(source, stride=stride, start=start, max_frames=max_frames)
-        else:  # the paths are listed already: don't walk the folder twice
-            if stride < 1 or start < 0 or (max_frames is not None and max_frames < 0):
-                raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; "
-                                   f"got {stride}, {start}, {max_frames}.")
-            chosen = itertools.islice(paths, start, None, stride)
-            root = source if kind == "folder" else None
-            names = itertools.islice(frame_names(paths, root), start, None, stride)  # names of the whole source
-            frames = itertools.islice(image_frames(chosen, root=root, names=names), max_frames)
-        if kind == "video":
-            info = VideoInfo.from_video_path(source)
-            total = len(range(start, info.frame_count, stride)) if info.frame_count else None
-            fps_in = info.fps / stride
-        else:
-            total, fps_in = len(range(start, len(paths), stride)), 0.0
-        if total is not None and max_frames is not None:
-            total = min(total, max_frames)
-    sequential = kind in ("video", "stream")
-    run = _Run(model=model, out=out, outputs=set(outputs), sequential=sequential, alpha=alpha, smooth=smooth,
-               codec=codec, fps=fps_in, show=show, live=live, stop=stop)
 
-    if model.kind in ("segmentation", "autoencoder") and (total is None or total > 2 * batch):
-        # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
-        # every bench runner does; a run of a frame or two is not worth the extra inference.
+def _finished_records(out: Path, model: Model, options: SegmentOptions, source: Source) -> dict[str, dict[str, Any]]:
+    """``--resume``: the records of frames the earlier run finished whose files are there and readable."""
+    path = out / "frames.jsonl"
+    if not path.exists():
+        return {}
+    if source.sequential and "overlay" in options.outputs and model.kind != "segmentation":
+        return {}  # overlay.mp4 is redrawn from saved masks; an autoencoder's heat maps need the model again
+    kept: dict[str, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            model.warmup(batch)
-        except Exception as error:  # a model that cannot run says so on the first real frame, with its name
-            log.debug("warm-up failed: %s", error)
-    restore_signals = _install_signal_handlers(stop)
-    # The stages hand each other chunks of `batch` frames: one queue operation per batch, not per
-    # frame, which is what lets small models (the CAE: thousands of images/s) run faster than a loop.
-    decoded: queue.Queue = queue.Queue(maxsize=1 if live else 2)
-    inferred: queue.Queue = queue.Queue(maxsize=1 if live else max(2, queue_size // batch))
-    decoder = threading.Thread(target=run.decode, args=(frames, decoded, batch), name="edgeseg-decode", daemon=True)
-    writer = threading.Thread(target=run.write_all, args=(inferred, total, progress), name="edgeseg-write", daemon=True)
-    started = time.perf_counter()
-    try:
-        decoder.start()
-        writer.start()
-        run.infer_all(decoded, inferred, batch)
-    finally:
-        if run.error is not None:
-            stop.set()
-        if stream is not None:
-            stream.close()
-        decoder.join()
-        _put(inferred, _END, None)
-        writer.join()
-        restore_signals()
-    wall = time.perf_counter() - started
-    if run.error is not None:
-        raise run.error
-    summary = run.summary(source=source, kind=kind, wall=wall, batch=batch, stream=stream)
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line in flight when the earlier run was killed
+            continue
+        if isinstance(record, dict) and record.get("ok") and _outputs_valid(out, str(record.get("name")), model, options):
+            kept[str(record["name"])] = record
+    return kept
+
+
+def _outputs_valid(out: Path, name: str, model: Model, options: SegmentOptions) -> bool:
+    wanted = []
+    if model.kind == "segmentation" and "masks" in options.outputs:
+        wanted.append(out / "masks" / f"{name}.png")
+    if model.kind == "autoencoder" and "reconstruction" in options.outputs:
+        wanted.append(out / "reconstruction" / f"{name}.png")
+    if "overlay" in options.outputs and not (out / "overlay.mp4").exists():
+        wanted.append(out / "overlay" / f"{name}.png")
+    for path in wanted:
+        try:
+            if cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 class _Run:
     """The state of one ``segment`` call, shared by its three threads (each field has one writer)."""
 
-    def __init__(self, *, model: Model, out: Path, outputs: set[str], sequential: bool, alpha: float, smooth: float,
-                 codec: str, fps: float, show: bool, live: bool, stop: threading.Event) -> None:
-        self.model, self.out, self.outputs = model, out, outputs
-        self.sequential, self.alpha, self.smooth, self.live, self.stop = sequential, alpha, smooth, live, stop
+    def __init__(self, *, model: Model, out: Path, options: SegmentOptions, source: Source,
+                 stop: threading.Event, kept: dict[str, dict[str, Any]]) -> None:
+        self.model, self.out, self.options, self.source, self.stop = model, out, options, source, stop
+        self.kept = kept
+        self.sequential = source.sequential
+        self.live = source.live is not None
+        self.smooth = options.smooth
         self.palette = Palette.from_rgb(model.contract.output.palette)
-        self.codec, self.fps = codec, fps
-        self.show = show and _has_gui()
+        self.show = options.show and _has_gui()
         self.error: BaseException | None = None
         self.done = 0
         self.failed = 0
+        self.resumed = 0
+        self.first_failure: str | None = None
+        self.taken = 0  # frames taken from the source (the decode thread's); each is finished
         self.stage_total = dict.fromkeys(STAGES, 0.0)
-        self.video: VideoSink | None = None
         self.infer_seconds = 0.0
         self.infer_finished = threading.Event()
-        self.made: set[Path] = set()  # output folders created so far (the writer thread's)
+        self.sinks, self.records = self._open_sinks()
 
+    def _open_sinks(self) -> tuple[list[FrameSink], RecordSink | None]:
+        wanted, out, kind = self.options.outputs, self.out, self.model.kind
+        sinks: list[FrameSink] = []
+        if kind == "segmentation" and "masks" in wanted:
+            sinks.append(MaskSink(out / "masks", self.palette.rgb))
+        if kind == "autoencoder" and "reconstruction" in wanted:
+            sinks.append(ReconstructionSink(out / "reconstruction"))
+        if "overlay" in wanted:
+            sinks.append(OverlayVideoSink(out / "overlay.mp4", fps=self.source.fps or 25.0, codec=self.options.codec)
+                         if self.sequential else OverlayImageSink(out / "overlay"))
+        # Written last, so a frame's record carries the time its other outputs took.
+        records = RecordSink(out / "frames.jsonl") if "jsonl" in wanted else None
+        return sinks, records
+
+    @property
+    def draws(self) -> bool:
+        return "overlay" in self.options.outputs or self.show
     # -- stage 1: decode + preprocess (its own thread) ----------------------------------------
 
     def decode(self, frames: Iterator[Frame], decoded: queue.Queue, batch: int) -> None:
@@ -201,8 +431,9 @@ class _Run:
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
-                item = _Item(frame, arrived=t1, ms={"decode": (t1 - t0) * 1000})
-                if frame.ok:
+                self.taken += 1
+                item = _Item(frame, arrived=t1, ms={"decode": (t1 - t0) * 1000}, kept=self.kept.get(frame.name))
+                if frame.ok and item.kept is None:
                     try:
                         item.tensor, item.geometry = preprocess(frame.image, spec)
                     except BadInputError as error:
@@ -210,11 +441,13 @@ class _Run:
                 item.ms["preprocess"] = (time.perf_counter() - t1) * 1000
                 chunk.append(item)
                 if len(chunk) >= batch:
-                    if not _put(decoded, chunk, self.stop):
+                    # A frame taken from the source is finished even when a stop comes now: a stream's
+                    # grabbed - dropped then equals the frames done.
+                    if not _put(decoded, chunk, self.infer_finished):
                         break
                     chunk = []
-            if chunk and not self.stop.is_set():  # the last, shorter batch
-                _put(decoded, chunk, self.stop)
+            if chunk:  # the last, shorter batch
+                _put(decoded, chunk, self.infer_finished)
         except BaseException as error:  # an EdgesegError from a source stops the run, reported by segment()
             self.error = error
             self.stop.set()
@@ -224,13 +457,13 @@ class _Run:
 
     # -- stage 2: inference (the calling thread) ----------------------------------------------
 
-    def infer_all(self, decoded: queue.Queue, inferred: queue.Queue, batch: int) -> None:
+    def infer_all(self, decoded: queue.Queue, inferred: queue.Queue) -> None:
         try:
-            self._infer_all(decoded, inferred, batch)
+            self._infer_all(decoded, inferred)
         finally:
             self.infer_finished.set()
 
-    def _infer_all(self, decoded: queue.Queue, inferred: queue.Queue, batch: int) -> None:
+    def _infer_all(self, decoded: queue.Queue, inferred: queue.Queue) -> None:
         while True:
             items = decoded.get()
             if items is _END:
@@ -247,146 +480,167 @@ class _Run:
                     break
                 seconds = time.perf_counter() - t0
                 self.infer_seconds += seconds
+                whole = (outputs, tensors)
                 for i, item in enumerate(good):
                     item.output = outputs[i]
+                    item.batch = whole
                     item.ms["infer"] = seconds * 1000 / len(good)
             _put(inferred, items, None)
 
     # -- stage 3: post-process, draw, write (its own thread) ----------------------------------
 
-    def write_all(self, inferred: queue.Queue, total: int | None, progress: bool) -> None:
-        bar = _progress_bar(total, enabled=progress and not self.live)
+    def write_all(self, inferred: queue.Queue) -> None:
+        progress = self.options.progress
+        bar = _progress_bar(self.source.total, enabled=progress and not self.live)
+        meter = _LiveMeter() if progress and self.live else None
         smoothed: np.ndarray | None = None
-        last_line, window_start, window_frames, latency = time.perf_counter(), time.perf_counter(), 0, 0.0
         try:
-            with JsonlSink(self.out / "frames.jsonl") if "jsonl" in self.outputs else _Null() as jsonl:
-                while True:
-                    items = inferred.get()
-                    if items is _END:
-                        break
-                    if self.error is not None:
-                        continue  # drain so the other stages can finish
-                    for item in items:
-                        smoothed = self._finish(item, jsonl, smoothed)
-                        bar.update(1) if bar is not None else None
-                        window_frames += 1
-                        now = time.perf_counter()
-                        latency = (now - item.arrived) * 1000
-                        if progress and self.live and now - last_line >= 1.0:
-                            fps = window_frames / (now - window_start)
-                            sys.stderr.write(f"\r{fps:5.1f} fps  latency {latency:6.0f} ms  frames {self.done}  ")
-                            sys.stderr.flush()
-                            last_line, window_start, window_frames = now, now, 0
+            while True:
+                items = inferred.get()
+                if items is _END:
+                    break
+                if self.error is not None:
+                    continue  # drain so the other stages can finish
+                for item, outcome in zip(items, self._results(items)):
+                    smoothed = self._finish(item, outcome, smoothed)
+                    bar.update(1) if bar is not None else None
+                    if meter is not None:
+                        meter.tick(item.arrived, self.done)
         except BaseException as error:
             self.error = self.error or error
             self.stop.set()
             while inferred.get() is not _END:  # keep draining so inference never blocks forever
                 pass
         finally:
-            if self.video is not None:
-                self.video.close()
+            for sink in [*self.sinks, self.records]:
+                if sink is not None:
+                    sink.close()
             if bar is not None:
                 bar.close()
-            if progress and self.live:
+            if meter is not None:
                 sys.stderr.write("\n")
             if self.show:
                 cv2.destroyAllWindows()
 
-    def _finish(self, item: _Item, jsonl: Any, smoothed: np.ndarray | None) -> np.ndarray | None:
-        # "source": which file an output name belongs to (names drop suffixes; odd bytes are escaped).
-        frame, record = item.frame, {"index": item.frame.index, "name": item.frame.name, "source": item.frame.source}
+    def _results(self, items: list[_Item]) -> list[Outcome | None]:
+        """Autoencoders: the whole batch post-processed at once; other kinds: one by one in _finish."""
+        done = [item for item in items if item.output is not None]
+        if self.model.kind != "autoencoder" or not done:
+            return [None] * len(items)
+        t0 = time.perf_counter()
+        whole = done[0].batch
+        if whole is not None and len(whole[0]) == len(done) and all(item.batch is whole for item in done):
+            outputs, inputs = whole  # the inference call's own arrays: no copy
+        else:
+            outputs, inputs = np.stack([i.output for i in done]), np.concatenate([i.tensor for i in done])
+        try:
+            results = post.reconstruction_batch(outputs, inputs, [i.geometry for i in done], self.model.contract)
+        except EdgesegError as error:
+            raise EdgesegError(f"model `{self.model.path}`: {error}") from None
+        share = (time.perf_counter() - t0) * 1000 / len(done)
+        by_item = {id(item): result for item, result in zip(done, results)}
+        outcomes: list[Outcome | None] = []
+        for item in items:
+            result = by_item.get(id(item))
+            if result is not None:
+                item.ms["postprocess"] = share
+            outcomes.append(None if result is None else Outcome(result))
+        return outcomes
+
+    def _finish(self, item: _Item, outcome: Outcome | None, smoothed: np.ndarray | None) -> np.ndarray | None:
+        frame = item.frame
+        if item.kept is not None:
+            self._write_kept(item)
+            return smoothed
         if item.output is None:
             self.failed += 1
             reason = frame.error or "no output"
-            log.warning("skipped %s: %s", frame.source or frame.name, reason)
-            jsonl.write({**record, "ok": False, "error": reason, "class_fraction": {}, "ms": _round(item.ms)})
+            # A lone image that fails is the run's one error (the CLI says so); in a folder it is one line of many.
+            log.log(logging.DEBUG if self.source.kind == "image" else logging.WARNING, "skipped %s: %s",
+                    frame.source or frame.name, reason)
+            self.first_failure = self.first_failure or f"{frame.source or frame.name}: {reason}"
+            if self.records is not None:
+                self.records.write(frame, Outcome(None, reason, item.ms))
             return smoothed
-        model = self.model
         t0 = time.perf_counter()
-        if model.kind == "autoencoder":
-            result = model.postprocess(item.output, item.geometry, item.tensor[0])
-            picture = heatmap(frame.image, result.error_map, alpha=self.alpha) if "overlay" in self.outputs else None
-            extra = {"score": round(result.score, 6)}
-        else:
-            scores = model.channels_last(item.output)
-            activated = False
-            if self.smooth and self.sequential:
-                probs = model.probabilities(scores)
-                if smoothed is not None and smoothed.shape == probs.shape:
-                    # Exponential moving average in place: no new array per frame.
-                    smoothed *= self.smooth
-                    smoothed += (1.0 - self.smooth) * probs
-                else:
-                    smoothed = probs.copy()
-                scores, activated = smoothed, True
-            result = model.segmentation(scores, item.geometry, activated=activated)
-            picture = (overlay(frame.image, result.mask, self.palette, alpha=self.alpha)
-                       if "overlay" in self.outputs or self.show else None)
-            extra = {}
+        if outcome is None:
+            result, smoothed = self._segmentation(item, smoothed)
+            outcome = Outcome(result)
+        outcome.ms = item.ms
+        if self.draws:
+            outcome.picture = self._draw(frame.image, outcome.result)
         t1 = time.perf_counter()
-        self._write(frame, result, picture)
+        for sink in self.sinks:
+            sink.write(frame, outcome)
         t2 = time.perf_counter()
-        item.ms["postprocess"], item.ms["write"] = (t1 - t0) * 1000, (t2 - t1) * 1000
+        item.ms["postprocess"] = item.ms.get("postprocess", 0.0) + (t1 - t0) * 1000
+        item.ms["write"] = (t2 - t1) * 1000
         self.done += 1
         for stage, ms in item.ms.items():
             self.stage_total[stage] += ms
-        fraction = getattr(result, "class_fraction", {})
-        jsonl.write({**record, "ok": True, "error": None, "class_fraction": fraction, **extra, "ms": _round(item.ms)})
-        if self.show and picture is not None:
-            cv2.imshow("edgeseg", picture)
+        if self.records is not None:
+            self.records.write(frame, outcome)
+        if self.show and outcome.picture is not None:
+            cv2.imshow("edgeseg", outcome.picture)
             if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                 self.stop.set()
         return smoothed
 
-    def _write(self, frame: Frame, result: Any, picture: np.ndarray | None) -> None:
-        name = frame.name
-        if isinstance(result, ReconstructionResult):
-            if "reconstruction" in self.outputs:
-                _imwrite(self.out / "reconstruction" / f"{name}.png", result.reconstruction, self.made)
-        elif "masks" in self.outputs:
-            path = self.out / "masks" / f"{name}.png"
-            _make_parent(path, self.made)
-            try:
-                write_mask_png(path, result.mask, self.palette.rgb)
-            except OSError as error:
-                raise EdgesegError(f"Cannot write `{path}`: {error.strerror or error}.") from None
-        if picture is None or "overlay" not in self.outputs:
-            return
-        if self.sequential:
-            if self.video is None:
-                self.video = VideoSink(self.out / "overlay.mp4", fps=self.fps or 25.0, codec=self.codec)
-            self.video.write(picture)
-        else:
-            _imwrite(self.out / "overlay" / f"{name}.png", picture, self.made)
+    def _segmentation(self, item: _Item, smoothed: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
+        model = self.model
+        scores = model.channels_last(item.output)
+        activated = False
+        if self.smooth and self.sequential:
+            probs = model.probabilities(scores)
+            if smoothed is not None and smoothed.shape == probs.shape:
+                # Exponential moving average in place: no new array per frame.
+                smoothed *= self.smooth
+                smoothed += (1.0 - self.smooth) * probs
+            else:
+                smoothed = probs.copy()
+            scores, activated = smoothed, True
+        return model.segmentation(scores, item.geometry, activated=activated), smoothed
+
+    def _draw(self, image: np.ndarray, result: Any) -> np.ndarray:
+        if isinstance(result, post.ReconstructionResult):
+            return heatmap(image, result.error_map, alpha=self.options.alpha)
+        return overlay(image, result.mask, self.palette, alpha=self.options.alpha)
+
+    def _write_kept(self, item: _Item) -> None:
+        """--resume: a frame the earlier run finished. Its files stay; a video overlay is drawn again from its
+        mask, so overlay.mp4 stays whole; its record is written again in its place."""
+        self.resumed += 1
+        video = next((s for s in self.sinks if isinstance(s, OverlayVideoSink)), None)
+        if video is not None and item.frame.ok and self.model.kind == "segmentation":
+            mask = read_mask_png(self.out / "masks" / f"{item.frame.name}.png")
+            video.write(item.frame, Outcome(None, picture=overlay(item.frame.image, mask, self.palette,
+                                                                  alpha=self.options.alpha)))
+        if self.records is not None:
+            self.records.write(item.frame, Outcome(None, record=item.kept))
 
     # -- the report ---------------------------------------------------------------------------
 
-    def summary(self, *, source: Any, kind: str, wall: float, batch: int, stream: LiveSource | None) -> dict[str, Any]:
+    def summary(self, *, wall: float, batch: int) -> dict[str, Any]:
         done = max(self.done, 1)
         stage_ms = {stage: round(self.stage_total[stage] / done, 3) for stage in STAGES}
         outputs: dict[str, Any] = {"summary": "summary.json"}
-        if "jsonl" in self.outputs:
-            outputs["jsonl"] = "frames.jsonl"
-        if self.model.kind == "segmentation" and "masks" in self.outputs:
-            outputs["masks"] = "masks/"
-        if self.model.kind == "autoencoder" and "reconstruction" in self.outputs:
-            outputs["reconstruction"] = "reconstruction/"
-        if self.video is not None:
-            outputs.update(video="overlay.mp4", video_codec=self.video.codec, video_frames=self.video.frames)
-        elif "overlay" in self.outputs and not self.sequential:
-            outputs["overlay"] = "overlay/"
+        for sink in [self.records, *self.sinks]:
+            if sink is not None:
+                outputs.update(sink.outputs)
+        source, model = self.source, self.model
         summary = {
-            "source": display_path(str(source)),
-            "source_kind": kind,
-            "model": str(self.model.path),
-            "kind": self.model.kind,
-            "provider": self.model.providers[0] if self.model.providers else "",
-            "providers": list(self.model.providers),
-            "engine": self.model.engine,
-            "precision": self.model.precision,
-            "streams": self.model.streams,
+            "source": display_path(str(source.spec)),
+            "source_kind": source.kind,
+            "model": str(model.path),
+            "kind": model.kind,
+            "provider": model.providers[0] if model.providers else "",
+            "providers": list(model.providers),
+            "engine": model.engine,
+            "precision": model_precision(model),
+            "streams": model.streams,
             "frames": self.done,
             "frames_failed": self.failed,
+            "first_failure": self.first_failure,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
             "infer_fps": round(self.done / self.infer_seconds, 3) if self.infer_seconds > 0 else 0.0,
             "wall_s": round(wall, 3),
@@ -396,12 +650,34 @@ class _Run:
             "stage_ms": stage_ms,
             "outputs": outputs,
         }
-        if stream is not None:
-            stats = stream.stats
-            summary["stream"] = {"policy": stream.policy, "grabbed": stats.grabbed, "dropped": stats.dropped,
+        if self.options.resume:
+            summary["frames_resumed"] = self.resumed
+        if source.live is not None:
+            stats = source.live.stats
+            # grabbed = dropped + left_unread + frames + frames_failed: every frame the camera sent is accounted for.
+            summary["stream"] = {"policy": source.live.policy, "grabbed": stats.grabbed, "dropped": stats.dropped,
+                                 "left_unread": max(0, stats.grabbed - stats.dropped - self.taken),
                                  "reconnects": stats.reconnects, "gave_up": stats.gave_up,
                                  "failures": stats.failures[-10:]}
         return summary
+
+
+class _LiveMeter:
+    """The one-line live fps/latency display of a stream, refreshed once a second."""
+
+    def __init__(self) -> None:
+        self.last_line = self.window_start = time.perf_counter()
+        self.window_frames = 0
+
+    def tick(self, arrived: float, done: int) -> None:
+        self.window_frames += 1
+        now = time.perf_counter()
+        if now - self.last_line >= 1.0:
+            fps = self.window_frames / (now - self.window_start)
+            sys.stderr.write(f"\r{fps:5.1f} fps  latency {(now - arrived) * 1000:6.0f} ms  frames {done}  ")
+            sys.stderr.flush()
+            self.last_line = self.window_start = now
+            self.window_frames = 0
 
 
 def stage_table(summary: dict[str, Any]) -> str:
@@ -461,33 +737,3 @@ def _progress_bar(total: int | None, *, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr)
-
-
-def _imwrite(path: Path, image: np.ndarray, made: set[Path]) -> None:
-    _make_parent(path, made)
-    try:
-        write_image(path, image)  # bytes through imencode: OpenCV crashes on non-UTF-8 paths
-    except OSError as error:
-        raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
-
-
-def _make_parent(path: Path, made: set[Path]) -> None:
-    # One mkdir per folder and run, not one per image (a syscall per 28x28 digit showed in the profile).
-    if path.parent not in made:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        made.add(path.parent)
-
-
-def _round(ms: dict[str, float]) -> dict[str, float]:
-    return {stage: round(value, 3) for stage, value in ms.items()}
-
-
-class _Null:
-    def __enter__(self) -> _Null:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-    def write(self, record: Any) -> None:
-        pass

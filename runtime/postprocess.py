@@ -164,6 +164,43 @@ def reconstruction(output: np.ndarray, model_input: np.ndarray, geometry: Geomet
     )
 
 
+def reconstruction_batch(outputs: np.ndarray, model_inputs: np.ndarray, geometries: list[Geometry],
+                         contract: Contract) -> list[ReconstructionResult]:
+    """:func:`reconstruction` for a whole batch: error maps, scores and 8-bit reconstructions in a few
+    array operations instead of a dozen small ones per image (the CAE's 28x28 digits take far less time
+    to infer than to post-process one by one).
+
+    ``outputs`` and ``model_inputs``: (N, ...) in the model's layout; results in the same order.
+
+    Example::
+
+        results = reconstruction_batch(session_output, batch, geometries, contract)
+    """
+    inputs = _batch_channels_last(model_inputs, contract)
+    recon = _batch_channels_last(outputs, contract)
+    if recon.size != inputs.size:
+        raise EdgesegError(f"autoencoder output shape {outputs.shape} does not match its input {model_inputs.shape}.")
+    recon = recon.reshape(inputs.shape)
+    errors = np.abs(inputs - recon).mean(axis=-1, dtype=np.float32)
+    spec = contract.input
+    pixels = (recon * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / np.float32(spec.scale)
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    pixels = pixels[..., 0] if spec.color == "GRAY" else pixels[..., ::-1] if spec.color == "RGB" else pixels
+    full = all(g.top == 0 and g.left == 0 and (g.height, g.width) == errors.shape[1:] for g in geometries)
+    scores = (errors.mean(axis=(1, 2)).tolist() if full
+              else [anomaly_score(e, g) for e, g in zip(errors, geometries)])
+    return [ReconstructionResult(reconstruction=restore(pixels[i], g, nearest=False),
+                                 error_map=restore(errors[i], g, nearest=False), score=float(scores[i]))
+            for i, g in enumerate(geometries)]
+
+
+def _batch_channels_last(batch: np.ndarray, contract: Contract) -> np.ndarray:
+    if batch.ndim == 3:
+        return batch[..., None]
+    first = channels_last(batch[0], contract)
+    return batch if first.shape == batch.shape[1:] else batch.transpose(0, 2, 3, 1)
+
+
 def _argmax_last(scores: np.ndarray) -> np.ndarray:
     # Profiled in the writer thread (FCN-8, 224x224x2): argmax over a 2-long last axis costs 0.34 ms,
     # one comparison 0.03 ms. Same ids: a tie goes to class 0 either way.

@@ -358,7 +358,8 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     out = Path(job["out"])
     output = "reconstruction" if autoencoder else "masks"
     model.warmup(batch)  # outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs)
-    summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,))
+    summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,),
+                      overwrite=True)  # scratch outputs: a reused --work-dir is replaced
     stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
     infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
     return {

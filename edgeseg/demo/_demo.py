@@ -272,9 +272,9 @@ def _verify(folder: Path, *, images: Path | None = None, random: int = 4) -> str
 
 
 def _segment(source: Path, model: Path, target: Path) -> str:
-    from edgeseg.runtime import segment
+    from edgeseg.runtime import SegmentOptions, segment
 
-    summary = segment(source, model=model, out=target)
+    summary = segment(source, model=model, out=target, options=SegmentOptions(overwrite=True))  # a rerun replaces it
     return f"{summary['frames']} frames, {summary['frames_failed']} failed, {summary.get('fps') or 0:.1f} frames/s"
 
 

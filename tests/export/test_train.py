@@ -85,11 +85,13 @@ def test_cli_train_fcn8_same_seed_same_history(tmp_path):
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):
+    (tmp_path / "nothing").mkdir()  # a folder, but without images/ + masks/ or the .npy pair
     out = subprocess.run([sys.executable, "-m", "edgeseg", "train", "fcn8", "--data", str(tmp_path / "nothing"),
                           "--out", str(tmp_path / "o"), "--input-size", "32", "--head-width", "4"],
                          capture_output=True, text=True)
     assert out.returncode == 2
-    assert "edgeseg train: error: Segmentation data" in out.stderr
+    assert "edgeseg train: error: `" in out.stderr and "holds neither images/ + masks/" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_train_help_names_defaults_and_bad_item_rule():

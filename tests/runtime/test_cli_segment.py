@@ -91,3 +91,84 @@ def test_sigterm_mid_video_leaves_every_output_valid(seg_model, tmp_path, kit):
     while capture.read()[0]:
         played += 1
     assert played == summary["frames"]
+
+
+def test_nothing_processed_and_missing_webcam_exit_2_with_one_line(seg_model, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    line = _one_line_error(_edgeseg("segment", broken, "--model", seg_model, "--out", tmp_path / "o"))
+    assert "nothing was processed" in line and "broken" in line
+    line = _one_line_error(_edgeseg("segment", "57", "--model", seg_model, "--out", tmp_path / "w"))
+    assert "No webcam 57" in line
+
+
+def test_out_holding_a_run_is_one_line_and_resume_continues(seg_model, tmp_path, kit):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), kit.colour_frame(10, 10, [kit.RED]))
+    args = ("segment", image, "--model", seg_model, "--out", tmp_path / "o", "--no-progress")
+    assert _edgeseg(*args).returncode == 0
+    assert "--overwrite" in _one_line_error(_edgeseg(*args))
+    assert _edgeseg(*args, "--overwrite").returncode == 0
+    resumed = _edgeseg(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["frames_resumed"] == 1
+
+
+def test_damaged_video_and_cuda_fallback_print_no_library_noise(seg_model, tmp_path, kit):
+    video = tmp_path / "clip.avi"
+    kit.moving_video(video, count=20)
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[8]: starts[8] + 200] = bytes(200)
+    video.write_bytes(bytes(data))
+    out = _edgeseg("segment", video, "--model", seg_model, "--out", tmp_path / "o", "--no-progress",
+                   "--provider", "cuda")
+    assert out.returncode == 0, out.stderr
+    assert "[mjpeg" not in out.stderr and "bad vlc" not in out.stderr  # FFmpeg's own lines
+    assert ".py:" not in out.stderr and "warnings.warn" not in out.stderr  # warnings without file and source line
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["frames"] + summary["frames_failed"] == 20 and summary["frames_failed"] >= 1
+
+
+_INTERRUPT_AT = """
+import os, runpy, signal, sys
+
+class SignalOnImport:  # a real SIGINT, sent the moment `target` starts to import
+    def find_spec(self, name, path=None, target=None):
+        if name == {target!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+if {target!r}:
+    sys.meta_path.insert(0, SignalOnImport())
+sys.argv = {argv!r}
+runpy.run_module("edgeseg", run_name="__main__")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moment", ["edgeseg.cli", "numpy", "onnxruntime", "frames"])
+def test_ctrl_c_at_any_moment_is_one_clean_exit_130(seg_model, tmp_path, kit, moment):
+    video = kit.moving_video(tmp_path / "long.avi", count=600)
+    out = tmp_path / "o"
+    argv = ["edgeseg", "segment", str(video), "--model", str(seg_model), "--out", str(out)]
+    code = _INTERRUPT_AT.format(target="" if moment == "frames" else moment, argv=argv)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if moment == "frames":
+        jsonl = out / "frames.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not jsonl.exists() or jsonl.read_text().count("\n") < 5):
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "needs onnxruntime" not in stderr, stderr
+    if moment == "frames":  # every output is valid for the frames done
+        summary = json.loads((out / "summary.json").read_text())
+        lines = (out / "frames.jsonl").read_text().splitlines()
+        assert summary["interrupted"] and 5 <= len(lines) == summary["frames"] < 600
+    else:  # before any frame: one line, nothing written
+        assert [line for line in stderr.splitlines() if line.strip()] in (["edgeseg: interrupted"],
+                                                                         ["edgeseg segment: interrupted"])
+        assert not (out / "summary.json").exists()

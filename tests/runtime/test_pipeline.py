@@ -171,3 +171,200 @@ def test_start_stride_and_max_frames_select_files(seg_model, messy_folder, tmp_p
                       outputs=("jsonl",))
     assert [r["name"] for r in _jsonl(tmp_path / "o")] == ["b_blue", "d_empty", "f_cut"]
     assert (summary["frames"], summary["frames_failed"]) == (1, 2)
+
+
+# -- named parts: options, sources, sinks ------------------------------------------------------------
+
+
+def test_options_are_one_frozen_dataclass_and_keywords_are_checked(seg_model, tmp_path, kit):
+    from dataclasses import FrozenInstanceError
+
+    from edgeseg.runtime import SegmentOptions, Source
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), kit.colour_frame(8, 8, [kit.BLUE]))
+    options = SegmentOptions(outputs=("masks",))
+    with pytest.raises(FrozenInstanceError):
+        options.batch = 2
+    summary = segment(image, model=seg_model, out=tmp_path / "o", options=options)
+    assert summary["outputs"] == {"summary": "summary.json", "masks": "masks/"}
+    with pytest.raises(TypeError, match="batchh"):
+        segment(image, model=seg_model, out=tmp_path / "o2", batchh=2)
+    source = Source.open(kit.moving_video(tmp_path / "v.avi", count=9), SegmentOptions(stride=2))
+    assert (source.kind, source.total, source.fps, source.sequential) == ("video", 5, 5.0, True)
+    assert segment(source, model=seg_model, out=tmp_path / "o3", outputs=("jsonl",))["frames"] == 5
+
+
+def test_frame_sinks_share_one_protocol_and_say_what_they_wrote(tmp_path, kit):
+    from edgeseg.runtime import (Frame, MaskSink, OverlayImageSink, OverlayVideoSink, Outcome, RecordSink,
+                                 SegmentationResult)
+
+    mask = np.zeros((6, 8), np.uint8)
+    mask[:, 4:] = 2
+    result = SegmentationResult(mask=mask, class_fraction={"red": 0.5, "blue": 0.5})
+    picture = kit.colour_frame(6, 8, [kit.RED, kit.BLUE])
+    sinks = [MaskSink(tmp_path / "masks", [(0, 0, 0), (0, 255, 0), (0, 0, 255)]), OverlayImageSink(tmp_path / "overlay"),
+             OverlayVideoSink(tmp_path / "overlay.mp4", fps=5), RecordSink(tmp_path / "frames.jsonl")]
+    for sink in sinks:
+        with sink:
+            for i in range(3):
+                sink.write(Frame(i, f"f{i}", picture), Outcome(result, ms={"infer": 1.0}, picture=picture))
+            sink.write(Frame(3, "bad", None, error="broken"), Outcome(None, "broken"))
+    outputs = {key: value for sink in sinks for key, value in sink.outputs.items()}
+    assert outputs == {"masks": "masks/", "overlay": "overlay/", "video": "overlay.mp4",
+                       "video_codec": sinks[2].video.codec, "video_frames": 3, "jsonl": "frames.jsonl"}
+    assert np.array_equal(read_mask_png(tmp_path / "masks" / "f2.png"), mask)
+    assert sorted(p.name for p in (tmp_path / "overlay").iterdir()) == ["f0.png", "f1.png", "f2.png"]
+    records = _jsonl(tmp_path)
+    assert [r["ok"] for r in records] == [True, True, True, False] and records[3]["error"] == "broken"
+    assert len(_read_video(tmp_path / "overlay.mp4")) == 3
+
+
+def test_autoencoder_batches_give_the_same_scores_as_single_frames(ae_model, tmp_path):
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(7):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (28 + i, 28), dtype=np.uint8))
+    one = segment(folder, model=ae_model, out=tmp_path / "one", outputs=("jsonl", "reconstruction"))
+    many = segment(folder, model=ae_model, out=tmp_path / "many", outputs=("jsonl", "reconstruction"), batch=4)
+    assert one["frames"] == many["frames"] == 7
+    assert [r["score"] for r in _jsonl(tmp_path / "one")] == pytest.approx([r["score"] for r in _jsonl(tmp_path / "many")], abs=2e-6)
+    for i in range(7):
+        a = cv2.imread(str(tmp_path / "one" / "reconstruction" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "many" / "reconstruction" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        assert a.shape == (28 + i, 28) and np.array_equal(a, b)
+
+
+# -- an --out that holds a run -----------------------------------------------------------------------
+
+
+def _images(folder, kit, count):
+    folder.mkdir()
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), kit.colour_frame(10, 12, [kit.RED if i % 2 else kit.BLUE]))
+    return folder
+
+
+def test_out_that_holds_a_run_is_refused_unless_overwrite(seg_model, tmp_path, kit):
+    folder = _images(tmp_path / "in", kit, 2)
+    out = tmp_path / "out"
+    segment(folder, model=seg_model, out=out)
+    (out / "masks" / "stale.png").write_bytes((out / "masks" / "00.png").read_bytes())
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(EdgesegError, match="already holds a run.*--overwrite.*--resume"):
+        segment(folder, model=seg_model, out=out)
+    summary = segment(folder, model=seg_model, out=out, overwrite=True)
+    assert summary["frames"] == 2 and sorted(p.name for p in (out / "masks").iterdir()) == ["00.png", "01.png"]
+    assert (out / "notes.txt").read_text() == "mine"  # only what a run writes is cleared
+
+
+def test_resume_skips_finished_frames_and_redoes_missing_ones(seg_model, tmp_path, kit):
+    folder = _images(tmp_path / "in", kit, 6)
+    out = tmp_path / "out"
+    segment(folder, model=seg_model, out=out, max_frames=4)  # as if interrupted after 4 frames
+    (out / "masks" / "01.png").unlink()  # a finished frame whose output is gone is done again
+    with open(out / "frames.jsonl", "a") as handle:
+        handle.write('{"index": 4, "name": "04", "ok": tr')  # the line in flight when it was killed
+    before = (out / "masks" / "00.png").stat().st_mtime_ns
+    summary = segment(folder, model=seg_model, out=out, resume=True)
+    assert (summary["frames"], summary["frames_resumed"], summary["frames_failed"]) == (3, 3, 0)
+    records = _jsonl(out)
+    assert [r["name"] for r in records] == ["00", "01", "02", "03", "04", "05"] and all(r["ok"] for r in records)
+    assert (out / "masks" / "00.png").stat().st_mtime_ns == before
+    assert (read_mask_png(out / "masks" / "01.png") == 0).all() and (read_mask_png(out / "masks" / "04.png") == 2).all()
+
+
+def test_resume_of_a_video_keeps_the_overlay_whole(seg_model, tmp_path, kit):
+    video = kit.moving_video(tmp_path / "clip.avi", count=12)
+    out = tmp_path / "out"
+    segment(video, model=seg_model, out=out, max_frames=5)
+    summary = segment(video, model=seg_model, out=out, resume=True)
+    assert (summary["frames"], summary["frames_resumed"]) == (7, 5)
+    assert [r["index"] for r in _jsonl(out)] == list(range(12))
+    assert summary["outputs"]["video_frames"] == 12 and len(_read_video(out / "overlay.mp4")) == 12
+
+
+# -- damaged inputs, interrupted streams, quantized models ----------------------------------------------
+
+
+def _damage_frames(video, frames):
+    """Wipe the JPEG headers of the given frames of an MJPG AVI (each becomes undecodable)."""
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    for k in frames:
+        data[starts[k]: starts[k] + 200] = bytes(200)
+    video.write_bytes(bytes(data))
+    return video
+
+
+def test_a_damaged_frame_mid_video_costs_only_that_frame(seg_model, tmp_path, kit):
+    video = _damage_frames(kit.moving_video(tmp_path / "clip.avi", count=30), [14, 15, 16])
+    summary = segment(video, model=seg_model, out=tmp_path / "o", outputs=("jsonl",))
+    records = _jsonl(tmp_path / "o")
+    assert summary["frames"] + summary["frames_failed"] == 30 == len(records)
+    assert 1 <= summary["frames_failed"] <= 3 and [r["index"] for r in records] == list(range(30))
+    assert all(r["ok"] for r in records[20:]) and "could not be decoded" in summary["first_failure"]
+
+
+def test_an_int8_model_is_reported_as_int8(tmp_path, kit):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeseg.runtime import Contract, write_contract
+
+    plain = onnx.load(str(kit.build_segmentation(tmp_path / "fp32.onnx")))
+    graph = plain.graph
+    # Quantize-dequantize the input (a QDQ model as onnxruntime's quantizer writes them).
+    graph.initializer.extend([numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+                              numpy_helper.from_array(np.array(0, np.uint8), "z")])
+    graph.node.insert(0, helper.make_node("QuantizeLinear", ["image", "s", "z"], ["image_q"]))
+    graph.node.insert(1, helper.make_node("DequantizeLinear", ["image_q", "s", "z"], ["image_dq"]))
+    graph.node[2].input[0] = "image_dq"
+    onnx.save(plain, str(tmp_path / "qdq.onnx"))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), kit.colour_frame(8, 8, [kit.RED]))
+    assert segment(image, model=tmp_path / "qdq.onnx", out=tmp_path / "q")["precision"] == "int8"
+    assert segment(image, model=tmp_path / "fp32.onnx", out=tmp_path / "f")["precision"] == "fp32"
+    calibrated = onnx.load(str(tmp_path / "fp32.onnx"))
+    contract = Contract.from_onnx(calibrated)
+    write_contract(calibrated, contract.replace(calibration={"method": "minmax", "samples": 8}))
+    onnx.save(calibrated, str(tmp_path / "cal.onnx"))
+    assert segment(image, model=tmp_path / "cal.onnx", out=tmp_path / "c")["precision"] == "int8"
+
+
+@pytest.mark.timeout(90)
+def test_an_interrupted_stream_accounts_for_every_grabbed_frame(seg_model, tmp_path, kit):
+    import socket
+    import subprocess
+
+    import imageio_ffmpeg  # in the `dev` extra
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    video = kit.moving_video(tmp_path / "loop.avi", count=20, fps=25.0)
+    server = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+                               "-stream_loop", "-1", "-i", str(video), "-c:v", "mpeg2video", "-f", "mpegts",
+                               f"tcp://127.0.0.1:{port}?listen=1"], stdin=subprocess.DEVNULL)
+    out, stop = tmp_path / "out", threading.Event()
+
+    def stop_after_eight_frames():
+        while not stop.is_set():
+            jsonl = out / "frames.jsonl"
+            if jsonl.exists() and jsonl.read_text().count("\n") >= 8:
+                stop.set()
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=stop_after_eight_frames)
+    watcher.start()
+    try:
+        summary = segment(f"tcp://127.0.0.1:{port}", model=seg_model, out=out, stop=stop, outputs=("jsonl",))
+    finally:
+        stop.set()
+        watcher.join()
+        server.kill()
+        server.wait(timeout=10)
+    stream = summary["stream"]
+    assert summary["interrupted"] and summary["frames"] >= 8 and len(_jsonl(out)) == summary["frames"]
+    assert stream["grabbed"] == stream["dropped"] + stream["left_unread"] + summary["frames"] + summary["frames_failed"]

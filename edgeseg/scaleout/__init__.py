@@ -1,0 +1,33 @@
+"""edgeseg.scaleout: ``edgeseg segment --ray`` — the same job and outputs as one machine, on a Ray cluster.
+
+The driver plans units (chunks of image paths, frame ranges of videos: never pixels), a pool of
+Ray actors each holding its own :class:`edgeseg.runtime.Model` decodes and runs them with the
+runtime's own readers and writers, and the driver joins the parts into the single-machine layout.
+Ray itself is imported only when a job starts (``pip install 'edgeseg[ray]'``).
+
+Example::
+
+    from edgeseg.scaleout import ClusterOptions, segment_on_ray
+    segment_on_ray(["clip.mp4"], model="fcn8.onnx", out="runs/clip", cluster=ClusterOptions(workers=2))
+"""
+
+from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, segment_on_ray
+from edgeseg.scaleout._cli import run_from_args
+from edgeseg.scaleout._merge import join_videos
+from edgeseg.scaleout._plan import Selection, Source, Unit, plan, warm_frames
+from edgeseg.scaleout._worker import WriteOptions, run_unit
+
+__all__ = [
+    "ClusterOptions",
+    "ModelSpec",
+    "Selection",
+    "Source",
+    "Unit",
+    "WriteOptions",
+    "join_videos",
+    "plan",
+    "run_from_args",
+    "run_unit",
+    "segment_on_ray",
+    "warm_frames",
+]
