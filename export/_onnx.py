@@ -373,10 +373,9 @@ def export_model(
 
 
 def progress(stage: str) -> None:
-    """One line per stage of a long command, on stderr, so a user sees it is working."""
-    import sys
-
-    print(f"edgeseg: {stage}...", file=sys.stderr, flush=True)
+    """One line per stage of a long command, so a user sees it is working: a log record, which the
+    command line shows on stderr and a library caller sees only if it configures logging."""
+    log.info("edgeseg: %s...", stage)
 
 
 def _final_activation(model: Any) -> str:
