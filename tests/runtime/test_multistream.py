@@ -327,3 +327,13 @@ def test_an_out_holding_a_run_is_refused_replaced_with_overwrite_and_resume_is_r
                           "--out", str(out), "--resume"], capture_output=True, text=True, timeout=120)
     lines = [line for line in cli.stderr.splitlines() if line.strip()]
     assert cli.returncode == 2 and len(lines) == 1 and "--resume" in lines[0], cli.stderr
+
+
+def test_single_source_options_are_refused_not_ignored_with_several_streams(tmp_path, kit):
+    video = kit.moving_video(tmp_path / "a.avi", count=4)
+    model = kit.build_segmentation(tmp_path / "m.onnx")
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(video), str(video), "--model", str(model),
+                           "--out", str(tmp_path / "out"), "--stride", "2", "--batch", "4"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--batch, --stride: not for a run of several streams" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
