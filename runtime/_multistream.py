@@ -24,12 +24,11 @@ import logging
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime.postprocess import is_nan_output
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, open_source
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._pipeline import _install_signal_handlers
 from edgeseg.runtime._preprocess import Geometry, preprocess
@@ -171,7 +171,7 @@ def run_streams(sources: Sequence[str | os.PathLike | int | StreamSpec], *, mode
                            "autoencoder (no classes): drop --smooth.")
     root = Path(out) if out is not None else None
     if root is not None:
-        _prepare_out(root, overwrite=options.overwrite)
+        prepare_out(root, previous_run=_previous_run, overwrite=options.overwrite, can_resume=False)
     stop = stop or threading.Event()
     run = _MultiRun(specs, model=model, root=root, options=options, on_result=on_result, stop=stop)
     server = None
@@ -513,29 +513,18 @@ def _unique(specs: list[StreamSpec]) -> list[StreamSpec]:
     return unique
 
 
-def _prepare_out(root: Path, *, overwrite: bool) -> None:
-    """Make ``root`` writable; refuse one that holds a run (its summary.json) unless ``overwrite`` clears that run."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".edgeseg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise EdgesegError(f"Cannot write to output folder `{root}`: {error.strerror or error}. "
-                           "Pass a writable --out folder.") from None
+def _previous_run(root: Path) -> list[Path]:
+    """What an earlier multi-stream run in ``root`` wrote: its summary.json and each of its streams' outputs."""
     summary = root / "summary.json"
     if not summary.exists():
-        return
-    if not overwrite:
-        raise EdgesegError(f"Output folder `{root}` already holds a run (summary.json): pass --overwrite to replace "
-                           "it or another --out.")
+        return []
     try:
         earlier = list(json.loads(summary.read_text()).get("streams", {}))
     except (OSError, ValueError, AttributeError):
         earlier = []
-    for name in earlier:  # only what a run writes: a user's own files stay
+    paths = [summary]
+    for name in earlier:
         folder = root / name
         if folder.is_dir() and folder.resolve().parent == root.resolve():
-            for path in [*folder.glob("frames*.jsonl"), *folder.glob("overlay*.mp4"), folder / "masks"]:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
-    summary.unlink()
+            paths += [*folder.glob("frames*.jsonl"), *folder.glob("overlay*.mp4"), folder / "masks"]
+    return paths
