@@ -62,8 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prove layer by layer that an ONNX export computes what Keras computes",
         description="Run the same inputs through the Keras model and its ONNX export and compare the outputs of "
         "every layer it can match, listing those it cannot with the reason, and of the final output. Exit 0 when "
-        "all are within tolerance, 1 naming the first layer that is not, 2 for bad input, 3 when verify itself "
-        "failed (the report, if asked for, says why).",
+        "all are within tolerance; 1 naming the first layer that is not; 2 when it cannot start (bad options, a "
+        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph onnxruntime refuses to load); 3 when it started "
+        "but could not finish (onnxruntime failed running a file it had loaded, or a defect of verify). With "
+        "--report the JSON is written in every case: ok false, exit_code and error say why.",
     )
     verify.add_argument("model", metavar="MODEL.keras", help="the Keras model file (a local .keras path)")
     verify.add_argument("onnx", metavar="M.onnx", help="its ONNX export (a local .onnx path made by `edgeseg export`)")
@@ -139,13 +141,17 @@ def _run_verify(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             seed=args.seed,
         )
-    except EdgesegError:
+    except EdgesegError as error:  # bad options or an unreadable file: the user's to fix, exit 2
+        _verify_failed(args, 2, str(error))
         raise
-    except Exception as error:  # a defect of verify itself: one line, its own exit code, still a report
+    except Exception as error:  # started, could not finish: its own exit code, still a report
         line = f"{type(error).__name__}: {error}".splitlines()[0]
-        if args.report:
-            _write_json(Path(args.report), {"ok": False, "error": line, "first_failure": None})
-        log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
+        _verify_failed(args, VERIFY_CRASHED, line)
+        if type(error).__module__.startswith("onnxruntime"):
+            log.error("verify could not finish: onnxruntime loaded `%s` but failed running it (%s); re-export the model.",
+                      args.onnx, line)
+        else:
+            log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
         return VERIFY_CRASHED
     if args.report:
         _write_json(Path(args.report), report.to_dict())
@@ -154,6 +160,12 @@ def _run_verify(args: argparse.Namespace) -> int:
         log.error("verify: layer `%s` is out of tolerance", report.first_failure)
         return 1
     return 0
+
+
+def _verify_failed(args: argparse.Namespace, code: int, reason: str) -> None:
+    """The report of a verify that did not compare: ok false, the exit code and the reason."""
+    if args.report:
+        _write_json(Path(args.report), {"ok": False, "exit_code": code, "error": reason, "first_failure": None})
 
 
 def _write_json(path: Path, data: dict) -> None:

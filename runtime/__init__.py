@@ -18,8 +18,9 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
                                      video_frames)
 from edgeseg.runtime._model import Model, resolve_engine
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
-from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, prepare_out, segment, stage_table
+from edgeseg.runtime._pipeline import RUN_FILES, SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
@@ -54,8 +55,8 @@ __all__ = [
     "MaskSink",
     "FrameSink",
     "open_model",
-    "prepare_out",
     "frame_names",
+    "RUN_FILES",
     "Source",
     "SegmentOptions",
     "BARS",
@@ -104,6 +105,7 @@ __all__ = [
     "open_source",
     "overlay",
     "parse_sources",
+    "prepare_out",
     "preprocess",
     "preprocess_batch",
     "read_image",

@@ -23,7 +23,6 @@ import logging
 import mmap
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
                                      video_frames)
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -54,7 +54,8 @@ log = logging.getLogger("edgeseg.runtime")
 OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 DEFAULT_OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
-# What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run".
+# What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run" (public: --ray's
+# driver applies the same rule to its folders).
 RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction")
 _END = object()
 # The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
@@ -289,7 +290,8 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
     restore_signals = _install_signal_handlers(stop)
     try:
         model = open_model(model, options)
-        out = prepare_out(out, options)
+        out = prepare_out(out, previous_run=lambda o: [o / name for name in RUN_FILES],
+                          overwrite=options.overwrite, resume=options.resume)
         opened = source if isinstance(source, Source) else Source.open(source, options)
         kept = _finished_records(out, model, options, opened) if options.resume else {}
         batch = _batch(options, model, opened)
@@ -354,37 +356,6 @@ def _run_stages(run: _Run, source: Source, batch: int) -> float:
     return time.perf_counter() - started
 
 
-def prepare_out(out: str | os.PathLike, options: SegmentOptions) -> Path:
-    """Make ``out`` writable; refuse a folder that holds a run unless told to overwrite or resume it.
-
-    The rule of every ``edgeseg segment`` (``--ray`` too): a folder holding a run's files is refused
-    unless ``options.overwrite`` (clears them first) or ``options.resume``; other files stay.
-
-    Example::
-
-        out = prepare_out("runs/clip", SegmentOptions(overwrite=True))
-    """
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".edgeseg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise EdgesegError(f"Cannot write to output folder `{out}`: {error.strerror or error}. "
-                           "Pass a writable --out folder.") from None
-    previous = [name for name in RUN_FILES if (out / name).exists()]
-    if not previous or options.resume:
-        return out
-    if not options.overwrite:
-        raise EdgesegError(f"Output folder `{out}` already holds a run ({', '.join(previous)}): pass --overwrite "
-                           "to replace it, --resume to continue it, or another --out.")
-    for name in previous:  # only what a run writes: a user's own files in --out stay
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return out
-
-
 def _finished_records(out: Path, model: Model, options: SegmentOptions, source: Source) -> dict[str, dict[str, Any]]:
     """``--resume``: the records of frames the earlier run finished whose files are there and readable."""
     path = out / "frames.jsonl"
@@ -435,6 +406,7 @@ class _Run:
         self.error: BaseException | None = None
         self.done = 0
         self.failed = 0
+        self.nan = 0  # frames whose model output held a NaN
         self.resumed = 0
         self.first_failure: str | None = None
         self.taken = 0  # frames taken from the source (the decode thread's); each is finished
@@ -609,6 +581,12 @@ class _Run:
             if self.records is not None:
                 self.records.write(frame, Outcome(None, reason, item.ms))
             return smoothed
+        if post.is_nan_output(item.output):
+            # The model, not the frame, is broken (fp16/INT8 overflow, a bad export): count it, say so once.
+            self.nan += 1
+            if self.nan == 1:
+                log.warning("model `%s` gave NaN for %s: its mask is made up; frames with NaN are counted in "
+                            "summary.json (frames_nan)", self.model.path, frame.name)
         t0 = time.perf_counter()
         if outcome is None:
             result, smoothed = self._segmentation(item, smoothed)
@@ -687,6 +665,7 @@ class _Run:
             "streams": model.streams,
             "frames": self.done,
             "frames_failed": self.failed,
+            "frames_nan": self.nan,
             "first_failure": self.first_failure,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
             "infer_fps": round(self.done / self.infer_seconds, 3) if self.infer_seconds > 0 else 0.0,

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import EdgesegError, Model, SegmentOptions, open_model, prepare_out, write_json_atomic
+from edgeseg.runtime import RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, write_json_atomic
 from edgeseg.scaleout._merge import merge_source
 from edgeseg.scaleout._plan import Source, Unit, plan
 from edgeseg.scaleout._worker import WORK_DIR, read_marker, run_unit
@@ -293,15 +292,11 @@ def _same_grain(cluster: ClusterOptions, out: Path, options: SegmentOptions) -> 
 
 def _prepare_outs(out: Path, sources: list[Source], options: SegmentOptions) -> None:
     """The single-machine --out rule for the job's folder and each source's: a folder holding a run
-    (its files, or this package's part folder) is refused unless --overwrite (cleared) or --resume."""
+    (its files, or this package's parts) is refused unless --overwrite (they are cleared) or --resume."""
     for folder in dict.fromkeys([out, *(Path(s.out) for s in sources)]):
-        prepare_out(folder, options)  # refuses (naming the run's files) or clears them, as without Ray
-        work = folder / WORK_DIR
-        if work.is_dir() and not options.resume:
-            if not options.overwrite:
-                raise EdgesegError(f"Output folder `{folder}` already holds a run ({WORK_DIR}): pass --overwrite "
-                                   "to replace it, --resume to continue it, or another --out.")
-            shutil.rmtree(work)  # the earlier run's parts must not be joined into this one's outputs
+        # The parts count as a run: an earlier job's must never be joined into this one's outputs.
+        prepare_out(folder, previous_run=lambda o: [o / name for name in (*RUN_FILES, WORK_DIR)],
+                    overwrite=options.overwrite, resume=options.resume)
 
 
 def _on_signals(stop: threading.Event) -> Any:
