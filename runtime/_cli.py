@@ -67,6 +67,10 @@ def register(subparsers: Any) -> None:
                      help="frames per inference call for images and video files; with --engine openvino, > 1 also "
                           "compiles for throughput (each batch split across OpenVINO's streams) (default: 64 for autoencoders, "
                           "else 1)")
+    run.add_argument("--inflight", type=int, default=None, metavar="N",
+                     help="inference calls in flight at once on files, overlapped with decoding and writing, frames "
+                          "kept in order; > 1 with --engine openvino compiles for throughput, one stream per call "
+                          "(default: the model's streams at batch 1, else 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
@@ -129,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
         show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
         resume=args.resume, provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
-        optimization=args.optimization, strict=args.strict)
+        optimization=args.optimization, strict=args.strict, inflight=args.inflight)
     model = open_model(args.model, options, contract=_contract_overrides(args) or None)
     if _streams_cli.wants(args):
         return _streams_cli.run(args, model)
