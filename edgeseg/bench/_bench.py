@@ -142,7 +142,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "edgeseg_fast": {"config": fast, "agreement": runners.get("edgeseg-fast", {}).get("agreement"),
                          "below_bar": (runners.get("edgeseg-fast", {}).get("agreement") or 1.0) < FAST_AGREEMENT_BAR,
                          "recon_max_abs": runners.get("edgeseg-fast", {}).get("recon_max_abs"),
-                         "chosen_by": "the fastest configuration measured here (benchmarks/FINDINGS.md): OpenVINO, batch 4, "
+                         "chosen_by": "the fastest configuration measured here (benchmarks/FINDINGS.md, "
+                                      "benchmarks/fast_mode.py): OpenVINO compiled for throughput, the class-id rule "
+                                      "fused into the graph, one frame per call with a call in flight per stream, "
                                       "on the INT8 file when given, else on the FP32 file in bf16; the bar is "
                                       ">= 99% mask agreement with FP32 Keras"},
         "source": config.source,
