@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--inflight", type=int, default=None, metavar="N",
                      help="inference calls in flight at once on files, overlapped with decoding and writing, frames "
                           "kept in order; > 1 with --engine openvino compiles for throughput, one stream per call "
-                          "(default: the model's streams at batch 1, else 1)")
+                          "(default: the model's streams, i.e. several for --engine openvino with --batch > 1, else 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")

@@ -73,8 +73,8 @@ class SegmentOptions:
     (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and,
     when the model is given as a path, ``provider``, ``threads``, ``engine``, ``precision``,
     ``optimization``, ``strict`` (see :class:`Model`); ``inflight``: inference calls in flight at once,
-    overlapped with decoding and writing, frames kept in order (None: the model's streams, i.e. 2 or so for
-    OpenVINO compiled for throughput, on finite sources at batch 1; else 1; live sources always 1). Outputs: ``outputs``
+    overlapped with decoding and writing, frames kept in order (None: the model's streams on finite sources,
+    i.e. 2 or so for OpenVINO compiled for throughput, else 1; live sources always 1). Outputs: ``outputs``
     (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always written), ``alpha``
     (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class probabilities, videos and
     streams), ``codec`` (overlay.mp4), ``show``, ``progress``. Live sources: ``policy``, ``reconnect``.
@@ -313,9 +313,11 @@ def _inflight(options: SegmentOptions, model: Model, source: Source, batch: int)
         return 1  # a live frame is inferred as soon as it comes, the next one waits for the newest
     if options.inflight is not None:
         return options.inflight
-    # A batch of 1 on a model compiled for throughput uses one of its streams: keep each stream busy
-    # (benchmarks/fast_levers.py: OpenVINO, 2 requests in flight, 0.87-1.19x of batch 4 split over streams).
-    return model.streams if batch == 1 else 1
+    # A model compiled for throughput has several streams: keep a call in flight per stream, so one call's
+    # output is handed on (and the next batch gathered) while the others run. benchmarks/fast_mode.py
+    # (OpenVINO, 2 streams, sample FCN-8, loaded 2-vCPU machine): batch 4 with 2 calls in flight ran
+    # 1.16-1.45x batch 4 alone (median of paired rounds, 3 runs); batch 1 with 2 in flight 0.87-1.06x of it.
+    return model.streams
 
 
 def _with_changes(options: SegmentOptions, changes: dict[str, Any]) -> SegmentOptions:

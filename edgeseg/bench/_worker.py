@@ -318,10 +318,12 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
 # trained one. So the INT8 file is used when one is given, and the report flags an agreement under 99%
 # (`edgeseg_fast.below_bar`): then run without --int8 to get the bf16 configuration, or calibrate with
 # --max-drop (the bench does, when it calibrates a .keras itself).
-# The fast levers (benchmarks/fast_levers.py, benchmarks/fast_mode.py): the class-id rule fused into the
-# graph (fuse_class_ids: uint8 ids out, no host argmax, the same masks) and one frame per call with the
-# model's streams each busy (segment's inflight) instead of batch 4 split across the streams.
-FAST = {"file": "int8", "engine": "openvino", "precision": "auto", "batch": 1, "throughput": True, "fused": True}
+# The fast levers, end to end through segment (benchmarks/fast_mode.py, sample FCN-8, INT8 and FP32 files,
+# paired interleaved rounds on the loaded 2-vCPU machine): the class-id rule fused into the graph
+# (fuse_class_ids: uint8 ids out, no host argmax, the same masks) plus a call in flight per OpenVINO stream
+# (segment's default inflight) ran 1.16-1.45x batch 4 without them; batch 1 with calls in flight lost
+# (0.87-1.06x), so the batch stays 4.
+FAST = {"file": "int8", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True, "fused": True}
 # Autoencoders (the 4.4 MFLOP CAE): onnxruntime FP32 at batch 32 inferred 6,200-8,100 images/s inside
 # segment, OpenVINO 3,300-5,100 (latency hint) and 1,200-3,200 (throughput), batches 32/64/256 alike
 # or worse (2,000 digits, 2 rounds, load 1-4.5): for a model this small the per-call cost rules, so

@@ -106,7 +106,7 @@ def test_skipped_runner_is_reported_with_its_reason(report):
 
 def test_edgeseg_fast_runs_the_recorded_choice_and_agrees(report):
     fast = report["runners"]["edgeseg-fast"]
-    assert fast["config"] == {"file": "fp32", "engine": "openvino", "precision": "auto", "batch": 1, "throughput": True,
+    assert fast["config"] == {"file": "fp32", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True,
                               "fused": True}
     assert report["edgeseg_fast"]["config"] == fast["config"]
     assert report["edgeseg_fast"]["agreement"] == fast["agreement"] >= 0.95  # bf16 flips only near-ties
