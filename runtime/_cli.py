@@ -45,10 +45,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder, created if missing (required)")
     run = parser.add_argument_group("inference")
-    run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default="onnxruntime",
+    run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default=None,
                      help="inference engine: onnxruntime, openvino (needs pip install 'edgeseg[openvino]'; "
-                          "bf16 on CPUs that have it, several times faster there), or auto (openvino when "
-                          "installed and no GPU, else onnxruntime) (default: onnxruntime)")
+                          "bf16 on CPUs that have it, several times faster there), or auto: what `edgeseg tune` "
+                          "measured fastest here, else openvino on a bf16 CPU with openvino installed and no GPU, "
+                          "else onnxruntime; --provider other than auto, --optimization or --strict mean "
+                          "onnxruntime (default: auto)")
     run.add_argument("--precision", choices=("auto", "f32"), default="auto",
                      help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
                           "(default: auto)")

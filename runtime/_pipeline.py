@@ -104,7 +104,7 @@ class SegmentOptions:
     resume: bool = False
     provider: str = "auto"
     threads: int | None = None
-    engine: str = "onnxruntime"
+    engine: str | None = None  # None: "auto", its choice logged at debug level only
     precision: str = "auto"
     optimization: str = "all"
     strict: bool = False
@@ -709,6 +709,7 @@ class _Run:
             "provider": model.providers[0] if model.providers else "",
             "providers": list(model.providers),
             "engine": model.engine,
+            "engine_choice": model.choice_reason,
             "precision": model_precision(model),
             "streams": model.streams,
             "frames": self.done,
