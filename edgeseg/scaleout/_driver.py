@@ -41,7 +41,7 @@ class ModelSpec:
     provider: str = "auto"
     optimization: str = "all"
     contract: dict[str, Any] | None = None
-    engine: str = "onnxruntime"
+    engine: str | None = None  # the runtime's default (auto), as `edgeseg segment` on one machine
     precision: str = "auto"
     strict: bool = False
 
