@@ -287,7 +287,11 @@ def _auto_config(path: Path, *, provider: str, optimization: str, strict: bool, 
                                               ("strict", strict, False)) if v != usual]
     if named and default:
         return EngineConfig(), f"{', '.join(named)} asked for: onnxruntime's knob(s)", None
-    return choose_config(path, bar=bar, cache=cache, provider=provider)
+    try:
+        stored = Contract.from_onnx(path, origin=f"model `{path}`")
+    except EdgesegError:  # a broken file or contract: the engine and the contract reader say so below, as always
+        stored = None
+    return choose_config(path, bar=bar, cache=cache, provider=provider, kind=stored.kind if stored else None)
 
 
 def resolve_engine(engine: str, *, provider: str = "auto") -> str:

@@ -122,12 +122,13 @@ def find_record(model: str | os.PathLike, *, cache: str | os.PathLike | None = N
 
 
 def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | os.PathLike | None = None,
-                  provider: str = "auto") -> tuple[EngineConfig, str, str | None]:
+                  provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str, str | None]:
     """``(config, why, int8_file)``: what ``engine="auto"`` runs for ``model`` here, and why.
 
     A matching record's fastest configuration at or above ``bar`` (``exact`` >= 99.9% mask
     agreement with FP32, ``fast`` >= 99%) wins; ``int8_file`` is set when that configuration runs
-    the record's INT8 file (and that file is unchanged). Else :func:`heuristic_config`.
+    the record's INT8 file (and that file is unchanged). Else :func:`heuristic_config` (``kind``: the
+    contract's, which the heuristic weighs).
 
     Example::
 
@@ -142,7 +143,7 @@ def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | 
         why = (f"tuning record {Path(record['path']).name}: fastest measured here at the {bar} bar "
                f"({candidate['fps']:.1f} fps, {100 * candidate['agreement']:.2f}% agreement)")
         return EngineConfig.from_dict(candidate["config"]), why, int8
-    config, why = heuristic_config(provider=provider)
+    config, why = heuristic_config(provider=provider, kind=kind)
     return config, f"no tuning record for this model on this machine (run `edgeseg tune`); {why}", None
 
 
@@ -160,17 +161,22 @@ def pick(record: dict[str, Any], bar: str) -> tuple[dict[str, Any], str | None] 
     return None
 
 
-def heuristic_config(*, provider: str = "auto") -> tuple[EngineConfig, str]:
+def heuristic_config(*, provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str]:
     """The choice without a measurement, from what was measured on two machines (issue 14):
 
     - CUDA asked for, or onnxruntime has it (``provider="auto"``): onnxruntime (a GPU beats any CPU engine);
     - a CPU with bf16 (AMX or AVX512-BF16) and OpenVINO installed: OpenVINO at its default precision,
       bf16 (5x onnxruntime FP32 on FCN-8, 99.99% of mask pixels unchanged);
     - otherwise onnxruntime FP32: on an AVX2-only CPU OpenVINO computes f32 and ran slower than a
-      plain onnxruntime loop (7.5-9.8 against 12.0 fps).
+      plain onnxruntime loop (7.5-9.8 against 12.0 fps);
+    - an autoencoder (``kind``): onnxruntime, whatever the CPU: the CAE's 4.4 MFLOP per image costs less
+      than a call, and onnxruntime's calls are cheaper (6,200-8,100 images/s inside segment against
+      OpenVINO's 1,200-5,100, edgeseg/bench/_worker.py).
     """
     if provider == "cuda" or (provider == "auto" and _ort_has_cuda()):
         return EngineConfig(), "heuristic: CUDA -> onnxruntime"
+    if kind == "autoencoder":
+        return EngineConfig(), "heuristic: an autoencoder (per-call cost rules) -> onnxruntime"
     from edgeseg.runtime._openvino import openvino_available
 
     bf16 = cpu_flags() & {"amx_bf16", "avx512_bf16"}

@@ -384,8 +384,9 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "precision": summary.get("precision", "fp32"),
         "batch": batch,
         "inflight": int(summary.get("inflight", 1)),
-        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": "onnxruntime",
-                             "precision": "fp32", "batch": batch, "threads": job.get("threads")},
+        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": model.engine,
+                             "precision": model.precision, "batch": batch, "threads": job.get("threads"),
+                             "choice": model.choice_reason},
     }
 
 
