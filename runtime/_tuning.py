@@ -37,7 +37,8 @@ LIBRARIES = ("onnxruntime", "openvino", "numpy")
 class EngineConfig:
     """One way to run a model: engine, precision, threads (None: the engine's default), batch, mode.
 
-    ``file`` is ``fp32`` (the model given) or ``int8`` (the record's INT8 file).
+    ``file`` is ``fp32`` (the model given) or ``int8`` (the record's INT8 file); ``fused``: that file with
+    the class-id rule in its graph (:func:`edgeseg.runtime.fuse_class_ids`; the record keeps where).
     """
 
     engine: str = "onnxruntime"
@@ -46,13 +47,15 @@ class EngineConfig:
     batch: int = 1
     throughput: bool = False
     file: str = "fp32"
+    fused: bool = False
 
     def describe(self) -> str:
         """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
         precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
         threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
         mode = "throughput" if self.throughput else "latency"
-        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}"
+        fused = ", fused class ids" if self.fused else ""
+        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}{fused}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
@@ -127,7 +130,7 @@ def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | 
 
     A matching record's fastest configuration at or above ``bar`` (``exact`` >= 99.9% mask
     agreement with FP32, ``fast`` >= 99%) wins; ``int8_file`` is set when that configuration runs
-    the record's INT8 file (and that file is unchanged). Else :func:`heuristic_config` (``kind``: the
+    another file than ``model``: the record's INT8 file, or a fused file (each only while unchanged). Else :func:`heuristic_config` (``kind``: the
     contract's, which the heuristic weighs).
 
     Example::
@@ -148,16 +151,22 @@ def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | 
 
 
 def pick(record: dict[str, Any], bar: str) -> tuple[dict[str, Any], str | None] | None:
-    """The record's fastest candidate at or above ``bar`` that can run now, with its INT8 file if it
-    runs one (None: none qualifies). The one rule both ``edgeseg tune`` and ``engine="auto"`` apply."""
+    """The record's fastest candidate at or above ``bar`` that can run now, with the file it runs when
+    that is not the model itself (its INT8 file, or a fused file; None: none qualifies). The one rule
+    both ``edgeseg tune`` and ``engine="auto"`` apply."""
     runnable = [c for c in record.get("candidates", [])
                 if c.get("fps") and c.get("agreement") is not None and c["agreement"] >= BARS[bar]]
     for candidate in sorted(runnable, key=lambda c: -c["fps"]):
-        if candidate["config"].get("file") != "int8":
+        config = candidate["config"]
+        if config.get("fused"):
+            entry = (record.get("fused") or {}).get(config.get("file", "fp32"))
+        elif config.get("file") == "int8":
+            entry = record.get("int8")
+        else:
             return candidate, None
-        int8 = _usable_int8(record)
-        if int8 is not None:  # else the INT8 file moved or changed since tuning: the next candidate
-            return candidate, int8
+        path = _usable(entry)
+        if path is not None:  # else the file moved or changed since tuning: the next candidate
+            return candidate, path
     return None
 
 
@@ -188,11 +197,10 @@ def heuristic_config(*, provider: str = "auto", kind: str | None = None) -> tupl
     return EngineConfig(), "heuristic: OpenVINO is not installed -> onnxruntime fp32"
 
 
-def _usable_int8(record: dict[str, Any]) -> str | None:
-    int8 = record.get("int8")
-    if not int8 or not Path(int8["path"]).is_file():
+def _usable(entry: dict[str, Any] | None) -> str | None:
+    if not entry or not Path(entry["path"]).is_file():
         return None
-    return int8["path"] if sha256_of(int8["path"]) == int8["sha256"] else None
+    return entry["path"] if sha256_of(entry["path"]) == entry["sha256"] else None
 
 
 def _ort_has_cuda() -> bool:
