@@ -175,6 +175,11 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # TensorFlow's C++ core prints INFO/WARNING lines (oneDNN, CPU features, grappler sessions) on
+    # stderr next to ours; the command line keeps them to errors unless -v. Set before TF loads.
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -39,4 +39,7 @@ def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'edgeseg.export' has no attribute {name!r}")
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     return getattr(importlib.import_module(module), name)

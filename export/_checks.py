@@ -71,10 +71,11 @@ def refuse_unsupported(model: Any) -> None:
     from edgeseg.export._graph import leaf_layers
 
     for _, layer in leaf_layers(model):
-        if type(layer).__name__ == "Conv2DTranspose" and tuple(layer.dilation_rate) != (1, 1):
+        # Dilated channels_last ones are rewritten to dilation 1 (_cuda_friendly); channels_first is not.
+        if type(layer).__name__ == "Conv2DTranspose" and tuple(layer.dilation_rate) != (1, 1) and layer.data_format != "channels_last":
             raise EdgesegError(
-                f"Cannot export layer `{layer.name}`: a dilated Conv2DTranspose (dilation_rate {tuple(layer.dilation_rate)}) "
-                "converts to wrong ONNX pads; replace it by UpSampling2D + a dilated Conv2D, or use dilation_rate 1."
+                f"Cannot export layer `{layer.name}`: a dilated Conv2DTranspose with data_format {layer.data_format!r} "
+                "converts to wrong ONNX pads; use data_format='channels_last' (the Keras default) or dilation_rate 1."
             )
 
 

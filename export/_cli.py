@@ -62,8 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="prove layer by layer that an ONNX export computes what Keras computes",
         description="Run the same inputs through the Keras model and its ONNX export and compare the outputs of "
         "every layer it can match, listing those it cannot with the reason, and of the final output. Exit 0 when "
-        "all are within tolerance, 1 naming the first layer that is not, 2 for bad input, 3 when verify itself "
-        "failed (the report, if asked for, says why).",
+        "all are within tolerance; 1 naming the first layer that is not; 2 when it cannot start (bad options, a "
+        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph onnxruntime refuses to load); 3 when it started "
+        "but could not finish (onnxruntime failed running a file it had loaded, or a defect of verify). With "
+        "--report the JSON is written in every case: ok false, exit_code and error say why.",
     )
     verify.add_argument("model", metavar="MODEL.keras", help="the Keras model file (a local .keras path)")
     verify.add_argument("onnx", metavar="M.onnx", help="its ONNX export (a local .onnx path made by `edgeseg export`)")
@@ -82,6 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     from edgeseg.export._onnx import ContractFacts, VerifyRequest, export_model
 
     facts = ContractFacts(
@@ -121,6 +126,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     from edgeseg.export._verify import verify_files
 
     try:
@@ -133,13 +141,17 @@ def _run_verify(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             seed=args.seed,
         )
-    except EdgesegError:
+    except EdgesegError as error:  # bad options or an unreadable file: the user's to fix, exit 2
+        _verify_failed(args, 2, str(error))
         raise
-    except Exception as error:  # a defect of verify itself: one line, its own exit code, still a report
+    except Exception as error:  # started, could not finish: its own exit code, still a report
         line = f"{type(error).__name__}: {error}".splitlines()[0]
-        if args.report:
-            _write_json(Path(args.report), {"ok": False, "error": line, "first_failure": None})
-        log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
+        _verify_failed(args, VERIFY_CRASHED, line)
+        if type(error).__module__.startswith("onnxruntime"):
+            log.error("verify could not finish: onnxruntime loaded `%s` but failed running it (%s); re-export the model.",
+                      args.onnx, line)
+        else:
+            log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
         return VERIFY_CRASHED
     if args.report:
         _write_json(Path(args.report), report.to_dict())
@@ -148,6 +160,12 @@ def _run_verify(args: argparse.Namespace) -> int:
         log.error("verify: layer `%s` is out of tolerance", report.first_failure)
         return 1
     return 0
+
+
+def _verify_failed(args: argparse.Namespace, code: int, reason: str) -> None:
+    """The report of a verify that did not compare: ok false, the exit code and the reason."""
+    if args.report:
+        _write_json(Path(args.report), {"ok": False, "exit_code": code, "error": reason, "first_failure": None})
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -271,7 +289,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as -8,0, got {text!r}") from None
 
 
-def _trainer():
+def _trainer(data: str):
+    # Check what the user typed before TensorFlow takes seconds to load and --out is created.
+    if data != "keras" and not all(Path(part).exists() for part in str(data).split(",")):
+        raise EdgesegError(f"--data `{data}`: no such file or folder. Pass a local dataset (see --help).")
+    from edgeseg.export import _patches
+
+    _patches.import_tensorflow_quietly()
     try:
         from edgeseg.export import _train
     except ImportError as error:
@@ -280,7 +304,7 @@ def _trainer():
 
 
 def _run_cae(args: argparse.Namespace) -> int:
-    summary = _trainer().train_cae(
+    summary = _trainer(args.data).train_cae(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
         seed=args.seed, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
         learning_rate=args.learning_rate, generate_from=args.generate_from)
@@ -289,7 +313,7 @@ def _run_cae(args: argparse.Namespace) -> int:
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer().train_fcn8(
+    summary = _trainer(args.data).train_fcn8(
         data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
         input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
         freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,

@@ -108,7 +108,7 @@ def to_onnx(
             f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
             "edgeseg exports a fixed working size: pass --input-size HxW (e.g. --input-size 256x256)."
         )
-    model, _ = exportable(model)
+    model, _ = exportable(model, size=(shape[0], shape[1]) if len(shape) == 3 else None)
     image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
     # Calling the model inside a functional wrapper is also what makes Sequential models
     # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
@@ -343,7 +343,8 @@ def export_model(
     contract = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
     refuse_unsupported(model)
     progress("converting to ONNX")
-    exported, rewritten = rewrite(model) if cuda_friendly else (model, 0)
+    size = (contract.input.height, contract.input.width)
+    exported, rewritten = rewrite(model, size=size) if cuda_friendly else (model, 0)
     proto = to_onnx(
         exported,
         height=contract.input.height,
@@ -372,10 +373,9 @@ def export_model(
 
 
 def progress(stage: str) -> None:
-    """One line per stage of a long command, on stderr, so a user sees it is working."""
-    import sys
-
-    print(f"edgeseg: {stage}...", file=sys.stderr, flush=True)
+    """One line per stage of a long command, so a user sees it is working: a log record, which the
+    command line shows on stderr and a library caller sees only if it configures logging."""
+    log.info("edgeseg: %s...", stage)
 
 
 def _final_activation(model: Any) -> str:

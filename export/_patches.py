@@ -1,5 +1,10 @@
 """Third-party fixes the exporter needs, applied once, in one place.
 
+TensorFlow 2.21 writes its start-up lines ("oneDNN custom operations are on", absl's "before
+InitializeLog" warning) from C++ static initializers straight to file descriptor 2, before it reads
+TF_CPP_MIN_LOG_LEVEL: :func:`import_tensorflow_quietly` imports it once with fd 2 pointed at
+/dev/null. When this can go: when TensorFlow honours the variable for those lines.
+
 tf2onnx 1.17 predates NumPy 2: its constant folding and some handlers call names NumPy 2 removed
 (``np.object``, ``np.cast``). Keras ships the fix for its own ONNX export
 (``keras.src.export.tf2onnx_lib.patch_tf2onnx``); we reuse it rather than copy it.
@@ -11,6 +16,10 @@ tracks it); then pin ``tf2onnx>=<that version>`` in the ``export`` extra and del
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
+import os
+import sys
 import warnings
 
 
@@ -23,3 +32,26 @@ def apply() -> None:
         # Its `hasattr(np, "object")` probe triggers NumPy's FutureWarning; the probe is the point.
         warnings.simplefilter("ignore", FutureWarning)
         patch_tf2onnx()
+
+
+@functools.cache
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow once with its native start-up lines silenced; idempotent.
+
+    Errors are not hidden: a broken install fails again, audibly, at the caller's own import.
+    Set TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's lines.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or importlib.util.find_spec("tensorflow") is None:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the lines TensorFlow does filter
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        importlib.import_module("tensorflow")
+    except Exception:  # noqa: BLE001 - see the docstring: the caller's import reports it
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

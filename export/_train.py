@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +204,8 @@ def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, ve
         raise EdgesegError(f"--epochs must be at least 1, got {epochs}.")
     history: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "best_epoch": None, "best_val_loss": None}
 
+    bar = _epoch_bar(epochs, enabled=verbose > 0)
+
     class Checkpoint(keras.callbacks.Callback):
         # Keras' ModelCheckpoint cannot add our record to the archive; this saves through save_model.
         best_weights = None
@@ -215,21 +218,40 @@ def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, ve
             history["loss"].append(float(logs["loss"]))
             history["val_loss"].append(float(logs["val_loss"]))
             note = extra(self.model, history) if extra else ""
-            history["epoch_seconds"].append(round(time.perf_counter() - self.started, 2))
+            seconds = time.perf_counter() - self.started
+            history["epoch_seconds"].append(round(seconds, 2))
             best = history["best_val_loss"]
             if best is None or logs["val_loss"] < best:
                 history["best_epoch"], history["best_val_loss"] = epoch + 1, float(logs["val_loss"])
                 Checkpoint.best_weights = self.model.get_weights()
                 save_model(self.model, out / "model.keras", record)
-                note += " (best: saved model.keras)"
-            if note:
-                log.info("epoch %d: %s", epoch + 1, note.strip())
+                note += "  best: saved model.keras"
+            if verbose > 0:
+                # One line per epoch, in one place (Keras' own lines are off): what a log file keeps.
+                line = (f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  val_loss {logs['val_loss']:.4f}"
+                        f"  {note.strip()}  ({seconds:.1f} s)").replace("   ", "  ")
+                bar.write(line) if bar is not None else log.info("%s", line)
+                if bar is not None:
+                    bar.update(1)
             _write_history(out, history)
 
-    model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, shuffle=True,
-              verbose=verbose, callbacks=[Checkpoint()])
+    try:
+        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, shuffle=True,
+                  verbose=0, callbacks=[Checkpoint()])
+    finally:
+        if bar is not None:
+            bar.close()
     model.set_weights(Checkpoint.best_weights)  # pictures and sub-models show the saved (best) epoch
     return history
+
+
+def _epoch_bar(epochs: int, *, enabled: bool):
+    # A bar over epochs where a person watches (a terminal); plain lines in logs and pipes.
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
 
 def _prepare(out, seed: int) -> Path:

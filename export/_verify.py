@@ -194,8 +194,11 @@ def verify_models(
 
     stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
     agree = pixels = 0
+    log.info("edgeseg verify: %d input(s), layer by layer", count)
+    bar = _bar(count)
     for index, batch in enumerate(batches):
-        _progress(f"input {index + 1}/{count}")
+        if bar is not None:
+            bar.update(1)
         # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
         # a fixed-batch export gets that input repeated to its batch size.
         n = batch.shape[0]
@@ -218,6 +221,8 @@ def verify_models(
             same = class_ids(keras_out, contract) == class_ids(onnx_out, contract)
             agree += int(np.count_nonzero(same))
             pixels += int(same.size)
+    if bar is not None:
+        bar.close()
 
     checks = []
     for probe in probes:
@@ -266,10 +271,15 @@ def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> l
     return [values[n] for n in names]
 
 
-def _progress(stage: str) -> None:
+def _bar(count: int) -> Any:
+    # A bar where a person watches (stderr is a terminal); logs and pipes get the one line above.
     import sys
 
-    print(f"edgeseg verify: {stage}", file=sys.stderr, flush=True)
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=count, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -414,7 +424,7 @@ def _onnx_probe(
             instrumented.graph.output.append(onnx.ValueInfoProto(name=tensor))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failure is reported once, by verify, in one line
     try:
         session = ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types

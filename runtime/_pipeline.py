@@ -428,6 +428,7 @@ class _Run:
         self.error: BaseException | None = None
         self.done = 0
         self.failed = 0
+        self.nan = 0  # frames whose model output held a NaN
         self.resumed = 0
         self.first_failure: str | None = None
         self.taken = 0  # frames taken from the source (the decode thread's); each is finished
@@ -635,6 +636,12 @@ class _Run:
             if self.records is not None:
                 self.records.write(frame, Outcome(None, reason, item.ms))
             return smoothed
+        if post.is_nan_output(item.output):
+            # The model, not the frame, is broken (fp16/INT8 overflow, a bad export): count it, say so once.
+            self.nan += 1
+            if self.nan == 1:
+                log.warning("model `%s` gave NaN for %s: its mask is made up; frames with NaN are counted in "
+                            "summary.json (frames_nan)", self.model.path, frame.name)
         t0 = time.perf_counter()
         if outcome is None:
             result, smoothed = self._segmentation(item, smoothed)
@@ -714,6 +721,7 @@ class _Run:
             "streams": model.streams,
             "frames": self.done,
             "frames_failed": self.failed,
+            "frames_nan": self.nan,
             "first_failure": self.first_failure,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
             "infer_fps": round(self.done / self.infer_seconds, 3) if self.infer_seconds > 0 else 0.0,

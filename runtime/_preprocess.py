@@ -89,12 +89,14 @@ def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def denormalize(values: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The inverse of :func:`normalize` for one (H, W, C) tensor: 8-bit pixels in OpenCV's order (BGR or gray 2-D)."""
-    pixels = (values * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / spec.scale
-    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    """The inverse of :func:`normalize` for (..., H, W, C) model values: 8-bit pixels in OpenCV's order
+    (BGR, or gray without the channel axis). Works on one frame or a batch; NaN becomes 0."""
+    pixels = (values * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / np.float32(spec.scale)
+    # fmax drops NaN (a broken model's output) where clip would keep it and the cast would warn.
+    pixels = np.minimum(np.fmax(pixels, 0), 255).astype(np.uint8)
     if spec.color == "GRAY":
-        return pixels[:, :, 0]
-    return cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if spec.color == "RGB" else pixels
+        return pixels[..., 0]
+    return np.ascontiguousarray(pixels[..., ::-1]) if spec.color == "RGB" else pixels
 
 
 def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Geometry]:

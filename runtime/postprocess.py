@@ -192,10 +192,7 @@ def reconstruction_batch(outputs: np.ndarray, model_inputs: np.ndarray, geometri
         raise EdgesegError(f"autoencoder output shape {outputs.shape} does not match its input {model_inputs.shape}.")
     recon = recon.reshape(inputs.shape)
     errors = np.abs(inputs - recon).mean(axis=-1, dtype=np.float32)
-    spec = contract.input
-    pixels = (recon * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) / np.float32(spec.scale)
-    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
-    pixels = pixels[..., 0] if spec.color == "GRAY" else pixels[..., ::-1] if spec.color == "RGB" else pixels
+    pixels = denormalize(recon, contract.input)
     full = all(g.top == 0 and g.left == 0 and (g.height, g.width) == errors.shape[1:] for g in geometries)
     scores = (errors.mean(axis=(1, 2)).tolist() if full
               else [anomaly_score(e, g) for e, g in zip(errors, geometries)])

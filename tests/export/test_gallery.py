@@ -77,6 +77,14 @@ def _dilated():
     return keras.Model(x, L.Softmax()(y))
 
 
+def _dilated_transpose():
+    # Sequential, as in the issue; Keras allows a dilated Conv2DTranspose at stride 1 only.
+    return keras.Sequential([keras.Input((S, S, 3)),
+                             L.Conv2DTranspose(4, 3, padding="same", dilation_rate=2, activation="relu", name="dil2"),
+                             L.Conv2DTranspose(4, 2, padding="valid", dilation_rate=3, name="dil3"),  # 16 -> 19
+                             L.Conv2D(2, 4, activation="softmax")])  # 19 -> 16
+
+
 def _sigmoid():
     x = keras.Input((S, S, 3))
     y = L.Conv2D(4, 3, padding="same", activation="relu")(x)
@@ -102,6 +110,7 @@ GALLERY = {
     "flat": (_flat, ["--classes", "3"], 3),
     "preprocessing": (_preprocessing, ["--input-size", "16x16", "--classes", "2"], 2),
     "dilated": (_dilated, ["--classes", "2"], 2),
+    "dilated_transpose": (_dilated_transpose, ["--classes", "2"], 2),
     "sigmoid": (_sigmoid, ["--classes", "horse"], 2),
     "sequential": (_sequential, ["--classes", "2"], 2),
     "free": (_free, ["--input-size", "16x24", "--classes", "2"], 2),
@@ -212,15 +221,51 @@ def test_free_input_size_needs_input_size_and_names_an_option_that_exists(tmp_pa
     assert (spec.height, spec.width) == (16, 24)
 
 
-def test_dilated_conv_transpose_is_refused_in_one_line(tmp_path, capsys):
-    # Defect 7.
+@pytest.mark.parametrize("dilation", [2, 3, (2, 3)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_dilated_conv_transpose_exports_and_verifies_layer_by_layer(dilation, padding, tmp_path, capsys):
+    # Defect 7: rewritten to dilation 1 with zeros between the kernel taps, then compared by name.
+    keras.utils.set_random_seed(5)
+    x = keras.Input((S, S + 1, 3))
+    y = L.Conv2DTranspose(3, 3, padding=padding, dilation_rate=dilation, bias_initializer="random_normal", name="dil")(x)
+    source = save_model(keras.Model(x, L.Softmax()(y)), tmp_path / "d.keras", None)
+    target, report = tmp_path / "d.onnx", tmp_path / "r.json"
+    assert _export(source, target, "--classes", "3") == 0
+    assert main(["verify", str(source), str(target), "--random", "2", "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    dil = [layer for layer in data["layers"] if layer["name"] == "dil"]
+    assert len(dil) == 1 and dil[0]["type"] == "Conv2DTranspose" and data["not_compared"] == []
+    assert data["output"]["max_abs_err"] < 1e-5
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [[], ["--cuda-friendly"]], ids=["plain", "cuda_friendly"])
+def test_free_input_with_rewritten_transposes_exports_and_verifies(extra, tmp_path, capsys):
+    # The rewrites crop by the layer's sizes, so they run at --input-size (a traceback before).
+    keras.utils.set_random_seed(6)
+    x = keras.Input((None, None, 3))
+    y = L.Conv2DTranspose(3, 3, padding="same", dilation_rate=2, name="dil")(x)
+    y = L.Conv2DTranspose(2, 4, strides=2, padding="same", name="odd")(y)  # kernel - stride even: plain is fine
+    y = L.Conv2DTranspose(2, 1, strides=2, name="small")(y)  # kernel < stride: tf2onnx's negative pads
+    source = save_model(keras.Model(x, L.Softmax()(y)), tmp_path / "f.keras", None)
+    target = tmp_path / "f.onnx"
+    assert _export(source, target, "--classes", "2", "--input-size", "8x12", *extra) == 0
+    assert main(["verify", str(source), str(target), "--random", "1"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    spec = Contract.from_onnx(target).input
+    assert (spec.height, spec.width) == (8, 12)
+
+
+def test_dilated_conv_transpose_channels_first_is_refused_in_one_line(tmp_path, capsys):
+    # What the rewrite does not cover (channels_first) is refused in one line, not exported wrong.
     x = keras.Input((S, S, 3))
-    model = keras.Model(x, L.Conv2DTranspose(2, 3, padding="same", dilation_rate=2, name="dil")(x))
-    source = save_model(model, tmp_path / "d.keras", None)
-    assert _export(source, tmp_path / "d.onnx", "--classes", "2") == 2
+    y = L.Permute((3, 1, 2))(x)
+    y = L.Conv2DTranspose(2, 3, padding="same", dilation_rate=2, data_format="channels_first", name="dil")(y)
+    model = keras.Model(x, L.Permute((2, 3, 1))(y))
+    assert _export(save_model(model, tmp_path / "d.keras", None), tmp_path / "d.onnx", "--classes", "2") == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "dilated Conv2DTranspose" in errors[0] and "`dil`" in errors[0] and "Traceback" not in err
+    assert len(errors) == 1 and "channels_first" in errors[0] and "`dil`" in errors[0] and "Traceback" not in err
     assert not (tmp_path / "d.onnx").exists()
 
 

@@ -35,7 +35,8 @@ def _mnist_like(folder, n=64):
 
 def test_fcn8_training_lowers_the_loss_and_writes_everything(tmp_path):
     make_scene_set(tmp_path / "data" / "images", tmp_path / "data" / "masks", count=16, size=32, classes=2, seed=1)
-    summary = train_fcn8(data=tmp_path / "data", out=tmp_path, input_size=32, head_width=8, epochs=4,
+    # VGG16 at 1/8 width (as samples/models/fcn8): the same training loop, 1/60 of the weights.
+    summary = train_fcn8(data=tmp_path / "data", out=tmp_path, input_size=32, head_width=8, backbone_width=0.125, epochs=4,
                          batch_size=4, learning_rate=1e-3, seed=1, classes=2, verbose=0)
     assert summary["loss"][-1] < summary["loss"][0]
     history = json.loads((tmp_path / "history.json").read_text())
@@ -75,7 +76,7 @@ def test_cli_train_fcn8_same_seed_same_history(tmp_path):
     runs = []
     for name in ("a", "b"):
         code = main(["train", "fcn8", "--data", str(tmp_path / "data"), "--out", str(tmp_path / name), "--input-size", "32", "--head-width", "4",
-                     "--epochs", "1", "--batch-size", "3", "--seed", "7", "--classes", "3"])
+                     "--backbone-width", "0.125", "--epochs", "1", "--batch-size", "3", "--seed", "7", "--classes", "3"])
         assert code == 0
         history = json.loads((tmp_path / name / "history.json").read_text())
         assert len(history["val_iou"][0]) == 3 and history["classes"] == ["background", "class1", "class2"]
@@ -84,11 +85,13 @@ def test_cli_train_fcn8_same_seed_same_history(tmp_path):
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path):
+    (tmp_path / "nothing").mkdir()  # a folder, but without images/ + masks/ or the .npy pair
     out = subprocess.run([sys.executable, "-m", "edgeseg", "train", "fcn8", "--data", str(tmp_path / "nothing"),
                           "--out", str(tmp_path / "o"), "--input-size", "32", "--head-width", "4"],
                          capture_output=True, text=True)
     assert out.returncode == 2
-    assert "edgeseg train: error: Segmentation data" in out.stderr
+    assert "edgeseg train: error: `" in out.stderr and "holds neither images/ + masks/" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_train_help_names_defaults_and_bad_item_rule():

@@ -136,8 +136,10 @@ def test_export_with_verify_records_the_summary(model_files, tmp_path):
 @pytest.mark.parametrize(
     "name, options, kind",
     [
-        ("fcn8-classic", {"classes": 3, "input_size": 64, "head_width": 8}, "segmentation"),
-        ("fcn8-course", {"classes": 3, "input_size": 64, "head_width": 8}, "segmentation"),
+        # 32 px is the smallest size with all five poolings; the classic one at 1/8 width (the course
+        # variant has no narrow form): the same layers, crops and transposes, a fraction of the cost.
+        ("fcn8-classic", {"classes": 3, "input_size": 32, "head_width": 8, "backbone_width": 0.125}, "segmentation"),
+        ("fcn8-course", {"classes": 3, "input_size": 32, "head_width": 8}, "segmentation"),
         ("cae", {}, "autoencoder"),
     ],
 )
@@ -149,7 +151,7 @@ def test_the_course_builders_export_and_verify_plain_and_cuda_friendly(tmp_path,
 
     keras.utils.set_random_seed(0)
     model = build_model(name, **options)
-    spec = {"height": 64, "width": 64, "channels": 3, "color": "RGB", "scale": 1 / 255} if kind == "segmentation" \
+    spec = {"height": 32, "width": 32, "channels": 3, "color": "RGB", "scale": 1 / 255} if kind == "segmentation" \
         else GRAY_SPEC
     record = {"kind": kind, "input": spec}
     if kind == "segmentation":
@@ -167,3 +169,81 @@ def test_the_course_builders_export_and_verify_plain_and_cuda_friendly(tmp_path,
 
 
 GRAY_SPEC = {"height": 28, "width": 28, "channels": 1, "color": "GRAY", "scale": 1 / 255}
+
+
+def _stderr_lines(capfd):
+    """What verify said on stderr, less its progress lines and TensorFlow's start-up chatter."""
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "onnxruntime:" not in err  # no traceback, no second onnxruntime line
+    return [line for line in err.splitlines() if line.startswith(("edgeseg", "verify"))
+            and not line.startswith("edgeseg verify: input ")]
+
+
+def test_a_file_that_loads_but_cannot_run_exits_3_with_one_line_and_a_report(model_files, exports, tmp_path, capfd,
+                                                                             caplog):
+    # The first convolution's kernel claims 4 input channels: onnxruntime loads the graph (the ONNX
+    # checker and shape inference pass) and fails only when it runs it. Not a divergence (1), not a
+    # bad invocation (2): verify could not finish (3), and the report says why.
+    proto = onnx.load(str(exports["fcn8"]))
+    weight = next(t for t in proto.graph.initializer if len(t.dims) == 4 and t.dims[1] == 3)
+    weight.CopyFrom(onnx.numpy_helper.from_array(np.ones((weight.dims[0], 4, *weight.dims[2:]), np.float32), weight.name))
+    onnx.checker.check_model(proto)
+    broken = tmp_path / "cannot_run.onnx"
+    onnx.save(proto, str(broken))
+    capfd.readouterr()
+    code, report = _verify(model_files["fcn8"], broken, tmp_path / "r.json", "--random", "1")
+    assert code == 3
+    assert report["ok"] is False and report["exit_code"] == 3 and "channels" in report["error"]
+    assert _stderr_lines(capfd) == []  # under pytest the CLI's log line goes to caplog, not stderr
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "could not finish" in lines[0] and "failed running it" in lines[0] and "bug" not in lines[0]
+
+
+def _truncated(source, target):
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])  # the protobuf header is intact, the rest is gone
+
+
+def _unknown_op(source, target):
+    proto = onnx.load(str(source))  # the contract stays valid; the graph names an op nobody implements
+    proto.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(proto, str(target))
+
+
+def _damaged_weights(source, target):
+    import zipfile
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            data = old.read(item)
+            new.writestr(item, data[: len(data) // 3] if item.filename.endswith(".h5") else data)
+
+
+@pytest.mark.parametrize("damage, which, expected", [
+    (_truncated, "onnx", "not an ONNX file"),
+    (_unknown_op, "onnx", "onnxruntime cannot load"),
+    (_damaged_weights, "keras", "Keras could not load it"),
+])
+def test_damaged_files_are_user_errors_exit_2_with_a_report(model_files, exports, tmp_path, capfd, damage, which, expected):
+    # A damaged file is the user's to replace (re-export, re-save): verify cannot start, exit 2.
+    keras_path, onnx_path = model_files["fcn8"], exports["fcn8"]
+    if which == "onnx":
+        onnx_path = tmp_path / "damaged.onnx"
+        damage(exports["fcn8"], onnx_path)
+    else:
+        keras_path = tmp_path / "damaged.keras"
+        damage(model_files["fcn8"], keras_path)
+    capfd.readouterr()
+    code, report = _verify(keras_path, onnx_path, tmp_path / "r.json", "--random", "1")
+    assert code == 2
+    assert report["ok"] is False and report["exit_code"] == 2 and expected in report["error"]
+    lines = _stderr_lines(capfd)
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_verify_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(phrase in text for phrase in ("Exit 0", "1 naming the first layer", "2 when it cannot start", "3 when it started"))

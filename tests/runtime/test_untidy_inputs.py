@@ -256,3 +256,23 @@ def test_is_nan_output_flags_any_nan_and_nothing_else():
     poisoned = clean.copy()
     poisoned[3, 4, 1] = np.nan
     assert is_nan_output(poisoned) and is_nan_output(np.full((2, 2), np.nan, np.float32))
+
+
+def test_nan_outputs_are_counted_and_warned_about_once(tmp_path, kit, caplog):
+    # A model that gives NaN (fp16/INT8 overflow, a bad export) must not pass silently as made-up masks.
+    import logging
+
+    from edgeseg.runtime import segment
+
+    model = kit.build_autoencoder(tmp_path / "nan.onnx", gain=float("nan"))
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"d{i}.png"), np.full((28, 28), 40 * (i + 1), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="edgeseg.runtime"):
+        summary = segment(folder, model=model, out=tmp_path / "out")
+    assert summary["frames"] == 3 and summary["frames_nan"] == 3
+    warnings = [r for r in caplog.records if "NaN" in r.getMessage()]
+    assert len(warnings) == 1 and "frames_nan" in warnings[0].getMessage()
+    ok = segment(folder, model=kit.build_autoencoder(tmp_path / "ok.onnx"), out=tmp_path / "ok")
+    assert ok["frames_nan"] == 0
