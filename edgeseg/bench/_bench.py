@@ -301,6 +301,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "cpu": _cpu_name(),
+        "cpu_flags": _kernel_flags(),  # which kernels the engines can use here (AMX, AVX512-VNNI, bf16...)
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for module in ("onnxruntime", "cv2", "openvino", "numpy"):
@@ -309,6 +310,12 @@ def machine_info() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - an absent or broken peer is just not listed
             info[module] = None
     return info
+
+
+def _kernel_flags() -> list[str]:
+    from edgeseg.runtime import machine_fingerprint
+
+    return machine_fingerprint()["flags"]
 
 
 def _cpu_name() -> str:
