@@ -6,7 +6,13 @@ Every variant runs OpenVINO compiled for throughput at its default precision on 
 - ``b4``: batch 4 split across the streams, numpy argmax on the host (edgeseg-fast before);
 - ``b4-fused``: the same on the fused file (``fuse_class_ids``: uint8 ids out of the graph);
 - ``b1-inflight``: batch 1, a call in flight per stream (``SegmentOptions.inflight``), host argmax;
-- ``b1-inflight-fused``: both levers (edgeseg-fast now).
+- ``b1-inflight-fused``: both levers at batch 1;
+- ``b4-inflight-fused``: batch 4, fused, a call in flight per stream (edgeseg-fast now: the winner);
+- ``b8-fused``: a larger batch instead of calls in flight.
+
+``paired_ratio_vs_b4`` (the median over rounds of each round's ratio) is steadier than the ratio of
+medians on a loaded machine. The INT8 file of the results was made by ``edgeseg calibrate`` from
+``samples/scenes.avi``.
 
     python benchmarks/fast_mode.py samples/models/fcn8/model.onnx --source samples/scenes.avi \
         --json benchmarks/results/fast_mode.json
