@@ -2,11 +2,12 @@
 
 Each copy is ffmpeg looping ``samples/scenes.avi`` at its frame rate as MPEG-TS over TCP on
 127.0.0.1. Per configuration, runs ``edgeseg segment`` for ``--seconds`` and reads each stream's
-fps and capture-to-result latency (p50/p95) from summary.json. Then a soak: 2 streams in one
-process for ``--soak`` seconds with its RSS sampled every 5 s (a short soak, not the 30 minutes
-the issue asks for). Usage::
+fps and capture-to-result latency (p50/p95) from summary.json. With ``--soak SECONDS``: 2 streams
+in one process with its RSS sampled every 10 s, written to ``--soak-out`` after every sample.
+Usage::
 
-    python benchmarks/streams.py --seconds 12 --soak 180 --out benchmarks/results/streams.json
+    python benchmarks/streams.py --seconds 12 --out benchmarks/results/streams.json
+    python benchmarks/streams.py --counts "" --soak 1800   # the 30-minute soak
 """
 
 from __future__ import annotations
@@ -82,47 +83,78 @@ def one_config(n: int, seconds: float, work: Path) -> dict:
     return result
 
 
-def soak(seconds: float, work: Path) -> dict:
+def soak(seconds: float, work: Path, out: Path, machine: str) -> dict:
+    """2 streams in one process for ``seconds``, RSS every 10 s, ``out`` rewritten after each sample.
+
+    Writing as it goes means a soak cut short still leaves what it measured.
+    """
     servers, urls = serve(2)
     run = segment(urls[:2], work / "soak")
     process, samples, started = psutil.Process(run.pid), [], time.monotonic()
-    while time.monotonic() - started < seconds:
-        time.sleep(5)
-        samples.append((round(time.monotonic() - started, 1), round(process.memory_info().rss / 2**20, 1)))
-    stop([run])
-    for server in servers:
-        server.kill()
-    rss = [mb for _, mb in samples]
-    after_warmup = [mb for t, mb in samples if t >= 30] or rss
-    return {"seconds": seconds, "rss_mb": samples, "growth_after_30s_mb": round(after_warmup[-1] - after_warmup[0], 1),
-            "streams": {k: {"frames": v["frames"], "fps": v["fps"], "latency_ms": v["latency_ms"]}
-                        for k, v in streams_of(work / "soak").items()}}
+    report = {"machine": machine, "video": "samples/scenes.avi (looped at its frame rate), 2 streams",
+              "model": "samples/models/fcn8/model.onnx", "seconds_planned": seconds, "rss_mb": samples}
+    try:
+        while time.monotonic() - started < seconds and run.poll() is None:
+            time.sleep(10)
+            samples.append((round(time.monotonic() - started, 1), round(process.memory_info().rss / 2**20, 1)))
+            report.update(growth_of(samples), finished=False)
+            write(out, report)
+    finally:
+        stop([run])
+        for server in servers:
+            server.kill()
+    report.update(growth_of(samples), finished=True, exit_code=run.returncode,
+                  streams={k: {"frames": v["frames"], "fps": v["fps"], "latency_ms": v["latency_ms"],
+                               "dropped": v["dropped"], "reconnects": v["reconnects"], "stalls": v["stalls"]}
+                           for k, v in streams_of(work / "soak").items()})
+    write(out, report)
+    return report
+
+
+def growth_of(samples: list[tuple[float, float]]) -> dict:
+    # The first 30 s load the model and fill buffers: growth is measured from there on.
+    after_warmup = [mb for t, mb in samples if t >= 30] or [mb for _, mb in samples]
+    return {"seconds_measured": samples[-1][0], "rss_first_mb": samples[0][1], "rss_last_mb": samples[-1][1],
+            "rss_max_mb": max(mb for _, mb in samples),
+            "growth_after_30s_mb": round(after_warmup[-1] - after_warmup[0], 1)}
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def cpu_name() -> str:
+    """CPU model plus the flags that matter for inference (AMX, AVX512-VNNI, bf16) from /proc/cpuinfo."""
+    name, flags = platform.processor(), set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    wanted = [f for f in ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16") if f in flags]
+    return f"{name} ({' '.join(wanted)})" if wanted else name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--soak", type=float, default=180.0)
-    parser.add_argument("--counts", default="1,2,4")
+    parser.add_argument("--soak", type=float, default=0.0, help="soak seconds (0: no soak); the issue asks 1800")
+    parser.add_argument("--counts", default="1,2,4", help="stream counts to compare; empty: soak only")
     parser.add_argument("--out", default="benchmarks/results/streams.json")
+    parser.add_argument("--soak-out", default="benchmarks/results/streams_soak.json")
     args = parser.parse_args()
+    machine = f"{cpu_name()}, {psutil.cpu_count()} vCPUs, shared with other jobs while measured"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        report = {"machine": f"{cpu_name()}, {psutil.cpu_count()} vCPUs, shared with other jobs while measured",
-                  "video": "samples/scenes.avi (looped at its frame rate)", "model": "samples/models/fcn8/model.onnx",
-                  "seconds_per_config": args.seconds,
-                  "configs": {n: one_config(int(n), args.seconds, work) for n in args.counts.split(",")}}
+        if args.counts:
+            report = {"machine": machine, "video": "samples/scenes.avi (looped at its frame rate)",
+                      "model": "samples/models/fcn8/model.onnx", "seconds_per_config": args.seconds,
+                      "configs": {n: one_config(int(n), args.seconds, work) for n in args.counts.split(",")}}
+            write(Path(args.out), report)
+            print(json.dumps(report, indent=1))
         if args.soak > 0:
-            report["soak"] = soak(args.soak, work)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+            print(json.dumps(soak(args.soak, work, Path(args.soak_out), machine), indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
 from edgeseg.runtime._fused import fast_path, fuse_class_ids
 from edgeseg.runtime._model import Model, resolve_engine
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
 from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
@@ -104,6 +105,7 @@ __all__ = [
     "open_source",
     "overlay",
     "parse_sources",
+    "prepare_out",
     "preprocess",
     "preprocess_batch",
     "read_image",

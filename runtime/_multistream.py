@@ -21,13 +21,14 @@ grabbed but not taken when the run stopped).
 from __future__ import annotations
 
 import logging
+import json
 import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,14 @@ import numpy as np
 
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
+from edgeseg.runtime.postprocess import is_nan_output
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, open_source
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._pipeline import _install_signal_handlers
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._rotate import RotatingOutputs
-from edgeseg.runtime._streams import LiveSource, _safe_name, is_live
+from edgeseg.runtime._streams import POLICIES, LiveSource, _safe_name, is_live
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -62,6 +65,10 @@ class StreamOptions:
 
     ``rotate``: minutes per overlay/frames.jsonl segment (None: one file each). ``stall_timeout``:
     seconds without a frame before a live stream is reconnected. ``max_frames``: per stream.
+    ``smooth``: weight in [0, 1) of earlier frames' class probabilities, per stream (videos and live
+    streams of segmentation models; reset on reconnect; 0: off). ``policy``: live sources keep only
+    their newest frame (``drop-old``) or queue every frame, up to 32 per stream (``queue-all``).
+    ``overwrite``: replace the run an ``out`` folder holds (else such a folder is refused).
     """
 
     outputs: tuple[str, ...] = OUTPUTS
@@ -74,6 +81,9 @@ class StreamOptions:
     stall_timeout: float = 5.0
     rotate: float | None = None
     max_frames: int | None = None
+    smooth: float = 0.0
+    policy: str = "drop-old"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.outputs) - set(OUTPUTS)
@@ -84,6 +94,10 @@ class StreamOptions:
             raise EdgesegError(f"--rotate must be > 0 minutes, got {self.rotate}.")
         if not 0.0 <= self.alpha <= 1.0:
             raise EdgesegError(f"`alpha` (overlay opacity) must be in [0, 1], got {self.alpha}.")
+        if not 0.0 <= self.smooth < 1.0:
+            raise EdgesegError(f"--smooth must be in [0, 1) (0: off), got {self.smooth}.")
+        if self.policy not in POLICIES:
+            raise EdgesegError(f"Unknown live policy {self.policy!r}: expected one of {', '.join(POLICIES)}.")
 
 
 @dataclass(frozen=True)
@@ -152,9 +166,12 @@ def run_streams(sources: Sequence[str | os.PathLike | int | StreamSpec], *, mode
         raise EdgesegError("no sources given: pass one or more stream URLs, files or a .txt list of them.")
     if not isinstance(model, Model):
         model = Model(model)
+    if options.smooth and model.kind == "autoencoder":
+        raise EdgesegError(f"--smooth averages class probabilities of segmentation models; `{model.path}` is an "
+                           "autoencoder (no classes): drop --smooth.")
     root = Path(out) if out is not None else None
     if root is not None:
-        _check_writable(root)
+        prepare_out(root, previous_run=_previous_run, overwrite=options.overwrite, can_resume=False)
     stop = stop or threading.Event()
     run = _MultiRun(specs, model=model, root=root, options=options, on_result=on_result, stop=stop)
     server = None
@@ -192,7 +209,7 @@ class _Stream:
         self.fps = 0.0
         if is_live(spec.source):
             o = self.options
-            self.live = LiveSource(spec.source, name=spec.name, reconnect=o.reconnect, backoff=o.backoff,
+            self.live = LiveSource(spec.source, name=spec.name, policy=o.policy, reconnect=o.reconnect, backoff=o.backoff,
                                    max_backoff=o.max_backoff, open_timeout=o.open_timeout,
                                    stall_timeout=o.stall_timeout, wake=wake)
         else:
@@ -203,6 +220,9 @@ class _Stream:
         self.taken = 0
         self.done = 0
         self.failed = 0
+        self.nan = 0  # frames whose model output held a NaN (their mask is made up)
+        self.smoothed: np.ndarray | None = None  # the writer thread's running class probabilities (--smooth)
+        self.smoothed_epoch = 0  # reconnects when `smoothed` started: a new connection starts afresh
         self.error: str | None = None
         self.exhausted = False
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
@@ -290,12 +310,15 @@ class _Stream:
             self.failed += 1
             self.outputs.write({**record, "ok": False, "error": frame.error or "no output"}, None, None, fps=self.fps)
             return
-        result = run.model.postprocess(output, geometry, tensor[0])
+        nan = is_nan_output(output)
+        result = self._postprocess(output, geometry, tensor, nan=nan)
         picture = run.draw(frame, result) if run.wants_picture else None
         latency = (time.monotonic() - captured) * 1000
         self.latencies.append(latency)
         extra = {"score": round(result.score, 6)} if hasattr(result, "score") else \
             {"class_fraction": getattr(result, "class_fraction", {})}
+        if nan:
+            extra["nan"] = True
         self.outputs.write({**record, "ok": True, "latency_ms": round(latency, 3), **extra}, picture,
                            getattr(result, "mask", None), palette=run.palette.rgb, fps=self.fps)
         self.done += 1
@@ -305,11 +328,32 @@ class _Stream:
         if run.on_result is not None:
             run.on_result(StreamResult(self.name, frame, result, latency, picture))
 
+    def _postprocess(self, output: np.ndarray, geometry: Geometry, tensor: np.ndarray, *, nan: bool) -> Any:
+        model = self.run.model
+        if nan:
+            self.nan += 1
+            if self.nan == 1:
+                log.warning("%s: the model output holds NaN (masks of such frames are made up; counted in "
+                            "frames_nan): the model is broken (fp16/INT8 overflow, a bad export), not the stream",
+                            self.name)
+        if not self.options.smooth or model.kind == "autoencoder" or self.kind not in ("stream", "video") or nan:
+            # A NaN frame is kept out of the running average: it would poison every frame after it.
+            return model.postprocess(output, geometry, tensor[0])
+        probs = model.probabilities(model.channels_last(output))
+        epoch = self.live.stats.reconnects if self.live is not None else 0
+        if self.smoothed is not None and self.smoothed.shape == probs.shape and epoch == self.smoothed_epoch:
+            # Exponential moving average in place: no new array per frame.
+            self.smoothed *= self.options.smooth
+            self.smoothed += (1.0 - self.options.smooth) * probs
+        else:
+            self.smoothed, self.smoothed_epoch = probs.copy(), epoch
+        return model.segmentation(self.smoothed, geometry, activated=True)
+
     def report(self, wall: float) -> dict[str, Any]:
         lat = np.array(self.latencies) if self.latencies else np.zeros(1)
         report: dict[str, Any] = {
             "source": self.spec.source, "kind": self.kind, "state": self.state,
-            "frames": self.done, "frames_failed": self.failed,
+            "frames": self.done, "frames_failed": self.failed, "frames_nan": self.nan,
             "fps": round(self.done / wall, 3) if wall > 0 else 0.0,
             "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3),
                            "p95": round(float(np.percentile(lat, 95)), 3)},
@@ -425,6 +469,7 @@ class _MultiRun:
             "provider": self.model.providers[0] if self.model.providers else "",
             "streams": streams,
             "frames": sum(report["frames"] for report in streams.values()),
+            "frames_nan": sum(report["frames_nan"] for report in streams.values()),
             "wall_s": round(wall, 3),
             "batches": self.batches,
             "mean_batch": round(self.batched_frames / self.batches, 3) if self.batches else 0.0,
@@ -468,12 +513,18 @@ def _unique(specs: list[StreamSpec]) -> list[StreamSpec]:
     return unique
 
 
-def _check_writable(root: Path) -> None:
+def _previous_run(root: Path) -> list[Path]:
+    """What an earlier multi-stream run in ``root`` wrote: its summary.json and each of its streams' outputs."""
+    summary = root / "summary.json"
+    if not summary.exists():
+        return []
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".edgeseg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise EdgesegError(f"Cannot write to output folder `{root}`: {error.strerror or error}. "
-                           "Pass a writable --out folder.") from None
+        earlier = list(json.loads(summary.read_text()).get("streams", {}))
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    paths = [summary]
+    for name in earlier:
+        folder = root / name
+        if folder.is_dir() and folder.resolve().parent == root.resolve():
+            paths += [*folder.glob("frames*.jsonl"), *folder.glob("overlay*.mp4"), folder / "masks"]
+    return paths

@@ -23,7 +23,6 @@ import logging
 import mmap
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -44,6 +43,7 @@ from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
                                      video_frames)
+from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -277,7 +277,8 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
     restore_signals = _install_signal_handlers(stop)
     try:
         model = open_model(model, options)
-        out = _prepare_out(Path(out), options)
+        out = prepare_out(out, previous_run=lambda o: [o / name for name in RUN_FILES],
+                          overwrite=options.overwrite, resume=options.resume)
         opened = source if isinstance(source, Source) else Source.open(source, options)
         kept = _finished_records(out, model, options, opened) if options.resume else {}
         batch = _batch(options, model, opened)
@@ -353,28 +354,6 @@ def _run_stages(run: _Run, source: Source, batch: int) -> float:
         _put(inferred, _END, None)
         writer.join()
     return time.perf_counter() - started
-
-
-def _prepare_out(out: Path, options: SegmentOptions) -> Path:
-    """Make ``out`` writable; refuse a folder that holds a run unless told to overwrite or resume it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".edgeseg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise EdgesegError(f"Cannot write to output folder `{out}`: {error.strerror or error}. "
-                           "Pass a writable --out folder.") from None
-    previous = [name for name in RUN_FILES if (out / name).exists()]
-    if not previous or options.resume:
-        return out
-    if not options.overwrite:
-        raise EdgesegError(f"Output folder `{out}` already holds a run ({', '.join(previous)}): pass --overwrite "
-                           "to replace it, --resume to continue it, or another --out.")
-    for name in previous:  # only what a run writes: a user's own files in --out stay
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return out
 
 
 def _finished_records(out: Path, model: Model, options: SegmentOptions, source: Source) -> dict[str, dict[str, Any]]:

@@ -1,8 +1,11 @@
-"""``--serve PORT``: a live page of every stream's newest overlay (MJPEG), ``/metrics`` and ``/health``.
+"""``--serve PORT``: a live page of every stream's newest overlay, ``/metrics`` and ``/health``.
 
-Standard library HTTP server (one thread per client) in a daemon thread; the page is a few lines
-of HTML with one ``<img>`` per stream pointing at ``/stream/<name>.mjpg`` (multipart MJPEG, which
-every browser shows without script, build step or CDN). Only the newest overlay of each stream is
+Standard library HTTP server (one thread per client) in a daemon thread. Each stream's newest
+overlay is at ``/snapshot/<name>.jpg`` (one JPEG) and ``/stream/<name>.mjpg`` (multipart MJPEG,
+for VLC, ffplay or a browser tab). The page is a few lines of HTML and plain script (no build
+step, no CDN) that reloads each tile from its snapshot as soon as the last one has loaded: every
+browser paints that, headless ones included, where multipart MJPEG is not painted by Chromium's
+``--screenshot`` and holds one connection per tile open. Only the newest overlay of each stream is
 kept (JPEG-encoded once, by the stream's writer), so a slow viewer skips frames and never holds
 memory. ``/metrics`` is Prometheus text from ``prometheus_client`` (the ``serve`` extra), read from
 the run's counters at scrape time. Binds 127.0.0.1 unless told otherwise: the page shows camera
@@ -17,7 +20,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import cv2
 import numpy as np
@@ -46,6 +49,11 @@ class Board:
             seq = self._latest.get(name, (0, b""))[0] + 1
             self._latest[name] = (seq, data.tobytes())
             self._cond.notify_all()
+
+    def latest(self, name: str, *, timeout: float) -> bytes | None:
+        """The newest JPEG of ``name``, waiting up to ``timeout`` s for the first one."""
+        got = self.wait(name, 0, timeout)
+        return got[1] if got is not None else None
 
     def wait(self, name: str, after: int, timeout: float) -> tuple[int, bytes] | None:
         with self._cond:
@@ -92,10 +100,13 @@ class LiveServer:
         self.httpd.server_close()
 
     def page(self) -> bytes:
-        tiles = "\n".join(
-            f'<figure><img src="/stream/{html.escape(name)}.mjpg" alt="{html.escape(name)}">'
-            f'<figcaption>{html.escape(name)} <span id="s-{html.escape(name)}"></span></figcaption></figure>'
-            for name in self.board.names)
+        def tile(name: str) -> str:
+            url, text = html.escape(quote(name)), html.escape(name)
+            return (f'<figure><img src="/snapshot/{url}.jpg" data-snapshot="/snapshot/{url}.jpg" alt="{text}">'
+                    f'<figcaption>{text} <span id="s-{text}"></span> '
+                    f'<a href="/stream/{url}.mjpg">MJPEG</a></figcaption></figure>')
+
+        tiles = "\n".join(tile(name) for name in self.board.names)
         return _PAGE.replace("{tiles}", tiles).encode()
 
     def health(self) -> tuple[int, bytes]:
@@ -127,6 +138,7 @@ class _Collector:
         dropped = CounterMetricFamily("edgeseg_stream_dropped", "Live frames replaced by a newer one", labels=labels)
         reconnects = CounterMetricFamily("edgeseg_stream_reconnects", "Reconnections", labels=labels)
         stalls = CounterMetricFamily("edgeseg_stream_stalls", "Stalls (no frame for --stall-timeout)", labels=labels)
+        nan = CounterMetricFamily("edgeseg_stream_frames_nan", "Frames whose model output held a NaN", labels=labels)
         up = GaugeMetricFamily("edgeseg_stream_up", "1 while the stream delivers frames", labels=labels)
         latency = GaugeMetricFamily("edgeseg_stream_latency_seconds", "Capture-to-result latency, recent frames",
                                     labels=["stream", "quantile"])
@@ -134,6 +146,7 @@ class _Collector:
             name = [stream.name]
             frames.add_metric(name, stream.done)
             failed.add_metric(name, stream.failed)
+            nan.add_metric(name, stream.nan)
             up.add_metric(name, 1.0 if stream.state == "reading" else 0.0)
             if stream.live is not None:
                 stats = stream.live.stats
@@ -147,7 +160,7 @@ class _Collector:
                 latency.add_metric([stream.name, str(q)], value)
         batches = CounterMetricFamily("edgeseg_inference_batches", "Cross-stream inference calls")
         batches.add_metric([], self.run.batches)
-        yield from (frames, failed, grabbed, dropped, reconnects, stalls, up, latency, batches)
+        yield from (frames, failed, nan, grabbed, dropped, reconnects, stalls, up, latency, batches)
 
 
 def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
@@ -163,8 +176,20 @@ def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
                 self._send(code, "application/json", body)
             elif path.startswith("/stream/") and path.endswith(".mjpg"):
                 self._mjpeg(unquote(path[len("/stream/"):-len(".mjpg")]))
+            elif path.startswith("/snapshot/") and path.endswith(".jpg"):
+                self._snapshot(unquote(path[len("/snapshot/"):-len(".jpg")]))
             else:
                 self._send(404, "text/plain", b"not found: try /, /metrics or /health\n")
+
+        def _snapshot(self, name: str) -> None:
+            if name not in server.board.names:
+                self._send(404, "text/plain", f"no stream named {name!r}\n".encode())
+                return
+            jpeg = server.board.latest(name, timeout=2.0)
+            if jpeg is None:
+                self._send(503, "text/plain", f"no overlay from {name!r} yet: try again in a moment\n".encode())
+            else:
+                self._send(200, "image/jpeg", jpeg)
 
         def _send(self, code: int, kind: str, body: bytes) -> None:
             self.send_response(code)
@@ -215,7 +240,7 @@ figure { margin: 0; } img { width: 100%; image-rendering: pixelated; background:
 a { color: #8cf; }
 </style></head>
 <body><h1>edgeseg live</h1>
-<p>Newest overlay of each stream. <a href="/metrics">metrics</a> &middot; <a href="/health">health</a></p>
+<p>Newest overlay of each stream (MJPEG link for VLC). <a href="/metrics">metrics</a> &middot; <a href="/health">health</a></p>
 <main>
 {tiles}
 </main>
@@ -231,6 +256,13 @@ async function refresh() {
   } catch (e) {}
 }
 refresh(); setInterval(refresh, 2000);
+// Each tile asks for the next snapshot once the last one has loaded (or 1 s after one failed):
+// as fast as the viewer can take them, never more than one request per tile at a time.
+for (const img of document.querySelectorAll('img[data-snapshot]')) {
+  const next = (wait) => setTimeout(() => { img.src = img.dataset.snapshot + '?t=' + Date.now(); }, wait);
+  img.addEventListener('load', () => next(100));
+  img.addEventListener('error', () => next(1000));
+}
 </script>
 </body></html>
 """

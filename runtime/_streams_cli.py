@@ -51,10 +51,23 @@ def wants(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace, model: Any) -> int:
     """Run the streams; exit 0 when every stream ended well, 1 when one failed or gave up, 130 when stopped."""
     from edgeseg.runtime._multistream import StreamOptions, run_streams
+    from edgeseg.runtime.errors import EdgesegError
 
+    if args.resume:
+        raise EdgesegError("--resume continues the run of one file source; several streams start afresh: drop "
+                           "--resume (--overwrite replaces the run in --out).")
+    # Options of a single-source run that a multi-stream run does not honour: refused, never ignored.
+    ignored = [flag for flag, value, default in (("--batch", args.batch, None), ("--stride", args.stride, 1),
+                                                 ("--start", args.start, 0), ("--recursive", args.recursive, False),
+                                                 ("--show", args.show, False)) if value != default]
+    if ignored:
+        raise EdgesegError(f"{', '.join(ignored)}: not for a run of several streams (one batch takes the newest "
+                           "frame of every stream; the page of --serve shows them). Drop them, or run one source.")
     outputs = tuple(name.strip() for name in args.write.split(",") if name.strip() and name.strip() != "reconstruction")
     options = StreamOptions(outputs=outputs, alpha=args.alpha, codec=args.codec, reconnect=args.reconnect,
-                            stall_timeout=args.stall_timeout or 5.0, rotate=args.rotate, max_frames=args.max_frames)
+                            stall_timeout=args.stall_timeout or 5.0, rotate=args.rotate, max_frames=args.max_frames,
+                            smooth=args.smooth, policy=args.policy,
+                            overwrite=args.overwrite)
     summary = run_streams(sources_of(args), model=model, out=args.out, options=options, serve=args.serve,
                           host=args.host)
     for name, report in summary["streams"].items():

@@ -9,12 +9,18 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import cv2
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg.runtime import Contract, InputSpec, OutputSpec, write_contract
+from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime._multistream import StreamOptions, parse_sources, run_streams
 
 import imageio_ffmpeg  # in the `dev` extra
@@ -204,3 +210,130 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
     assert code == 130 and summary["interrupted"]
     assert summary["streams"]["silent"]["frames"] == 0 and summary["streams"]["refused"]["state"] == "stopped"
     assert took < 3.0, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"  # loose: a loaded 2-core CI box
+
+
+@pytest.mark.timeout(120)
+def test_snapshot_is_one_jpeg_of_the_newest_overlay_and_the_page_reloads_it(video, servers, tmp_path):
+    port, serve_port = _free_port(), _free_port()
+    servers.append(_ffmpeg(video, f"tcp://127.0.0.1:{port}?listen=1"))
+    stop, seen, got = threading.Event(), [], {}
+
+    def fetch():
+        _wait_for(lambda: len(seen) >= 5)
+        base = f"http://127.0.0.1:{serve_port}"
+        with urllib.request.urlopen(base + "/snapshot/cam.jpg", timeout=5) as response:
+            got["type"], got["jpeg"] = response.headers["Content-Type"], response.read()
+        got["page"] = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+        try:
+            urllib.request.urlopen(base + "/snapshot/nobody.jpg", timeout=5)
+        except urllib.error.HTTPError as error:
+            got["unknown"] = error.code
+        stop.set()
+
+    helper = threading.Thread(target=fetch)
+    helper.start()
+    run_streams([f"cam=tcp://127.0.0.1:{port}"], model=MODEL, out=None, stop=stop, serve=serve_port,
+                on_result=lambda r: seen.append(r.picture.shape))
+    helper.join()
+    picture = cv2.imdecode(np.frombuffer(got["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    assert got["type"] == "image/jpeg" and picture is not None
+    assert picture.shape == seen[0] == (64, 64, 3)  # the overlay, at the frame's size
+    assert 'data-snapshot="/snapshot/cam.jpg"' in got["page"] and 'href="/stream/cam.mjpg"' in got["page"]
+    assert got["unknown"] == 404
+
+
+def _on_off_video(path, kit):
+    # 5 red frames, then 5 green: without smoothing the last 5 masks are green; with weight 0.9 on the
+    # past, green needs 7 frames (0.9**7 < 0.5) to win, so all 10 masks stay red.
+    frames = [kit.colour_frame(32, 32, [kit.RED])] * 5 + [kit.colour_frame(32, 32, [kit.GREEN])] * 5
+    return kit.write_video(path, frames, fps=10.0)
+
+
+@pytest.mark.parametrize("smooth, classes", [(0.0, [0] * 5 + [1] * 5), (0.9, [0] * 10)])
+def test_smooth_averages_class_probabilities_per_stream(tmp_path, kit, seg_model, smooth, classes):
+    clip = _on_off_video(tmp_path / "onoff.avi", kit)
+    masks = {}
+    summary = run_streams([f"a={clip}", f"b={clip}"], model=seg_model, out=None,
+                          options=StreamOptions(smooth=smooth, outputs=("jsonl",)),
+                          on_result=lambda r: masks.setdefault(r.stream, []).append(r.result.mask))
+    assert summary["frames"] == 20
+    for name in ("a", "b"):  # each stream has its own running average: b is not smoothed towards a
+        assert [int(np.bincount(mask.ravel()).argmax()) for mask in masks[name]] == classes
+
+
+def test_smooth_is_refused_for_an_autoencoder(tmp_path, ae_model, kit):
+    clip = _on_off_video(tmp_path / "onoff.avi", kit)
+    with pytest.raises(EdgesegError, match="--smooth .* autoencoder"):
+        run_streams([str(clip)], model=ae_model, out=None, options=StreamOptions(smooth=0.5))
+
+
+@pytest.mark.timeout(120)
+def test_queue_all_takes_every_frame_of_a_live_stream_in_order(video, servers, tmp_path):
+    port = _free_port()
+    servers.append(_ffmpeg(video, f"tcp://127.0.0.1:{port}?listen=1"))
+    stop, seen = threading.Event(), []
+
+    def slow(result):  # slower than the stream's 25 fps: drop-old would skip frames here
+        seen.append(result.frame.index)
+        time.sleep(0.06)
+        if len(seen) >= 40:
+            stop.set()
+
+    summary = run_streams([f"cam=tcp://127.0.0.1:{port}"], model=MODEL, out=tmp_path / "out", stop=stop,
+                          on_result=slow, options=StreamOptions(policy="queue-all", outputs=("jsonl",)))
+    report = summary["streams"]["cam"]
+    assert seen == list(range(len(seen))) and len(seen) >= 40
+    assert _balanced(report) and report["dropped"] == report["grabbed"] - report["frames"]
+
+
+def _nan_model(path):
+    # sqrt(pixel - 2) of a [0, 1] pixel: every score is NaN.
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["image", "two"], ["shifted"]), helper.make_node("Sqrt", ["shifted"], ["scores"])],
+        "nan", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 32, 32, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 32, 32, 3])], initializer=[two])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_contract(model, Contract(kind="segmentation", input=InputSpec(height=32, width=32, channels=3),
+                                   output=OutputSpec(name="scores", activation="softmax", classes=("a", "b", "c"))))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_nan_outputs_are_counted_per_stream_and_warned_once(tmp_path, kit, caplog):
+    clip = _on_off_video(tmp_path / "onoff.avi", kit)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="edgeseg.runtime"):
+        summary = run_streams([f"a={clip}", f"b={clip}"], model=_nan_model(tmp_path / "nan.onnx"), out=out,
+                              options=StreamOptions(outputs=("jsonl",), smooth=0.5))
+    assert summary["frames_nan"] == 20
+    assert [summary["streams"][n]["frames_nan"] for n in ("a", "b")] == [10, 10]
+    assert sum("NaN" in record.getMessage() for record in caplog.records) == 2  # once per stream
+    assert all(line["nan"] for line in map(json.loads, (out / "a" / "frames.jsonl").read_text().splitlines()))
+
+
+def test_an_out_holding_a_run_is_refused_replaced_with_overwrite_and_resume_is_refused(tmp_path, kit, seg_model):
+    clip = _on_off_video(tmp_path / "onoff.avi", kit)
+    out, mine = tmp_path / "out", tmp_path / "out" / "notes.txt"
+    run_streams([f"old={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), rotate=1.0))
+    mine.write_text("my own file")
+    with pytest.raises(EdgesegError, match="already holds a run .* --overwrite"):
+        run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",)))
+    run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), overwrite=True))
+    assert list((out / "old").iterdir()) == [] and mine.read_text() == "my own file"  # the old run's files went
+    assert list(json.loads((out / "summary.json").read_text())["streams"]) == ["new"]
+    cli = subprocess.run([sys.executable, "-m", "edgeseg", "segment", f"a={clip}", f"b={clip}", "--model", str(seg_model),
+                          "--out", str(out), "--resume"], capture_output=True, text=True, timeout=120)
+    lines = [line for line in cli.stderr.splitlines() if line.strip()]
+    assert cli.returncode == 2 and len(lines) == 1 and "--resume" in lines[0], cli.stderr
+
+
+def test_single_source_options_are_refused_not_ignored_with_several_streams(tmp_path, kit):
+    video = kit.moving_video(tmp_path / "a.avi", count=4)
+    model = kit.build_segmentation(tmp_path / "m.onnx")
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(video), str(video), "--model", str(model),
+                           "--out", str(tmp_path / "out"), "--stride", "2", "--batch", "4"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--batch, --stride: not for a run of several streams" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
