@@ -111,3 +111,14 @@ def test_several_calls_in_flight_keep_frame_order_and_outputs(tmp_path, kit, eng
 def test_inflight_must_be_positive(seg_model, tmp_path):
     with pytest.raises(EdgesegError, match="inflight"):
         segment(seg_model, model=seg_model, out=tmp_path / "out", inflight=0)
+
+
+def test_inflight_is_refused_where_it_would_be_ignored(seg_model, tmp_path, kit):
+    import subprocess
+    import sys
+
+    video = kit.moving_video(tmp_path / "clip.avi", count=3)
+    for extra in ([str(video), str(video)], [str(video), "--ray", "local"]):  # several streams; the cluster
+        done = subprocess.run([sys.executable, "-m", "edgeseg", "segment", *extra, "--model", str(seg_model),
+                               "--out", str(tmp_path / "o"), "--inflight", "2"], capture_output=True, text=True)
+        assert done.returncode == 2 and "--inflight" in done.stderr.strip().splitlines()[-1], done.stderr[-500:]
