@@ -17,6 +17,7 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
                                      video_frames)
+from edgeseg.runtime._fused import fast_path, fuse_class_ids
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
@@ -47,6 +48,8 @@ from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, wr
 from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
+    "fast_path",
+    "fuse_class_ids",
     "RecordSink",
     "ReconstructionSink",
     "OverlayVideoSink",

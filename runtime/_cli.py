@@ -45,10 +45,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, metavar="FILE", help="the .onnx model (required)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder, created if missing (required)")
     run = parser.add_argument_group("inference")
-    run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default="onnxruntime",
+    run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default=None,
                      help="inference engine: onnxruntime, openvino (needs pip install 'edgeseg[openvino]'; "
-                          "bf16 on CPUs that have it, several times faster there), or auto (openvino when "
-                          "installed and no GPU, else onnxruntime) (default: onnxruntime)")
+                          "bf16 on CPUs that have it, several times faster there), or auto: what `edgeseg tune` "
+                          "measured fastest here, else openvino on a bf16 CPU with openvino installed and no GPU, "
+                          "else onnxruntime; --provider other than auto, --optimization or --strict mean "
+                          "onnxruntime (default: auto)")
     run.add_argument("--precision", choices=("auto", "f32"), default="auto",
                      help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it) or f32 "
                           "(default: auto)")
@@ -67,6 +69,10 @@ def register(subparsers: Any) -> None:
                      help="frames per inference call for images and video files; with --engine openvino, > 1 also "
                           "compiles for throughput (each batch split across OpenVINO's streams) (default: 64 for autoencoders, "
                           "else 1)")
+    run.add_argument("--inflight", type=int, default=None, metavar="N",
+                     help="inference calls in flight at once on files, overlapped with decoding and writing, frames "
+                          "kept in order; > 1 with --engine openvino compiles for throughput, one stream per call "
+                          "(default: the model's streams, i.e. several for --engine openvino with --batch > 1, else 1)")
     sel = parser.add_argument_group("frames")
     sel.add_argument("--recursive", action="store_true", help="include subfolders of a SOURCE folder (default: off)")
     sel.add_argument("--stride", type=int, default=1, metavar="N", help="take every N-th frame or file (default: 1)")
@@ -122,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         alpha=args.alpha, smooth=args.smooth, policy=args.policy, reconnect=args.reconnect, codec=args.codec,
         show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
         resume=args.resume, provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
-        optimization=args.optimization, strict=args.strict)
+        optimization=args.optimization, strict=args.strict, inflight=args.inflight)
     if args.ray:  # edgeseg.scaleout stands on the runtime: imported by name, only when asked for
         return _scaleout().run_from_args(args, options=options, contract=_contract_overrides(args) or None)
     sources = _streams_cli.sources_of(args)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.runtime._tuning import cpu_flags
+from edgeseg.runtime.contract import read_onnx_metadata
 from edgeseg.runtime.errors import EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
@@ -66,6 +67,12 @@ class OpenVinoEngine:
         except ImportError:
             raise EdgesegError(MISSING) from None
         self.path = Path(path)
+        try:  # a file that is no protobuf at all: say so before OpenVINO tries every other frontend on it (noisily)
+            read_onnx_metadata(self.path)
+        except EdgesegError as error:
+            reason = str(error).split(": ", 1)[-1].split(". Pass")[0]
+            raise EdgesegError(f"Cannot read model `{self.path}`: not a valid ONNX model ({reason}). "
+                               "Pass an .onnx file written by `edgeseg export`.") from None
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
@@ -90,7 +97,7 @@ class OpenVinoEngine:
         self.inputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.inputs]
         self.outputs = [port.get_any_name() for port in self._compiled.outputs]
         self._local = threading.local()
-        log.info("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self.precision, self.streams)
+        log.debug("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self.precision, self.streams)
 
     def run(self, batch: np.ndarray, input_index: int = 0) -> np.ndarray:
         """A float32 batch in, the first output out (a fresh array the caller may keep)."""

@@ -27,7 +27,9 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,9 @@ class SegmentOptions:
     Frames: ``stride``, ``start``, ``max_frames``, ``recursive`` (subfolders). Inference: ``batch``
     (frames per call on finite sources; None: :data:`AUTOENCODER_BATCH` for autoencoders, else 1), and,
     when the model is given as a path, ``provider``, ``threads``, ``engine``, ``precision``,
-    ``optimization``, ``strict`` (see :class:`Model`). Outputs: ``outputs``
+    ``optimization``, ``strict`` (see :class:`Model`); ``inflight``: inference calls in flight at once,
+    overlapped with decoding and writing, frames kept in order (None: the model's streams on finite sources,
+    i.e. 2 or so for OpenVINO compiled for throughput, else 1; live sources always 1). Outputs: ``outputs``
     (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always written), ``alpha``
     (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class probabilities, videos and
     streams), ``codec`` (overlay.mp4), ``show``, ``progress``. Live sources: ``policy``, ``reconnect``.
@@ -101,13 +105,16 @@ class SegmentOptions:
     resume: bool = False
     provider: str = "auto"
     threads: int | None = None
-    engine: str = "onnxruntime"
+    engine: str | None = None  # None: "auto", its choice logged at debug level only
     precision: str = "auto"
     optimization: str = "all"
     strict: bool = False
+    inflight: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", tuple(self.outputs))
+        if self.inflight is not None and self.inflight < 1:
+            raise EdgesegError(f"`inflight` (inference calls at once) must be >= 1, got {self.inflight}.")
         unknown = set(self.outputs) - set(OUTPUTS)
         if unknown:
             raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from {', '.join(OUTPUTS)}.")
@@ -129,7 +136,8 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
     """The one rule that turns what the user named into a :class:`Model` (the CLI and :func:`segment` use it).
 
     A :class:`Model` is used as it is; a path is opened with the options' engine settings, compiled for
-    throughput when frames come in batches (OpenVINO splits each batch across its streams).
+    throughput when frames come in batches (OpenVINO splits each batch across its streams) or several
+    calls are in flight (``inflight`` > 1: one stream each).
 
     Example::
 
@@ -139,7 +147,7 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
         return model
     return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
                  contract=contract, engine=options.engine, precision=options.precision,
-                 throughput=(options.batch or 1) > 1, strict=options.strict)
+                 throughput=(options.batch or 1) > 1 or (options.inflight or 1) > 1, strict=options.strict)
 
 
 # Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).
@@ -268,6 +276,19 @@ class _Item:
     lead: bool = False  # only primes --smooth (Source.lead): never written nor counted
 
 
+@dataclass
+class _Call:
+    """One inference call of the pipeline: its items, and its outputs (or the future that brings them)."""
+
+    items: list[_Item]
+    good: list[_Item]
+    started: float
+    tensors: np.ndarray | None = None
+    outputs: np.ndarray | None = None
+    future: Future | None = None
+    error: Exception | None = None
+
+
 def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os.PathLike, out: str | os.PathLike,
             options: SegmentOptions | None = None, stop: threading.Event | None = None,
             **changes: Any) -> dict[str, Any]:
@@ -295,7 +316,8 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
         opened = source if isinstance(source, Source) else Source.open(source, options)
         kept = _finished_records(out, model, options, opened) if options.resume else {}
         batch = _batch(options, model, opened)
-        run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept)
+        run = _Run(model=model, out=out, options=options, source=opened, stop=stop, kept=kept,
+                   inflight=_inflight(options, model, opened, batch))
         if model.kind in ("segmentation", "autoencoder") and (opened.total is None or opened.total > 2 * batch):
             # Pay the first-call costs (allocations; OpenVINO's per-shape kernels) before the clock starts, as
             # every bench runner does; a run of a frame or two is not worth the extra inference.
@@ -319,6 +341,18 @@ def _batch(options: SegmentOptions, model: Model, source: Source) -> int:
     if options.batch is not None:
         return options.batch
     return AUTOENCODER_BATCH if model.kind == "autoencoder" else 1
+
+
+def _inflight(options: SegmentOptions, model: Model, source: Source, batch: int) -> int:
+    if source.live is not None:
+        return 1  # a live frame is inferred as soon as it comes, the next one waits for the newest
+    if options.inflight is not None:
+        return options.inflight
+    # A model compiled for throughput has several streams: keep a call in flight per stream, so one call's
+    # output is handed on (and the next batch gathered) while the others run. benchmarks/fast_mode.py
+    # (OpenVINO, 2 streams, sample FCN-8, loaded 2-vCPU machine): batch 4 with 2 calls in flight ran
+    # 1.16-1.45x batch 4 alone (median of paired rounds, 3 runs); batch 1 with 2 in flight 0.87-1.06x of it.
+    return model.streams
 
 
 def _with_changes(options: SegmentOptions, changes: dict[str, Any]) -> SegmentOptions:
@@ -395,9 +429,10 @@ class _Run:
     """The state of one ``segment`` call, shared by its three threads (each field has one writer)."""
 
     def __init__(self, *, model: Model, out: Path, options: SegmentOptions, source: Source,
-                 stop: threading.Event, kept: dict[str, dict[str, Any]]) -> None:
+                 stop: threading.Event, kept: dict[str, dict[str, Any]], inflight: int = 1) -> None:
         self.model, self.out, self.options, self.source, self.stop = model, out, options, source, stop
         self.kept = kept
+        self.inflight = inflight
         self.sequential = source.sequential
         self.live = source.live is not None
         self.smooth = options.smooth
@@ -412,6 +447,7 @@ class _Run:
         self.taken = 0  # frames taken from the source (the decode thread's); each is finished
         self.stage_total = dict.fromkeys(STAGES, 0.0)
         self.infer_seconds = 0.0
+        self._last_finished = 0.0
         self.infer_finished = threading.Event()
         self.sinks, self.records = self._open_sinks()
 
@@ -479,28 +515,65 @@ class _Run:
             self.infer_finished.set()
 
     def _infer_all(self, decoded: queue.Queue, inferred: queue.Queue) -> None:
-        while True:
-            items = decoded.get()
-            if items is _END:
-                break
-            good = [item for item in items if item.tensor is not None]
-            if good:
-                tensors = good[0].tensor if len(good) == 1 else np.concatenate([i.tensor for i in good])
-                t0 = time.perf_counter()
-                try:
-                    outputs = self.model.run(tensors)
-                except Exception as error:  # a failing run is a broken model or provider: stop, say why
-                    self.error = EdgesegError(f"inference failed on `{good[0].frame.name}`: {error}")
-                    self.stop.set()
+        # Up to `inflight` calls run at once on pool threads (the engines release the GIL and are thread-safe);
+        # results leave in the order their frames came, oldest first.
+        pool = (ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="edgeseg-infer")
+                if self.inflight > 1 else None)
+        pending: deque[_Call] = deque()
+        try:
+            while True:
+                items = decoded.get()
+                if items is _END:
                     break
-                seconds = time.perf_counter() - t0
-                self.infer_seconds += seconds
-                whole = (outputs, tensors)
-                for i, item in enumerate(good):
-                    item.output = outputs[i]
-                    item.batch = whole
-                    item.ms["infer"] = seconds * 1000 / len(good)
-            _put(inferred, items, None)
+                pending.append(self._submit(pool, items))
+                while len(pending) >= self.inflight:
+                    if not self._deliver(pending.popleft(), inferred):
+                        return
+            while pending:
+                if not self._deliver(pending.popleft(), inferred):
+                    return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, pool: ThreadPoolExecutor | None, items: list[_Item]) -> _Call:
+        good = [item for item in items if item.tensor is not None]
+        call = _Call(items, good, started=time.perf_counter())
+        if not good:
+            return call
+        call.tensors = good[0].tensor if len(good) == 1 else np.concatenate([i.tensor for i in good])
+        if pool is not None:
+            call.future = pool.submit(self.model.run, call.tensors)
+            return call
+        try:
+            call.outputs = self.model.run(call.tensors)
+        except Exception as error:  # noqa: BLE001 - reported by _deliver, as a pool call's error is
+            call.error = error
+        return call
+
+    def _deliver(self, call: _Call, inferred: queue.Queue) -> bool:
+        """Wait for one call, hand its items on; False when inference failed (the run stops)."""
+        if call.good:
+            try:
+                if call.error is not None:
+                    raise call.error
+                outputs = call.future.result() if call.future is not None else call.outputs
+            except Exception as error:  # a failing run is a broken model or provider: stop, say why
+                self.error = EdgesegError(f"inference failed on `{call.good[0].frame.name}`: {error}")
+                self.stop.set()
+                return False
+            finished = time.perf_counter()
+            # Busy time, not the sum of overlapping calls: from when this call started or the last one ended.
+            seconds = finished - max(call.started, self._last_finished)
+            self._last_finished = finished
+            self.infer_seconds += seconds
+            whole = (outputs, call.tensors)
+            for i, item in enumerate(call.good):
+                item.output = outputs[i]
+                item.batch = whole
+                item.ms["infer"] = seconds * 1000 / len(call.good)
+        _put(inferred, call.items, None)
+        return True
 
     # -- stage 3: post-process, draw, write (its own thread) ----------------------------------
 
@@ -661,6 +734,7 @@ class _Run:
             "provider": model.providers[0] if model.providers else "",
             "providers": list(model.providers),
             "engine": model.engine,
+            "engine_choice": model.choice_reason,
             "precision": model_precision(model),
             "streams": model.streams,
             "frames": self.done,
@@ -671,6 +745,7 @@ class _Run:
             "infer_fps": round(self.done / self.infer_seconds, 3) if self.infer_seconds > 0 else 0.0,
             "wall_s": round(wall, 3),
             "batch": batch,
+            "inflight": self.inflight,
             "smooth": self.smooth,
             "interrupted": self.stop.is_set() and self.error is None,
             "stage_ms": stage_ms,

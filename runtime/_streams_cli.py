@@ -59,7 +59,8 @@ def run(args: argparse.Namespace, model: Any) -> int:
     # Options of a single-source run that a multi-stream run does not honour: refused, never ignored.
     ignored = [flag for flag, value, default in (("--batch", args.batch, None), ("--stride", args.stride, 1),
                                                  ("--start", args.start, 0), ("--recursive", args.recursive, False),
-                                                 ("--show", args.show, False)) if value != default]
+                                                 ("--show", args.show, False), ("--inflight", args.inflight, None))
+               if value != default]
     if ignored:
         raise EdgesegError(f"{', '.join(ignored)}: not for a run of several streams (one batch takes the newest "
                            "frame of every stream; the page of --serve shows them). Drop them, or run one source.")

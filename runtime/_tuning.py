@@ -37,7 +37,8 @@ LIBRARIES = ("onnxruntime", "openvino", "numpy")
 class EngineConfig:
     """One way to run a model: engine, precision, threads (None: the engine's default), batch, mode.
 
-    ``file`` is ``fp32`` (the model given) or ``int8`` (the record's INT8 file).
+    ``file`` is ``fp32`` (the model given) or ``int8`` (the record's INT8 file); ``fused``: that file with
+    the class-id rule in its graph (:func:`edgeseg.runtime.fuse_class_ids`; the record keeps where).
     """
 
     engine: str = "onnxruntime"
@@ -46,13 +47,15 @@ class EngineConfig:
     batch: int = 1
     throughput: bool = False
     file: str = "fp32"
+    fused: bool = False
 
     def describe(self) -> str:
         """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
         precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
         threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
         mode = "throughput" if self.throughput else "latency"
-        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}"
+        fused = ", fused class ids" if self.fused else ""
+        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}{fused}"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
@@ -122,12 +125,13 @@ def find_record(model: str | os.PathLike, *, cache: str | os.PathLike | None = N
 
 
 def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | os.PathLike | None = None,
-                  provider: str = "auto") -> tuple[EngineConfig, str, str | None]:
+                  provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str, str | None]:
     """``(config, why, int8_file)``: what ``engine="auto"`` runs for ``model`` here, and why.
 
     A matching record's fastest configuration at or above ``bar`` (``exact`` >= 99.9% mask
     agreement with FP32, ``fast`` >= 99%) wins; ``int8_file`` is set when that configuration runs
-    the record's INT8 file (and that file is unchanged). Else :func:`heuristic_config`.
+    another file than ``model``: the record's INT8 file, or a fused file (each only while unchanged). Else :func:`heuristic_config` (``kind``: the
+    contract's, which the heuristic weighs).
 
     Example::
 
@@ -142,35 +146,46 @@ def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | 
         why = (f"tuning record {Path(record['path']).name}: fastest measured here at the {bar} bar "
                f"({candidate['fps']:.1f} fps, {100 * candidate['agreement']:.2f}% agreement)")
         return EngineConfig.from_dict(candidate["config"]), why, int8
-    config, why = heuristic_config(provider=provider)
+    config, why = heuristic_config(provider=provider, kind=kind)
     return config, f"no tuning record for this model on this machine (run `edgeseg tune`); {why}", None
 
 
 def pick(record: dict[str, Any], bar: str) -> tuple[dict[str, Any], str | None] | None:
-    """The record's fastest candidate at or above ``bar`` that can run now, with its INT8 file if it
-    runs one (None: none qualifies). The one rule both ``edgeseg tune`` and ``engine="auto"`` apply."""
+    """The record's fastest candidate at or above ``bar`` that can run now, with the file it runs when
+    that is not the model itself (its INT8 file, or a fused file; None: none qualifies). The one rule
+    both ``edgeseg tune`` and ``engine="auto"`` apply."""
     runnable = [c for c in record.get("candidates", [])
                 if c.get("fps") and c.get("agreement") is not None and c["agreement"] >= BARS[bar]]
     for candidate in sorted(runnable, key=lambda c: -c["fps"]):
-        if candidate["config"].get("file") != "int8":
+        config = candidate["config"]
+        if config.get("fused"):
+            entry = (record.get("fused") or {}).get(config.get("file", "fp32"))
+        elif config.get("file") == "int8":
+            entry = record.get("int8")
+        else:
             return candidate, None
-        int8 = _usable_int8(record)
-        if int8 is not None:  # else the INT8 file moved or changed since tuning: the next candidate
-            return candidate, int8
+        path = _usable(entry)
+        if path is not None:  # else the file moved or changed since tuning: the next candidate
+            return candidate, path
     return None
 
 
-def heuristic_config(*, provider: str = "auto") -> tuple[EngineConfig, str]:
+def heuristic_config(*, provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str]:
     """The choice without a measurement, from what was measured on two machines (issue 14):
 
     - CUDA asked for, or onnxruntime has it (``provider="auto"``): onnxruntime (a GPU beats any CPU engine);
     - a CPU with bf16 (AMX or AVX512-BF16) and OpenVINO installed: OpenVINO at its default precision,
       bf16 (5x onnxruntime FP32 on FCN-8, 99.99% of mask pixels unchanged);
     - otherwise onnxruntime FP32: on an AVX2-only CPU OpenVINO computes f32 and ran slower than a
-      plain onnxruntime loop (7.5-9.8 against 12.0 fps).
+      plain onnxruntime loop (7.5-9.8 against 12.0 fps);
+    - an autoencoder (``kind``): onnxruntime, whatever the CPU: the CAE's 4.4 MFLOP per image costs less
+      than a call, and onnxruntime's calls are cheaper (6,200-8,100 images/s inside segment against
+      OpenVINO's 1,200-5,100, edgeseg/bench/_worker.py).
     """
     if provider == "cuda" or (provider == "auto" and _ort_has_cuda()):
         return EngineConfig(), "heuristic: CUDA -> onnxruntime"
+    if kind == "autoencoder":
+        return EngineConfig(), "heuristic: an autoencoder (per-call cost rules) -> onnxruntime"
     from edgeseg.runtime._openvino import openvino_available
 
     bf16 = cpu_flags() & {"amx_bf16", "avx512_bf16"}
@@ -182,11 +197,10 @@ def heuristic_config(*, provider: str = "auto") -> tuple[EngineConfig, str]:
     return EngineConfig(), "heuristic: OpenVINO is not installed -> onnxruntime fp32"
 
 
-def _usable_int8(record: dict[str, Any]) -> str | None:
-    int8 = record.get("int8")
-    if not int8 or not Path(int8["path"]).is_file():
+def _usable(entry: dict[str, Any] | None) -> str | None:
+    if not entry or not Path(entry["path"]).is_file():
         return None
-    return int8["path"] if sha256_of(int8["path"]) == int8["sha256"] else None
+    return entry["path"] if sha256_of(entry["path"]) == entry["sha256"] else None
 
 
 def _ort_has_cuda() -> bool:

@@ -25,6 +25,9 @@ LAYOUTS = ("NHWC", "NCHW")
 COLORS = ("RGB", "BGR", "GRAY")
 RESIZE_MODES = ("stretch", "letterbox")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
+# What the graph itself already did to its scores: "class_ids" = argmax (or the one-channel threshold rule)
+# is in the graph and the output is the class-id mask (uint8/uint16), so the host does no argmax.
+FUSED = ("none", "class_ids")
 # A model input larger than this is refused when the contract is read: 8192x8192 is already a 768 MB RGB float tensor.
 MAX_INPUT_PIXELS = 8192 * 8192
 
@@ -93,15 +96,21 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """What the model's (first) output means."""
+    """What the model's (first) output means.
+
+    ``fused``: ``none`` (scores out), or ``class_ids`` (the graph ends in the class-id rule: its output is
+    the (N, H, W) class-id mask at model size; see :func:`edgeseg.runtime.fuse_class_ids`).
+    """
 
     name: str = "output"
     activation: str = "none"
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
+    fused: str = "none"
 
     def __post_init__(self) -> None:
         _check_choice("output.activation", self.activation, ACTIVATIONS)
+        _check_choice("output.fused", self.fused, FUSED)
         classes = tuple(str(c) for c in self.classes)
         palette = tuple(tuple(int(v) for v in colour) for colour in self.palette)
         if classes and not palette:
@@ -153,6 +162,8 @@ class Contract:
         data["input"]["std"] = list(self.input.std)
         data["output"]["classes"] = list(self.output.classes)
         data["output"]["palette"] = [list(c) for c in self.output.palette]
+        if self.output.fused == "none":  # the common case stays out of the JSON: older readers see no change
+            del data["output"]["fused"]
         data["source"] = dict(self.source)
         for optional in ("verified", "calibration", "latent"):
             if data[optional] is None:

@@ -89,9 +89,16 @@ def threshold(contract: Contract, *, activated: bool = False) -> float:
 
 
 def class_ids(scores: np.ndarray, contract: Contract, *, activated: bool = False) -> np.ndarray:
-    """(H, W, C) scores -> (H, W) class ids at the scores' size (argmax, or the one-channel threshold)."""
+    """(H, W, C) scores -> (H, W) class ids at the scores' size (argmax, or the one-channel threshold).
+
+    A model whose contract says ``output.fused == "class_ids"`` already gives the ids, (H, W) or (H, W, 1):
+    they are returned as they are (no argmax on the host).
+    """
     classes = contract.output.classes
     dtype = mask_dtype(contract)
+    if contract.output.fused == "class_ids":
+        ids = scores[..., 0] if scores.ndim == 3 else scores
+        return ids if ids.dtype == dtype else ids.astype(dtype)
     if scores.shape[-1] == 1 and len(classes) == 2:
         return (scores[..., 0] > threshold(contract, activated=activated)).astype(dtype)
     if scores.shape[-1] != len(classes):
@@ -102,6 +109,9 @@ def class_ids(scores: np.ndarray, contract: Contract, *, activated: bool = False
 
 def probabilities(scores: np.ndarray, contract: Contract) -> np.ndarray:
     """Scores as probabilities (softmax/sigmoid applied where the model has no activation of its own)."""
+    if contract.output.fused == "class_ids":
+        raise EdgesegError("this model outputs class ids (output.fused = 'class_ids'), not scores: probabilities "
+                           "and --smooth need the unfused model (the .onnx the fast file was made from).")
     scores = scores.astype(np.float32, copy=False)
     if contract.output.activation != "none":
         return scores

@@ -312,17 +312,24 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
 
 # `edgeseg-fast`: the fastest configuration the runtime offers here whose masks agree with FP32 Keras on
 # >= 99% of pixels. Measured with benchmarks/fast_candidates.py and `edgeseg bench` (FCN-8 classic 224):
-# OpenVINO at its default precision (bf16 on this AMX CPU), batch 4, throughput mode, is the fastest on
+# OpenVINO at its default precision (bf16 on this AMX CPU), compiled for throughput, is the fastest on
 # the FP32 file (40.8-47 fps end to end, 99.97-99.99% agreement); on the INT8 file it is faster still
 # (52-68 fps), at 99.61% agreement for the FCN-8 trained on the membrane images but 98.92% for a barely
 # trained one. So the INT8 file is used when one is given, and the report flags an agreement under 99%
-# (`edgeseg_fast.below_bar`): then run without --int8 to get the bf16 configuration.
-FAST = {"file": "int8", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True}
+# (`edgeseg_fast.below_bar`): then run without --int8 to get the bf16 configuration, or calibrate with
+# --max-drop (the bench does, when it calibrates a .keras itself).
+# The fast levers, end to end through segment (benchmarks/fast_mode.py, sample FCN-8, INT8 and FP32 files,
+# paired interleaved rounds on the loaded 2-vCPU machine): the class-id rule fused into the graph
+# (fuse_class_ids: uint8 ids out, no host argmax, the same masks) plus a call in flight per OpenVINO stream
+# (segment's default inflight) ran 1.16-1.45x batch 4 without them; batch 1 with calls in flight lost
+# (0.87-1.06x), so the batch stays 4.
+FAST = {"file": "int8", "engine": "openvino", "precision": "auto", "batch": 4, "throughput": True, "fused": True}
 # Autoencoders (the 4.4 MFLOP CAE): onnxruntime FP32 at batch 32 inferred 6,200-8,100 images/s inside
 # segment, OpenVINO 3,300-5,100 (latency hint) and 1,200-3,200 (throughput), batches 32/64/256 alike
 # or worse (2,000 digits, 2 rounds, load 1-4.5): for a model this small the per-call cost rules, so
 # the fastest configuration is the plain one, and edgeseg-fast equals edgeseg here.
-FAST_AUTOENCODER = {"file": "fp32", "engine": "onnxruntime", "precision": "auto", "batch": 32, "throughput": False}
+FAST_AUTOENCODER = {"file": "fp32", "engine": "onnxruntime", "precision": "auto", "batch": 32, "throughput": False,
+                    "fused": False}
 EDGESEG_AUTOENCODER_BATCH = 32
 
 
@@ -348,6 +355,10 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         else:
             config["file"] = "fp32"
         try:
+            if config["fused"]:
+                from edgeseg.runtime import fuse_class_ids
+
+                model_path = str(fuse_class_ids(model_path, Path(job["out"]).parent / f"{Path(job['out']).name}.fast.onnx"))
             model = Model(model_path, engine=config["engine"], precision=config["precision"],
                           throughput=config["throughput"], threads=job.get("threads"))
         except Exception as error:  # noqa: BLE001 - e.g. openvino missing: the runner is skipped, saying why
@@ -372,8 +383,10 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "engine": summary.get("engine", "onnxruntime"),
         "precision": summary.get("precision", "fp32"),
         "batch": batch,
-        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": "onnxruntime",
-                             "precision": "fp32", "batch": batch, "threads": job.get("threads")},
+        "inflight": int(summary.get("inflight", 1)),
+        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": model.engine,
+                             "precision": model.precision, "batch": batch, "threads": job.get("threads"),
+                             "choice": model.choice_reason},
     }
 
 

@@ -22,6 +22,11 @@ def run_from_args(args: argparse.Namespace, *, options: SegmentOptions,
     sources = ([args.source_option] if args.source_option is not None else []) + list(args.source or [])
     if not sources:
         raise EdgesegError("no SOURCE given: pass images, folders, globs, .txt lists or videos (or --source PATH).")
+    if args.show:
+        raise EdgesegError("--show opens a window on this machine; it does not combine with --ray (drop one).")
+    if getattr(args, "inflight", None) is not None:
+        raise EdgesegError("--inflight sets the calls in flight of one machine's pipeline; with --ray each worker "
+                           "runs one call at a time and --workers sets how many run at once. Drop --inflight.")
     live = [name for name in ("serve", "rotate", "stall_timeout") if getattr(args, name, None) is not None]
     if live:
         raise EdgesegError(f"--{live[0].replace('_', '-')} is for live streams; --ray runs files (images and videos). "

@@ -69,8 +69,12 @@ class TuneOptions:
 REFERENCE = EngineConfig()  # onnxruntime FP32, default threads, batch 1: what every mask is compared with
 
 
-def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino: bool) -> list[EngineConfig]:
+def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino: bool,
+                      fused: bool = False) -> list[EngineConfig]:
     """The configurations to try, the reference first, then the likeliest winners (the budget may end early).
+
+    ``fused``: also try OpenVINO's batched throughput configurations on the file with the class-id rule in
+    its graph (segmentation models; benchmarks/fast_mode.py measured it 1.0-1.45x the unfused file).
 
     Example::
 
@@ -85,6 +89,8 @@ def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino:
             for precision in precisions if file == "fp32" else ("auto",):
                 for batch in options.batches:
                     found.append(EngineConfig("openvino", precision, None, batch, batch > 1, file))
+                    if fused and batch > 1:
+                        found.append(EngineConfig("openvino", precision, None, batch, True, file, fused=True))
                 found += [EngineConfig("openvino", precision, t, 1, False, file) for t in threads if t is not None]
     if "onnxruntime" in options.engines:
         for file in files:
@@ -109,17 +115,34 @@ def tune(model: str | os.PathLike, options: TuneOptions = TuneOptions()) -> dict
     images = _frames(options, reference.contract)
 
     fingerprint = machine_fingerprint()
+    segmentation = reference.kind == "segmentation"
     configs = candidate_configs(options, cores=fingerprint["cores"], bf16=bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
-                                openvino=openvino_available())
-    results = _measure_all(model, options, configs, images, masks=reference.kind == "segmentation")
-    record = _record(model, options, fingerprint, results, len(images))
-    path = record_path(record["model_sha256"], fingerprint, options.cache)
+                                openvino=openvino_available(), fused=segmentation)
+    path = record_path(sha256_of(model), fingerprint, options.cache)
     path.parent.mkdir(parents=True, exist_ok=True)
+    files = _files(model, options, path, fused=segmentation and any(c.fused for c in configs))
+    results = _measure_all(files, options, configs, images, masks=segmentation)
+    fused = {file: {"path": str(where.resolve()), "sha256": sha256_of(where)} for (file, is_fused), where in files.items()
+             if is_fused}
+    record = _record(model, options, fingerprint, results, len(images), fused=fused)
     write_json_atomic(path, record)
     return {**record, "path": str(path)}
 
 
-def _measure_all(model: Path, options: TuneOptions, configs: Sequence[EngineConfig],
+def _files(model: Path, options: TuneOptions, record: Path, *, fused: bool) -> dict[tuple[str, bool], Path]:
+    """``(file, fused) -> path``: the model, its INT8 file, and their fused copies beside the record."""
+    from edgeseg.runtime import fuse_class_ids
+
+    files = {("fp32", False): model}
+    if options.int8:
+        files[("int8", False)] = Path(options.int8)
+    if fused:
+        for file, path in list(files.items()):
+            files[(file[0], True)] = fuse_class_ids(path, record.with_name(f"{record.stem}.{file[0]}.fast.onnx"))
+    return files
+
+
+def _measure_all(files: dict[tuple[str, bool], Path], options: TuneOptions, configs: Sequence[EngineConfig],
                  images: list[np.ndarray], *, masks: bool) -> list[dict[str, Any]]:
     deadline = time.perf_counter() + options.seconds
     bar = _bar(len(configs), enabled=options.progress)
@@ -128,14 +151,14 @@ def _measure_all(model: Path, options: TuneOptions, configs: Sequence[EngineConf
     level = runtime_log.level
     runtime_log.setLevel(max(level, logging.WARNING))
     try:
-        return _measure_each(model, options, configs, images, masks=masks, deadline=deadline, bar=bar)
+        return _measure_each(files, options, configs, images, masks=masks, deadline=deadline, bar=bar)
     finally:
         runtime_log.setLevel(level)
         if bar is not None:
             bar.close()
 
 
-def _measure_each(model: Path, options: TuneOptions, configs: Sequence[EngineConfig], images: list[np.ndarray], *,
+def _measure_each(files: dict[tuple[str, bool], Path], options: TuneOptions, configs: Sequence[EngineConfig], images: list[np.ndarray], *,
                   masks: bool, deadline: float, bar: Any) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     reference_outputs = None
@@ -146,7 +169,7 @@ def _measure_each(model: Path, options: TuneOptions, configs: Sequence[EngineCon
                             "skipped": "the time budget was spent (raise --seconds)"})
         else:
             slice_s = max(left, 0.0) / (len(configs) - index)
-            result, outputs = _measure(model, options, config, images, slice_s)
+            result, outputs = _measure(files[(config.file, config.fused)], config, images, slice_s)
             if reference_outputs is None:
                 reference_outputs = outputs
             if outputs is not None:
@@ -158,9 +181,8 @@ def _measure_each(model: Path, options: TuneOptions, configs: Sequence[EngineCon
     return results
 
 
-def _measure(model: Path, options: TuneOptions, config: EngineConfig, images: list[np.ndarray],
+def _measure(path: Path, config: EngineConfig, images: list[np.ndarray],
              slice_s: float) -> tuple[dict[str, Any], list[np.ndarray] | None]:
-    path = options.int8 if config.file == "int8" else model
     result: dict[str, Any] = {"config": asdict(config), "fps": None, "agreement": None}
     try:
         runner = Model(path, engine=config.engine, precision=config.precision, threads=config.threads,
@@ -197,7 +219,7 @@ def _agreement(outputs: list[np.ndarray], reference: list[np.ndarray], *, masks:
 
 
 def _record(model: Path, options: TuneOptions, fingerprint: dict[str, Any], results: list[dict[str, Any]],
-            frames: int) -> dict[str, Any]:
+            frames: int, *, fused: dict[str, dict[str, str]]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "version": RECORD_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -212,6 +234,7 @@ def _record(model: Path, options: TuneOptions, fingerprint: dict[str, Any], resu
         "reference": REFERENCE.describe(),
         "bars": BARS,
         "candidates": sorted(results, key=lambda r: -(r["fps"] or 0.0)),
+        "fused": fused,  # file -> the fused copy tune made and measured beside this record
     }
     record["choice"] = {}
     for bar in BARS:

@@ -151,7 +151,24 @@ def test_bad_engine_and_precision_are_user_errors(seg_model, tmp_path):
     with pytest.raises(EdgesegError, match="Unknown precision 'int4'"):
         Model(seg_model, engine="openvino", precision="int4")
     with pytest.raises(EdgesegError, match="OpenVINO's knob"):
-        Model(seg_model, precision="f32")
+        Model(seg_model, engine="onnxruntime", precision="f32")
     with pytest.raises(EdgesegError, match="no such file"):
         Model(tmp_path / "missing.onnx", engine="openvino")
     assert Model(seg_model, engine="auto", provider="cpu").engine == "openvino"
+
+
+def test_default_engine_is_auto_and_named_onnxruntime_knobs_keep_onnxruntime(seg_model, tmp_path, kit):
+    from edgeseg.runtime import heuristic_config
+
+    expected = heuristic_config()[0].engine  # no tuning record for this file: the heuristic decides
+    default = Model(seg_model, tuning_cache=tmp_path / "cache")
+    assert default.engine == expected and "no tuning record" in default.choice_reason
+    for knobs in ({"provider": "cpu"}, {"optimization": "basic"}):
+        kept = Model(seg_model, tuning_cache=tmp_path / "cache", **knobs)
+        assert kept.engine == "onnxruntime" and "onnxruntime's knob" in kept.choice_reason
+    # threads named at the default engine are kept, whichever engine runs
+    assert Model(seg_model, threads=1, tuning_cache=tmp_path / "cache").config.threads == 1
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), kit.colour_frame(8, 8, [kit.RED]))
+    summary = segment(image, model=seg_model, out=tmp_path / "o")
+    assert summary["engine"] == expected and summary["engine_choice"]

@@ -46,7 +46,7 @@ def messy_folder(tmp_path, kit):
 
 def test_folder_with_bad_files_costs_only_those_files(seg_model, messy_folder, tmp_path):
     out = tmp_path / "out"
-    summary = segment(messy_folder, model=seg_model, out=out)
+    summary = segment(messy_folder, model=seg_model, out=out, engine="onnxruntime")  # its provider is checked below
     assert summary["frames"] == 3 and summary["frames_failed"] == 6
     records = _jsonl(out)
     assert [r["name"] for r in records] == sorted(r["name"] for r in records)  # input order kept
@@ -325,7 +325,7 @@ def test_an_int8_model_is_reported_as_int8(tmp_path, kit):
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), kit.colour_frame(8, 8, [kit.RED]))
     assert segment(image, model=tmp_path / "qdq.onnx", out=tmp_path / "q")["precision"] == "int8"
-    assert segment(image, model=tmp_path / "fp32.onnx", out=tmp_path / "f")["precision"] == "fp32"
+    assert segment(image, model=tmp_path / "fp32.onnx", out=tmp_path / "f", engine="onnxruntime")["precision"] == "fp32"
     calibrated = onnx.load(str(tmp_path / "fp32.onnx"))
     contract = Contract.from_onnx(calibrated)
     write_contract(calibrated, contract.replace(calibration={"method": "minmax", "samples": 8}))

@@ -241,7 +241,7 @@ def test_bad_contracts_stop_with_one_line(contract, message, tmp_path, kit):
 
 def test_a_model_returning_fewer_results_than_the_batch_stops_with_one_line(tmp_path, kit):
     model = _model_with_metadata(tmp_path / "m.onnx", _contract_text(), batch_slice=True)
-    result = _segment_cli(tmp_path, model, _images(tmp_path, kit), "--batch", "4")
+    result = _segment_cli(tmp_path, model, _images(tmp_path, kit), "--batch", "4", "--engine", "onnxruntime")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip() and "frame/s" not in line]  # not the bar
     assert len(lines) == 1 and "returned 1 (shape [1, 32, 32, 3]) result(s) for a batch of 4" in lines[0]

@@ -20,6 +20,7 @@ from edgeseg.runtime import (
     choose_config,
     find_record,
     make_session,
+    openvino_available,
     pick,
     record_path,
     write_contract,
@@ -175,3 +176,26 @@ def test_tuning_record_path_moves_with_cache(tuned, tmp_path):
     model, _, record = tuned
     path = record_path(record["model_sha256"], record["fingerprint"], tmp_path)
     assert path.parent == tmp_path and path.name == Path(record["path"]).name
+
+
+@pytest.mark.skipif(not openvino_available(), reason="the fused candidates are OpenVINO's; openvino is a dev dependency")
+def test_fused_candidates_are_measured_and_model_auto_runs_the_fused_file(tuned, tmp_path):
+    model, cache, record = tuned
+    stored = json.loads(Path(record["path"]).read_text())
+    fused = [c for c in stored["candidates"] if c["config"]["fused"] and c["fps"]]
+    assert fused and Path(stored["fused"]["fp32"]["path"]).is_file()
+    for candidate in fused:  # the same masks as the unfused twin: the class-id rule only moved into the graph
+        twin = next(c for c in stored["candidates"] if c["config"] == {**candidate["config"], "fused": False})
+        assert candidate["agreement"] == twin["agreement"]
+    # Make the fused candidate the fastest: engine auto then runs the fused file, with the same masks.
+    fused[0]["fps"] = 10 * max(c["fps"] or 0.0 for c in stored["candidates"])
+    fused[0]["agreement"] = 1.0
+    other = tmp_path / "cache"
+    other.mkdir()
+    (other / Path(record["path"]).name).write_text(json.dumps(stored))
+    auto = Model(model, engine="auto", tuning_cache=other)
+    assert auto.config.fused and auto.path == Path(stored["fused"]["fp32"]["path"])
+    assert auto.contract.output.fused == "class_ids"
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    plain = Model(model, engine=auto.engine, precision=auto.precision, throughput=auto.config.throughput)
+    assert np.array_equal(auto(image).mask, plain(image).mask)
