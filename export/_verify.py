@@ -182,56 +182,127 @@ def verify_models(
         report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
         print(report.table())
     """
+    _check_options(layers=layers, tolerance=tolerance)
+    sides, not_compared = _instrument(model, proto, contract)
+    batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
+    tally = _compare_all(batches, count=count, sides=sides, contract=contract)
+    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
+    checks = _layer_checks(sides.probes, tally, wanted=wanted, tolerance=tolerance)
+    not_compared += _unmatched(sides.probes, tally, wanted=wanted)
+    if layers == "all":
+        not_compared += _without_rule(sides.everyone)
+    output, output_ok = _output_summary(tally, tolerance=tolerance)
+    first = next((c.name for c in checks if not c.ok), None)
+    if first is None and not output_ok:
+        first = "output"
+    return VerifyReport(
+        ok=first is None,
+        first_failure=first,
+        tolerance=tolerance,
+        inputs={"kind": kind, "count": count, "skipped": skipped},
+        layers=tuple(checks),
+        output=output,
+        not_compared=tuple(not_compared),
+    )
+
+
+def _check_options(*, layers: str, tolerance: float) -> None:
     if layers not in ("all", "transposed"):
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     if not tolerance > 0:
         raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
-    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
-    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
-    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
-    batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
-    onnx_batch = _fixed_batch(proto)
 
-    stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
-    agree = pixels = 0
+
+def _without_rule(everyone: dict[str, _Probe]) -> list[dict[str, str]]:
+    return [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
+            for p in everyone.values() if p.type not in INSPECTED_TYPES]
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """Both sides ready to run the same input: Keras re-run flat, ONNX with every probe as an output."""
+
+    probes: list[_Probe]  # inspected layers in graph order, the model's output ("<output>") last
+    everyone: dict[str, _Probe]  # every leaf layer call by report name
+    keras_model: Any
+    session: Any
+    onnx_names: list[str]  # the ONNX tensor of each probe
+    layouts: dict[str, str]  # each probe's ONNX layout, as far as it could be followed
+    unmatched: dict[str, str]  # probes no ONNX tensor was found for, with the reason
+    input_name: str
+    fixed_batch: int | None
+    nchw: bool
+
+
+def _instrument(model: Any, proto: Any, contract: Contract) -> tuple[_Sides, list[dict[str, str]]]:
+    """Both sides, and the layers the Keras side could not probe (listed as not compared)."""
+    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
+    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
+    sides = _Sides(probes=probes, everyone=everyone, keras_model=probe_model, session=session,
+                   onnx_names=onnx_names, layouts=layouts, unmatched=unmatched,
+                   input_name=proto.graph.input[0].name, fixed_batch=_fixed_batch(proto),
+                   nchw=contract.input.layout == "NCHW")
+    return sides, not_compared
+
+
+@dataclass
+class _Tally:
+    """Running comparison over all inputs: per-probe errors and the output's argmax agreement."""
+
+    stats: dict[str, _Stats]
+    unmatched: dict[str, str]  # probes not compared, with the reason (grows when an ONNX shape fits neither layout)
+    agree: int = 0
+    pixels: int = 0
+
+
+def _compare_all(batches: Iterator[np.ndarray], *, count: int, sides: _Sides, contract: Contract) -> _Tally:
+    # The last probe is the model's output.
+    tally = _Tally(stats={p.name: _Stats() for p in sides.probes}, unmatched=dict(sides.unmatched))
     log.info("edgeseg verify: %d input(s), layer by layer", count)
     bar = _bar(count)
-    for index, batch in enumerate(batches):
+    for batch in batches:
         if bar is not None:
             bar.update(1)
-        # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
-        # a fixed-batch export gets that input repeated to its batch size.
-        n = batch.shape[0]
-        feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
-        expected = [np.asarray(a)[:n] for a in _as_list(probe_model(feed, training=False))]
-        onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
-        got = _run(session, onnx_names, proto.graph.input[0].name, np.ascontiguousarray(onnx_feed))
-        for probe, keras_out, onnx_out in zip(probes, expected, got):
-            if probe.name in unmatched:
-                continue
-            try:
-                onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
-            except EdgesegError:
-                if probe.name == "<output>":
-                    raise
-                unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
-                continue
-            stats[probe.name].add(keras_out, onnx_out)
+        keras_out, onnx_out = _compare_one(batch, sides=sides, tally=tally)
         if contract.kind == "segmentation":
             same = class_ids(keras_out, contract) == class_ids(onnx_out, contract)
-            agree += int(np.count_nonzero(same))
-            pixels += int(same.size)
+            tally.agree += int(np.count_nonzero(same))
+            tally.pixels += int(same.size)
     if bar is not None:
         bar.close()
+    return tally
 
+
+def _compare_one(batch: np.ndarray, *, sides: _Sides, tally: _Tally) -> tuple[np.ndarray, np.ndarray]:
+    """Run one input on both sides and add every probe's error; returns the final outputs (Keras, ONNX NHWC)."""
+    # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
+    # a fixed-batch export gets that input repeated to its batch size.
+    n = batch.shape[0]
+    feed = np.repeat(batch, sides.fixed_batch, axis=0) if sides.fixed_batch not in (None, n) else batch
+    expected = [np.asarray(a)[:n] for a in _as_list(sides.keras_model(feed, training=False))]
+    onnx_feed = feed.transpose(0, 3, 1, 2) if sides.nchw and feed.ndim == 4 else feed
+    got = _run(sides.session, sides.onnx_names, sides.input_name, np.ascontiguousarray(onnx_feed))
+    for probe, keras_out, onnx_out in zip(sides.probes, expected, got):
+        if probe.name in tally.unmatched:
+            continue
+        try:
+            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, sides.layouts[probe.name], probe.name)
+        except EdgesegError:
+            if probe.name == "<output>":
+                raise
+            tally.unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
+            continue
+        tally.stats[probe.name].add(keras_out, onnx_out)
+    return keras_out, onnx_out
+
+
+def _layer_checks(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str], tolerance: float) -> list[LayerCheck]:
+    """One check per compared layer of the wanted types (the model's output is reported apart)."""
     checks = []
     for probe in probes:
-        if probe.type not in wanted or probe.name == "<output>":
+        if probe.type not in wanted or probe.name == "<output>" or probe.name in tally.unmatched:
             continue
-        if probe.name in unmatched:
-            not_compared.append({"name": probe.name, "type": probe.type, "reason": unmatched[probe.name]})
-            continue
-        s = stats[probe.name]
+        s = tally.stats[probe.name]
         scale = max(1.0, s.range)
         checks.append(
             LayerCheck(
@@ -243,24 +314,20 @@ def verify_models(
                 ok=bool(s.max_abs <= tolerance * scale),
             )
         )
-    if layers == "all":
-        not_compared += [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
-                         for p in everyone.values() if p.type not in INSPECTED_TYPES]
-    final = stats["<output>"]
+    return checks
+
+
+def _unmatched(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str]) -> list[dict[str, str]]:
+    """The layers of the wanted types no ONNX tensor could be compared with, and why."""
+    return [{"name": p.name, "type": p.type, "reason": tally.unmatched[p.name]}
+            for p in probes if p.type in wanted and p.name != "<output>" and p.name in tally.unmatched]
+
+
+def _output_summary(tally: _Tally, *, tolerance: float) -> tuple[dict[str, Any], bool]:
+    final = tally.stats["<output>"]
     output_ok = final.max_abs <= tolerance * max(1.0, final.range)
-    first = next((c.name for c in checks if not c.ok), None)
-    if first is None and not output_ok:
-        first = "output"
-    output = {"max_abs_err": float(final.max_abs), "argmax_agreement": agree / pixels if pixels else None}
-    return VerifyReport(
-        ok=first is None,
-        first_failure=first,
-        tolerance=tolerance,
-        inputs={"kind": kind, "count": count, "skipped": skipped},
-        layers=tuple(checks),
-        output=output,
-        not_compared=tuple(not_compared),
-    )
+    agreement = tally.agree / tally.pixels if tally.pixels else None
+    return {"max_abs_err": float(final.max_abs), "argmax_agreement": agreement}, output_ok
 
 
 def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
