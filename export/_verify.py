@@ -448,9 +448,6 @@ def _onnx_probe(
 
     Also returns the probes no ONNX tensor could be found for, with the reason (listed as not compared).
     """
-    import onnx
-    import onnxruntime as ort
-
     graph = proto.graph
     scope_tensor = _layer_tensors(graph, list(everyone.values())) if everyone else {}
     if scope_tensor is None:
@@ -466,25 +463,47 @@ def _onnx_probe(
         if probe.name == "<output>":
             tensor = graph.output[0].name
         else:
-            tensor = scope_tensor.get(probe.name)
-            if tensor == AMBIGUOUS:
-                unmatched[probe.name] = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
-                tensor = graph_input
-            cursor = probe
-            while tensor is None and cursor is not None:
-                if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
-                    # A layer with weights cannot be folded away: its nodes were renamed or merged.
-                    unmatched[probe.name] = f"no ONNX node carries the name of layer `{cursor.name}`"
-                    tensor = graph_input
-                    break
-                # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
-                upstream = cursor.producer
-                tensor = graph_input if upstream is None else scope_tensor.get(upstream)
-                cursor = everyone.get(upstream) if upstream is not None else None
+            tensor, reason = _probe_tensor(probe, scope_tensor=scope_tensor, everyone=everyone, graph_input=graph_input)
+            if reason is not None:
+                unmatched[probe.name] = reason
         names.append(tensor)
         chosen[probe.name] = layouts.get(tensor, "?")
+    session = _session_with_outputs(proto, names)
+    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
+    return session, names, chosen, unmatched
+
+
+def _probe_tensor(probe: _Probe, *, scope_tensor: dict[str, str], everyone: dict[str, _Probe],
+                  graph_input: str) -> tuple[str, str | None]:
+    """The ONNX tensor holding ``probe``'s output, and why it cannot be compared (None when it can).
+
+    A probe that cannot be compared gets the graph input as a placeholder tensor.
+    """
+    tensor = scope_tensor.get(probe.name)
+    reason = None
+    if tensor == AMBIGUOUS:
+        reason = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
+        tensor = graph_input
+    cursor = probe
+    while tensor is None and cursor is not None:
+        if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
+            # A layer with weights cannot be folded away: its nodes were renamed or merged.
+            return graph_input, f"no ONNX node carries the name of layer `{cursor.name}`"
+        # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
+        upstream = cursor.producer
+        tensor = graph_input if upstream is None else scope_tensor.get(upstream)
+        cursor = everyone.get(upstream) if upstream is not None else None
+    return tensor, reason
+
+
+def _session_with_outputs(proto: Any, names: list[str]) -> Any:
+    """An onnxruntime session on a copy of ``proto`` with ``names`` added as graph outputs, run as written."""
+    import onnx
+    import onnxruntime as ort
+
     instrumented = onnx.ModelProto()
     instrumented.CopyFrom(proto)
+    graph_input = proto.graph.input[0].name
     present = {o.name for o in instrumented.graph.output}
     for tensor in dict.fromkeys(names):
         if tensor not in present and tensor != graph_input:
@@ -493,11 +512,9 @@ def _onnx_probe(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
     options.log_severity_level = 4  # a failure is reported once, by verify, in one line
     try:
-        session = ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
-    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
-    return session, names, chosen, unmatched
 
 
 def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
