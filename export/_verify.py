@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
-from edgeseg.runtime.contract import Contract
+from edgeseg.runtime import preprocess
+from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
@@ -184,8 +185,8 @@ def verify_models(
     """
     _check_options(layers=layers, tolerance=tolerance)
     sides, not_compared = _instrument(model, proto, contract)
-    batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
-    tally = _compare_all(batches, count=count, sides=sides, contract=contract)
+    inputs = _inputs(model, contract, images=images, random=random, seed=seed)
+    tally = _compare_all(inputs, sides=sides, contract=contract)
     wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
     checks = _layer_checks(sides.probes, tally, wanted=wanted, tolerance=tolerance)
     not_compared += _unmatched(sides.probes, tally, wanted=wanted)
@@ -199,7 +200,7 @@ def verify_models(
         ok=first is None,
         first_failure=first,
         tolerance=tolerance,
-        inputs={"kind": kind, "count": count, "skipped": skipped},
+        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
         layers=tuple(checks),
         output=output,
         not_compared=tuple(not_compared),
@@ -255,12 +256,12 @@ class _Tally:
     pixels: int = 0
 
 
-def _compare_all(batches: Iterator[np.ndarray], *, count: int, sides: _Sides, contract: Contract) -> _Tally:
+def _compare_all(inputs: _Inputs, *, sides: _Sides, contract: Contract) -> _Tally:
     # The last probe is the model's output.
     tally = _Tally(stats={p.name: _Stats() for p in sides.probes}, unmatched=dict(sides.unmatched))
-    log.info("edgeseg verify: %d input(s), layer by layer", count)
-    bar = _bar(count)
-    for batch in batches:
+    log.info("edgeseg verify: %d input(s), layer by layer", inputs.count)
+    bar = _bar(inputs.count)
+    for batch in inputs.batches:
         if bar is not None:
             bar.update(1)
         keras_out, onnx_out = _compare_one(batch, sides=sides, tally=tally)
@@ -652,43 +653,54 @@ def _fixed_batch(proto: Any) -> int | None:
     return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
 
 
-def _inputs(
-    model: Any, contract: Contract, *, images: str | os.PathLike | None, random: int, seed: int
-) -> tuple[Iterator[np.ndarray], str, int, int]:
-    """Batches (one input each, NHWC) to feed both sides: images through the contract, or random."""
+@dataclass(frozen=True)
+class _Inputs:
+    """What both sides are fed: batches of one input each (NHWC), their kind and count, files skipped."""
+
+    batches: list[np.ndarray]
+    kind: str  # "images" or "random"
+    skipped: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.batches)
+
+
+def _inputs(model: Any, contract: Contract, *, images: str | os.PathLike | None, random: int, seed: int) -> _Inputs:
+    """Inputs to feed both sides: images through the contract, or random."""
     import dataclasses
 
-    from edgeseg.runtime import preprocess
-
     nhwc = dataclasses.replace(contract.input, layout="NHWC")
-    model_shape = tuple(model.inputs[0].shape[1:])
     if images is not None:
         if contract.kind == "decoder":
             raise EdgesegError("A decoder takes latent codes, not images: verify it with --random N, not --images.")
-        folder = Path(images)
-        if not folder.is_dir():
-            raise EdgesegError(f"--images must be a folder of images, got `{folder}` (not a folder).")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        batches, skipped = [], 0
-        for path in files:
-            try:
-                batches.append(preprocess(_read_image(path), nhwc)[0])
-            except BadInputError as error:
-                skipped += 1
-                log.warning("skipped %s: %s", path.name, error)
-        if not batches:
-            raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
-        return iter(batches), "images", len(batches), skipped
+        return _image_inputs(Path(images), nhwc=nhwc)
     if random < 1:
         raise EdgesegError(f"--random must be at least 1, got {random}.")
     rng = np.random.default_rng(seed)
     if contract.kind == "decoder":
-        shape = tuple(d if d is not None else 1 for d in model_shape)
-        batches = [rng.random((1, *shape), dtype=np.float32) for _ in range(random)]
-    else:
-        size = (contract.input.height, contract.input.width, 3)
-        batches = [preprocess(rng.integers(0, 256, size, dtype=np.uint8), nhwc)[0] for _ in range(random)]
-    return iter(batches), "random", random, 0
+        shape = tuple(d if d is not None else 1 for d in model.inputs[0].shape[1:])
+        return _Inputs(batches=[rng.random((1, *shape), dtype=np.float32) for _ in range(random)], kind="random")
+    size = (contract.input.height, contract.input.width, 3)
+    return _Inputs(batches=[preprocess(rng.integers(0, 256, size, dtype=np.uint8), nhwc)[0] for _ in range(random)],
+                   kind="random")
+
+
+def _image_inputs(folder: Path, *, nhwc: InputSpec) -> _Inputs:
+    """The folder's images through the contract's preprocessing; an unreadable one is skipped and counted."""
+    if not folder.is_dir():
+        raise EdgesegError(f"--images must be a folder of images, got `{folder}` (not a folder).")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    batches, skipped = [], 0
+    for path in files:
+        try:
+            batches.append(preprocess(_read_image(path), nhwc)[0])
+        except BadInputError as error:
+            skipped += 1
+            log.warning("skipped %s: %s", path.name, error)
+    if not batches:
+        raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
+    return _Inputs(batches=batches, kind="images", skipped=skipped)
 
 
 def _read_image(path: Path) -> np.ndarray:
