@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
-from edgeseg.runtime import preprocess
+from edgeseg.runtime import preprocess, read_image
 from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
@@ -694,22 +694,13 @@ def _image_inputs(folder: Path, *, nhwc: InputSpec) -> _Inputs:
     batches, skipped = [], 0
     for path in files:
         try:
-            batches.append(preprocess(_read_image(path), nhwc)[0])
+            batches.append(preprocess(read_image(path), nhwc)[0])
         except BadInputError as error:
             skipped += 1
             log.warning("skipped %s: %s", path.name, error)
     if not batches:
         raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
     return _Inputs(batches=batches, kind="images", skipped=skipped)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadInputError("cannot decode it as an image")
-    return image
 
 
 def _flat(value: Any) -> list[Any]:
