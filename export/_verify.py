@@ -526,6 +526,14 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
     layer's name, optionally followed by ``_<digits>``; ambiguities are settled by elimination
     (a layer has one scope), then by order of appearance.
     """
+    last_node, options = _scopes(graph, layers)
+    assigned = _assign_scopes(options)
+    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
+    return found or None
+
+
+def _scopes(graph: Any, layers: list[_Probe]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Per layer scope in the graph: the output of its last node, and the report names it may be (best first)."""
     by_name: dict[str, list[_Probe]] = {}
     order = {id(layer): i for i, layer in enumerate(layers)}
     for layer in layers:
@@ -536,22 +544,35 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
         parts = node.name.split("/")
         if len(parts) < 2 or _INSERTED.search(node.name):
             continue
-        for depth in range(len(parts) - 2, -1, -1):
+        depth, names = _layer_scope(parts, by_name)
+        if not names:
+            continue
+        scope = "/".join(parts[: depth + 1])
+        last_node[scope] = node.output[0]
+        if scope not in options:
+            held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
+            options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
+    return last_node, options
+
+
+def _layer_scope(parts: list[str], by_name: dict[str, list[_Probe]]) -> tuple[int, list[_Probe]]:
+    """The depth of the innermost layer scope in a node's name parts, and the layers it may be ([] for none)."""
+    for depth in range(len(parts) - 2, -1, -1):
+        names = _scope_candidates(parts[depth], by_name)
+        if not names:
+            continue
+        while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
+            # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
+            # layer's own scope: the outer one of a run of matching scopes is the layer.
+            depth -= 1
             names = _scope_candidates(parts[depth], by_name)
-            if not names:
-                continue
-            while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
-                # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
-                # layer's own scope: the outer one of a run of matching scopes is the layer.
-                depth -= 1
-                names = _scope_candidates(parts[depth], by_name)
-            scope = "/".join(parts[: depth + 1])
-            last_node[scope] = node.output[0]
-            if scope not in options:
-                held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
-                options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
-            break
-    assigned: dict[str, str] = {}  # report name -> scope
+        return depth, names
+    return 0, []
+
+
+def _assign_scopes(options: dict[str, list[str]]) -> dict[str, str]:
+    """Report name -> scope: by elimination (a layer has one scope), TensorFlow's suffix rule, then order."""
+    assigned: dict[str, str] = {}
     pending = dict(options)
     while pending:
         progress = False
@@ -568,8 +589,7 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
             scope = next(iter(pending))
             free = [n for n in pending.pop(scope) if n not in assigned]
             assigned[free[0]] = scope
-    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
-    return found or None
+    return assigned
 
 
 def _pair_by_one_suffix(pending: dict[str, list[str]], assigned: dict[str, str]) -> bool:
