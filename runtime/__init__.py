@@ -15,11 +15,12 @@ onnxruntime itself is imported only when a session is built, so the contract and
 helpers work (and the ``edgeseg`` command line starts) without it.
 """
 
-from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, image_frames, open_source, read_image, video_frames
+from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
+                                     video_frames)
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
-from edgeseg.runtime._pipeline import SegmentOptions, Source, open_model, segment, stage_table
+from edgeseg.runtime._pipeline import RUN_FILES, SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
@@ -54,6 +55,8 @@ __all__ = [
     "MaskSink",
     "FrameSink",
     "open_model",
+    "frame_names",
+    "RUN_FILES",
     "Source",
     "SegmentOptions",
     "BARS",

@@ -113,16 +113,9 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edgeseg.runtime._pipeline import SegmentOptions, open_model, segment, stage_table
     from edgeseg.runtime.errors import EdgesegError
 
-    if args.ray:  # edgeseg.scaleout stands on the runtime: imported by name, only when asked for
-        return _scaleout().run_from_args(args, contract=_contract_overrides(args) or None)
-    from edgeseg.runtime._pipeline import SegmentOptions, open_model, segment, stage_table
-
-    sources = _streams_cli.sources_of(args)
-    source = sources[0] if len(sources) == 1 else None
-    if not sources:
-        raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     options = SegmentOptions(
         outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
         batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,
@@ -130,6 +123,12 @@ def _run(args: argparse.Namespace) -> int:
         show=args.show, progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite,
         resume=args.resume, provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
         optimization=args.optimization, strict=args.strict)
+    if args.ray:  # edgeseg.scaleout stands on the runtime: imported by name, only when asked for
+        return _scaleout().run_from_args(args, options=options, contract=_contract_overrides(args) or None)
+    sources = _streams_cli.sources_of(args)
+    source = sources[0] if len(sources) == 1 else None
+    if not sources:
+        raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
     model = open_model(args.model, options, contract=_contract_overrides(args) or None)
     if _streams_cli.wants(args):
         return _streams_cli.run(args, model)

@@ -54,7 +54,8 @@ log = logging.getLogger("edgeseg.runtime")
 OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 DEFAULT_OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
-# What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run".
+# What a run leaves in --out: what --overwrite clears, and what makes a folder "hold a run" (public: --ray's
+# driver applies the same rule to its folders).
 RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction")
 _END = object()
 # The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
@@ -165,6 +166,10 @@ class Source:
     video, stream), how many frames it will give (``total``, None when unknown), its frame rate (0 for
     images), and, for live sources, the :class:`LiveSource` (its stats go into the summary).
 
+    A part of a larger source (what one worker of ``--ray`` runs) is opened with :meth:`images` or
+    :meth:`video_range`; ``lead``: how many first frames only prime ``smooth`` (run, never written
+    nor counted), so a range of a video gives the masks the whole video would.
+
     Example::
 
         source = Source.open("clip.mp4", SegmentOptions(stride=2))
@@ -177,6 +182,7 @@ class Source:
     total: int | None
     fps: float
     live: LiveSource | None = None
+    lead: int = 0
 
     @property
     def sequential(self) -> bool:
@@ -206,6 +212,33 @@ class Source:
             total = min(total, options.max_frames)
         return cls(spec, frames, kind, total, fps)
 
+    @classmethod
+    def images(cls, paths: list[str | os.PathLike], *, root: str | os.PathLike | None = None,
+               names: list[str] | None = None, first: int = 0) -> Source:
+        """Image files as a source: ``names`` (default: :func:`frame_names` of ``paths``) and the index
+        ``first`` of the first path are the whole source's, when ``paths`` is a part of it.
+
+        Example::
+
+            part = Source.images(paths[64:128], root="photos", names=names[64:128], first=64)
+        """
+        frames = (dataclasses.replace(frame, index=frame.index + first)
+                  for frame in image_frames(paths, root=root, names=names))
+        return cls(paths, frames, "list", len(paths), 0.0)
+
+    @classmethod
+    def video_range(cls, path: str | os.PathLike, *, start: int, count: int, stride: int = 1, lead: int = 0) -> Source:
+        """Frames ``start, start + stride, ...`` (``count`` of them) of a video, reached by seeking; the
+        ``lead`` frames before ``start`` (same stride) are decoded only to prime ``smooth``.
+
+        Example::
+
+            part = Source.video_range("clip.mp4", start=256, count=256, lead=14)
+        """
+        info = VideoInfo.from_video_path(path)
+        frames = video_frames(path, stride=stride, start=start - lead * stride, max_frames=count + lead, seek=True)
+        return cls(path, frames, "video", count, info.fps / stride, lead=lead)
+
     def close(self) -> None:
         if self.live is not None:
             self.live.close()
@@ -232,6 +265,7 @@ class _Item:
     ms: dict[str, float] = field(default_factory=dict)
     kept: dict[str, Any] | None = None  # the record of a frame a resumed run already finished
     batch: tuple[np.ndarray, np.ndarray] | None = None  # (outputs, inputs) of the inference call it was part of
+    lead: bool = False  # only primes --smooth (Source.lead): never written nor counted
 
 
 def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os.PathLike, out: str | os.PathLike,
@@ -412,7 +446,8 @@ class _Run:
                     break
                 t1 = time.perf_counter()
                 self.taken += 1
-                item = _Item(frame, arrived=t1, ms={"decode": (t1 - t0) * 1000}, kept=self.kept.get(frame.name))
+                item = _Item(frame, arrived=t1, ms={"decode": (t1 - t0) * 1000}, kept=self.kept.get(frame.name),
+                             lead=self.taken <= self.source.lead)
                 if frame.ok and item.kept is None:
                     try:
                         item.tensor, item.geometry = preprocess(frame.image, spec)
@@ -529,6 +564,10 @@ class _Run:
 
     def _finish(self, item: _Item, outcome: Outcome | None, smoothed: np.ndarray | None) -> np.ndarray | None:
         frame = item.frame
+        if item.lead:
+            if item.output is not None and outcome is None and self.smooth and self.sequential:
+                smoothed = self._segmentation(item, smoothed)[1]
+            return smoothed
         if item.kept is not None:
             self._write_kept(item)
             return smoothed

@@ -1,8 +1,9 @@
 """edgeseg.scaleout: ``edgeseg segment --ray`` — the same job and outputs as one machine, on a Ray cluster.
 
 The driver plans units (chunks of image paths, frame ranges of videos: never pixels), a pool of
-Ray actors each holding its own :class:`edgeseg.runtime.Model` decodes and runs them with the
-runtime's own readers and writers, and the driver joins the parts into the single-machine layout.
+Ray actors each holding its own :class:`edgeseg.runtime.Model` runs each unit with the runtime's
+own ``segment`` (the same pipeline, options and outputs as one machine), and the driver joins the
+parts into the single-machine layout.
 Ray itself is imported only when a job starts (``pip install 'edgeseg[ray]'``).
 
 Example::
@@ -14,20 +15,19 @@ Example::
 from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, segment_on_ray
 from edgeseg.scaleout._cli import run_from_args
 from edgeseg.scaleout._merge import join_videos
-from edgeseg.scaleout._plan import Selection, Source, Unit, plan, warm_frames
-from edgeseg.scaleout._worker import WriteOptions, run_unit
+from edgeseg.scaleout._plan import Source, Unit, plan, warm_frames
+from edgeseg.scaleout._worker import run_unit, unit_source
 
 __all__ = [
     "ClusterOptions",
     "ModelSpec",
-    "Selection",
     "Source",
     "Unit",
-    "WriteOptions",
     "join_videos",
     "plan",
     "run_from_args",
     "run_unit",
+    "unit_source",
     "segment_on_ray",
     "warm_frames",
 ]

@@ -1,7 +1,8 @@
 """``edgeseg segment ... --ray ADDRESS``: the runtime's command hands its parsed options over to here.
 
 The options are defined by the runtime's ``segment`` parser (so ``--help`` lists them in one
-place); the runtime imports this package by name only when ``--ray`` is given.
+place) and arrive as the same :class:`SegmentOptions` a single-machine run gets; the runtime
+imports this package by name only when ``--ray`` is given.
 """
 
 from __future__ import annotations
@@ -10,32 +11,25 @@ import argparse
 import sys
 from typing import Any
 
-from edgeseg.runtime import EdgesegError, stage_table
+from edgeseg.runtime import EdgesegError, SegmentOptions, stage_table
 from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, segment_on_ray
-from edgeseg.scaleout._plan import Selection
-from edgeseg.scaleout._worker import WriteOptions
 
 
-def run_from_args(args: argparse.Namespace, *, contract: dict[str, Any] | None = None) -> int:
-    """Run the parsed ``edgeseg segment`` options on Ray; ``contract``: the runtime's contract overrides."""
+def run_from_args(args: argparse.Namespace, *, options: SegmentOptions,
+                  contract: dict[str, Any] | None = None) -> int:
+    """Run the parsed ``edgeseg segment`` on Ray; ``options``: what the runtime built from ``args``;
+    ``contract``: the runtime's contract overrides."""
     sources = ([args.source_option] if args.source_option is not None else []) + list(args.source or [])
     if not sources:
         raise EdgesegError("no SOURCE given: pass images, folders, globs, .txt lists or videos (or --source PATH).")
-    if args.show:
-        raise EdgesegError("--show opens a window on this machine; it does not combine with --ray (drop one).")
     live = [name for name in ("serve", "rotate", "stall_timeout") if getattr(args, name, None) is not None]
     if live:
         raise EdgesegError(f"--{live[0].replace('_', '-')} is for live streams; --ray runs files (images and videos). "
                            "Drop one of them.")
-    spec = ModelSpec(args.model, provider=args.provider, optimization=args.optimization, contract=contract,
-                     engine=args.engine, precision=args.precision, strict=args.strict)
     cluster = ClusterOptions(address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                             gpus_per_worker=args.gpus_per_worker, resume=args.resume,
-                             progress=not args.no_progress)
-    write = WriteOptions(outputs=frozenset(n.strip() for n in args.write.split(",") if n.strip()), alpha=args.alpha,
-                         smooth=args.smooth, codec=args.codec, batch=args.batch or 1)
-    select = Selection(stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive)
-    summary = segment_on_ray(sources, model=spec, out=args.out, cluster=cluster, write=write, select=select)
+                             gpus_per_worker=args.gpus_per_worker)
+    summary = segment_on_ray(sources, model=ModelSpec(args.model, contract=contract), out=args.out, cluster=cluster,
+                             options=options)
     if "stage_ms" in summary:
         print(stage_table({**summary, "infer_fps": summary.get("worker_fps", 0.0)}), file=sys.stderr)
     workers = summary.get("workers", {})

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import EdgesegError, Model, write_json_atomic
+from edgeseg.runtime import RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, write_json_atomic
 from edgeseg.scaleout._merge import merge_source
-from edgeseg.scaleout._plan import Selection, Source, Unit, plan
-from edgeseg.scaleout._worker import WORK_DIR, WriteOptions, is_complete, run_unit
+from edgeseg.scaleout._plan import Source, Unit, plan
+from edgeseg.scaleout._worker import WORK_DIR, read_marker, run_unit
 
 log = logging.getLogger("edgeseg.scaleout")
 
@@ -35,19 +35,14 @@ IN_FLIGHT_PER_WORKER = 2  # one running, one queued at the actor: no idle gap be
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How each worker builds its :class:`Model` (its ``threads`` = the worker's CPUs, set by the driver)."""
+    """How each worker opens its :class:`Model`: the runtime's :func:`open_model` with the job's options,
+    ``threads`` set to the worker's CPUs (onnxruntime ignores the ``OMP_NUM_THREADS`` Ray sets)."""
 
     path: str
-    provider: str = "auto"
-    optimization: str = "all"
     contract: dict[str, Any] | None = None
-    engine: str = "onnxruntime"
-    precision: str = "auto"
-    strict: bool = False
 
-    def build(self, *, threads: int | None, provider: str | None = None) -> Model:
-        return Model(self.path, provider=provider or self.provider, threads=threads, optimization=self.optimization,
-                     contract=self.contract, engine=self.engine, precision=self.precision, strict=self.strict)
+    def open(self, options: SegmentOptions, *, threads: int | None) -> Model:
+        return open_model(self.path, dataclasses.replace(options, threads=threads), contract=self.contract)
 
 
 @dataclass(frozen=True)
@@ -61,14 +56,15 @@ class ClusterOptions:
     chunk: int = 64
     range_frames: int = 256
     retries: int = 3
-    resume: bool = False
-    progress: bool = False
 
 
-def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.PathLike,
-                   cluster: ClusterOptions = ClusterOptions(), write: WriteOptions = WriteOptions(),
-                   select: Selection = Selection(), stop: threading.Event | None = None) -> dict[str, Any]:
+def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, out: str | os.PathLike,
+                   cluster: ClusterOptions = ClusterOptions(), options: SegmentOptions = SegmentOptions(),
+                   stop: threading.Event | None = None) -> dict[str, Any]:
     """``edgeseg segment`` over a Ray cluster: the same outputs as one machine; returns the job's summary.
+
+    ``options`` mean what they mean without Ray (each unit runs :func:`edgeseg.runtime.segment`
+    with them), ``--out`` included: a folder holding a run is refused unless ``overwrite`` or ``resume``.
 
     Example::
 
@@ -76,25 +72,25 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
                                  cluster=ClusterOptions(address="local", workers=2))
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
-    _check(cluster, write)
+    _check(cluster, options)
     # Fail here, in one line, on a bad model: not once per actor in a worker log.
-    local = spec.build(threads=1, provider="cpu" if spec.provider == "cuda" else None)
-    cluster = _same_grain(cluster, Path(out))
-    planned, units = plan(list(sources), out=out, select=select, chunk=cluster.chunk,
-                          range_frames=cluster.range_frames, smooth=write.smooth)
-    todo = [u for u in units if not (cluster.resume and is_complete(u, write))]
-    if not cluster.resume:
-        _clear_markers(planned)
+    local = spec.open(dataclasses.replace(options, provider="cpu" if options.provider == "cuda" else options.provider),
+                      threads=1)
+    cluster = _same_grain(cluster, Path(out), options)
+    planned, units = plan(list(sources), out=out, options=options, chunk=cluster.chunk,
+                          range_frames=cluster.range_frames)
+    _prepare_outs(Path(out), planned, options)
+    todo = [u for u in units if not (options.resume and read_marker(u) is not None)]
     Path(out, WORK_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(out, WORK_DIR, "plan.json"), {"chunk": cluster.chunk, "range_frames": cluster.range_frames})
     ray = _ray()
     started_ray = _connect(ray, cluster.address)
-    pool = _Pool(ray, spec, cluster)
+    pool = _Pool(ray, spec, cluster, options)
     started = time.perf_counter()
     stop = stop or threading.Event()
     restore = _on_signals(stop)  # after ray.init, which installs handlers of its own
     try:
-        pool.run(todo, write, total=sum(u.frames for u in todo), stop=stop)
+        pool.run(todo, total=sum(u.frames for u in todo), stop=stop)
     finally:
         restore()
         pool.close()
@@ -102,12 +98,12 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
             ray.shutdown()
     wall = time.perf_counter() - started
     info = {"model": spec.path, "kind": local.kind, "engine": pool.described.get("engine", local.engine),
-            "provider": pool.described.get("provider", ""), "precision": local.precision}
+            "provider": pool.described.get("provider", ""), "precision": pool.described.get("precision", local.precision)}
     extra = {"workers": pool.worker_stats(), "ray": {"address": cluster.address, "workers": cluster.workers,
              "cpus_per_worker": cluster.cpus_per_worker, "gpus_per_worker": cluster.gpus_per_worker,
              "units": len(units), "units_skipped": len(units) - len(todo), "units_retried": pool.retried,
              "units_lost": [u.key for u in pool.lost]}}
-    summaries = [merge_source(s, [u for u in units if u.source == s.number], write, model=info, wall=wall,
+    summaries = [merge_source(s, [u for u in units if u.source == s.number], options, model=info, wall=wall,
                               interrupted=pool.interrupted, extra=extra) for s in planned]
     if pool.lost:
         log.warning("%d unit(s) failed after %d tries each (see summary.json ray.units_lost); run again with --resume",
@@ -126,8 +122,8 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str, out: str | os.
 class _Pool:
     """Actors, the units in flight on each, and the retry of units whose actor died."""
 
-    def __init__(self, ray: Any, spec: ModelSpec, cluster: ClusterOptions) -> None:
-        self.ray, self.spec, self.cluster = ray, spec, cluster
+    def __init__(self, ray: Any, spec: ModelSpec, cluster: ClusterOptions, options: SegmentOptions) -> None:
+        self.ray, self.spec, self.cluster, self.options = ray, spec, cluster, options
         self.worker_class = _worker_class(ray)
         self.actors: dict[str, Any] = {}
         self.inflight: dict[Any, tuple[Unit, str]] = {}
@@ -148,43 +144,43 @@ class _Pool:
         self.actors[name] = self.worker_class.options(
             num_cpus=self.cluster.cpus_per_worker, num_gpus=self.cluster.gpus_per_worker,
             scheduling_strategy="SPREAD",  # across nodes first: decode where the work is, on every node
-        ).remote(self.spec, threads, name)
+        ).remote(self.spec, self.options, threads, name)
         self.stats[name] = {"frames": 0, "frames_failed": 0, "seconds": 0.0, "units": 0, "died": 0}
 
-    def run(self, units: list[Unit], write: WriteOptions, *, total: int, stop: threading.Event) -> None:
+    def run(self, units: list[Unit], *, total: int, stop: threading.Event) -> None:
         pending = collections.deque(units)
-        bar = _bar(total, self.cluster.progress)
+        bar = _bar(total, self.options.progress)
         try:
             try:
-                self._loop(pending, write, bar, stop)
+                self._loop(pending, bar, stop)
             except KeyboardInterrupt:
                 log.warning("Ctrl-C: finishing the units in flight and joining the outputs (again to abort)")
                 self.interrupted = True
-                self._loop(collections.deque(), write, bar, stop)
+                self._loop(collections.deque(), bar, stop)
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: join what is complete now
         finally:
             if bar is not None:
                 bar.close()
 
-    def _loop(self, pending: collections.deque, write: WriteOptions, bar: Any, stop: threading.Event) -> None:
+    def _loop(self, pending: collections.deque, bar: Any, stop: threading.Event) -> None:
         while pending or self.inflight:
             if stop.is_set() and pending:
                 self.interrupted = True
                 pending.clear()
-            self._submit(pending, write)
+            self._submit(pending)
             ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
             for ref in ready:
                 self._collect(ref, pending, bar)
             if bar is not None:
                 bar.set_postfix_str(f"workers {len(self.actors)}", refresh=False)
 
-    def _submit(self, pending: collections.deque, write: WriteOptions) -> None:
+    def _submit(self, pending: collections.deque) -> None:
         load = collections.Counter(name for _, name in self.inflight.values())
         for name, actor in list(self.actors.items()):
             while pending and load[name] < IN_FLIGHT_PER_WORKER:
                 unit = pending.popleft()
-                self.inflight[actor.run.remote(unit, write)] = (unit, name)
+                self.inflight[actor.run.remote(unit)] = (unit, name)
                 load[name] += 1
 
     def _collect(self, ref: Any, pending: collections.deque, bar: Any) -> None:
@@ -206,6 +202,9 @@ class _Pool:
             if isinstance(cause, EdgesegError):
                 raise EdgesegError(str(cause)) from None
             raise
+        if marker.get("interrupted"):  # a signal reached the worker: not done, --resume redoes it
+            self.interrupted = True
+            return
         stats = self.stats[name]
         for key in ("frames", "frames_failed", "seconds"):
             stats[key] += marker[key]
@@ -240,12 +239,13 @@ def _worker_class(ray: Any) -> Any:
     class SegmentWorker:
         """One Ray actor: one Model with ``threads`` inference threads, fed units by the driver."""
 
-        def __init__(self, spec: ModelSpec, threads: int, name: str) -> None:
-            self.model, self.name = spec.build(threads=threads), name
-            self.described = {"engine": self.model.engine, "provider": (self.model.providers or ("",))[0]}
+        def __init__(self, spec: ModelSpec, options: SegmentOptions, threads: int, name: str) -> None:
+            self.model, self.options, self.name = spec.open(options, threads=threads), options, name
 
-        def run(self, unit: Unit, write: WriteOptions) -> dict[str, Any]:
-            return {**run_unit(unit, self.model, write, worker=self.name), "described": self.described}
+        def run(self, unit: Unit) -> dict[str, Any]:
+            marker = run_unit(unit, self.model, self.options, worker=self.name)
+            described = {key: marker[key] for key in ("engine", "provider", "precision") if key in marker}
+            return {**marker, "described": described}
 
     return ray.remote(max_restarts=0, max_task_retries=0)(SegmentWorker)
 
@@ -271,22 +271,17 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
-def _check(cluster: ClusterOptions, write: WriteOptions) -> None:
-    unknown = set(write.outputs) - {"masks", "overlay", "reconstruction", "jsonl"}
-    if unknown:
-        raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from masks, overlay, "
-                           "reconstruction, jsonl.")
+def _check(cluster: ClusterOptions, options: SegmentOptions) -> None:
     if cluster.workers < 1 or cluster.cpus_per_worker <= 0 or cluster.gpus_per_worker < 0:
         raise EdgesegError(f"--workers >= 1, --cpus-per-worker > 0 and --gpus-per-worker >= 0 expected; got "
                            f"{cluster.workers}, {cluster.cpus_per_worker}, {cluster.gpus_per_worker}.")
-    if write.batch < 1 or not 0.0 <= write.smooth < 1.0 or not 0.0 <= write.alpha <= 1.0:
-        raise EdgesegError(f"--batch >= 1, --smooth in [0, 1) and --alpha in [0, 1] expected; got "
-                           f"{write.batch}, {write.smooth}, {write.alpha}.")
+    if options.show:
+        raise EdgesegError("--show opens a window on this machine; it does not combine with --ray (drop one).")
 
 
-def _same_grain(cluster: ClusterOptions, out: Path) -> ClusterOptions:
+def _same_grain(cluster: ClusterOptions, out: Path, options: SegmentOptions) -> ClusterOptions:
     # --resume must cut the job into the units the interrupted run cut, or nothing would match.
-    if not cluster.resume:
+    if not options.resume:
         return cluster
     try:
         grain = json.loads((out / WORK_DIR / "plan.json").read_text(encoding="utf-8"))
@@ -295,14 +290,13 @@ def _same_grain(cluster: ClusterOptions, out: Path) -> ClusterOptions:
     return dataclasses.replace(cluster, chunk=int(grain["chunk"]), range_frames=int(grain["range_frames"]))
 
 
-def _clear_markers(sources: list[Source]) -> None:
-    # A fresh run (no --resume) must not join parts of an earlier run's units into its outputs.
-    for source in sources:
-        work = Path(source.out) / WORK_DIR
-        if work.is_dir():
-            for path in work.iterdir():
-                if path.name != "plan.json":
-                    path.unlink(missing_ok=True)
+def _prepare_outs(out: Path, sources: list[Source], options: SegmentOptions) -> None:
+    """The single-machine --out rule for the job's folder and each source's: a folder holding a run
+    (its files, or this package's parts) is refused unless --overwrite (they are cleared) or --resume."""
+    for folder in dict.fromkeys([out, *(Path(s.out) for s in sources)]):
+        # The parts count as a run: an earlier job's must never be joined into this one's outputs.
+        prepare_out(folder, previous_run=lambda o: [o / name for name in (*RUN_FILES, WORK_DIR)],
+                    overwrite=options.overwrite, resume=options.resume)
 
 
 def _on_signals(stop: threading.Event) -> Any:

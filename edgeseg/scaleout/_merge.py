@@ -7,7 +7,6 @@ Without ffmpeg the parts are decoded and re-encoded through the runtime's :class
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,30 +14,31 @@ from typing import Any
 
 import cv2
 
-from edgeseg.runtime import EdgesegError, VideoSink, atomic_path, write_json_atomic
+from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path, write_json_atomic
 from edgeseg.scaleout._plan import Source, Unit
-from edgeseg.scaleout._worker import STAGES, WriteOptions, marker_path, part_paths
+from edgeseg.scaleout._worker import part_folder, read_marker
 
 
-def merge_source(source: Source, units: list[Unit], options: WriteOptions, *, model: dict[str, Any],
+def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, model: dict[str, Any],
                  wall: float, interrupted: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``frames.jsonl``, ``overlay.mp4`` and ``summary.json`` of one source from its finished units."""
     out = Path(source.out)
     out.mkdir(parents=True, exist_ok=True)
-    markers = [(unit, _marker(unit)) for unit in sorted(units, key=lambda u: u.seq)]
+    markers = [(unit, read_marker(unit)) for unit in sorted(units, key=lambda u: u.seq)]
     finished = [(unit, marker) for unit, marker in markers if marker is not None]
     outputs: dict[str, Any] = {"summary": "summary.json"}
     if "jsonl" in options.outputs:
-        _join_lines([part_paths(unit)[0] for unit, _ in finished], out / "frames.jsonl")
+        _join_lines([part_folder(unit) / m["outputs"]["jsonl"] for unit, m in finished], out / "frames.jsonl")
         outputs["jsonl"] = "frames.jsonl"
     if model["kind"] == "segmentation" and "masks" in options.outputs:
         outputs["masks"] = "masks/"
     if model["kind"] == "autoencoder" and "reconstruction" in options.outputs:
         outputs["reconstruction"] = "reconstruction/"
-    parts = [part_paths(unit)[1] for unit, marker in finished if marker["video_frames"]]
+    videos = [(unit, m["outputs"]) for unit, m in finished if m["outputs"].get("video_frames")]
+    parts = [part_folder(unit) / video["video"] for unit, video in videos]
     if parts:
-        codec = next(m["video_codec"] for _, m in finished if m["video_frames"])
-        frames = sum(m["video_frames"] for _, m in finished)
+        codec = videos[0][1]["video_codec"]
+        frames = sum(video["video_frames"] for _, video in videos)
         outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames,
                        video_join=join_videos(parts, out / "overlay.mp4", fps=source.fps, codec=options.codec))
     elif "overlay" in options.outputs and source.kind != "video":
@@ -85,13 +85,6 @@ def join_videos(parts: list[Path], target: Path, *, fps: float, codec: str = "au
     return "re-encode"
 
 
-def _marker(unit: Unit) -> dict[str, Any] | None:
-    try:
-        return json.loads(marker_path(unit).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _join_lines(parts: list[Path], target: Path) -> None:
     with atomic_path(target) as temporary, open(temporary, "wb") as joined:
         for part in parts:
@@ -99,12 +92,15 @@ def _join_lines(parts: list[Path], target: Path) -> None:
                 shutil.copyfileobj(handle, joined)
 
 
-def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: WriteOptions,
+def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: SegmentOptions,
              model: dict[str, Any], wall: float, interrupted: bool, outputs: dict[str, Any]) -> dict[str, Any]:
     done = sum(m["frames"] for _, m in finished)
     failed = sum(m["frames_failed"] for _, m in finished) + (1 if source.error else 0)
-    stage_total = {stage: sum(m["stage_ms"].get(stage, 0.0) for _, m in finished) for stage in STAGES}
+    # A unit's stage_ms are per frame (its runtime summary's): weigh them by its frames.
+    stages = finished[0][1]["stage_ms"].keys() if finished else ()
+    stage_total = {stage: sum(m["stage_ms"].get(stage, 0.0) * m["frames"] for _, m in finished) for stage in stages}
     busy = sum(m["seconds"] for _, m in finished)
+    first_failure = source.error or next((m["first_failure"] for _, m in finished if m.get("first_failure")), None)
     return {
         "source": source.spec,
         "source_kind": source.kind,
@@ -112,13 +108,14 @@ def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planne
         **model,
         "frames": done,
         "frames_failed": failed,
+        "first_failure": first_failure,
         "fps": round(done / wall, 3) if wall > 0 else 0.0,
         "worker_fps": round(done / busy, 3) if busy > 0 else 0.0,
         "wall_s": round(wall, 3),
-        "batch": options.batch,
+        "batch": finished[0][1]["batch"] if finished else options.batch,  # the runtime's batch rule chose it
         "smooth": options.smooth,
         "interrupted": interrupted,
         "units": {"planned": planned, "finished": len(finished)},
-        "stage_ms": {stage: round(stage_total[stage] / max(done, 1), 3) for stage in STAGES},
+        "stage_ms": {stage: round(total / max(done, 1), 3) for stage, total in stage_total.items()},
         "outputs": outputs,
     }

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseg.runtime import EdgesegError, VideoInfo, classify_source
+from edgeseg.runtime import EdgesegError, SegmentOptions, VideoInfo, classify_source, frame_names
 
 log = logging.getLogger("edgeseg.scaleout")
 
@@ -27,7 +27,8 @@ class Unit:
 
     ``warm``: frames decoded and run before ``first`` only to rebuild the --smooth state; their
     outputs are not written. ``index``: the frame index (images: position in the source's list) of
-    the unit's first frame. ``out``: the folder the source's outputs go to.
+    the unit's first frame; ``names``: the output names of ``paths``, as the whole source names them.
+    ``out``: the folder the source's outputs go to.
     """
 
     source: int
@@ -36,6 +37,7 @@ class Unit:
     out: str
     index: int = 0
     paths: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
     root: str | None = None
     video: str = ""
     first: int = 0
@@ -66,16 +68,6 @@ class Source:
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The frame selection, as ``edgeseg segment`` means it: every ``stride``-th from ``start``, at most ``max_frames``."""
-
-    stride: int = 1
-    start: int = 0
-    max_frames: int | None = None
-    recursive: bool = False
-
-
 def warm_frames(smooth: float) -> int:
     """Frames a range starts early so the --smooth average has forgotten what it could not see (< 1e-4)."""
     if smooth <= 0.0:
@@ -83,38 +75,41 @@ def warm_frames(smooth: float) -> int:
     return math.ceil(math.log(SMOOTH_FORGET) / math.log(smooth))
 
 
-def plan(sources: list[str], *, out: str | os.PathLike, select: Selection = Selection(), chunk: int = 64,
-         range_frames: int = 256, smooth: float = 0.0) -> tuple[list[Source], list[Unit]]:
+def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions = SegmentOptions(), chunk: int = 64,
+         range_frames: int = 256) -> tuple[list[Source], list[Unit]]:
     """Split ``sources`` into units. One SOURCE writes into ``out`` itself; several into ``out/<stem>/``.
+
+    ``options``: the frame selection (``stride``, ``start``, ``max_frames``, ``recursive``) and
+    ``smooth`` (how early each video range starts), as ``edgeseg segment`` means them.
 
     Example::
 
         sources, units = plan(["clip.mp4", "photos/"], out="runs/all", range_frames=200)
     """
-    if select.stride < 1 or select.start < 0 or (select.max_frames is not None and select.max_frames < 0):
-        raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; got "
-                           f"{select.stride}, {select.start}, {select.max_frames}.")
     if chunk < 1 or range_frames < 1:
         raise EdgesegError(f"--chunk and --range-frames must be >= 1, got {chunk} and {range_frames}.")
     sources = expand_videos(sources)
     outs = _output_folders(sources, Path(out))
     planned, units = [], []
     for number, (spec, folder) in enumerate(zip(sources, outs)):
-        kind, paths = classify_source(spec, recursive=select.recursive)
+        kind, paths = classify_source(spec, recursive=options.recursive)
         if kind == "video":
             try:
-                source, pieces = _video_units(number, spec, folder, select, range_frames, warm_frames(smooth))
+                source, pieces = _video_units(number, spec, folder, options, range_frames, warm_frames(options.smooth))
             except EdgesegError as error:
                 if len(sources) == 1:
                     raise  # the job's only source: stop with its one line, as without Ray
                 log.warning("skipped %s: %s", spec, error)  # one bad video of many costs only itself
                 source, pieces = Source(number, spec, kind, folder, 0, 0.0, error=str(error)), []
         else:
-            chosen = paths[select.start::select.stride][:select.max_frames]
+            chosen = paths[options.start::options.stride][:options.max_frames]
             root = spec if kind == "folder" else None
+            # The whole source's names (as without Ray): two files with one stem keep their suffixes.
+            names = frame_names(paths, root)[options.start::options.stride][:options.max_frames]
             source = Source(number, spec, kind, folder, len(chosen), 0.0)
             pieces = [Unit(number, seq, "images", folder, index=i, paths=tuple(str(p) for p in chosen[i:i + chunk]),
-                           root=root) for seq, i in enumerate(range(0, len(chosen), chunk))]
+                           names=tuple(names[i:i + chunk]), root=root)
+                      for seq, i in enumerate(range(0, len(chosen), chunk))]
         planned.append(source)
         units += pieces
     return planned, units
@@ -143,22 +138,22 @@ def expand_videos(sources: list[str]) -> list[str]:
     return expanded
 
 
-def _video_units(number: int, spec: str, folder: str, select: Selection, range_frames: int,
+def _video_units(number: int, spec: str, folder: str, options: SegmentOptions, range_frames: int,
                  warm: int) -> tuple[Source, list[Unit]]:
     info = VideoInfo.from_video_path(spec)
-    wanted = range(select.start, info.frame_count, select.stride)[:select.max_frames]
-    fps = info.fps / select.stride
+    wanted = range(options.start, info.frame_count, options.stride)[:options.max_frames]
+    fps = info.fps / options.stride
     if not info.frame_count:
         # A header without a frame count: one range to the end, on one worker.
-        only = Unit(number, 0, "video", folder, index=select.start, video=spec, first=select.start,
-                    count=select.max_frames or 1 << 40, stride=select.stride, fps=fps)
+        only = Unit(number, 0, "video", folder, index=options.start, video=spec, first=options.start,
+                    count=options.max_frames or 1 << 40, stride=options.stride, fps=fps)
         return Source(number, spec, "video", folder, 0, fps), [only]
     units = []
     for seq, at in enumerate(range(0, len(wanted), range_frames)):
         frames = wanted[at:at + range_frames]
         early = min(warm, at)  # never before the selection's own start
         units.append(Unit(number, seq, "video", folder, index=frames[0], video=spec, first=frames[0],
-                          count=len(frames), stride=select.stride, warm=early, fps=fps))
+                          count=len(frames), stride=options.stride, warm=early, fps=fps))
     return Source(number, spec, "video", folder, len(wanted), fps), units
 
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.runtime import EdgesegError, Model, read_mask_png, segment
+from edgeseg.runtime import EdgesegError, Model, Source, read_mask_png, segment
 
 
 def _jsonl(out):
@@ -368,3 +368,36 @@ def test_an_interrupted_stream_accounts_for_every_grabbed_frame(seg_model, tmp_p
     stream = summary["stream"]
     assert summary["interrupted"] and summary["frames"] >= 8 and len(_jsonl(out)) == summary["frames"]
     assert stream["grabbed"] == stream["dropped"] + stream["left_unread"] + summary["frames"] + summary["frames_failed"]
+
+
+def test_a_video_range_with_lead_frames_gives_what_the_whole_video_gives(seg_model, tmp_path, kit):
+    # The flicker video: with smooth=0.9 frame 5 is red only because of frames 0-4, which the range
+    # runs as lead frames (primed, never written nor counted).
+    frames = [kit.colour_frame(32, 32, [kit.RED if i % 2 == 0 else kit.BLUE]) for i in range(8)]
+    video = kit.write_video(tmp_path / "flicker.avi", frames)
+    whole = segment(video, model=seg_model, out=tmp_path / "whole", outputs=("masks", "jsonl"), smooth=0.9)
+    part = segment(Source.video_range(video, start=5, count=3, lead=5), model=seg_model, out=tmp_path / "part",
+                   outputs=("masks", "jsonl"), smooth=0.9)
+    bare = segment(Source.video_range(video, start=5, count=3), model=seg_model, out=tmp_path / "bare",
+                   outputs=("jsonl",), smooth=0.9)
+    assert (whole["frames"], part["frames"]) == (8, 3)
+    assert [r["index"] for r in _jsonl(tmp_path / "part")] == [5, 6, 7]
+    assert _jsonl(tmp_path / "part")[0]["class_fraction"] == _jsonl(tmp_path / "whole")[5]["class_fraction"]
+    assert [r["class_fraction"]["red"] for r in _jsonl(tmp_path / "bare")] == [0.0, 0.0, 0.0]  # unprimed: blue
+    masks = sorted(p.name for p in (tmp_path / "part" / "masks").iterdir())
+    assert masks == ["flicker_000005.png", "flicker_000006.png", "flicker_000007.png"]
+    assert all((tmp_path / "part" / "masks" / n).read_bytes() == (tmp_path / "whole" / "masks" / n).read_bytes()
+               for n in masks)
+
+
+def test_a_part_of_an_image_list_keeps_the_whole_sources_names_and_indices(seg_model, tmp_path, kit):
+    paths = []
+    for i, suffix in enumerate(("png", "png", "bmp")):
+        path = tmp_path / "in" / f"{'a' if i < 2 else 'b'}{i if i == 1 else ''}.{suffix}"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), kit.colour_frame(16, 16, [kit.RED]))
+        paths.append(path)
+    segment(Source.images(paths[1:], names=["a1", "b"], first=1), model=seg_model, out=tmp_path / "part",
+            outputs=("masks", "jsonl"))
+    assert [(r["index"], r["name"]) for r in _jsonl(tmp_path / "part")] == [(1, "a1"), (2, "b")]
+    assert sorted(p.name for p in (tmp_path / "part" / "masks").iterdir()) == ["a1.png", "b.png"]

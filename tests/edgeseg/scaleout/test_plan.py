@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edgeseg.runtime import VideoSink, video_frames
-from edgeseg.scaleout import Selection, plan, warm_frames
+from edgeseg.runtime import SegmentOptions, VideoSink, video_frames
+from edgeseg.scaleout import plan, warm_frames
 
 
 def _video(path, frames=40):
@@ -30,8 +30,8 @@ def test_a_range_read_by_seeking_has_the_pixels_of_a_full_decode(tmp_path):
 
 def test_plan_splits_a_video_into_ranges_that_start_early_when_smoothing(tmp_path):
     video = _video(tmp_path / "clip.mp4")
-    sources, units = plan([str(video)], out=tmp_path / "out", select=Selection(start=2, stride=2), range_frames=6,
-                          smooth=0.5)
+    sources, units = plan([str(video)], out=tmp_path / "out", options=SegmentOptions(start=2, stride=2, smooth=0.5),
+                          range_frames=6)
     assert warm_frames(0.5) == 14 and warm_frames(0.0) == 0
     assert sources[0].frames == 19 and [u.first for u in units] == [2, 14, 26, 38]
     assert [u.count for u in units] == [6, 6, 6, 1]

@@ -20,8 +20,8 @@ import pytest
 import ray
 
 from edgeseg.cli import main
-from edgeseg.runtime import Model, read_mask_png, segment
-from edgeseg.scaleout import ClusterOptions, Selection, WriteOptions, segment_on_ray
+from edgeseg.runtime import EdgesegError, Model, SegmentOptions, read_mask_png, segment
+from edgeseg.scaleout import ClusterOptions, segment_on_ray
 
 
 MODEL = str(Path(__file__).resolve().parents[3] / "samples" / "models" / "fcn8" / "model.onnx")
@@ -79,13 +79,15 @@ def test_folder_equals_single_machine(cluster, inputs, tmp_path):
     _, images = inputs
     single = _single(images, tmp_path / "one", recursive=True)
     summary = segment_on_ray([str(images)], model=MODEL, out=tmp_path / "ray",
-                             cluster=ClusterOptions(workers=2, chunk=3), select=Selection(recursive=True))
+                             cluster=ClusterOptions(workers=2, chunk=3), options=SegmentOptions(recursive=True))
     assert _tree(tmp_path / "ray", "masks") == _tree(tmp_path / "one", "masks")
     assert len(_tree(tmp_path / "ray", "masks")) == 7 and "sub/im3.png" in _tree(tmp_path / "ray", "masks")
     assert _tree(tmp_path / "ray", "overlay") == _tree(tmp_path / "one", "overlay")
     assert _lines(tmp_path / "ray" / "frames.jsonl") == _lines(tmp_path / "one" / "frames.jsonl")
     assert (summary["frames"], summary["frames_failed"]) == (single["frames"], single["frames_failed"]) == (7, 1)
     assert summary["units"] == {"planned": 3, "finished": 3}
+    # Each unit is the runtime's own segment(): its batch rule and reporting, not a copy of them.
+    assert [summary[k] for k in ("batch", "precision", "engine")] == [single[k] for k in ("batch", "precision", "engine")]
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["workers"] == summary["workers"]
 
 
@@ -107,7 +109,7 @@ def test_smoothing_is_rebuilt_at_range_borders(cluster, inputs, tmp_path):
     video, _ = inputs
     _single(video, tmp_path / "one", smooth=0.5, outputs=("masks",))
     segment_on_ray([str(video)], model=MODEL, out=tmp_path / "ray", cluster=ClusterOptions(workers=2, range_frames=8),
-                   write=WriteOptions(outputs=frozenset({"masks"}), smooth=0.5))
+                   options=SegmentOptions(outputs=("masks",), smooth=0.5))
     ours, theirs = _tree(tmp_path / "ray", "masks"), _tree(tmp_path / "one", "masks")
     assert ours.keys() == theirs.keys()
     # Each range starts 14 frames early, so what it cannot see weighs 0.5**14 < 1e-4: a pixel may
@@ -185,3 +187,38 @@ def test_cli_with_several_sources_writes_one_folder_each(cluster, inputs, tmp_pa
     assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"][2]["error"]
     assert len(_tree(tmp_path / "job" / "clip", "masks")) == FRAMES and len(_tree(tmp_path / "job" / "images", "masks")) == 4
     assert not (tmp_path / "job" / "clip" / "overlay.mp4").exists()  # --write without overlay: none drawn
+
+
+def test_out_holding_a_run_is_refused_unless_overwrite_as_on_one_machine(cluster, inputs, tmp_path):
+    _, images = inputs
+    out = tmp_path / "ray"
+    segment_on_ray([str(images)], model=MODEL, out=out, cluster=ClusterOptions(workers=1))
+    command = ["segment", str(images), "--model", MODEL, "--out", str(out), "--ray", "auto", "--no-progress"]
+    assert main(command) == 2  # refused in one line, nothing touched
+    with pytest.raises(EdgesegError, match="already holds a run.*--overwrite.*--resume"):
+        segment_on_ray([str(images)], model=MODEL, out=out, cluster=ClusterOptions(workers=1))
+    (out / "masks" / "stale.png").write_bytes(b"from the earlier run")
+    (out / "notes.txt").write_text("the user's own file")
+    assert main([*command, "--overwrite"]) == 0
+    assert sorted(_tree(out, "masks")) == ["im1.png", "im2.png", "im4.png", "im5.png"]  # the stale mask is gone
+    assert (out / "notes.txt").exists()
+    # A job stopped before any file was joined leaves only its parts: that folder holds a run too.
+    (tmp_path / "parts" / ".scaleout").mkdir(parents=True)
+    with pytest.raises(EdgesegError, match="already holds a run"):
+        segment_on_ray([str(images)], model=MODEL, out=tmp_path / "parts", cluster=ClusterOptions(workers=1))
+
+
+def test_an_autoencoder_gets_the_runtimes_batch_rule_and_the_same_reconstructions(cluster, tmp_path):
+    cae = str(Path(MODEL).parents[1] / "cae" / "model.onnx")
+    digits = np.load(Path(MODEL).parents[2] / "digits.npz")["x_test"][:70]
+    (tmp_path / "digits").mkdir()
+    for i, digit in enumerate(digits):
+        cv2.imwrite(str(tmp_path / "digits" / f"{i:03d}.png"), digit)
+    single = segment(str(tmp_path / "digits"), model=Model(cae, threads=1), out=tmp_path / "one")
+    summary = segment_on_ray([str(tmp_path / "digits")], model=cae, out=tmp_path / "ray",
+                             cluster=ClusterOptions(workers=2))  # units of 64 and 6: the single run's batches
+    assert summary["batch"] == single["batch"] == 64  # no --batch: the runtime's default for autoencoders
+    assert _tree(tmp_path / "ray", "reconstruction") == _tree(tmp_path / "one", "reconstruction")
+    assert len(_tree(tmp_path / "ray", "reconstruction")) == 70
+    scores = [json.loads(line)["score"] for line in (tmp_path / "ray" / "frames.jsonl").read_text().splitlines()]
+    assert scores == [json.loads(line)["score"] for line in (tmp_path / "one" / "frames.jsonl").read_text().splitlines()]
