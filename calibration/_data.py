@@ -109,6 +109,33 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
             for start, batch in frames.chunks(8):
                 ...
     """
+    request = _request(data, masks=masks, samples=samples, every=every)
+    kind, items = _open_items(request)
+    mask_paths = _mask_paths(request, contract)
+    spill = _Spill.create(samples=samples, spec=contract.input, with_masks=mask_paths is not None)
+    try:
+        tally = _read_frames(items, contract=contract, mask_paths=mask_paths, spill=spill, samples=samples)
+        _check_read(tally, request=request, mask_paths=mask_paths)
+        stats = tally.stats(source=str(request.data), kind=kind, with_masks=mask_paths is not None)
+        _check_not_degenerate(stats)
+    except BaseException:
+        spill.discard()
+        raise
+    return spill.calibration_set(names=tally.names, stats=stats)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Where the frames and masks come from, and how many to take (validated)."""
+
+    data: Path
+    masks: str | Path | None  # as given (or ``data/masks``): error messages quote it verbatim
+    samples: int
+    every: int | None
+
+
+def _request(data: str | Path, *, masks: str | Path | None, samples: int, every: int | None) -> _Request:
+    """Check the counts; a folder holding ``images/`` and ``masks/`` (and no --masks) means both."""
     if samples < 1:
         raise EdgesegError(f"--samples must be at least 1, got {samples}.")
     if every is not None and every < 1:
@@ -116,84 +143,156 @@ def load_calibration_set(data: str | Path, contract: Contract, *, samples: int =
     data = Path(data)
     if masks is None and data.is_dir() and (data / "images").is_dir() and (data / "masks").is_dir():
         data, masks = data / "images", data / "masks"
-    spec = contract.input
+    return _Request(data=data, masks=masks, samples=samples, every=every)
+
+
+def _open_items(request: _Request):
+    """``(kind, items)``: the source's kind and its ``(name, image, error)`` triples."""
+    data = request.data
     if data.is_file() and (data.suffix.lower() in (".npy", ".npz") or data.name.endswith(("-ubyte.gz", "-ubyte"))):
-        kind, items = "array", _array_images(data, samples=samples, every=every)
-    else:
-        kind, items = _source_images(data, samples=samples, every=every)
-    if masks is not None and contract.kind != "segmentation":
+        return "array", _array_images(data, samples=request.samples, every=request.every)
+    return _source_images(data, samples=request.samples, every=request.every)
+
+
+def _mask_paths(request: _Request, contract: Contract) -> dict[str, Path] | None:
+    """The masks by stem, or None without masks; only a segmentation model can be scored against masks."""
+    if request.masks is None:
+        return None
+    if contract.kind != "segmentation":
         raise EdgesegError(f"--masks: model kind `{contract.kind}` has no classes to score against masks; "
                            "drop --masks (its report compares reconstructions instead).")
-    mask_paths = _mask_index(Path(masks)) if masks is not None else None
+    return _mask_index(Path(request.masks))
 
-    tmp = tempfile.TemporaryDirectory(prefix="edgeseg-calib-")
-    shape = (samples, spec.height, spec.width, spec.channels)
-    pixels = np.lib.format.open_memmap(Path(tmp.name) / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
-    mask_store = None
-    if mask_paths is not None:
-        mask_store = np.lib.format.open_memmap(Path(tmp.name) / "masks.npy", mode="w+", dtype=np.uint8,
-                                               shape=shape[:3])
-    names: list[str] = []
-    skipped: list[str] = []
-    autocorr: list[float] = []
-    flat = thresholded = 0
-    fingerprints: set[bytes] = set()
-    unpaired: list[str] = []
-    try:
-        for name, image, error in items:
-            if len(names) >= samples:
-                break
-            if error is None:
-                try:
-                    fitted, geometry = fit(image, spec)
-                    mask = None
-                    if mask_paths is not None:
-                        mask_path = mask_paths.get(Path(name).name)
-                        if mask_path is None:
-                            unpaired.append(name)
-                            continue
-                        mask, blurred = _fit_mask(mask_path, geometry, contract)
-                        thresholded += blurred
-                except BadInputError as bad:
-                    error = str(bad)
-            if error is not None:
-                skipped.append(f"{name}: {error}")
-                log.warning("skipping calibration frame %s: %s", name, error)
-                continue
-            index = len(names)
-            pixels[index] = fitted
-            if mask_store is not None:
-                mask_store[index] = mask
-            names.append(name)
-            gray = fitted.mean(axis=2, dtype=np.float32)
-            flat += float(gray.std()) < FLAT_STD
-            autocorr.append(_neighbour_correlation(gray))
-            fingerprints.add(cv2.resize(fitted, (8, 8), interpolation=cv2.INTER_AREA).tobytes())
-        if mask_paths is not None and unpaired:
-            raise EdgesegError(
-                f"Masks `{masks}` do not pair with images `{data}`: {len(unpaired)} image(s) have no mask "
-                f"with the same stem (first: {unpaired[0]!r}; masks there look like {sorted(mask_paths)[:3]}). "
-                "Name each mask after its image (cells_01.png -> masks/cells_01.png)."
-            )
-        if not names and skipped:
-            raise EdgesegError(f"No usable calibration frames in `{data}`: all {len(skipped)} read were refused "
-                               f"(first: {skipped[0]}). Fix those files or point --data/--masks elsewhere.")
-        if not names:
-            raise EdgesegError(f"No calibration frames in `{data}`: expected images, a video or an .npy array.")
-        stats = FrameStats(
-            source=str(data), kind=kind, read=len(names), skipped=len(skipped), skipped_reasons=tuple(skipped[:20]),
-            masks=len(names) if mask_store is not None else 0, thresholded_masks=thresholded,
-            median_autocorrelation=float(np.median(autocorr)), flat_frames=int(flat),
-            distinct_frames=len(fingerprints),
+
+class _Spill:
+    """The memory-mapped files the fitted frames (and masks) are written to, in a temporary folder."""
+
+    def __init__(self, tmp: tempfile.TemporaryDirectory, pixels: np.ndarray, masks: np.ndarray | None,
+                 spec: InputSpec) -> None:
+        self.tmp, self.pixels, self.masks, self.spec = tmp, pixels, masks, spec
+
+    @classmethod
+    def create(cls, *, samples: int, spec: InputSpec, with_masks: bool) -> _Spill:
+        tmp = tempfile.TemporaryDirectory(prefix="edgeseg-calib-")
+        shape = (samples, spec.height, spec.width, spec.channels)
+        pixels = np.lib.format.open_memmap(Path(tmp.name) / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
+        masks = None
+        if with_masks:
+            masks = np.lib.format.open_memmap(Path(tmp.name) / "masks.npy", mode="w+", dtype=np.uint8,
+                                              shape=shape[:3])
+        return cls(tmp, pixels, masks, spec)
+
+    def put(self, index: int, item: _Fitted) -> None:
+        self.pixels[index] = item.pixels
+        if self.masks is not None:
+            self.masks[index] = item.mask
+
+    def discard(self) -> None:
+        self.pixels = self.masks = None  # drop the memmaps before removing their files
+        self.tmp.cleanup()
+
+    def calibration_set(self, *, names: list[str], stats: FrameStats) -> CalibrationSet:
+        n = len(names)
+        return CalibrationSet(spec=self.spec, pixels=self.pixels[:n],
+                              masks=None if self.masks is None else self.masks[:n],
+                              names=names, stats=stats, _tmp=self.tmp)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """One frame fitted to the model's input, its mask placed alike (None without masks)."""
+
+    pixels: np.ndarray
+    mask: np.ndarray | None = None
+    thresholded: int = 0  # 1 when the mask was a 0/255 mask with JPEG-edge values, thresholded
+
+
+@dataclass
+class _Tally:
+    """What reading has kept and refused so far, and the numbers the sanity checks need."""
+
+    names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unpaired: list[str] = field(default_factory=list)
+    autocorr: list[float] = field(default_factory=list)
+    fingerprints: set[bytes] = field(default_factory=set)
+    flat: int = 0
+    thresholded: int = 0
+
+    def refuse(self, name: str, error: str) -> None:
+        self.skipped.append(f"{name}: {error}")
+        log.warning("skipping calibration frame %s: %s", name, error)
+
+    def keep(self, name: str, item: _Fitted) -> None:
+        self.names.append(name)
+        self.thresholded += item.thresholded
+        gray = item.pixels.mean(axis=2, dtype=np.float32)
+        self.flat += float(gray.std()) < FLAT_STD
+        self.autocorr.append(_neighbour_correlation(gray))
+        self.fingerprints.add(cv2.resize(item.pixels, (8, 8), interpolation=cv2.INTER_AREA).tobytes())
+
+    def stats(self, *, source: str, kind: str, with_masks: bool) -> FrameStats:
+        return FrameStats(
+            source=source, kind=kind, read=len(self.names), skipped=len(self.skipped),
+            skipped_reasons=tuple(self.skipped[:20]), masks=len(self.names) if with_masks else 0,
+            thresholded_masks=self.thresholded, median_autocorrelation=float(np.median(self.autocorr)),
+            flat_frames=int(self.flat), distinct_frames=len(self.fingerprints),
         )
-        _check_not_degenerate(stats)
-    except BaseException:
-        del pixels, mask_store
-        tmp.cleanup()
-        raise
-    n = len(names)
-    return CalibrationSet(spec=spec, pixels=pixels[:n], masks=None if mask_store is None else mask_store[:n],
-                          names=names, stats=stats, _tmp=tmp)
+
+
+def _read_frames(items, *, contract: Contract, mask_paths: dict[str, Path] | None, spill: _Spill,
+                 samples: int) -> _Tally:
+    """Fit up to ``samples`` frames into ``spill``; a bad frame or mask costs only itself."""
+    tally = _Tally()
+    for name, image, error in items:
+        if len(tally.names) >= samples:
+            break
+        item = None
+        if error is None:
+            try:
+                item = _fit_item(image, name=name, contract=contract, mask_paths=mask_paths)
+            except BadInputError as bad:
+                error = str(bad)
+        if error is not None:
+            tally.refuse(name, error)
+        elif item is None:
+            tally.unpaired.append(name)
+        else:
+            spill.put(len(tally.names), item)
+            tally.keep(name, item)
+    return tally
+
+
+def _fit_item(image: np.ndarray, *, name: str, contract: Contract,
+              mask_paths: dict[str, Path] | None) -> _Fitted | None:
+    """The frame fitted (and its mask placed alike); None when masks are given and none pairs with it.
+
+    The frame is fitted first: a frame that cannot be used is refused as such, paired or not.
+    """
+    fitted, geometry = fit(image, contract.input)
+    if mask_paths is None:
+        return _Fitted(pixels=fitted)
+    mask_path = mask_paths.get(Path(name).name)
+    if mask_path is None:
+        return None
+    mask, thresholded = _fit_mask(mask_path, geometry, contract)
+    return _Fitted(pixels=fitted, mask=mask, thresholded=thresholded)
+
+
+def _check_read(tally: _Tally, *, request: _Request, mask_paths: dict[str, Path] | None) -> None:
+    """Every image has its mask, and at least one frame was kept."""
+    data = request.data
+    if mask_paths is not None and tally.unpaired:
+        raise EdgesegError(
+            f"Masks `{request.masks}` do not pair with images `{data}`: {len(tally.unpaired)} image(s) have no mask "
+            f"with the same stem (first: {tally.unpaired[0]!r}; masks there look like {sorted(mask_paths)[:3]}). "
+            "Name each mask after its image (cells_01.png -> masks/cells_01.png)."
+        )
+    if not tally.names and tally.skipped:
+        raise EdgesegError(f"No usable calibration frames in `{data}`: all {len(tally.skipped)} read were refused "
+                           f"(first: {tally.skipped[0]}). Fix those files or point --data/--masks elsewhere.")
+    if not tally.names:
+        raise EdgesegError(f"No calibration frames in `{data}`: expected images, a video or an .npy array.")
 
 
 def _check_not_degenerate(stats: FrameStats) -> None:

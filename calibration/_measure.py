@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,10 +171,30 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     """
     import onnx
 
-    from edgeseg.calibration._quantize import analysis_session
-
     float_model = onnx.load(str(float_path))
     qdq_model = onnx.load(str(qdq_path))
+    matched = _match_tensors(float_model, qdq_model)
+    feeds = [batch for _, batch in itertools.islice(frames.chunks(1), max_frames)]
+    sums = _activation_sums(float_model, qdq_model, matched=matched, feeds=feeds, work_dir=work_dir,
+                            budget=max_output_mb * 2**20)
+    layers = _activation_entries(sums, matched=matched, qdq_model=qdq_model)
+    _add_weight_sqnr(layers, float_model=float_model, qdq_model=qdq_model)
+    return layers
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """Float-model tensors with their place in the QDQ model.
+
+    ``pairs[t]`` is the QDQ tensor holding ``t``'s INT8 value (dequantized where it is quantized),
+    ``owners[t]`` the QDQ node that outputs it (the layer ``t`` is reported under).
+    """
+
+    pairs: dict[str, str]
+    owners: dict[str, Any]
+
+
+def _match_tensors(float_model, qdq_model) -> _Matched:
     float_tensors = {out for node in float_model.graph.node for out in node.output} | {
         o.name for o in float_model.graph.output}
     # In the QDQ model a quantized tensor T flows T -> QuantizeLinear -> DequantizeLinear -> T'.
@@ -191,28 +212,47 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
             continue
         pairs[float_name] = dq_of.get(q_of.get(tensor, ""), tensor)
         owners[float_name] = node
-    sums = {t: [0.0, 0.0] for t in pairs}
-    feeds = [batch for _, batch in itertools.islice(frames.chunks(1), max_frames)]
+    return _Matched(pairs=pairs, owners=owners)
+
+
+def _activation_sums(float_model, qdq_model, *, matched: _Matched, feeds: list[np.ndarray], work_dir: Path,
+                     budget: int) -> dict[str, list[float]]:
+    """``{float tensor: [signal power, noise power]}`` summed over ``feeds``."""
+    sums = {t: [0.0, 0.0] for t in matched.pairs}
     # Every saved tensor of a frame stays alive until the run returns: group the tensors so one
     # run holds at most ~max_output_mb of them (FCN-8 at 224 holds ~1 GB of activations per frame).
-    for group, tensors in enumerate(_groups(pairs, _tensor_bytes(float_model), max_output_mb * 2**20)):
+    for group, tensors in enumerate(_groups(matched.pairs, _tensor_bytes(float_model), budget)):
         float_aug = _with_outputs(float_model, tensors, work_dir / f"sqnr_float_{group}.onnx")
-        qdq_aug = _with_outputs(qdq_model, [pairs[t] for t in tensors], work_dir / f"sqnr_int8_{group}.onnx")
-        sessions = [analysis_session(float_aug), analysis_session(qdq_aug)]
-        input_name = sessions[0].get_inputs()[0].name
-        for batch in feeds:
-            fa = dict(zip(tensors, sessions[0].run(tensors, {input_name: batch})))
-            qa = dict(zip([pairs[t] for t in tensors], sessions[1].run([pairs[t] for t in tensors], {input_name: batch})))
-            for tensor in tensors:
-                x, y = fa[tensor].astype(np.float64), qa[pairs[tensor]].astype(np.float64)
-                if x.shape != y.shape:
-                    continue
-                sums[tensor][0] += float(np.square(x).sum())
-                sums[tensor][1] += float(np.square(x - y).sum())
-            del fa, qa
-        del sessions
+        qdq_aug = _with_outputs(qdq_model, [matched.pairs[t] for t in tensors], work_dir / f"sqnr_int8_{group}.onnx")
+        _add_group(sums, tensors=tensors, pairs=matched.pairs, paths=(float_aug, qdq_aug), feeds=feeds)
         float_aug.unlink()
         qdq_aug.unlink()
+    return sums
+
+
+def _add_group(sums: dict[str, list[float]], *, tensors: list[str], pairs: dict[str, str],
+               paths: tuple[Path, Path], feeds: list[np.ndarray]) -> None:
+    """Run both instrumented models (float, QDQ) on every feed and add each tensor's powers to ``sums``."""
+    from edgeseg.calibration._quantize import analysis_session
+
+    sessions = [analysis_session(paths[0]), analysis_session(paths[1])]
+    input_name = sessions[0].get_inputs()[0].name
+    int8_names = [pairs[t] for t in tensors]
+    for batch in feeds:
+        fa = dict(zip(tensors, sessions[0].run(tensors, {input_name: batch})))
+        qa = dict(zip(int8_names, sessions[1].run(int8_names, {input_name: batch})))
+        for tensor in tensors:
+            x, y = fa[tensor].astype(np.float64), qa[pairs[tensor]].astype(np.float64)
+            if x.shape != y.shape:
+                continue
+            sums[tensor][0] += float(np.square(x).sum())
+            sums[tensor][1] += float(np.square(x - y).sum())
+        del fa, qa
+    del sessions
+
+
+def _activation_entries(sums: dict[str, list[float]], *, matched: _Matched, qdq_model) -> dict[str, dict]:
+    """One report entry per QDQ node: its output's SQNR and what the node itself adds."""
     # Activation SQNR accumulates down the graph; what a layer itself adds is its output's
     # noise-to-signal ratio minus that of its noisiest input (both measured, so this is exact
     # only when noise adds up independently; good enough to rank layers).
@@ -221,18 +261,22 @@ def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_di
     dq_input = {node.output[0]: node.input[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
     layers: dict[str, dict] = {}
     for tensor, (signal, noise) in sums.items():
-        node = owners[tensor]
+        node = matched.owners[tensor]
         inputs = [q_input.get(dq_input.get(name, ""), name).removesuffix("_QuantizeLinear_Input") for name in node.input]
         before = max((nsr[name] for name in inputs if name in nsr), default=0.0)
         added = max(0.0, nsr[tensor] - before)
         layers[node.name] = {"op": node.op_type, "weights_db": None, "activation_db": sqnr_db(signal, noise),
                              "added_db": sqnr_db(1.0, added)}
+    return layers
+
+
+def _add_weight_sqnr(layers: dict[str, dict], *, float_model, qdq_model) -> None:
+    """Set ``weights_db`` of each node with a quantized weight (adding the node if it had no activation entry)."""
     for node_name, op_type, w, dequantized in _weight_pairs(float_model, qdq_model):
         entry = layers.setdefault(node_name, {"op": op_type, "weights_db": None, "activation_db": None,
                                               "added_db": None})
         noise = float(np.square(w - dequantized).sum())
         entry["weights_db"] = sqnr_db(float(np.square(w).sum()), noise)
-    return layers
 
 
 def _tensor_bytes(model) -> dict[str, int]:

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
-from edgeseg.runtime.contract import Contract
+from edgeseg.runtime import preprocess, read_image
+from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
@@ -182,56 +183,127 @@ def verify_models(
         report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
         print(report.table())
     """
+    _check_options(layers=layers, tolerance=tolerance)
+    sides, not_compared = _instrument(model, proto, contract)
+    inputs = _inputs(model, contract, images=images, random=random, seed=seed)
+    tally = _compare_all(inputs, sides=sides, contract=contract)
+    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
+    checks = _layer_checks(sides.probes, tally, wanted=wanted, tolerance=tolerance)
+    not_compared += _unmatched(sides.probes, tally, wanted=wanted)
+    if layers == "all":
+        not_compared += _without_rule(sides.everyone)
+    output, output_ok = _output_summary(tally, tolerance=tolerance)
+    first = next((c.name for c in checks if not c.ok), None)
+    if first is None and not output_ok:
+        first = "output"
+    return VerifyReport(
+        ok=first is None,
+        first_failure=first,
+        tolerance=tolerance,
+        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
+        layers=tuple(checks),
+        output=output,
+        not_compared=tuple(not_compared),
+    )
+
+
+def _check_options(*, layers: str, tolerance: float) -> None:
     if layers not in ("all", "transposed"):
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     if not tolerance > 0:
         raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
-    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
-    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
-    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
-    batches, kind, count, skipped = _inputs(model, contract, images=images, random=random, seed=seed)
-    onnx_batch = _fixed_batch(proto)
 
-    stats = {p.name: _Stats() for p in probes}  # the last probe is the model's output
-    agree = pixels = 0
-    log.info("edgeseg verify: %d input(s), layer by layer", count)
-    bar = _bar(count)
-    for index, batch in enumerate(batches):
+
+def _without_rule(everyone: dict[str, _Probe]) -> list[dict[str, str]]:
+    return [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
+            for p in everyone.values() if p.type not in INSPECTED_TYPES]
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """Both sides ready to run the same input: Keras re-run flat, ONNX with every probe as an output."""
+
+    probes: list[_Probe]  # inspected layers in graph order, the model's output ("<output>") last
+    everyone: dict[str, _Probe]  # every leaf layer call by report name
+    keras_model: Any
+    session: Any
+    onnx_names: list[str]  # the ONNX tensor of each probe
+    layouts: dict[str, str]  # each probe's ONNX layout, as far as it could be followed
+    unmatched: dict[str, str]  # probes no ONNX tensor was found for, with the reason
+    input_name: str
+    fixed_batch: int | None
+    nchw: bool
+
+
+def _instrument(model: Any, proto: Any, contract: Contract) -> tuple[_Sides, list[dict[str, str]]]:
+    """Both sides, and the layers the Keras side could not probe (listed as not compared)."""
+    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
+    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
+    sides = _Sides(probes=probes, everyone=everyone, keras_model=probe_model, session=session,
+                   onnx_names=onnx_names, layouts=layouts, unmatched=unmatched,
+                   input_name=proto.graph.input[0].name, fixed_batch=_fixed_batch(proto),
+                   nchw=contract.input.layout == "NCHW")
+    return sides, not_compared
+
+
+@dataclass
+class _Tally:
+    """Running comparison over all inputs: per-probe errors and the output's argmax agreement."""
+
+    stats: dict[str, _Stats]
+    unmatched: dict[str, str]  # probes not compared, with the reason (grows when an ONNX shape fits neither layout)
+    agree: int = 0
+    pixels: int = 0
+
+
+def _compare_all(inputs: _Inputs, *, sides: _Sides, contract: Contract) -> _Tally:
+    # The last probe is the model's output.
+    tally = _Tally(stats={p.name: _Stats() for p in sides.probes}, unmatched=dict(sides.unmatched))
+    log.info("edgeseg verify: %d input(s), layer by layer", inputs.count)
+    bar = _bar(inputs.count)
+    for batch in inputs.batches:
         if bar is not None:
             bar.update(1)
-        # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
-        # a fixed-batch export gets that input repeated to its batch size.
-        n = batch.shape[0]
-        feed = np.repeat(batch, onnx_batch, axis=0) if onnx_batch not in (None, n) else batch
-        expected = [np.asarray(a)[:n] for a in _as_list(probe_model(feed, training=False))]
-        onnx_feed = feed.transpose(0, 3, 1, 2) if contract.input.layout == "NCHW" and feed.ndim == 4 else feed
-        got = _run(session, onnx_names, proto.graph.input[0].name, np.ascontiguousarray(onnx_feed))
-        for probe, keras_out, onnx_out in zip(probes, expected, got):
-            if probe.name in unmatched:
-                continue
-            try:
-                onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, layouts[probe.name], probe.name)
-            except EdgesegError:
-                if probe.name == "<output>":
-                    raise
-                unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
-                continue
-            stats[probe.name].add(keras_out, onnx_out)
+        keras_out, onnx_out = _compare_one(batch, sides=sides, tally=tally)
         if contract.kind == "segmentation":
             same = class_ids(keras_out, contract) == class_ids(onnx_out, contract)
-            agree += int(np.count_nonzero(same))
-            pixels += int(same.size)
+            tally.agree += int(np.count_nonzero(same))
+            tally.pixels += int(same.size)
     if bar is not None:
         bar.close()
+    return tally
 
+
+def _compare_one(batch: np.ndarray, *, sides: _Sides, tally: _Tally) -> tuple[np.ndarray, np.ndarray]:
+    """Run one input on both sides and add every probe's error; returns the final outputs (Keras, ONNX NHWC)."""
+    # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
+    # a fixed-batch export gets that input repeated to its batch size.
+    n = batch.shape[0]
+    feed = np.repeat(batch, sides.fixed_batch, axis=0) if sides.fixed_batch not in (None, n) else batch
+    expected = [np.asarray(a)[:n] for a in _as_list(sides.keras_model(feed, training=False))]
+    onnx_feed = feed.transpose(0, 3, 1, 2) if sides.nchw and feed.ndim == 4 else feed
+    got = _run(sides.session, sides.onnx_names, sides.input_name, np.ascontiguousarray(onnx_feed))
+    for probe, keras_out, onnx_out in zip(sides.probes, expected, got):
+        if probe.name in tally.unmatched:
+            continue
+        try:
+            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, sides.layouts[probe.name], probe.name)
+        except EdgesegError:
+            if probe.name == "<output>":
+                raise
+            tally.unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
+            continue
+        tally.stats[probe.name].add(keras_out, onnx_out)
+    return keras_out, onnx_out
+
+
+def _layer_checks(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str], tolerance: float) -> list[LayerCheck]:
+    """One check per compared layer of the wanted types (the model's output is reported apart)."""
     checks = []
     for probe in probes:
-        if probe.type not in wanted or probe.name == "<output>":
+        if probe.type not in wanted or probe.name == "<output>" or probe.name in tally.unmatched:
             continue
-        if probe.name in unmatched:
-            not_compared.append({"name": probe.name, "type": probe.type, "reason": unmatched[probe.name]})
-            continue
-        s = stats[probe.name]
+        s = tally.stats[probe.name]
         scale = max(1.0, s.range)
         checks.append(
             LayerCheck(
@@ -243,24 +315,20 @@ def verify_models(
                 ok=bool(s.max_abs <= tolerance * scale),
             )
         )
-    if layers == "all":
-        not_compared += [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
-                         for p in everyone.values() if p.type not in INSPECTED_TYPES]
-    final = stats["<output>"]
+    return checks
+
+
+def _unmatched(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str]) -> list[dict[str, str]]:
+    """The layers of the wanted types no ONNX tensor could be compared with, and why."""
+    return [{"name": p.name, "type": p.type, "reason": tally.unmatched[p.name]}
+            for p in probes if p.type in wanted and p.name != "<output>" and p.name in tally.unmatched]
+
+
+def _output_summary(tally: _Tally, *, tolerance: float) -> tuple[dict[str, Any], bool]:
+    final = tally.stats["<output>"]
     output_ok = final.max_abs <= tolerance * max(1.0, final.range)
-    first = next((c.name for c in checks if not c.ok), None)
-    if first is None and not output_ok:
-        first = "output"
-    output = {"max_abs_err": float(final.max_abs), "argmax_agreement": agree / pixels if pixels else None}
-    return VerifyReport(
-        ok=first is None,
-        first_failure=first,
-        tolerance=tolerance,
-        inputs={"kind": kind, "count": count, "skipped": skipped},
-        layers=tuple(checks),
-        output=output,
-        not_compared=tuple(not_compared),
-    )
+    agreement = tally.agree / tally.pixels if tally.pixels else None
+    return {"max_abs_err": float(final.max_abs), "argmax_agreement": agreement}, output_ok
 
 
 def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
@@ -381,9 +449,6 @@ def _onnx_probe(
 
     Also returns the probes no ONNX tensor could be found for, with the reason (listed as not compared).
     """
-    import onnx
-    import onnxruntime as ort
-
     graph = proto.graph
     scope_tensor = _layer_tensors(graph, list(everyone.values())) if everyone else {}
     if scope_tensor is None:
@@ -399,25 +464,47 @@ def _onnx_probe(
         if probe.name == "<output>":
             tensor = graph.output[0].name
         else:
-            tensor = scope_tensor.get(probe.name)
-            if tensor == AMBIGUOUS:
-                unmatched[probe.name] = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
-                tensor = graph_input
-            cursor = probe
-            while tensor is None and cursor is not None:
-                if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
-                    # A layer with weights cannot be folded away: its nodes were renamed or merged.
-                    unmatched[probe.name] = f"no ONNX node carries the name of layer `{cursor.name}`"
-                    tensor = graph_input
-                    break
-                # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
-                upstream = cursor.producer
-                tensor = graph_input if upstream is None else scope_tensor.get(upstream)
-                cursor = everyone.get(upstream) if upstream is not None else None
+            tensor, reason = _probe_tensor(probe, scope_tensor=scope_tensor, everyone=everyone, graph_input=graph_input)
+            if reason is not None:
+                unmatched[probe.name] = reason
         names.append(tensor)
         chosen[probe.name] = layouts.get(tensor, "?")
+    session = _session_with_outputs(proto, names)
+    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
+    return session, names, chosen, unmatched
+
+
+def _probe_tensor(probe: _Probe, *, scope_tensor: dict[str, str], everyone: dict[str, _Probe],
+                  graph_input: str) -> tuple[str, str | None]:
+    """The ONNX tensor holding ``probe``'s output, and why it cannot be compared (None when it can).
+
+    A probe that cannot be compared gets the graph input as a placeholder tensor.
+    """
+    tensor = scope_tensor.get(probe.name)
+    reason = None
+    if tensor == AMBIGUOUS:
+        reason = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
+        tensor = graph_input
+    cursor = probe
+    while tensor is None and cursor is not None:
+        if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
+            # A layer with weights cannot be folded away: its nodes were renamed or merged.
+            return graph_input, f"no ONNX node carries the name of layer `{cursor.name}`"
+        # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
+        upstream = cursor.producer
+        tensor = graph_input if upstream is None else scope_tensor.get(upstream)
+        cursor = everyone.get(upstream) if upstream is not None else None
+    return tensor, reason
+
+
+def _session_with_outputs(proto: Any, names: list[str]) -> Any:
+    """An onnxruntime session on a copy of ``proto`` with ``names`` added as graph outputs, run as written."""
+    import onnx
+    import onnxruntime as ort
+
     instrumented = onnx.ModelProto()
     instrumented.CopyFrom(proto)
+    graph_input = proto.graph.input[0].name
     present = {o.name for o in instrumented.graph.output}
     for tensor in dict.fromkeys(names):
         if tensor not in present and tensor != graph_input:
@@ -426,11 +513,9 @@ def _onnx_probe(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
     options.log_severity_level = 4  # a failure is reported once, by verify, in one line
     try:
-        session = ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
-    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
-    return session, names, chosen, unmatched
 
 
 def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
@@ -441,6 +526,14 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
     layer's name, optionally followed by ``_<digits>``; ambiguities are settled by elimination
     (a layer has one scope), then by order of appearance.
     """
+    last_node, options = _scopes(graph, layers)
+    assigned = _assign_scopes(options)
+    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
+    return found or None
+
+
+def _scopes(graph: Any, layers: list[_Probe]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Per layer scope in the graph: the output of its last node, and the report names it may be (best first)."""
     by_name: dict[str, list[_Probe]] = {}
     order = {id(layer): i for i, layer in enumerate(layers)}
     for layer in layers:
@@ -451,22 +544,35 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
         parts = node.name.split("/")
         if len(parts) < 2 or _INSERTED.search(node.name):
             continue
-        for depth in range(len(parts) - 2, -1, -1):
+        depth, names = _layer_scope(parts, by_name)
+        if not names:
+            continue
+        scope = "/".join(parts[: depth + 1])
+        last_node[scope] = node.output[0]
+        if scope not in options:
+            held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
+            options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
+    return last_node, options
+
+
+def _layer_scope(parts: list[str], by_name: dict[str, list[_Probe]]) -> tuple[int, list[_Probe]]:
+    """The depth of the innermost layer scope in a node's name parts, and the layers it may be ([] for none)."""
+    for depth in range(len(parts) - 2, -1, -1):
+        names = _scope_candidates(parts[depth], by_name)
+        if not names:
+            continue
+        while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
+            # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
+            # layer's own scope: the outer one of a run of matching scopes is the layer.
+            depth -= 1
             names = _scope_candidates(parts[depth], by_name)
-            if not names:
-                continue
-            while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
-                # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
-                # layer's own scope: the outer one of a run of matching scopes is the layer.
-                depth -= 1
-                names = _scope_candidates(parts[depth], by_name)
-            scope = "/".join(parts[: depth + 1])
-            last_node[scope] = node.output[0]
-            if scope not in options:
-                held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
-                options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
-            break
-    assigned: dict[str, str] = {}  # report name -> scope
+        return depth, names
+    return 0, []
+
+
+def _assign_scopes(options: dict[str, list[str]]) -> dict[str, str]:
+    """Report name -> scope: by elimination (a layer has one scope), TensorFlow's suffix rule, then order."""
+    assigned: dict[str, str] = {}
     pending = dict(options)
     while pending:
         progress = False
@@ -483,8 +589,7 @@ def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
             scope = next(iter(pending))
             free = [n for n in pending.pop(scope) if n not in assigned]
             assigned[free[0]] = scope
-    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
-    return found or None
+    return assigned
 
 
 def _pair_by_one_suffix(pending: dict[str, list[str]], assigned: dict[str, str]) -> bool:
@@ -568,52 +673,54 @@ def _fixed_batch(proto: Any) -> int | None:
     return int(dim[0].dim_value) if dim and dim[0].HasField("dim_value") else None
 
 
-def _inputs(
-    model: Any, contract: Contract, *, images: str | os.PathLike | None, random: int, seed: int
-) -> tuple[Iterator[np.ndarray], str, int, int]:
-    """Batches (one input each, NHWC) to feed both sides: images through the contract, or random."""
+@dataclass(frozen=True)
+class _Inputs:
+    """What both sides are fed: batches of one input each (NHWC), their kind and count, files skipped."""
+
+    batches: list[np.ndarray]
+    kind: str  # "images" or "random"
+    skipped: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.batches)
+
+
+def _inputs(model: Any, contract: Contract, *, images: str | os.PathLike | None, random: int, seed: int) -> _Inputs:
+    """Inputs to feed both sides: images through the contract, or random."""
     import dataclasses
 
-    from edgeseg.runtime import preprocess
-
     nhwc = dataclasses.replace(contract.input, layout="NHWC")
-    model_shape = tuple(model.inputs[0].shape[1:])
     if images is not None:
         if contract.kind == "decoder":
             raise EdgesegError("A decoder takes latent codes, not images: verify it with --random N, not --images.")
-        folder = Path(images)
-        if not folder.is_dir():
-            raise EdgesegError(f"--images must be a folder of images, got `{folder}` (not a folder).")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        batches, skipped = [], 0
-        for path in files:
-            try:
-                batches.append(preprocess(_read_image(path), nhwc)[0])
-            except BadInputError as error:
-                skipped += 1
-                log.warning("skipped %s: %s", path.name, error)
-        if not batches:
-            raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
-        return iter(batches), "images", len(batches), skipped
+        return _image_inputs(Path(images), nhwc=nhwc)
     if random < 1:
         raise EdgesegError(f"--random must be at least 1, got {random}.")
     rng = np.random.default_rng(seed)
     if contract.kind == "decoder":
-        shape = tuple(d if d is not None else 1 for d in model_shape)
-        batches = [rng.random((1, *shape), dtype=np.float32) for _ in range(random)]
-    else:
-        size = (contract.input.height, contract.input.width, 3)
-        batches = [preprocess(rng.integers(0, 256, size, dtype=np.uint8), nhwc)[0] for _ in range(random)]
-    return iter(batches), "random", random, 0
+        shape = tuple(d if d is not None else 1 for d in model.inputs[0].shape[1:])
+        return _Inputs(batches=[rng.random((1, *shape), dtype=np.float32) for _ in range(random)], kind="random")
+    size = (contract.input.height, contract.input.width, 3)
+    return _Inputs(batches=[preprocess(rng.integers(0, 256, size, dtype=np.uint8), nhwc)[0] for _ in range(random)],
+                   kind="random")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadInputError("cannot decode it as an image")
-    return image
+def _image_inputs(folder: Path, *, nhwc: InputSpec) -> _Inputs:
+    """The folder's images through the contract's preprocessing; an unreadable one is skipped and counted."""
+    if not folder.is_dir():
+        raise EdgesegError(f"--images must be a folder of images, got `{folder}` (not a folder).")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    batches, skipped = [], 0
+    for path in files:
+        try:
+            batches.append(preprocess(read_image(path), nhwc)[0])
+        except BadInputError as error:
+            skipped += 1
+            log.warning("skipped %s: %s", path.name, error)
+    if not batches:
+        raise EdgesegError(f"--images `{folder}` holds no readable image ({skipped} unreadable, {len(files)} files).")
+    return _Inputs(batches=batches, kind="images", skipped=skipped)
 
 
 def _flat(value: Any) -> list[Any]:
