@@ -67,8 +67,8 @@ def register(subparsers: Any) -> None:
                      help="onnxruntime graph optimization level (default: all)")
     run.add_argument("--batch", type=int, default=None, metavar="N",
                      help="frames per inference call for images and video files; with --engine openvino, > 1 also "
-                          "compiles for throughput (each batch split across OpenVINO's streams) (default: 64 for autoencoders, "
-                          "else 1)")
+                          "compiles for throughput (each batch split across OpenVINO's streams) (default: the batch "
+                          "of the `edgeseg tune` record that --engine auto runs, else 64 for autoencoders, else 1)")
     run.add_argument("--inflight", type=int, default=None, metavar="N",
                      help="inference calls in flight at once on files, overlapped with decoding and writing, frames "
                           "kept in order; > 1 with --engine openvino compiles for throughput, one stream per call "

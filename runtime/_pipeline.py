@@ -340,6 +340,11 @@ def _batch(options: SegmentOptions, model: Model, source: Source) -> int:
         return 1  # a live frame waits for no other
     if options.batch is not None:
         return options.batch
+    if model.config.batch > 1:
+        # engine auto with a tuning record: the batch `edgeseg tune` measured fastest, which the record's
+        # engine settings (throughput streams) were chosen for; FCN-8 head 256 at 128 px, quiet 2-vCPU AMX
+        # machine: OpenVINO INT8 batch 4 throughput 262 fps against 228 at batch 1 (`edgeseg tune`).
+        return model.config.batch
     return AUTOENCODER_BATCH if model.kind == "autoencoder" else 1
 
 

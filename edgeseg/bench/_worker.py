@@ -346,7 +346,8 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     model_path = job["int8"] if runner == "edgeseg-int8" else job["model"]
     if runner == "edgeseg-int8" and not model_path:
         raise Skip("no INT8 model given (pass --int8 M.int8.onnx, or a .keras --model to calibrate one)")
-    batch = EDGESEG_AUTOENCODER_BATCH if autoencoder else 1
+    # None: segment's own choice, as a user gets it (the `edgeseg tune` record's batch under engine auto, else 1).
+    batch: int | None = EDGESEG_AUTOENCODER_BATCH if autoencoder else None
     config: dict[str, Any] = {}
     if runner == "edgeseg-fast":
         config = dict(FAST_AUTOENCODER if autoencoder else FAST)
@@ -368,10 +369,12 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         model = Model(model_path, threads=job.get("threads"))
     out = Path(job["out"])
     output = "reconstruction" if autoencoder else "masks"
-    model.warmup(batch)  # outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs)
+    # Outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs).
+    model.warmup(batch or model.config.batch)
     summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,),
                       overwrite=True)  # scratch outputs: a reused --work-dir is replaced
     stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
+    ran = int(summary.get("batch", batch or 1))
     infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
     return {
         "frames": int(summary["frames"]),
@@ -382,10 +385,10 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "masks": str(out / output),
         "engine": summary.get("engine", "onnxruntime"),
         "precision": summary.get("precision", "fp32"),
-        "batch": batch,
+        "batch": ran,
         "inflight": int(summary.get("inflight", 1)),
         "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": model.engine,
-                             "precision": model.precision, "batch": batch, "threads": job.get("threads"),
+                             "precision": model.precision, "batch": ran, "threads": job.get("threads"),
                              "choice": model.choice_reason},
     }
 

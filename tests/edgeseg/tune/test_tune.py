@@ -199,3 +199,35 @@ def test_fused_candidates_are_measured_and_model_auto_runs_the_fused_file(tuned,
     image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     plain = Model(model, engine=auto.engine, precision=auto.precision, throughput=auto.config.throughput)
     assert np.array_equal(auto(image).mask, plain(image).mask)
+
+
+def test_segment_feeds_the_batch_of_the_recorded_choice(tuned, tmp_path):
+    import cv2
+
+    from edgeseg.runtime import segment
+
+    model, _, record = tuned
+    stored = json.loads(Path(record["path"]).read_text())
+    # Make onnxruntime fp32 at batch 2 the fastest exact candidate: segment must then run batches of 2.
+    chosen = next(c for c in stored["candidates"]
+                  if c["config"]["engine"] == "onnxruntime" and c["config"]["file"] == "fp32"
+                  and not c["config"]["fused"] and c["config"]["batch"] == 2)
+    chosen["fps"] = 10 * max(c["fps"] or 0.0 for c in stored["candidates"])
+    chosen["agreement"] = 1.0
+    other = tmp_path / "cache"
+    other.mkdir()
+    (other / Path(record["path"]).name).write_text(json.dumps(stored))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    auto = Model(model, tuning_cache=other)
+    assert auto.config.batch == 2
+    tuned_run = segment(frames, model=auto, out=tmp_path / "tuned", outputs=("masks",))
+    named_run = segment(frames, model=auto, out=tmp_path / "named", outputs=("masks",), batch=1)
+    assert (tuned_run["batch"], named_run["batch"]) == (2, 1)  # a --batch the user names still wins
+    assert tuned_run["frames"] == named_run["frames"] == 5
+    for mask in (tmp_path / "named" / "masks").iterdir():
+        assert np.array_equal(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED),
+                              cv2.imread(str(tmp_path / "tuned" / "masks" / mask.name), cv2.IMREAD_UNCHANGED))
