@@ -4,6 +4,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -23,6 +24,7 @@ from edgeseg.runtime import (
     openvino_available,
     pick,
     record_path,
+    segment,
     write_contract,
 )
 from edgeseg.tune import TuneOptions, candidate_configs, tune
@@ -202,10 +204,6 @@ def test_fused_candidates_are_measured_and_model_auto_runs_the_fused_file(tuned,
 
 
 def test_segment_feeds_the_batch_of_the_recorded_choice(tuned, tmp_path):
-    import cv2
-
-    from edgeseg.runtime import segment
-
     model, _, record = tuned
     stored = json.loads(Path(record["path"]).read_text())
     # Make onnxruntime fp32 at batch 2 the fastest exact candidate: segment must then run batches of 2.
