@@ -8,7 +8,9 @@ Every variant runs OpenVINO compiled for throughput at its default precision on 
 - ``b1-inflight``: batch 1, a call in flight per stream (``SegmentOptions.inflight``), host argmax;
 - ``b1-inflight-fused``: both levers at batch 1;
 - ``b4-inflight-fused``: batch 4, fused, a call in flight per stream (edgeseg-fast now: the winner);
-- ``b8-fused``: a larger batch instead of calls in flight.
+- ``b4-inflight``: batch 4 and calls in flight on the unfused file (what `edgeseg tune` picked on the
+  membrane FCN-8, head 256, 128 px);
+- ``b8-fused``: a larger batch instead of calls in flight; ``b8-inflight-fused``: both.
 
 ``paired_ratio_vs_b4`` (the median over rounds of each round's ratio) is steadier than the ratio of
 medians on a loaded machine. The INT8 file of the results was made by ``edgeseg calibrate`` from
@@ -42,7 +44,8 @@ def main() -> int:
     fused = fuse_class_ids(args.model, work / "fast.onnx")
     variants = {"b4": (args.model, 4, 1), "b4-fused": (fused, 4, 1),
                 "b1-inflight": (args.model, 1, None), "b1-inflight-fused": (fused, 1, None),
-                "b4-inflight-fused": (fused, 4, 2), "b8-fused": (fused, 8, 1)}
+                "b4-inflight": (args.model, 4, 2), "b4-inflight-fused": (fused, 4, 2), "b8-fused": (fused, 8, 1),
+                "b8-inflight-fused": (fused, 8, 2)}
     models = {name: Model(path, engine="openvino", throughput=True) for name, (path, _, _) in variants.items()}
     fps: dict[str, list[float]] = {name: [] for name in variants}
     inflight = {}

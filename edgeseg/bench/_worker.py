@@ -387,7 +387,7 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "precision": summary.get("precision", "fp32"),
         "batch": ran,
         "inflight": int(summary.get("inflight", 1)),
-        "config": config or {"file": "int8" if runner == "edgeseg-int8" else "fp32", "engine": model.engine,
+        "config": config or {"file": "int8" if runner == "edgeseg-int8" else model.config.file, "engine": model.engine,
                              "precision": model.precision, "batch": ran, "threads": job.get("threads"),
                              "choice": model.choice_reason},
     }
