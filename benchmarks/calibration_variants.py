@@ -22,9 +22,9 @@ from pathlib import Path
 import onnx
 
 from edgeseg.calibration import _measure
-from edgeseg.calibration._data import load_calibration_set
-from edgeseg.calibration._quantize import QuantizeOptions, RangeCollector, preprocess_for_quantization, quantize
-from edgeseg.runtime.contract import Contract, metadata_of
+from edgeseg.calibration import (QuantizeOptions, RangeCollector, load_calibration_set, preprocess_for_quantization,
+                                 quantize)
+from edgeseg.runtime.contract import Contract
 
 VARIANTS = {
     "qdq_uint8_per_channel (default)": QuantizeOptions(activations="uint8"),

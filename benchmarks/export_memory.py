@@ -98,12 +98,12 @@ class _PeakSampler:
 def _build(args: argparse.Namespace):
     """The project's builder once it has landed (branch ``train``), else the copy above."""
     try:
-        from edgeseg.export._models import build_model
+        from edgeseg.export import build_model
     except ImportError:
         model = build_fcn8_classic(size=args.size, classes=args.classes, head_width=args.head_width)
         return model, "benchmarks/export_memory.py:build_fcn8_classic"
     model = build_model("fcn8-classic", classes=args.classes, input_size=args.size, head_width=args.head_width)
-    return model, "edgeseg.export._models.build_model('fcn8-classic')"
+    return model, "edgeseg.export.build_model('fcn8-classic')"
 
 
 def _mark_tf2onnx_phases(sampler: _PeakSampler) -> None:
@@ -158,7 +158,7 @@ def _child(args: argparse.Namespace) -> dict:
         _mark_tf2onnx_phases(sampler)
         proto = tf2onnx.convert.from_keras(model, input_signature=spec, opset=args.opset)[0]
     else:
-        from edgeseg.export._lowmem import convert_lowmem
+        from edgeseg.export import convert_lowmem
 
         proto = convert_lowmem(model, spec, opset=args.opset)
     convert_s = time.perf_counter() - started

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from edgeseg.bench._bench import machine_info, mask_agreement, run_worker
+from edgeseg.bench import machine_info, mask_agreement, run_worker
 
 
 def candidates(model: str, int8: str | None) -> list[dict]:

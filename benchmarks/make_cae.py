@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from edgeseg.export._keras_file import save_model
+    from edgeseg.export import save_model
     from edgeseg.runtime import Contract, InputSpec, OutputSpec
 
     images = read_idx_images(args.data / "t10k-images-idx3-ubyte.gz")

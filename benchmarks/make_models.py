@@ -79,8 +79,7 @@ def write_video(images: Path, path: Path, *, frames: int) -> None:
 def train_fcn8(images, masks, path: Path, *, head_width: int, input_size: int, steps: int, lr: float, seed: int) -> None:
     import keras
 
-    from edgeseg.export._keras_file import save_model
-    from edgeseg.export._models import build_model
+    from edgeseg.export import build_model, save_model
 
     keras.utils.set_random_seed(seed)
     model = build_model("fcn8-classic", classes=2, input_size=input_size, head_width=head_width)
@@ -113,7 +112,7 @@ def export_onnx(keras_path: Path, onnx_path: Path, *, nchw: bool) -> None:
     import tensorflow as tf
     import tf2onnx
 
-    from edgeseg.export._keras_file import load_model
+    from edgeseg.export import load_model
     from edgeseg.runtime import write_contract
 
     model, _ = load_model(keras_path)

@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="write the results JSON here")
     args = parser.parse_args(argv)
 
-    from edgeseg.bench._worker import read_contract
+    from edgeseg.runtime import Contract
     from edgeseg.runtime import open_source, preprocess
 
     d = args.models
-    contract = read_contract(str(d / "fcn8.onnx"))
+    contract = Contract.from_onnx(str(d / "fcn8.onnx"))
     frames = [f.image for f in open_source(str(d / "video.mp4"), max_frames=args.frames) if f.ok]
     nhwc = np.concatenate([preprocess(image, contract.input)[0] for image in frames])
     nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
@@ -84,7 +84,7 @@ def keras_reference(path: Path, nhwc: np.ndarray) -> np.ndarray:
     cache = path.with_suffix(f".ref{len(nhwc)}.npy")
     if cache.exists():
         return np.load(cache)
-    from edgeseg.export._keras_file import load_model
+    from edgeseg.export import load_model
 
     model, _ = load_model(path)
     ids = np.concatenate([np.asarray(model(nhwc[i:i + 1], training=False)).argmax(-1) for i in range(len(nhwc))])

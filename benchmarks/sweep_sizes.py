@@ -76,7 +76,7 @@ def export(size: int, head_width: int, work: Path) -> Path:
     import tf2onnx
     import onnx
 
-    from edgeseg.export._models import build_model
+    from edgeseg.export import build_model
 
     model = build_model("fcn8-classic", classes=2, input_size=size, head_width=head_width)
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)

@@ -21,6 +21,10 @@ _PUBLIC = {
     "format_table": "edgeseg.calibration._calibrate",
     "write_chart": "edgeseg.calibration._calibrate",
     "QuantizeOptions": "edgeseg.calibration._quantize",
+    # The building blocks calibrate() is made of, for experiments (benchmarks/calibration_variants.py).
+    "RangeCollector": "edgeseg.calibration._quantize",
+    "preprocess_for_quantization": "edgeseg.calibration._quantize",
+    "quantize": "edgeseg.calibration._quantize",
     "METHODS": "edgeseg.calibration._quantize",
     "write_trt_table": "edgeseg.calibration._quantize",
     "read_trt_table": "edgeseg.calibration._quantize",

@@ -23,6 +23,7 @@ _PUBLIC = {
     "VerifyReport": "edgeseg.export._verify",
     "cuda_friendly": "edgeseg.export._cuda_friendly",
     "build_model": "edgeseg.export._models",
+    "convert_lowmem": "edgeseg.export._lowmem",
     "build_cae": "edgeseg.export._models",
     "build_fcn8": "edgeseg.export._models",
     "model_names": "edgeseg.export._models",

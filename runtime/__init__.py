@@ -20,6 +20,7 @@ from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_na
 from edgeseg.runtime._fused import fast_path, fuse_class_ids
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
+from edgeseg.runtime._signals import stop_on_signals
 from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
 from edgeseg.runtime._pipeline import RUN_FILES, SegmentOptions, Source, open_model, segment, stage_table
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
@@ -119,6 +120,7 @@ __all__ = [
     "segment",
     "sha256_of",
     "stage_table",
+    "stop_on_signals",
     "video_frames",
     "write_bytes_atomic",
     "write_contract",

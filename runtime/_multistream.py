@@ -40,7 +40,7 @@ from edgeseg.runtime.postprocess import is_nan_output
 from edgeseg.runtime._frames import Frame, VideoInfo, classify_source, open_source
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._model import Model
-from edgeseg.runtime._pipeline import _install_signal_handlers
+from edgeseg.runtime._signals import stop_on_signals
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._rotate import RotatingOutputs
 from edgeseg.runtime._streams import POLICIES, LiveSource, _safe_name, is_live
@@ -180,7 +180,7 @@ def run_streams(sources: Sequence[str | os.PathLike | int | StreamSpec], *, mode
 
         server = LiveServer(run, host=host, port=serve).start()
         log.warning("live view on %s (metrics: /metrics, health: /health)", server.url)
-    restore = _install_signal_handlers(stop)
+    restore = stop_on_signals(stop)
     try:
         run.loop()
     finally:

@@ -23,7 +23,6 @@ import logging
 import mmap
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, display_path, frame_names, image_frames,
                                      video_frames)
 from edgeseg.runtime._outdir import prepare_out
+from edgeseg.runtime._signals import stop_on_signals
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
@@ -308,7 +308,7 @@ def segment(source: str | os.PathLike | int | Source, *, model: Model | str | os
     options = _with_changes(options or SegmentOptions(), changes)
     stop = stop or threading.Event()
     # From the first moment: a Ctrl-C while the model loads or warms up ends the run the same clean way.
-    restore_signals = _install_signal_handlers(stop)
+    restore_signals = stop_on_signals(stop)
     try:
         model = open_model(model, options)
         out = prepare_out(out, previous_run=lambda o: [o / name for name in RUN_FILES],
@@ -805,26 +805,6 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event | None) -> bool:
         except queue.Full:
             if stop is not None and stop.is_set():
                 return False
-
-
-def _install_signal_handlers(stop: threading.Event):
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out now
-        log.warning("%s: finishing the frames in flight and closing the outputs (again to abort)",
-                    signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 
 
 def _has_gui() -> bool:

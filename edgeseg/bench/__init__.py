@@ -6,6 +6,6 @@ Example::
     report = run_bench(BenchConfig(model=Path("fcn8.onnx"), source="clip.mp4", runners=("ort-plain", "edgeseg")))
 """
 
-from edgeseg.bench._bench import BenchConfig, markdown_table, run_bench
+from edgeseg.bench._bench import BenchConfig, machine_info, markdown_table, mask_agreement, run_bench, run_worker
 
-__all__ = ["BenchConfig", "markdown_table", "run_bench"]
+__all__ = ["BenchConfig", "machine_info", "markdown_table", "mask_agreement", "run_bench", "run_worker"]

@@ -296,12 +296,15 @@ def ratios(runners: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
+    from edgeseg.runtime import machine_fingerprint
+
+    here = machine_fingerprint()  # the tuning cache's own description of this machine: one reader of cpuinfo
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "cpu": _cpu_name(),
-        "cpu_flags": _kernel_flags(),  # which kernels the engines can use here (AMX, AVX512-VNNI, bf16...)
+        "cpu": here["cpu"],
+        "cpu_flags": here["flags"],  # which kernels the engines can use here (AMX, AVX512-VNNI, bf16...)
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for module in ("onnxruntime", "cv2", "openvino", "numpy"):
@@ -310,22 +313,6 @@ def machine_info() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - an absent or broken peer is just not listed
             info[module] = None
     return info
-
-
-def _kernel_flags() -> list[str]:
-    from edgeseg.runtime import machine_fingerprint
-
-    return machine_fingerprint()["flags"]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def markdown_table(report: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, write_json_atomic
+from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, stop_on_signals,
+                             write_json_atomic)
 from edgeseg.scaleout._merge import merge_source
 from edgeseg.scaleout._plan import Source, Unit, plan
 from edgeseg.scaleout._worker import WORK_DIR, read_marker, run_unit
@@ -88,7 +88,7 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     pool = _Pool(ray, spec, cluster, options)
     started = time.perf_counter()
     stop = stop or threading.Event()
-    restore = _on_signals(stop)  # after ray.init, which installs handlers of its own
+    restore = stop_on_signals(stop, finishing="the units in flight")  # after ray.init, which installs handlers of its own
     try:
         pool.run(todo, total=sum(u.frames for u in todo), stop=stop)
     finally:
@@ -297,27 +297,6 @@ def _prepare_outs(out: Path, sources: list[Source], options: SegmentOptions) -> 
         # The parts count as a run: an earlier job's must never be joined into this one's outputs.
         prepare_out(folder, previous_run=lambda o: [o / name for name in (*RUN_FILES, WORK_DIR)],
                     overwrite=options.overwrite, resume=options.resume)
-
-
-def _on_signals(stop: threading.Event) -> Any:
-    """SIGINT/SIGTERM: no new units, the ones in flight finish, the parts are joined; a second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("%s: finishing the units in flight and joining the outputs (again to abort)",
-                    signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 
 
 def _bar(total: int, enabled: bool) -> Any:
