@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="train, export, verify, calibrate, segment and benchmark on generated data; writes report.html",
         description="Run the whole chain offline on generated sample data and write a folder with report.html. "
-                    "About 3 to 5 minutes on 2 CPU cores (about 90 CPU-seconds; longer when the machine is busy); "
+                    "About 2 minutes on 2 idle CPU cores (about 130 CPU-seconds), up to 5 on a busy machine; "
                     "--quick under a minute (about 20 CPU-seconds). Exit 1 if a step failed.",
     )
     demo.add_argument("--out", type=Path, default=Path("edgeseg-demo"),
