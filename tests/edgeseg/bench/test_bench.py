@@ -25,34 +25,6 @@ from edgeseg.runtime import Contract, EdgesegError, InputSpec, OutputSpec, read_
 SIZE = 8
 
 
-def _tiny_segmenter(path: Path) -> Path:
-    """NHWC image (N, 8, 8, 3) -> Conv 3x3 to 2 classes -> softmax over the last axis, with a contract."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(np.array([0.1, -0.1], np.float32), "b")
-    nodes = [
-        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1], name="conv"),
-        helper.make_node("Transpose", ["logits"], ["nhwc"], perm=[0, 2, 3, 1]),
-        helper.make_node("Softmax", ["nhwc"], ["scores"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", SIZE, SIZE, 2])],
-        initializer=[weight, bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    contract = Contract(
-        kind="segmentation",
-        input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
-        output=OutputSpec(name="scores", activation="softmax", classes=("background", "object")),
-    )
-    write_contract(model, contract)
-    onnx.save(model, str(path))
-    return path
-
-
 def _frames(folder: Path, count: int = 3) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(1)
@@ -62,9 +34,10 @@ def _frames(folder: Path, count: int = 3) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("bench")
-    return _tiny_segmenter(root / "tiny.onnx"), _frames(root / "frames")
+    model = tiny_segmenter(root / "tiny.onnx", size=SIZE, classes=("background", "object"))
+    return model, _frames(root / "frames")
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.cli import main
 from edgeseg.runtime import (
-    Contract,
     EdgesegError,
     EngineConfig,
-    InputSpec,
     Model,
-    OutputSpec,
     choose_config,
     find_record,
     make_session,
@@ -25,40 +20,16 @@ from edgeseg.runtime import (
     pick,
     record_path,
     segment,
-    write_contract,
 )
 from edgeseg.tune import TuneOptions, candidate_configs, tune
 
 SIZE = 16
 
 
-def _tiny(path: Path, seed: int = 0) -> Path:
-    """NHWC (N, 16, 16, 3) -> Conv 3x3 to 2 classes -> softmax, with a contract."""
-    rng = np.random.default_rng(seed)
-    nodes = [
-        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1]),
-        helper.make_node("Transpose", ["logits"], ["nhwc"], perm=[0, 2, 3, 1]),
-        helper.make_node("Softmax", ["nhwc"], ["scores"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", SIZE, SIZE, 3])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", SIZE, SIZE, 2])],
-        initializer=[numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
-                     numpy_helper.from_array(np.array([0.1, -0.1], np.float32), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    write_contract(model, Contract(kind="segmentation", input=InputSpec(height=SIZE, width=SIZE, channels=3, scale=1 / 255),
-                                   output=OutputSpec(name="scores", activation="softmax", classes=("bg", "fg"))))
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
+def tuned(tmp_path_factory, tiny_segmenter):
     root = tmp_path_factory.mktemp("tune")
-    model = _tiny(root / "tiny.onnx")
+    model = tiny_segmenter(root / "tiny.onnx", size=SIZE, classes=("bg", "fg"))
     cache = root / "cache"
     record = tune(model, TuneOptions(seconds=3, frames=2, cache=cache, progress=False, batches=(1, 2)))
     return model, cache, record
@@ -104,9 +75,9 @@ def test_record_of_another_machine_is_not_used(tuned, tmp_path):
     assert "no tuning record" in auto.choice_reason
 
 
-def test_record_of_another_model_is_not_used(tuned, tmp_path):
+def test_record_of_another_model_is_not_used(tuned, tmp_path, tiny_segmenter):
     model, cache, record = tuned
-    changed = _tiny(tmp_path / "tiny.onnx", seed=1)  # other weights: another hash
+    changed = tiny_segmenter(tmp_path / "tiny.onnx", size=SIZE, classes=("bg", "fg"), seed=1)  # other weights: another hash
     assert find_record(changed, cache=cache) is None
     forged = json.loads(Path(record["path"]).read_text())
     forged["model_sha256"] = "0" * 64
