@@ -25,7 +25,7 @@ from edgeseg.runtime.errors import EdgesegError
 _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.export",
     "edgeseg.calibration",
-    "edgeseg.runtime",
+    "edgeseg.segment",
     "edgeseg.bench",
     "edgeseg.tune",
     "edgeseg.demo",

@@ -8,26 +8,30 @@ What other packages and apps use, each concept once:
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
-- frames and sources, sinks, engines, :class:`Model` and :func:`segment`;
+- frames and sources (:class:`Source`, one opener for what the user typed), sinks, engines, :class:`Model`;
+- :func:`segment`: one loop for one source or many; its records (:mod:`edgeseg.runtime.records`, schema 2);
 - engine choice: :func:`choose_config` reads ``edgeseg tune``'s records (:class:`EngineConfig`), else a heuristic.
 
 onnxruntime itself is imported only when a session is built, so the contract and preprocessing
 helpers work (and the ``edgeseg`` command line starts) without it.
 """
 
-from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
-                                     video_frames)
+from edgeseg.runtime._frames import (FOLDER_IMAGE_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, VideoInfo,
+                                     display_path, frame_names, image_frames, read_image, video_frames)
 from edgeseg.runtime._fused import fast_path, fuse_class_ids
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._signals import stop_on_signals
-from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
-from edgeseg.runtime._pipeline import RUN_FILES, SegmentOptions, Source, open_model, segment, stage_table
+from edgeseg.runtime._options import SegmentOptions
+from edgeseg.runtime._pipeline import (AUTOENCODER_BATCH, RUN_FILES, FrameResult, StreamResult, model_precision,
+                                       open_model, run_streams, segment, stage_table)
+from edgeseg.runtime._sources import (Entry, Source, classify_source, expand, open_source, open_sources, read_list,
+                                      split_name, unique_names)
 from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
 from edgeseg.runtime._render import Palette, heatmap, overlay
 from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
 from edgeseg.runtime._sinks import (FrameSink, JsonlSink, MaskSink, Outcome, OverlayImageSink, OverlayVideoSink,
-                                    ReconstructionSink, RecordSink, VideoSink, read_mask_png, write_mask_png)
+                                    ReconstructionSink, RecordSink, SegmentClock, VideoSink, read_mask_png, write_mask_png)
 from edgeseg.runtime._streams import LiveSource, is_live
 from edgeseg.runtime._openvino import openvino_available
 from edgeseg.runtime._tuning import (
@@ -90,9 +94,21 @@ __all__ = [
     "ProviderFallbackWarning",
     "ReconstructionResult",
     "SegmentationResult",
-    "StreamOptions",
     "StreamResult",
-    "StreamSpec",
+    "FrameResult",
+    "AUTOENCODER_BATCH",
+    "model_precision",
+    "Entry",
+    "expand",
+    "open_sources",
+    "read_list",
+    "split_name",
+    "unique_names",
+    "SegmentClock",
+    "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "FOLDER_IMAGE_SUFFIXES",
+    "display_path",
     "VideoInfo",
     "VideoSink",
     "atomic_path",
@@ -108,7 +124,6 @@ __all__ = [
     "normalize",
     "open_source",
     "overlay",
-    "parse_sources",
     "prepare_out",
     "preprocess",
     "preprocess_batch",

@@ -68,7 +68,7 @@ class Board:
 
 
 class LiveServer:
-    """Serves one run (a ``_MultiRun``) on ``host:port``; ``start()`` then ``close()``."""
+    """Serves one run (the pipeline's ``Run``) on ``host:port``; ``start()`` then ``close()``."""
 
     def __init__(self, run: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
         try:
@@ -76,8 +76,8 @@ class LiveServer:
         except ImportError:
             raise EdgesegError("--serve needs prometheus_client: pip install 'edgeseg[serve]'") from None
         self.run = run
-        self.board = Board([stream.name for stream in run.streams])
-        run.board = self.board
+        self.board = Board([source.name for source in run.sources])
+        run.listeners.append(self._publish)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(run))
         try:
@@ -89,6 +89,10 @@ class LiveServer:
         self.url = f"http://{host}:{self.httpd.server_address[1]}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="edgeseg-serve", daemon=True)
+
+    def _publish(self, result: Any) -> None:
+        if result.picture is not None:
+            self.board.publish(result.stream, result.picture)
 
     def start(self) -> LiveServer:
         self._thread.start()
@@ -110,10 +114,12 @@ class LiveServer:
         return _PAGE.replace("{tiles}", tiles).encode()
 
     def health(self) -> tuple[int, bytes]:
-        states = {stream.name: stream.state for stream in self.run.streams}
-        bad = sum(state in ("failed", "gave_up") for state in states.values())
-        status = "ok" if bad == 0 else ("failed" if bad == len(states) else "degraded")
-        body = json.dumps({"status": status, "streams": states}).encode()
+        """``ok`` while every source delivers (or has ended well), ``degraded`` while some are down or failed,
+        ``failed`` (HTTP 503) while none delivers: all failed, or every stream reconnecting at once."""
+        states = {source.name: source.state for source in self.run.sources}
+        down = sum(state not in ("reading", "done") for state in states.values())
+        status = "ok" if down == 0 else ("failed" if down == len(states) else "degraded")
+        body = json.dumps({"status": status, "sources": states, "streams": states}).encode()
         return (503 if status == "failed" else 200), body
 
     def metrics(self) -> bytes:
@@ -142,7 +148,7 @@ class _Collector:
         up = GaugeMetricFamily("edgeseg_stream_up", "1 while the stream delivers frames", labels=labels)
         latency = GaugeMetricFamily("edgeseg_stream_latency_seconds", "Capture-to-result latency, recent frames",
                                     labels=["stream", "quantile"])
-        for stream in self.run.streams:
+        for stream in self.run.sources:
             name = [stream.name]
             frames.add_metric(name, stream.done)
             failed.add_metric(name, stream.failed)
@@ -192,12 +198,15 @@ def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, "image/jpeg", jpeg)
 
         def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the viewer left mid-answer: nothing to tell anyone
 
         def _mjpeg(self, name: str) -> None:
             board = server.board

@@ -13,7 +13,6 @@ Example::
 """
 
 from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, segment_on_ray
-from edgeseg.scaleout._cli import run_from_args
 from edgeseg.scaleout._merge import join_videos
 from edgeseg.scaleout._plan import Source, Unit, plan, warm_frames
 from edgeseg.scaleout._worker import run_unit, unit_source
@@ -25,7 +24,6 @@ __all__ = [
     "Unit",
     "join_videos",
     "plan",
-    "run_from_args",
     "run_unit",
     "unit_source",
     "segment_on_ray",

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, stop_on_signals,
-                             write_json_atomic)
+from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, open_model, prepare_out, records,
+                             stop_on_signals, write_json_atomic)
 from edgeseg.scaleout._merge import merge_source
 from edgeseg.scaleout._plan import Source, Unit, plan
 from edgeseg.scaleout._worker import WORK_DIR, read_marker, run_unit
@@ -97,26 +97,30 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
         if started_ray:
             ray.shutdown()
     wall = time.perf_counter() - started
-    info = {"model": spec.path, "kind": local.kind, "engine": pool.described.get("engine", local.engine),
-            "provider": pool.described.get("provider", ""), "precision": pool.described.get("precision", local.precision)}
+    reports = {s.name: merge_source(s, [u for u in units if u.source == s.number], options, kind=local.kind, wall=wall,
+                                    interrupted=pool.interrupted) for s in planned}
+    for source in planned:  # where each source's outputs are, relative to --out, as one machine says it
+        reports[source.name]["folder"] = Path(os.path.relpath(source.out, out)).as_posix()
+    if pool.lost:
+        log.warning("%d unit(s) failed after %d tries each (see summary.json ray.units_lost); run again with --resume",
+                    len(pool.lost), cluster.retries + 1)
+    markers = [m for u in units if (m := read_marker(u)) is not None]
+    engine = {"model": spec.path, "kind": local.kind, "engine": pool.described.get("engine", local.engine),
+              "engine_choice": local.choice_reason, "provider": pool.described.get("provider", ""),
+              "providers": [pool.described.get("provider", "")], "precision": pool.described.get("precision",
+                                                                                                local.precision),
+              "engine_streams": local.streams, "batch": max((m["batch"] for m in markers), default=1),
+              "inflight": options.inflight or 1, "smooth": options.smooth}
     extra = {"workers": pool.worker_stats(), "ray": {"address": cluster.address, "workers": cluster.workers,
              "cpus_per_worker": cluster.cpus_per_worker, "gpus_per_worker": cluster.gpus_per_worker,
              "units": len(units), "units_skipped": len(units) - len(todo), "units_retried": pool.retried,
              "units_lost": [u.key for u in pool.lost]}}
-    summaries = [merge_source(s, [u for u in units if u.source == s.number], options, model=info, wall=wall,
-                              interrupted=pool.interrupted, extra=extra) for s in planned]
-    if pool.lost:
-        log.warning("%d unit(s) failed after %d tries each (see summary.json ray.units_lost); run again with --resume",
-                    len(pool.lost), cluster.retries + 1)
-    if len(summaries) == 1:
-        return summaries[0]
-    job = {"sources": [{"source": s["source"], "out": str(Path(p.out)), "frames": s["frames"],
-                        "frames_failed": s["frames_failed"], "error": p.error} for s, p in zip(summaries, planned)],
-           "frames": sum(s["frames"] for s in summaries), "frames_failed": sum(s["frames_failed"] for s in summaries),
-           "wall_s": round(wall, 3), "interrupted": pool.interrupted, **info, **extra}
-    job["fps"] = round(job["frames"] / wall, 3) if wall > 0 else 0.0
-    write_json_atomic(Path(out) / "summary.json", job)
-    return job
+    summary = records.run_summary(
+        engine, reports, wall_s=wall, infer_seconds=sum(m.get("infer_seconds", 0.0) for m in markers),
+        batches=sum(m.get("batches", 0) for m in markers), batched_frames=sum(m["frames"] for m in markers),
+        interrupted=pool.interrupted, error=None, serve=None, extra=extra)
+    write_json_atomic(Path(out) / "summary.json", summary)
+    return summary
 
 
 class _Pool:

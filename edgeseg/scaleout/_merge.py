@@ -14,38 +14,37 @@ from typing import Any
 
 import cv2
 
-from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path, write_json_atomic
+from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path, records
 from edgeseg.scaleout._plan import Source, Unit
 from edgeseg.scaleout._worker import part_folder, read_marker
 
 
-def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, model: dict[str, Any],
-                 wall: float, interrupted: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``frames.jsonl``, ``overlay.mp4`` and ``summary.json`` of one source from its finished units."""
+def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, kind: str, wall: float,
+                 interrupted: bool) -> dict[str, Any]:
+    """Write ``frames.jsonl`` and the overlay video of one source from its finished units; return its report
+    for ``summary.json`` (the runtime's records.SOURCE_FIELDS: the same as a run on one machine)."""
     out = Path(source.out)
     out.mkdir(parents=True, exist_ok=True)
     markers = [(unit, read_marker(unit)) for unit in sorted(units, key=lambda u: u.seq)]
     finished = [(unit, marker) for unit, marker in markers if marker is not None]
-    outputs: dict[str, Any] = {"summary": "summary.json"}
+    outputs: dict[str, Any] = {}
     if "jsonl" in options.outputs:
         _join_lines([part_folder(unit) / m["outputs"]["jsonl"] for unit, m in finished], out / "frames.jsonl")
         outputs["jsonl"] = "frames.jsonl"
-    if model["kind"] == "segmentation" and "masks" in options.outputs:
+    if kind == "segmentation" and "masks" in options.outputs:
         outputs["masks"] = "masks/"
-    if model["kind"] == "autoencoder" and "reconstruction" in options.outputs:
+    if kind == "autoencoder" and "reconstruction" in options.outputs:
         outputs["reconstruction"] = "reconstruction/"
     videos = [(unit, m["outputs"]) for unit, m in finished if m["outputs"].get("video_frames")]
     parts = [part_folder(unit) / video["video"] for unit, video in videos]
     if parts:
         codec = videos[0][1]["video_codec"]
         frames = sum(video["video_frames"] for _, video in videos)
-        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames,
-                       video_join=join_videos(parts, out / "overlay.mp4", fps=source.fps, codec=options.codec))
+        join_videos(parts, out / "overlay.mp4", fps=source.fps, codec=options.codec)
+        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames)
     elif "overlay" in options.outputs and source.kind != "video":
         outputs["overlay"] = "overlay/"
-    summary = {**_summary(source, finished, len(markers), options, model, wall, interrupted, outputs), **(extra or {})}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return _report(source, [m for _, m in finished], len(markers), wall, interrupted, outputs)
 
 
 def join_videos(parts: list[Path], target: Path, *, fps: float, codec: str = "auto") -> str:
@@ -92,30 +91,19 @@ def _join_lines(parts: list[Path], target: Path) -> None:
                 shutil.copyfileobj(handle, joined)
 
 
-def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: SegmentOptions,
-             model: dict[str, Any], wall: float, interrupted: bool, outputs: dict[str, Any]) -> dict[str, Any]:
-    done = sum(m["frames"] for _, m in finished)
-    failed = sum(m["frames_failed"] for _, m in finished) + (1 if source.error else 0)
-    # A unit's stage_ms are per frame (its runtime summary's): weigh them by its frames.
-    stages = finished[0][1]["stage_ms"].keys() if finished else ()
-    stage_total = {stage: sum(m["stage_ms"].get(stage, 0.0) * m["frames"] for _, m in finished) for stage in stages}
-    busy = sum(m["seconds"] for _, m in finished)
-    first_failure = source.error or next((m["first_failure"] for _, m in finished if m.get("first_failure")), None)
-    return {
-        "source": source.spec,
-        "source_kind": source.kind,
-        "error": source.error,
-        **model,
-        "frames": done,
-        "frames_failed": failed,
-        "first_failure": first_failure,
-        "fps": round(done / wall, 3) if wall > 0 else 0.0,
-        "worker_fps": round(done / busy, 3) if busy > 0 else 0.0,
-        "wall_s": round(wall, 3),
-        "batch": finished[0][1]["batch"] if finished else options.batch,  # the runtime's batch rule chose it
-        "smooth": options.smooth,
-        "interrupted": interrupted,
-        "units": {"planned": planned, "finished": len(finished)},
-        "stage_ms": {stage: round(total / max(done, 1), 3) for stage, total in stage_total.items()},
-        "outputs": outputs,
-    }
+def _report(source: Source, markers: list[dict[str, Any]], planned: int, wall: float, interrupted: bool,
+            outputs: dict[str, Any]) -> dict[str, Any]:
+    parts = [marker["report"] for marker in markers]
+    if parts:
+        report = records.merge_reports(parts, wall_s=wall)
+    else:
+        report = records.source_report(source=source.spec, kind=source.kind, folder=None, state="done", frames=0,
+                                       frames_failed=0, frames_nan=0, frames_resumed=0, first_failure=None,
+                                       error=None, wall_s=wall, latencies=[], stage_total={}, outputs={}, stream=None)
+    done = len(markers) == planned
+    state = "failed" if source.error else ("done" if done else ("stopped" if interrupted else "failed"))
+    report.update(source=source.spec, kind=source.kind, state=state, outputs=outputs,
+                  error=source.error or report["error"], units={"planned": planned, "finished": len(markers)})
+    if source.error:
+        report.update(frames_failed=report["frames_failed"] + 1, first_failure=report["first_failure"] or source.error)
+    return report

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseg.runtime import EdgesegError, SegmentOptions, VideoInfo, classify_source, frame_names
+from edgeseg.runtime import (EdgesegError, SegmentOptions, VideoInfo, classify_source, expand, frame_names, is_live,
+                             split_name, unique_names)
 
 log = logging.getLogger("edgeseg.scaleout")
 
@@ -57,7 +58,7 @@ class Unit:
 
 @dataclass(frozen=True)
 class Source:
-    """One SOURCE the user named, where its outputs go, and how many frames it has."""
+    """One SOURCE the user named, its name in the job, where its outputs go, and how many frames it has."""
 
     number: int
     spec: str
@@ -66,6 +67,7 @@ class Source:
     frames: int
     fps: float
     error: str | None = None
+    name: str = ""
 
 
 def warm_frames(smooth: float) -> int:
@@ -77,7 +79,8 @@ def warm_frames(smooth: float) -> int:
 
 def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions = SegmentOptions(), chunk: int = 64,
          range_frames: int = 256) -> tuple[list[Source], list[Unit]]:
-    """Split ``sources`` into units. One SOURCE writes into ``out`` itself; several into ``out/<stem>/``.
+    """Split ``sources`` into units, laid out as one machine lays them out: one SOURCE writes into ``out``
+    itself; several (or a list, or a folder of videos) into ``out/<name>/``.
 
     ``options``: the frame selection (``stride``, ``start``, ``max_frames``, ``recursive``) and
     ``smooth`` (how early each video range starts), as ``edgeseg segment`` means them.
@@ -88,58 +91,44 @@ def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions 
     """
     if chunk < 1 or range_frames < 1:
         raise EdgesegError(f"--chunk and --range-frames must be >= 1, got {chunk} and {range_frames}.")
-    sources = expand_videos(sources)
-    outs = _output_folders(sources, Path(out))
+    # What the user typed, opened the one way the runtime opens it (lists, all-video folders and globs expand;
+    # name=SOURCE names), and laid out as one machine lays it out: one source into --out, several into --out/<name>/.
+    entries = expand(list(sources), recursive=options.recursive)
+    names = unique_names([entry.name for entry in entries])
+    single = len(sources) == 1 and len(entries) == 1 and split_name(str(sources[0])).name is None
+    outs = [str(out)] if single else [str(Path(out) / name) for name in names]
     planned, units = [], []
-    for number, (spec, folder) in enumerate(zip(sources, outs)):
+    for number, (entry, name, folder) in enumerate(zip(entries, names, outs)):
+        spec = entry.spec
+        if is_live(spec):
+            raise EdgesegError(f"`{spec}` is a live source; --ray runs files (images and videos) on a cluster: run "
+                               "live sources without --ray.")
         kind, paths = classify_source(spec, recursive=options.recursive)
         if kind == "video":
             try:
-                source, pieces = _video_units(number, spec, folder, options, range_frames, warm_frames(options.smooth))
+                source, pieces = _video_units(number, spec, folder, options, range_frames, warm_frames(options.smooth),
+                                              name=name)
             except EdgesegError as error:
                 if len(sources) == 1:
                     raise  # the job's only source: stop with its one line, as without Ray
                 log.warning("skipped %s: %s", spec, error)  # one bad video of many costs only itself
-                source, pieces = Source(number, spec, kind, folder, 0, 0.0, error=str(error)), []
+                source, pieces = Source(number, spec, kind, folder, 0, 0.0, error=str(error), name=name), []
         else:
             chosen = paths[options.start::options.stride][:options.max_frames]
             root = spec if kind == "folder" else None
             # The whole source's names (as without Ray): two files with one stem keep their suffixes.
-            names = frame_names(paths, root)[options.start::options.stride][:options.max_frames]
-            source = Source(number, spec, kind, folder, len(chosen), 0.0)
+            outputs = frame_names(paths, root)[options.start::options.stride][:options.max_frames]
+            source = Source(number, spec, kind, folder, len(chosen), 0.0, name=name)
             pieces = [Unit(number, seq, "images", folder, index=i, paths=tuple(str(p) for p in chosen[i:i + chunk]),
-                           names=tuple(names[i:i + chunk]), root=root)
+                           names=tuple(outputs[i:i + chunk]), root=root)
                       for seq, i in enumerate(range(0, len(chosen), chunk))]
         planned.append(source)
         units += pieces
     return planned, units
 
 
-def expand_videos(sources: list[str]) -> list[str]:
-    """Each video named in a ``.txt`` list or found in a folder becomes a SOURCE of its own.
-
-    A list's or folder's images stay one source (the runtime's listing, names and order).
-    """
-    expanded = []
-    for spec in sources:
-        path = Path(spec)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file())
-        elif path.suffix.lower() == ".txt" and path.is_file():
-            files = classify_source(spec)[1]
-        else:
-            expanded.append(spec)
-            continue
-        videos = [str(p) for p in files if p.is_file() and classify_source(p)[0] == "video"]
-        if videos and len(videos) == len(files):
-            expanded += videos
-        else:
-            expanded.append(spec)
-    return expanded
-
-
 def _video_units(number: int, spec: str, folder: str, options: SegmentOptions, range_frames: int,
-                 warm: int) -> tuple[Source, list[Unit]]:
+                 warm: int, *, name: str) -> tuple[Source, list[Unit]]:
     info = VideoInfo.from_video_path(spec)
     wanted = range(options.start, info.frame_count, options.stride)[:options.max_frames]
     fps = info.fps / options.stride
@@ -147,22 +136,11 @@ def _video_units(number: int, spec: str, folder: str, options: SegmentOptions, r
         # A header without a frame count: one range to the end, on one worker.
         only = Unit(number, 0, "video", folder, index=options.start, video=spec, first=options.start,
                     count=options.max_frames or 1 << 40, stride=options.stride, fps=fps)
-        return Source(number, spec, "video", folder, 0, fps), [only]
+        return Source(number, spec, "video", folder, 0, fps, name=name), [only]
     units = []
     for seq, at in enumerate(range(0, len(wanted), range_frames)):
         frames = wanted[at:at + range_frames]
         early = min(warm, at)  # never before the selection's own start
         units.append(Unit(number, seq, "video", folder, index=frames[0], video=spec, first=frames[0],
                           count=len(frames), stride=options.stride, warm=early, fps=fps))
-    return Source(number, spec, "video", folder, len(wanted), fps), units
-
-
-def _output_folders(sources: list[str], out: Path) -> list[str]:
-    if len(sources) == 1:
-        return [str(out)]
-    stems = [Path(s.rstrip("/\\")).stem or f"source{i}" for i, s in enumerate(sources)]
-    folders = []
-    for i, stem in enumerate(stems):
-        # Two sources with one stem (a/clip.mp4, b/clip.mp4) get their position appended.
-        folders.append(str(out / (stem if stems.count(stem) == 1 else f"{stem}-{i}")))
-    return folders
+    return Source(number, spec, "video", folder, len(wanted), fps, name=name), units

@@ -72,11 +72,14 @@ def run_unit(unit: Unit, model: Model, options: SegmentOptions, *, worker: str =
     if summary["interrupted"]:
         return {"key": unit.key, "interrupted": True}
     _move_frame_files(part, Path(unit.out))
+    (report,) = summary["sources"].values()  # the part's own source report (records.SOURCE_FIELDS)
     marker = {"key": unit.key, "frames_expected": unit.frames, "frames": summary["frames"],
               "frames_failed": summary["frames_failed"], "first_failure": summary["first_failure"],
-              "seconds": summary["wall_s"], "worker": worker, "pid": os.getpid(), "stage_ms": summary["stage_ms"],
-              "outputs": {k: v for k, v in summary["outputs"].items() if k in ("jsonl", "video", "video_codec",
-                                                                               "video_frames")},
+              "seconds": summary["wall_s"], "worker": worker, "pid": os.getpid(), "report": report,
+              "batches": summary["batches"],
+              "infer_seconds": summary["frames"] / summary["infer_fps"] if summary["infer_fps"] else 0.0,
+              "outputs": {k: v for k, v in report["outputs"].items() if k in ("jsonl", "video", "video_codec",
+                                                                              "video_frames")},
               **{key: summary[key] for key in ("batch", "engine", "provider", "precision")}}
     write_json_atomic(marker_path(unit), marker)
     return marker

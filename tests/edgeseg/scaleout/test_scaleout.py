@@ -75,6 +75,11 @@ def _video_frames(path: Path) -> int:
     return count
 
 
+def _only(summary):
+    (report,) = summary["sources"].values()
+    return report
+
+
 def test_folder_equals_single_machine(cluster, inputs, tmp_path):
     _, images = inputs
     single = _single(images, tmp_path / "one", recursive=True)
@@ -85,7 +90,7 @@ def test_folder_equals_single_machine(cluster, inputs, tmp_path):
     assert _tree(tmp_path / "ray", "overlay") == _tree(tmp_path / "one", "overlay")
     assert _lines(tmp_path / "ray" / "frames.jsonl") == _lines(tmp_path / "one" / "frames.jsonl")
     assert (summary["frames"], summary["frames_failed"]) == (single["frames"], single["frames_failed"]) == (7, 1)
-    assert summary["units"] == {"planned": 3, "finished": 3}
+    assert _only(summary)["units"] == {"planned": 3, "finished": 3}
     # Each unit is the runtime's own segment(): its batch rule and reporting, not a copy of them.
     assert [summary[k] for k in ("batch", "precision", "engine")] == [single[k] for k in ("batch", "precision", "engine")]
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["workers"] == summary["workers"]
@@ -96,13 +101,13 @@ def test_video_split_across_workers_is_one_overlay_with_every_frame(cluster, inp
     _single(video, tmp_path / "one")
     summary = segment_on_ray([str(video)], model=MODEL, out=tmp_path / "ray",
                              cluster=ClusterOptions(workers=2, range_frames=8))
-    assert summary["units"] == {"planned": 4, "finished": 4}
+    assert _only(summary)["units"] == {"planned": 4, "finished": 4}
     assert len(summary["workers"]) == 2 and sum(w["frames"] for w in summary["workers"].values()) == FRAMES
     assert _tree(tmp_path / "ray", "masks") == _tree(tmp_path / "one", "masks")
     assert [i for i, _, _ in _lines(tmp_path / "ray" / "frames.jsonl")] == list(range(FRAMES))
     assert _video_frames(tmp_path / "ray" / "overlay.mp4") == FRAMES
-    assert summary["outputs"]["video_join"] == "concat copy"
-    assert summary["outputs"]["video_codec"] == json.loads((tmp_path / "one" / "summary.json").read_text())["outputs"]["video_codec"]
+    one = _only(json.loads((tmp_path / "one" / "summary.json").read_text()))
+    assert _only(summary)["outputs"]["video_codec"] == one["outputs"]["video_codec"]
 
 
 def test_smoothing_is_rebuilt_at_range_borders(cluster, inputs, tmp_path):
@@ -149,7 +154,7 @@ def test_stop_leaves_valid_outputs_and_resume_completes_them(cluster, inputs, tm
     _first_marker_pid(out, job)
     stop.set()  # what Ctrl-C does: no new units, the ones in flight finish, the parts are joined
     job.join(timeout=300)
-    assert result["interrupted"] and result["units"]["finished"] < 15
+    assert result["interrupted"] and _only(result)["units"]["finished"] < 15
     done = result["frames"]
     assert len(_lines(out / "frames.jsonl")) == done == _video_frames(out / "overlay.mp4")
     before = {name: (out / "masks" / name).stat().st_mtime_ns for name in _tree(out, "masks")}
@@ -157,7 +162,7 @@ def test_stop_leaves_valid_outputs_and_resume_completes_them(cluster, inputs, tm
     code = main(["segment", str(video), "--model", MODEL, "--out", str(out), "--ray", "auto", "--workers", "2",
                  "--resume", "--no-progress"])
     summary = json.loads((out / "summary.json").read_text())
-    assert code == 0 and summary["ray"]["units_skipped"] == result["units"]["finished"]
+    assert code == 0 and summary["ray"]["units_skipped"] == _only(result)["units"]["finished"]
     assert all((out / "masks" / name).stat().st_mtime_ns == t for name, t in before.items())  # not redone
     assert _tree(out, "masks") == _tree(tmp_path / "one", "masks")
     assert [i for i, _, _ in _lines(out / "frames.jsonl")] == list(range(FRAMES))
@@ -183,8 +188,10 @@ def test_cli_with_several_sources_writes_one_folder_each(cluster, inputs, tmp_pa
     code = main(["segment", str(video), str(images), str(broken), "--model", MODEL, "--out", str(tmp_path / "job"),
                  "--ray", "auto", "--workers", "2", "--write", "masks,jsonl", "--no-progress"])
     job = json.loads((tmp_path / "job" / "summary.json").read_text())
-    assert code == 0 and [s["frames"] for s in job["sources"]] == [FRAMES, 4, 0]  # images: no --recursive
-    assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"][2]["error"]
+    # As without Ray: a source that fails costs only itself, and the exit code says one failed.
+    assert code == 1 and [s["frames"] for s in job["sources"].values()] == [FRAMES, 4, 0]  # images: no --recursive
+    assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"]["broken"]["error"]
+    assert job["failed"] == ["broken"] and job["sources"]["clip"]["folder"] == "clip"
     assert len(_tree(tmp_path / "job" / "clip", "masks")) == FRAMES and len(_tree(tmp_path / "job" / "images", "masks")) == 4
     assert not (tmp_path / "job" / "clip" / "overlay.mp4").exists()  # --write without overlay: none drawn
 

@@ -34,7 +34,7 @@ def test_segment_prints_a_stage_table_and_writes_the_summary(seg_model, tmp_path
     video = kit.moving_video(tmp_path / "v.avi", count=6)
     out = _edgeseg("segment", video, "--model", seg_model, "--out", tmp_path / "o", "--batch", "2", "--smooth", "0.5")
     assert out.returncode == 0, out.stderr
-    assert "infer" in out.stderr and "fps" in out.stderr and "overlay.mp4:" in out.stderr
+    assert "infer" in out.stderr and "fps" in out.stderr and "v: overlay video h264" in out.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["frames"] == 6 and summary["batch"] == 2
 

@@ -6,6 +6,7 @@ channel, so a test knows the right mask of any frame it draws.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import cv2
@@ -118,3 +119,51 @@ def ae_model(tmp_path):
 def kit():
     """These helpers, for tests (the importlib import mode keeps conftest off sys.path)."""
     return sys.modules[__name__]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Every test's XDG cache (tuning records, onnxruntime's ids) is the suite's own, never the user's: a record
+    a test (or another run on this machine) left in ~/.cache/edgeseg would change what engine auto picks."""
+    import os
+
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
+@pytest.fixture(autouse=True)
+def records_follow_the_schema(request):
+    """After every test: each summary.json and frames*.jsonl the test wrote follows records' schema 2.
+
+    This is the test of docs/records.md: every output folder the suite writes is checked against the
+    schema the documentation is made from (a run of one source, many sources, a cluster job).
+    """
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is None:
+        return
+    from edgeseg.runtime import records
+
+    problems = []
+    for path in root.rglob("summary.json"):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue  # a test that writes a broken summary on purpose
+        if isinstance(data, dict) and "frames" in data:  # a run's summary (other tools' summary.json have no frames)
+            problems += [f"{path}: {p}" for p in records.check_summary(data)]
+    for path in root.rglob("frames*.jsonl"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the line a killed run was writing
+            problems += [f"{path}: {p}" for p in records.check_record(record)]
+            if len(problems) > 20:
+                break
+    assert not problems, "records off the schema (runtime/records.py, docs/records.md):\n" + "\n".join(problems[:20])
