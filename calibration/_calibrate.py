@@ -304,7 +304,7 @@ def _write_model(candidate: Candidate, contract: Contract, output: Path, *, cali
 def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameStats, measured: Measurement,
                  timings: Mapping[str, _measure.Timing], floats: FloatCompute, control: Control | None,
                  output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float]) -> dict:
-    """The report dict (DESIGN.md's fields): JSON values only, no paths as objects and no private keys."""
+    """The report dict (the calibrate report's fields): JSON values only, no paths as objects and no private keys."""
     comparison = measured.comparison
     fp32, int8 = _side(comparison.fp32, timings["fp32"]), _side(comparison.int8, timings["int8"])
     ranked = _measure.worst_first(measured.layers)

@@ -1,7 +1,7 @@
 """The ``.keras`` file as edgeseg writes it: Keras' own archive plus the preprocessing record.
 
 Training appends one member, ``edgeseg.json``, to the zip archive Keras writes. It holds the
-contract as far as training knows it (kind, input preprocessing, classes and palette; DESIGN.md),
+contract as far as training knows it (kind, input preprocessing, classes and palette; docs/architecture.md),
 so the exporter reads everything it needs from the one file. Keras ignores the extra member when
 loading. A ``.keras`` file from elsewhere simply has no record.
 """

@@ -37,7 +37,7 @@ _NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Globa
 
 @dataclass(frozen=True)
 class LayerCheck:
-    """One layer's comparison (DESIGN.md's report fields)."""
+    """One layer's comparison (the verify report's fields, README "Reports")."""
 
     name: str
     type: str

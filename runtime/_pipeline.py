@@ -22,6 +22,7 @@ import itertools
 import logging
 import mmap
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime import postprocess as post
 from edgeseg.runtime import records
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import EdgesegError
@@ -264,13 +264,16 @@ class Run:
                 log.warning("live view on %s (metrics: /metrics, health: /health)", server.url)
             self._warm_up()
             self.started = time.monotonic()
+            progress = _Progress(self) if self.options.progress else None
             for source in self.sources:
                 source.start()
             try:
-                self._loop()
+                self._loop(progress)
             finally:
                 self.ended = time.monotonic()
                 self._close()
+                if progress is not None:
+                    progress.close()
         finally:
             if server is not None:
                 server.close()
@@ -298,7 +301,7 @@ class Run:
             except Exception as error:  # a model that cannot run says so on the first real frame, with its name
                 log.debug("warm-up failed: %s", error)
 
-    def _loop(self) -> None:
+    def _loop(self, progress: _Progress | None = None) -> None:
         pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="edgeseg-infer") \
             if self.inflight > 1 else None
         pending: deque[_Call] = deque()
@@ -308,6 +311,8 @@ class Run:
                 self.wake.clear()
                 # Once stopping, only what the file feeders had already taken is finished (none is left half-done).
                 items = [item for source in self.sources for item in source.take(stopping=stopping)]
+                if progress is not None:
+                    progress.tick()
                 if items:
                     pending.append(self._submit(pool, items))
                     while len(pending) >= self.inflight and self.error is None:
@@ -398,6 +403,54 @@ class Run:
     def status(self) -> dict[str, Any]:
         """The counters of every source now (for the live page): its state, frames, failures, stream stats."""
         return {source.name: source.report() for source in self.sources}
+
+
+class _Progress:
+    """What the run has done so far, on stderr: a bar on a terminal (known totals), else a line every 10 s
+    (frames, fps, latency, per-source states), so a piped run's log shows it is alive and a bar is never
+    drawn into a file."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        totals = [s.source.total for s in run.sources]
+        self.total = sum(totals) if all(t is not None for t in totals) else None
+        self.tty = sys.stderr.isatty()
+        self.every = 1.0 if self.tty else 10.0
+        self.last = time.monotonic()
+        self.bar = None
+        if self.tty and self.total is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="frame", dynamic_ncols=True, file=sys.stderr)
+
+    def _done(self) -> int:
+        return sum(s.done + s.failed + s.resumed for s in self.run.sources)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        done = self._done()
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        elapsed = max(now - self.run.started, 1e-9)
+        of = f"/{self.total}" if self.total is not None else ""
+        states = ", ".join(f"{s.name} {s.state}" for s in self.run.sources) if len(self.run.sources) > 1 else ""
+        line = f"{done}{of} frames, {done / elapsed:.1f} fps" + (f"; {states}" if states else "")
+        if self.tty:
+            sys.stderr.write(f"\r{line}  ")
+            sys.stderr.flush()
+        else:
+            log.info("%s", line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self._done() - self.bar.n)
+            self.bar.close()
+        elif self.tty:
+            sys.stderr.write("\n")
 
 
 def _named(spec: Any) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime._frames import (FOLDER_IMAGE_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, VideoInfo,
+from edgeseg.runtime._frames import (FOLDER_IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, VideoInfo,
                                      display_path, folder_paths, frame_names, image_frames, video_frames)
 from edgeseg.runtime._streams import LiveSource, _safe_name, is_live
 

@@ -1,7 +1,7 @@
 """The contract every edgeseg ONNX file carries: how to preprocess its input, what its output means.
 
 The exporter writes it into the ONNX file's ``metadata_props`` under the key ``edgeseg``, as one
-JSON object (DESIGN.md). The runtime and the calibrator read it from there, so deployment cannot
+JSON object (docs/architecture.md). The runtime and the calibrator read it from there, so deployment cannot
 preprocess differently from training. This module needs neither ``onnx`` nor ``onnxruntime``:
 it works on plain dicts, JSON text and ``ModelProto``-like objects.
 """

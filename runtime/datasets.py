@@ -22,14 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime._frames import read_image
+from edgeseg.runtime._frames import IMAGE_SUFFIXES, read_image
 from edgeseg.runtime._preprocess import fit, normalize
 from edgeseg.runtime.contract import InputSpec, default_palette
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MNIST_SPEC = InputSpec(height=28, width=28, channels=1, color="GRAY", scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
 

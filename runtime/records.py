@@ -370,3 +370,43 @@ def schema_table(fields: tuple[Field, ...]) -> str:
     rows += [f"| `{f.name}` | {' or '.join(f.types)}{'' if f.required else ' (optional)'} | {f.meaning} |"
              for f in fields]
     return "\n".join(rows)
+
+
+def documentation() -> str:
+    """docs/records.md: the schema of every record a run writes, made from the tables above (a test keeps them equal).
+
+    Example::
+
+        Path("docs/records.md").write_text(documentation())
+    """
+    return f"""# The records a run writes (schema {SCHEMA})
+
+`edgeseg segment` (and `edgeseg.runtime.segment`, and `--ray`) write two kinds of record, the same for
+one source, many sources and a cluster job. This page is made from `runtime/records.py`
+(`python -c "from edgeseg.runtime import records; print(records.documentation(), end='')" > docs/records.md`);
+the test suite checks every `summary.json` and `frames*.jsonl` it writes against the same tables.
+`schema` changes only when a field changes meaning or goes away; fields may be added within a version.
+
+Where they are: a run of one source writes into `--out`; a run of several (or of a list or folder that
+expands into several, or of one named source `name=SOURCE`) writes each source's files into
+`--out/<name>/` and one `--out/summary.json`. With `--rotate` (or a live source resumed), a source's
+`frames.jsonl` and `overlay.mp4` are numbered files, `frames-0000.jsonl`, `overlay-0000.mp4`, ... —
+the `segments` of its `outputs` list them in order.
+
+## `frames.jsonl`: one line per frame, written as the frame finishes
+
+{schema_table(FRAME_FIELDS)}
+
+## `summary.json`: the run
+
+{schema_table(SUMMARY_FIELDS)}
+
+### `sources.<name>`: each source
+
+{schema_table(SOURCE_FIELDS)}
+
+### `sources.<name>.stream`: a live source's counters
+
+{schema_table(STREAM_FIELDS)}
+"""
+

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, checked by import-linter on the installed code (contracts in pyproject.toml).
+"""The layers of docs/architecture.md, checked by import-linter on the installed code (contracts in pyproject.toml).
 
 The repository keeps runtime/, export/ and calibration/ at the top but installs them under the
 ``edgeseg`` package; an editable install maps them there without moving files, which import-linter
@@ -89,3 +89,96 @@ def test_no_module_imports_another_packages_private_module(tmp_path):
     leaks = [(a, b) for a, b in edges if b.startswith("edgeseg.") and _package_of(a) != _package_of(b)
              and any(part.startswith("_") for part in b.split(".")[2:])]
     assert not leaks, leaks
+
+
+# -- imports by name at run time: a layer rule routed around is still broken ----------------------------------
+
+
+def _contracts() -> dict[str, list[str]]:
+    """Each package's forbidden modules, from pyproject.toml's import-linter contracts (the one list)."""
+    import tomllib
+
+    forbidden: dict[str, list[str]] = {}
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    for contract in config:
+        if contract["type"] == "forbidden":
+            for source in contract["source_modules"]:
+                forbidden.setdefault(source, []).extend(contract["forbidden_modules"])
+        elif contract["type"] == "independence":
+            for module in contract["modules"]:
+                forbidden.setdefault(module, []).extend(m for m in contract["modules"] if m != module)
+    return forbidden
+
+
+def dynamic_import_violations(folder: Path, package: str, forbidden: list[str]) -> list[str]:
+    """Where a module of ``folder`` imports by name (importlib.import_module, __import__) something its contract
+    forbids, or a name computed at run time that no literal table in the module states.
+
+    import-linter reads import statements only; this closes the way around it. A module that imports by name
+    may do so from a literal table (a lazy package face: name -> module); every module name it states must be
+    allowed.
+    """
+    import ast
+    import re
+
+    dotted = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
+    problems = []
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))]
+        if not calls:
+            continue
+        stated = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                  and isinstance(node.value, str) and dotted.match(node.value)]
+        for name in stated:
+            if any(name == bad or name.startswith(bad + ".") for bad in forbidden):
+                problems.append(f"{path.relative_to(folder)}: imports `{name}` by name ({package} must not)")
+        tables = any(isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Dict)
+                     and all(isinstance(v, ast.Constant) and isinstance(v.value, str) for v in node.value.values)
+                     for node in tree.body)
+        for call in calls:
+            argument = call.args[0] if call.args else None
+            literal = isinstance(argument, ast.Constant) or (
+                isinstance(argument, ast.JoinedStr) and isinstance(argument.values[0], ast.Constant)
+                and argument.values[0].value.startswith(package + "."))
+            if not literal and not tables:
+                problems.append(f"{path.relative_to(folder)}:{call.lineno}: imports a name computed at run time")
+    return problems
+
+
+def test_no_package_imports_by_name_what_its_layer_forbids():
+    contracts = _contracts()
+    for package, folder in (("edgeseg.runtime", "runtime"), ("edgeseg.export", "export"),
+                            ("edgeseg.calibration", "calibration")):
+        assert contracts[package], package
+        assert dynamic_import_violations(ROOT / folder, package, contracts[package]) == []
+
+
+@pytest.mark.parametrize("planted", ['importlib.import_module("edgeseg.scaleout")', 'importlib.import_module("ray")',
+                                     '__import__("tensorflow")', "importlib.import_module(os.environ['WHERE'])"])
+def test_a_planted_import_by_name_is_caught(tmp_path, planted):
+    folder = tmp_path / "runtime"
+    shutil.copytree(ROOT / "runtime", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "_planted.py").write_text(f"import importlib\nimport os\n\n\ndef reach_up():\n    return {planted}\n")
+    problems = dynamic_import_violations(folder, "edgeseg.runtime", _contracts()["edgeseg.runtime"])
+    assert problems and all("_planted.py" in p for p in problems), problems
+
+
+def test_the_records_page_is_made_from_the_schema():
+    from edgeseg.runtime import records
+
+    assert (ROOT / "docs" / "records.md").read_text(encoding="utf-8") == records.documentation(), \
+        "docs/records.md is stale: regenerate it with the command at its top"
+
+
+def test_readme_layout_names_every_module():
+    # README "Layout" is where a newcomer finds the room a change belongs in: it must not fall behind the tree.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):text.index("## ", text.index("## Layout") + 3)]
+    missing = [f"{folder}/{path.relative_to(ROOT / folder).as_posix()}"
+               for folder in ("edgeseg", "runtime", "export", "calibration")
+               for path in sorted((ROOT / folder).rglob("*.py"))
+               if path.name != "__init__.py" and path.name not in layout]
+    assert not missing, f"README Layout does not name: {', '.join(missing)}"

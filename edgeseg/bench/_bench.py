@@ -87,7 +87,7 @@ def schedule(runners: Sequence[str], repeats: int) -> list[tuple[int, str]]:
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Run the benchmark; returns the report (DESIGN.md's bench fields, plus the details).
+    """Run the benchmark; returns the report (the bench report's fields, plus the details).
 
     Example::
 
