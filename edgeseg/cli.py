@@ -186,3 +186,19 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
                     line: str | None = None) -> str:
     text = str(message)
     return f"{text}\n" if text.startswith("edgeseg") else f"warning: {text}\n"
+
+
+def run() -> None:
+    """The process entry of the ``edgeseg`` command and ``python -m edgeseg``: :func:`main`, then exit.
+
+    Why not simply ``sys.exit(main())``: every output is written and closed when ``main`` returns, but a
+    thread may still be blocked in native code (FFmpeg opening a camera that never answers, a huge image
+    decoding). Python's shutdown would wait on it or tear it down mid-call (``terminate called without an
+    active exception``, SIGABRT). So the process leaves at once in that case, with the command's code.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(thread is not threading.main_thread() and thread.is_alive() for thread in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)

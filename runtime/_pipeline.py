@@ -19,6 +19,7 @@ is written, so every output stays valid.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import mmap
 import os
@@ -37,10 +38,11 @@ import numpy as np
 from edgeseg.runtime import records
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.files import write_json_atomic
+from edgeseg.runtime.files import sha256_of, write_json_atomic
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._options import SegmentOptions
-from edgeseg.runtime._outdir import prepare_out
+from edgeseg.runtime._outdir import (RunLock, check_resume, earlier_folders, identity_path, prepare_out,
+                                     write_identity)
 from edgeseg.runtime._signals import stop_on_signals
 from edgeseg.runtime._sources import Entry, Source, expand, open_sources, split_name
 from edgeseg.runtime._writer import FrameResult, Item, SourceWriter
@@ -188,6 +190,7 @@ class Run:
         self.wake = threading.Event()  # set by any feeder with something new: the loop's one wake-up
         opened = open_sources(entries, stride=options.stride, start=options.start, max_frames=options.max_frames,
                               recursive=options.recursive, exclude=self.root, live={**options.live, "wake": self.wake})
+        self.lock: RunLock | None = None
         try:
             self._refuse_what_cannot_apply(opened)
             folders = self._folders(opened)
@@ -196,6 +199,8 @@ class Run:
         except BaseException:
             for source in opened:
                 source.close()
+            if self.lock is not None:
+                self.lock.release()
             raise
         live = any(s.source.live is not None for s in self.sources)
         # A live frame is inferred as soon as it comes; several calls in flight are for files.
@@ -222,19 +227,43 @@ class Run:
             raise EdgesegError("--show opens one window; with several sources use --serve PORT to watch them all.")
 
     def _folders(self, sources: list[Source]) -> list[Path | None]:
+        """Each source's output folder, once --out is held by this run and its rule applied (an earlier run there
+        is refused, replaced, or continued when it is the same run); this run's identity is written first."""
         if self.root is None:
             return [None] * len(sources)
         folders = [self.root] if self.single else [self.root / source.name for source in sources]
+        self.lock = RunLock(self.root)  # a second run into this --out is refused from here on
         prepare_out(self.root, previous_run=lambda root: self._previous_run(root, folders),
                     overwrite=self.options.overwrite, resume=self.options.resume)
+        identity = self._identity(sources, folders)
+        if self.options.resume:
+            check_resume(self.root, identity)
+        write_identity(self.root, identity)
         return folders
+
+    def _identity(self, sources: list[Source], folders: list[Path]) -> dict[str, Any]:
+        """What makes this run this run: what --resume must find the same (json-normalized)."""
+        model, options = self.model, self.options
+        identity = {
+            "schema": records.SCHEMA,
+            "model": {"sha256": sha256_of(model.path)},
+            "contract": model.contract.to_dict(),
+            "engine": {"engine": model.engine, "precision": model_precision(model)},
+            "sources": {source.name: {"source": source.spec if source.live is not None else _real(source.spec),
+                                      "kind": source.kind} for source in sources},
+            "options": {key: getattr(options, key) for key in ("outputs", "stride", "start", "recursive", "smooth",
+                                                               "alpha")},
+            "folders": [folder.relative_to(self.root).as_posix() or "." for folder in folders],
+            "model_file": str(model.path),
+        }
+        return json.loads(json.dumps(identity))
 
     @staticmethod
     def _previous_run(root: Path, folders: list[Path]) -> list[Path]:
         """What a run in ``root`` wrote: this run's folders' run files, and those of every source the earlier
         run's summary names (so --overwrite clears a run of other names too; a user's own files stay)."""
-        found = [root / "summary.json"]
-        for folder in [*folders, *records.earlier_folders(root)]:
+        found = [root / "summary.json", identity_path(root)]
+        for folder in [*folders, *earlier_folders(root)]:
             found += [folder / name for name in RUN_FILES]
             found += [path for pattern in ROTATED for path in folder.glob(pattern)]
         return found
@@ -254,6 +283,13 @@ class Run:
 
     def execute(self, *, serve: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
         """Run to the end (or ``stop``) and return the summary (also written as ``summary.json``)."""
+        try:
+            return self._execute(serve, host)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self, serve: int | None, host: str) -> dict[str, Any]:
         server = None
         try:
             if serve is not None:
@@ -451,6 +487,13 @@ class _Progress:
             self.bar.close()
         elif self.tty:
             sys.stderr.write("\n")
+
+
+def _real(spec: str) -> str:
+    try:
+        return os.path.realpath(spec)
+    except (OSError, ValueError):
+        return spec
 
 
 def _named(spec: Any) -> bool:

@@ -499,7 +499,9 @@ class RecordSink(FrameSink):
     record per frame (``outcome.record``, see :mod:`edgeseg.runtime.records`), flushed as it finishes.
 
     ``rewrite`` (a resumed run of files): the records go to a hidden file beside ``frames.jsonl`` that
-    replaces it when the sink closes, so an interrupted resume never loses the records it found.
+    replaces it when the sink closes, after every earlier record this run did not write again (the frames
+    after a stop) was added to it: an interrupted resume keeps at least the records it found, and a killed
+    one leaves ``frames.jsonl`` as it was.
     """
 
     def __init__(self, folder: str | os.PathLike, *, clock: SegmentClock | None = None, rewrite: bool = False) -> None:
@@ -512,6 +514,7 @@ class RecordSink(FrameSink):
         self.lines: JsonlSink | None = None
         self._frames = 0
         self._name = ""
+        self._written: list[Any] = []  # rewrite: the names written again, so the earlier file's others are kept
 
     def write(self, frame: Any, outcome: Outcome) -> None:
         if outcome.record is None:
@@ -524,11 +527,15 @@ class RecordSink(FrameSink):
             self.clock.opened(self._close_segment)
         self.lines.write(outcome.record)
         self._frames += 1
+        if self.rewrite:
+            self._written.append(outcome.record.get("name"))
 
     def _close_segment(self) -> None:
         lines, self.lines = self.lines, None
         if lines is None:
             return
+        if self.rewrite:
+            self._keep_the_rest(lines)
         lines.__exit__(None, None, None)
         if self.rewrite:  # every record is in the new file now: it replaces the earlier run's
             os.replace(lines.path, self.folder / "frames.jsonl")
@@ -536,11 +543,21 @@ class RecordSink(FrameSink):
         if self.clock.numbered:
             self.clock.note(jsonl=self._name, frames=self._frames)
 
+    def _keep_the_rest(self, lines: JsonlSink) -> None:
+        from edgeseg.runtime.records import read_records
+
+        written = set(self._written)
+        for record in read_records(self.folder / "frames.jsonl"):
+            if record.get("name") not in written:
+                lines.write(record)
+
     def close(self) -> None:
+        if self.rewrite and self.lines is None and (self.folder / "frames.jsonl").exists():
+            return  # a resumed run that wrote nothing (stopped at once): the earlier records stay as they are
         self._close_segment()
 
     @property
     def outputs(self) -> dict[str, Any]:
         if self.clock.numbered:
             return {"segments": self.clock.segments}
-        return {"jsonl": "frames.jsonl"} if self._name else {}
+        return {"jsonl": "frames.jsonl"} if self._name or self.rewrite else {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -98,7 +99,7 @@ class SourceWriter:
         self.palette = Palette.from_rgb(model.contract.output.palette)
         self.smoothing = bool(options.smooth) and source.sequential and model.kind == "segmentation"
         resuming = options.resume and folder is not None
-        self.kept = records.finished(folder, self._outputs_valid) if resuming and source.live is None else {}
+        self.kept = records.finished(folder) if resuming and source.live is None else {}
         # A live stream resumed goes on: new indices after its last one, its files numbered after the earlier ones.
         self.index_offset = records.next_index(folder) if resuming and source.live is not None else 0
         first_segment = records.continue_segments(folder) if resuming and source.live is not None else 0
@@ -109,6 +110,7 @@ class SourceWriter:
         self.failed = 0
         self.nan = 0
         self.resumed = 0
+        self.late = 0  # live frames inferred but dropped because this source's writer was behind
         self.first_failure: str | None = None
         self.error: str | None = None
         self.fatal = False  # this source cannot go on (its file cannot be read, its outputs cannot be written)
@@ -143,7 +145,9 @@ class SourceWriter:
                                           clock=self.clock) if self.source.sequential
                          else OverlayImageSink(folder / "overlay"))
         # Written last, so a frame's record carries the time its other outputs took.
-        records_sink = RecordSink(folder, clock=self.clock, rewrite=bool(self.kept)) if "jsonl" in wanted else None
+        # A resumed file source rewrites its records in order (kept and new), never truncating the earlier file.
+        rewrite = self.options.resume and self.source.live is None and (folder / "frames.jsonl").exists()
+        records_sink = RecordSink(folder, clock=self.clock, rewrite=rewrite) if "jsonl" in wanted else None
         return sinks, records_sink
 
     # -- the feeder: what the loop takes ----------------------------------------------------------
@@ -219,8 +223,10 @@ class SourceWriter:
                     break
                 t1 = time.perf_counter()
                 self.taken += 1
-                item = Item(self, frame, arrived=time.monotonic(), kept=self.kept.get(frame.name),
-                            lead=self.taken <= lead)
+                kept = self.kept.get(frame.name)
+                if kept is not None and not self._outputs_valid(frame.name):
+                    kept = None  # its files are gone or were cut by a crash: it is done again
+                item = Item(self, frame, arrived=time.monotonic(), kept=kept, lead=self.taken <= lead)
                 if item.kept is None:
                     self._preprocess(item)
                 item.ms = {"decode": (t1 - t0) * 1000, "preprocess": (time.perf_counter() - t1) * 1000}
@@ -270,8 +276,16 @@ class SourceWriter:
     # -- the writer -------------------------------------------------------------------------------
 
     def put(self, chunk: list[Item]) -> None:
-        """Hand finished inference to the writer (blocks while its queue is full: back-pressure on the loop)."""
-        self._queue.put(chunk)
+        """Hand finished inference to the writer. A file source's writer that is behind blocks the loop
+        (back-pressure: nothing is lost); a live source's never does: its frame is dropped and counted, so a
+        heavy stream (a 4K camera's overlay video) sets its own pace, not every other stream's."""
+        if self.live is None or self.live.policy == "queue-all":  # queue-all: every frame, at the writer's pace
+            self._queue.put(chunk)
+            return
+        try:
+            self._queue.put_nowait(chunk)
+        except queue.Full:
+            self.late += len(chunk)
 
     def finish(self) -> None:
         """After the loop: let the writer drain, then wait for it (it closes the sinks)."""
@@ -460,7 +474,7 @@ class SourceWriter:
             paths.append(folder / "overlay" / f"{name}.png")
         if self.source.sequential and "overlay" in wanted and kind != "segmentation":
             return False  # the overlay video is redrawn from saved masks; heat maps need the model again
-        return all(_decodes(path) for path in paths)
+        return all(_whole_png(path) for path in paths)
 
     # -- report -----------------------------------------------------------------------------------
 
@@ -498,7 +512,8 @@ class SourceWriter:
                 error = f"gave up after {self.options.reconnect} failed reconnect attempt(s) in a row: {last}"
             # grabbed = dropped + frames taken: every frame the camera sent is accounted for.
             stream = {"url": str(self.live.spec), "policy": self.live.policy, "grabbed": stats.grabbed,
-                      "dropped": stats.dropped + stats.unread, "reconnects": stats.reconnects, "stalls": stats.stalls,
+                      "dropped": stats.dropped + stats.unread + self.late, "reconnects": stats.reconnects,
+                      "stalls": stats.stalls,
                       "gave_up": stats.gave_up, "failures": list(stats.failures[-10:])}
         folder = None
         if self.folder is not None and self.run.root is not None:
@@ -510,13 +525,17 @@ class SourceWriter:
             stage_total=self.stage_total, outputs=outputs, stream=stream)
 
 
-def _decodes(path: Path) -> bool:
-    import cv2
-
+def _whole_png(path: Path) -> bool:
+    """A PNG the earlier run finished: its signature first and its IEND chunk last (a write cut by a crash has
+    no IEND). Two small reads, not a decode: a resumed job of 100,000 frames starts at once."""
     try:
-        return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED) is not None
-    except (OSError, ValueError):
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(-12, os.SEEK_END)
+            tail = handle.read(12)
+    except OSError:
         return False
+    return head == b"\x89PNG\r\n\x1a\n" and tail == b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def _has_gui() -> bool:

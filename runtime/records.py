@@ -63,7 +63,9 @@ STREAM_FIELDS = (
     _f("url", "string", "the camera index or stream URL"),
     _f("policy", "string", "drop-old (newest frame only) or queue-all"),
     _f("grabbed", "integer", "frames read from the source; grabbed = dropped + frames taken"),
-    _f("dropped", "integer", "frames replaced by a newer one before inference took them, or left at the end"),
+    _f("dropped", "integer", "frames replaced by a newer one before inference took them, dropped after inference "
+                             "because this source's writer was behind (a heavy stream paces only itself), or left "
+                             "at the end"),
     _f("reconnects", "integer", "reconnections after the first open"),
     _f("stalls", "integer", "times the stream sent nothing for --stall-timeout seconds"),
     _f("gave_up", "boolean", "the source ended after --reconnect failed attempts in a row"),
@@ -242,10 +244,11 @@ def read_records(path: Path) -> Iterable[dict[str, Any]]:
                 yield record
 
 
-def finished(folder: Path | None, valid: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
-    """``--resume``: the records of frames an earlier run finished whose files are there (``valid(name)``).
+def finished(folder: Path | None) -> dict[str, dict[str, Any]]:
+    """``--resume``: the records of frames an earlier run finished, by name (whether their files are still
+    there and whole is checked frame by frame as the run reaches them, so a big job starts at once).
 
-    Reads ``frames.jsonl`` and the ``.frames.jsonl.resume`` an interrupted resume left beside it.
+    Reads ``frames.jsonl`` and the ``.frames.jsonl.resume`` a killed resume left beside it.
     """
     if folder is None:
         return {}
@@ -254,30 +257,10 @@ def finished(folder: Path | None, valid: Callable[[str], bool]) -> dict[str, dic
         for record in read_records(path):
             if record.get("schema") == SCHEMA and record.get("ok") is True and isinstance(record.get("name"), str):
                 kept[record["name"]] = record
-    return {name: record for name, record in kept.items() if valid(name)}
+    return kept
 
 
 RESUME_FILE = ".frames.jsonl.resume"  # where a resumed run writes its records before they replace frames.jsonl
-
-
-def earlier_folders(root: Path) -> list[Path]:
-    """The source folders the run in ``root`` wrote, as its ``summary.json`` names them (inside ``root`` only)."""
-    try:
-        summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    if not isinstance(summary, dict):
-        return []
-    named = summary.get("sources") if isinstance(summary.get("sources"), dict) else summary.get("streams")
-    folders = []
-    for name, report in (named or {}).items() if isinstance(named, dict) else ():
-        relative = report.get("folder", name) if isinstance(report, dict) else name
-        if not isinstance(relative, str):
-            continue
-        folder = (root / relative).resolve()
-        if folder == root.resolve() or folder.parent == root.resolve():
-            folders.append(root / relative)
-    return folders
 
 
 def next_index(folder: Path | None) -> int:

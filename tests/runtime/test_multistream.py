@@ -196,7 +196,12 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
          f"refused=tcp://127.0.0.1:{refused}", "--model", str(MODEL), "--out", str(out), "--stall-timeout", "30",
          "--reconnect", "50", "--no-progress"], stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4.0)  # the model is loaded, one stream hangs in open, the other waits between attempts
+        # Started (each source's folder is made when its feeder starts); then one stream hangs in open, the other
+        # waits between attempts. Waiting for the folders, not a fixed time: a loaded machine loads models slowly.
+        deadline = time.monotonic() + 60
+        while not ((out / "silent").is_dir() and (out / "refused").is_dir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
         assert process.poll() is None
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -172,3 +172,30 @@ def test_ctrl_c_at_any_moment_is_one_clean_exit_130(seg_model, tmp_path, kit, mo
         assert [line for line in stderr.splitlines() if line.strip()] in (["edgeseg: interrupted"],
                                                                          ["edgeseg segment: interrupted"])
         assert not (out / "summary.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_a_lone_stream_waits_to_reconnect_stops_the_run(seg_model, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: refused, then backoff between attempts
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    process = subprocess.Popen([sys.executable, "-m", "edgeseg", "segment", f"tcp://127.0.0.1:{port}", "--model",
+                                str(seg_model), "--out", str(out), "--reconnect", "20", "--no-progress"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # the stream is in backoff now
+            if "reconnecting in" in line:
+                break
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert process.returncode == 130 and summary["interrupted"], rest
+    assert next(iter(summary["sources"].values()))["state"] == "stopped"
+    assert took < 5.0, f"took {took:.2f} s to stop (goal: 1 s; before: never, it went on reconnecting)"  # loaded CI
