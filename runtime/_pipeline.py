@@ -103,9 +103,8 @@ def model_precision(model: Model) -> str:
 def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLike | int | Source | Entry], *,
             model: Model | str | os.PathLike, out: str | os.PathLike | None,
             options: SegmentOptions | None = None, stop: threading.Event | None = None,
-            on_result: Callable[[FrameResult], None] | None = None, serve: int | None = None,
-            host: str = "127.0.0.1", contract: Contract | Mapping[str, Any] | None = None,
-            **changes: Any) -> dict[str, Any]:
+            on_result: Callable[[FrameResult], None] | None = None, serve: int | str | None = None,
+            contract: Contract | Mapping[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
     """Run every frame of one source or many through ``model`` into ``out``; returns the summary.
 
     ``sources``: one or a list of: an image, folder, glob, ``.txt`` list, video file, webcam index or
@@ -115,8 +114,9 @@ def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLi
     ``on_result``). ``model``: a :class:`Model` or an .onnx path (opened by :func:`open_model`).
     ``options``: a :class:`SegmentOptions`; any of its fields may also be given as a keyword
     (``batch=4``), checked, so a misspelt one is an error. ``on_result`` is called for every frame
-    in its source's writer thread. ``serve``: a port for the live page, ``/metrics`` and ``/health``
-    (0: any free port; the summary says which). ``stop``: set it to end the run (SIGINT/SIGTERM set
+    in its source's writer thread. ``serve``: a port (on 127.0.0.1) or ``"HOST:PORT"`` for the live page,
+    ``/metrics`` and ``/health`` (port 0: any free port; the summary says which). ``contract``: overrides
+    of the model file's contract (see :class:`Model`). ``stop``: set it to end the run (SIGINT/SIGTERM set
     it too).
 
     Example::
@@ -131,7 +131,7 @@ def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLi
     run = Run(sources, model=model, out=out, options=options, stop=stop, on_result=on_result, contract=contract)
     restore_signals = stop_on_signals(stop)
     try:
-        return run.execute(serve=serve, host=host)
+        return run.execute(serve=serve)
     finally:
         restore_signals()  # only now: a Ctrl-C before summary.json is written still ends the run cleanly
 
@@ -139,7 +139,7 @@ def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLi
 def run_streams(sources: Sequence[str | os.PathLike | int | Source | Entry], *, model: Model | str | os.PathLike,
                 out: str | os.PathLike | None = None, options: SegmentOptions | None = None,
                 on_result: Callable[[FrameResult], None] | None = None, stop: threading.Event | None = None,
-                serve: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
+                serve: int | str | None = None) -> dict[str, Any]:
     """:func:`segment` under the name of earlier versions (several streams); the same loop, records and summary.
 
     Example::
@@ -147,7 +147,7 @@ def run_streams(sources: Sequence[str | os.PathLike | int | Source | Entry], *, 
         summary = run_streams(["door=rtsp://cam1/s", "yard=rtsp://cam2/s"], model="fcn8.onnx", out="runs/site")
     """
     return segment(list(sources), model=model, out=out, options=options, on_result=on_result, stop=stop,
-                   serve=serve, host=host)
+                   serve=serve)
 
 
 @dataclass
@@ -281,21 +281,23 @@ class Run:
 
     # -- run ---------------------------------------------------------------------------------------
 
-    def execute(self, *, serve: int | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
-        """Run to the end (or ``stop``) and return the summary (also written as ``summary.json``)."""
+    def execute(self, *, serve: int | str | None = None) -> dict[str, Any]:
+        """Run to the end (or ``stop``) and return the summary (also written as ``summary.json``); ``serve``: a
+        port or ``"HOST:PORT"`` for the live page."""
         try:
-            return self._execute(serve, host)
+            return self._execute(serve)
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    def _execute(self, serve: int | None, host: str) -> dict[str, Any]:
+    def _execute(self, serve: int | str | None) -> dict[str, Any]:
         server = None
         try:
             if serve is not None:
                 from edgeseg.runtime._serve import LiveServer
 
-                server = LiveServer(self, host=host, port=serve).start()
+                host, port = _address(serve)
+                server = LiveServer(self, host=host, port=port).start()
                 self.server_url = server.url
                 log.warning("live view on %s (metrics: /metrics, health: /health)", server.url)
             self._warm_up()
@@ -431,10 +433,10 @@ class Run:
                   "providers": list(model.providers), "precision": model_precision(model),
                   "engine_streams": model.streams, "batch": max(s.batch for s in self.sources),
                   "inflight": self.inflight, "smooth": self.options.smooth}
-        return records.run_summary(
-            engine, sources, wall_s=wall, infer_seconds=self.infer_seconds, batches=self.batches,
-            batched_frames=self.batched_frames, interrupted=self.stop.is_set() and self.error is None,
-            error=str(self.error) if self.error is not None else None, serve=self.server_url)
+        calls = {"batches": self.batches, "batched_frames": self.batched_frames, "infer_seconds": self.infer_seconds}
+        return records.run_summary(engine, sources, wall_s=wall, calls=calls,
+                                   interrupted=self.stop.is_set() and self.error is None,
+                                   error=str(self.error) if self.error is not None else None, serve=self.server_url)
 
     def status(self) -> dict[str, Any]:
         """The counters of every source now (for the live page): its state, frames, failures, stream stats."""
@@ -487,6 +489,19 @@ class _Progress:
             self.bar.close()
         elif self.tty:
             sys.stderr.write("\n")
+
+
+def _address(serve: int | str) -> tuple[str, int]:
+    """``8080`` or ``"0.0.0.0:8080"`` -> (host, port); the page binds 127.0.0.1 unless a host is named."""
+    text = str(serve)
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise EdgesegError(f"--serve expects a port (0-65535) or HOST:PORT, got {text!r}.")
+    return host.strip("[]") or "127.0.0.1", number
 
 
 def _real(spec: str) -> str:

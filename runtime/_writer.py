@@ -518,11 +518,11 @@ class SourceWriter:
         folder = None
         if self.folder is not None and self.run.root is not None:
             folder = "." if self.folder == self.run.root else self.folder.relative_to(self.run.root).as_posix()
-        return records.source_report(
-            source=display_path(self.source.spec), kind=self.source.kind, folder=folder, state=self.state,
-            frames=self.done, frames_failed=self.failed, frames_nan=self.nan, frames_resumed=self.resumed,
-            first_failure=self.first_failure, error=error, wall_s=wall, latencies=list(self.latencies),
-            stage_total=self.stage_total, outputs=outputs, stream=stream)
+        where = {"source": display_path(self.source.spec), "kind": self.source.kind, "folder": folder,
+                 "state": self.state}
+        tally = records.Tally(self.done, self.failed, self.nan, self.resumed, self.first_failure)
+        return records.source_report(where, tally, error=error, wall_s=wall, latencies=list(self.latencies),
+                                     stage_total=self.stage_total, outputs=outputs, stream=stream)
 
 
 def _whole_png(path: Path) -> bool:

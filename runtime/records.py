@@ -157,15 +157,27 @@ def _finite(value: Any) -> float | None:
     return round(float(value), 6) if value is not None and math.isfinite(value) else None
 
 
-def source_report(*, source: str, kind: str, folder: str | None, state: str, frames: int, frames_failed: int,
-                  frames_nan: int, frames_resumed: int, first_failure: str | None, error: str | None, wall_s: float,
+@dataclass
+class Tally:
+    """What a source (or a run) counted: the frames done, failed, NaN and resumed, and why the first failed."""
+
+    frames: int = 0
+    frames_failed: int = 0
+    frames_nan: int = 0
+    frames_resumed: int = 0
+    first_failure: str | None = None
+
+
+def source_report(where: Mapping[str, Any], tally: Tally, *, error: str | None, wall_s: float,
                   latencies: list[float], stage_total: Mapping[str, float], outputs: Mapping[str, Any],
                   stream: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One source's entry in ``summary.json``'s ``sources`` (SOURCE_FIELDS)."""
+    """One source's entry in ``summary.json``'s ``sources`` (SOURCE_FIELDS). ``where``: its ``source`` (what
+    was typed), ``kind``, ``folder`` (relative to --out) and ``state``."""
+    frames = tally.frames
     return {
-        "source": source, "kind": kind, "folder": folder, "state": state, "frames": frames,
-        "frames_failed": frames_failed, "frames_nan": frames_nan, "frames_resumed": frames_resumed,
-        "first_failure": first_failure, "error": error,
+        "source": where["source"], "kind": where["kind"], "folder": where["folder"], "state": where["state"],
+        "frames": frames, "frames_failed": tally.frames_failed, "frames_nan": tally.frames_nan,
+        "frames_resumed": tally.frames_resumed, "first_failure": tally.first_failure, "error": error,
         "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0, "wall_s": round(wall_s, 3),
         "latency_ms": _percentiles(latencies),
         "stage_ms": {stage: round(stage_total.get(stage, 0.0) / max(frames, 1), 3) for stage in STAGES},
@@ -174,9 +186,11 @@ def source_report(*, source: str, kind: str, folder: str | None, state: str, fra
 
 
 def run_summary(engine: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]], *, wall_s: float,
-                infer_seconds: float, batches: int, batched_frames: int, interrupted: bool, error: str | None,
-                serve: str | None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``summary.json``: run totals over ``sources`` (each a :func:`source_report`) and the engine's facts."""
+                calls: Mapping[str, float], interrupted: bool, error: str | None, serve: str | None = None,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``summary.json``: run totals over ``sources`` (each a :func:`source_report`) and the engine's facts.
+    ``calls``: the inference calls' ``batches``, ``batched_frames`` and busy ``infer_seconds``."""
+    batches, batched, busy = calls["batches"], calls["batched_frames"], calls["infer_seconds"]
     from edgeseg import __version__
 
     frames = sum(s["frames"] for s in sources.values())
@@ -189,9 +203,9 @@ def run_summary(engine: Mapping[str, Any], sources: Mapping[str, Mapping[str, An
         "frames_nan": sum(s["frames_nan"] for s in sources.values()),
         "frames_resumed": sum(s["frames_resumed"] for s in sources.values()), "first_failure": first,
         "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0,
-        "infer_fps": round(batched_frames / infer_seconds, 3) if infer_seconds > 0 else 0.0,
-        "wall_s": round(wall_s, 3), "batches": batches,
-        "mean_batch": round(batched_frames / batches, 3) if batches else 0.0, "stage_ms": stage_ms,
+        "infer_fps": round(batched / busy, 3) if busy > 0 else 0.0,
+        "wall_s": round(wall_s, 3), "batches": int(batches),
+        "mean_batch": round(batched / batches, 3) if batches else 0.0, "stage_ms": stage_ms,
         "interrupted": interrupted, "error": error,
         "failed": sorted(name for name, s in sources.items() if s["state"] in ("failed", "gave_up")),
         "serve": serve, "sources": {name: dict(s) for name, s in sources.items()},

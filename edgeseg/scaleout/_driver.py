@@ -104,6 +104,15 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     if pool.lost:
         log.warning("%d unit(s) failed after %d tries each (see summary.json ray.units_lost); run again with --resume",
                     len(pool.lost), cluster.retries + 1)
+    summary = _job_summary(spec, local, options, cluster, pool, units, todo, reports, wall)
+    write_json_atomic(Path(out) / "summary.json", summary)
+    return summary
+
+
+def _job_summary(spec: ModelSpec, local: Model, options: SegmentOptions, cluster: ClusterOptions, pool: _Pool,
+                 units: list[Unit], todo: list[Unit], reports: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+    """The job's summary.json: the runtime's schema (each source's report merged from its units'), plus --ray's
+    own sections (workers, units)."""
     markers = [m for u in units if (m := read_marker(u)) is not None]
     engine = {"model": spec.path, "kind": local.kind, "engine": pool.described.get("engine", local.engine),
               "engine_choice": local.choice_reason, "provider": pool.described.get("provider", ""),
@@ -115,12 +124,10 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
              "cpus_per_worker": cluster.cpus_per_worker, "gpus_per_worker": cluster.gpus_per_worker,
              "units": len(units), "units_skipped": len(units) - len(todo), "units_retried": pool.retried,
              "units_lost": [u.key for u in pool.lost]}}
-    summary = records.run_summary(
-        engine, reports, wall_s=wall, infer_seconds=sum(m.get("infer_seconds", 0.0) for m in markers),
-        batches=sum(m.get("batches", 0) for m in markers), batched_frames=sum(m["frames"] for m in markers),
-        interrupted=pool.interrupted, error=None, serve=None, extra=extra)
-    write_json_atomic(Path(out) / "summary.json", summary)
-    return summary
+    calls = {"batches": sum(m.get("batches", 0) for m in markers), "batched_frames": sum(m["frames"] for m in markers),
+             "infer_seconds": sum(m.get("infer_seconds", 0.0) for m in markers)}
+    return records.run_summary(engine, reports, wall_s=wall, calls=calls, interrupted=pool.interrupted, error=None,
+                               extra=extra)
 
 
 class _Pool:

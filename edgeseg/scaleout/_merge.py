@@ -97,9 +97,9 @@ def _report(source: Source, markers: list[dict[str, Any]], planned: int, wall: f
     if parts:
         report = records.merge_reports(parts, wall_s=wall)
     else:
-        report = records.source_report(source=source.spec, kind=source.kind, folder=None, state="done", frames=0,
-                                       frames_failed=0, frames_nan=0, frames_resumed=0, first_failure=None,
-                                       error=None, wall_s=wall, latencies=[], stage_total={}, outputs={}, stream=None)
+        where = {"source": source.spec, "kind": source.kind, "folder": None, "state": "done"}
+        report = records.source_report(where, records.Tally(), error=None, wall_s=wall, latencies=[], stage_total={},
+                                       outputs={}, stream=None)
     done = len(markers) == planned
     state = "failed" if source.error else ("done" if done else ("stopped" if interrupted else "failed"))
     report.update(source=source.spec, kind=source.kind, state=state, outputs=outputs,

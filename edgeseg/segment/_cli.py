@@ -193,8 +193,8 @@ def _run(args: argparse.Namespace) -> int:
     contract = contract_overrides(args) or None
     if args.ray:
         return _run_on_ray(args, sources, options, contract)
-    summary = segment(sources, model=args.model, out=args.out, options=options, contract=contract,
-                      serve=args.serve, host=args.host)
+    serve = None if args.serve is None else f"{args.host}:{args.serve}"
+    summary = segment(sources, model=args.model, out=args.out, options=options, contract=contract, serve=serve)
     if summary["frames"] == 0 and not summary["interrupted"] and not summary["frames_resumed"] and not summary["failed"]:
         # Nothing was processed: a table of zero timings and exit 0 would read as success.
         reason = summary["first_failure"] or "the source gave no frames"
