@@ -209,7 +209,9 @@ class SourceWriter:
             return True
         if self.live is not None:
             return stopping or (self.live.finished)
-        return False
+        # Stopping: what was handed over is finished; a frame still being decoded (a huge image: seconds) is not
+        # waited for. It gets no record, so --resume does it.
+        return stopping and self._ready.empty()
 
     def _decode_all(self) -> None:
         frames, run, chunk = self.source.frames, self.run, []
@@ -266,7 +268,7 @@ class SourceWriter:
         """After the loop: the decoder ends (it sees the run stop, or it is done) without handing anything over."""
         self._abandoned.set()
         if self._decoder is not None:
-            self._decoder.join(timeout=1.0)  # a decoder stuck in a huge image is a daemon thread left behind
+            self._decoder.join(timeout=0.3)  # a decoder stuck in a huge image is a daemon thread left behind
 
     def close_source(self) -> None:
         """Close the source (a live one within a bound); a file's frames only once its decoder has let go."""

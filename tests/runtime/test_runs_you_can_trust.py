@@ -134,3 +134,78 @@ def test_overwrite_that_cannot_remove_the_earlier_run_deletes_nothing(tmp_path, 
     assert done.returncode == 2 and len(lines) == 1 and "nothing was deleted" in lines[0], done.stderr
     assert sorted(p.name for p in (out / "masks").iterdir()) == before  # the earlier run is whole
     assert (out / "frames.jsonl").exists() and (out / "summary.json").exists()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_a_rotated_segment_closes_on_time_while_the_stream_is_down(tmp_path, kit, seg_model):
+    import imageio_ffmpeg
+
+    video = kit.moving_video(tmp_path / "loop.avi", count=20, fps=25.0)
+    port = _free_port()
+    server = subprocess.Popen([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+                               "-stream_loop", "-1", "-i", str(video), "-c:v", "mpeg2video", "-f", "mpegts",
+                               f"tcp://127.0.0.1:{port}?listen=1"], stdin=subprocess.DEVNULL)
+    out, stop, seen, found = tmp_path / "out", threading.Event(), [], {}
+
+    def outage():
+        deadline = time.monotonic() + 60
+        while len(seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.kill()  # the camera goes away for longer than a segment
+        down = time.monotonic()
+        while time.monotonic() - down < 20 and not (out / "overlay-0000.mp4").exists():
+            time.sleep(0.05)
+        found["after_s"] = time.monotonic() - down
+        capture = cv2.VideoCapture(str(out / "overlay-0000.mp4"))  # finalized: it plays while the run goes on
+        found["frames"] = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        capture.release()
+        stop.set()
+
+    helper = threading.Thread(target=outage)
+    helper.start()
+    try:
+        segment(f"tcp://127.0.0.1:{port}", model=seg_model, out=out, stop=stop, rotate=1 / 60, reconnect=50,
+                on_result=lambda r: seen.append(r.frame.index))
+    finally:
+        stop.set()
+        helper.join()
+        server.kill()
+        server.wait(timeout=10)
+    assert found["frames"] >= 5 and found["after_s"] < 5.0, found  # 1 s segments: closed on time, not at the end
+
+
+@pytest.mark.timeout(120)
+def test_health_says_503_while_every_stream_is_down(tmp_path, seg_model):
+    import urllib.error
+    import urllib.request
+
+    serve, stop, answers = _free_port(), threading.Event(), []
+
+    def ask():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not answers:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{serve}/health", timeout=2)
+                time.sleep(0.2)  # ok: not down yet (the first attempt may still be connecting)
+            except urllib.error.HTTPError as error:
+                answers.append((error.code, json.loads(error.read())))
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+        stop.set()
+
+    helper = threading.Thread(target=ask)
+    helper.start()
+    summary = segment([f"a=tcp://127.0.0.1:{_free_port()}", f"b=tcp://127.0.0.1:{_free_port()}"], model=seg_model,
+                      out=None, stop=stop, serve=serve, reconnect=50)
+    helper.join()
+    (code, health), = answers
+    assert code == 503 and health["status"] == "failed" and set(health["sources"]) == {"a", "b"}
+    assert summary["interrupted"] and summary["frames"] == 0
