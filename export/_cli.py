@@ -296,10 +296,8 @@ def _trainer(data: str):
     from edgeseg.export import _patches
 
     _patches.import_tensorflow_quietly()
-    try:
-        from edgeseg.export import _train
-    except ImportError as error:
-        raise EdgesegError(f"edgeseg train needs TensorFlow ({error}): pip install 'edgeseg[export]'") from None
+    from edgeseg.export import _train  # a missing extra: the command line names it (edgeseg.cli.COMMAND_EXTRAS)
+
     return _train
 
 

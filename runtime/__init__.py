@@ -34,6 +34,7 @@ _PUBLIC = {
     "default_palette": "contract", "write_contract": "contract",
     "atomic_path": "files", "sha256_of": "files", "write_bytes_atomic": "files", "write_json_atomic": "files",
     "write_text_atomic": "files",
+    "Progress": "progress",
     # the model file, the model, its engines
     "ModelFile": "_modelfile",
     "Model": "_model",

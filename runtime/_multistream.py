@@ -166,6 +166,7 @@ def run_streams(sources: Sequence[str | os.PathLike | int | StreamSpec], *, mode
         raise EdgesegError("no sources given: pass one or more stream URLs, files or a .txt list of them.")
     if not isinstance(model, Model):
         model = Model(model)
+    model.check_frames()
     if options.smooth and model.kind == "autoencoder":
         raise EdgesegError(f"--smooth averages class probabilities of segmentation models; `{model.path}` is an "
                            "autoencoder (no classes): drop --smooth.")

@@ -143,11 +143,12 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
 
         model = open_model("fcn8.onnx", SegmentOptions(engine="openvino", batch=4))
     """
-    if isinstance(model, Model):
-        return model
-    return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
-                 contract=contract, engine=options.engine, precision=options.precision,
-                 throughput=(options.batch or 1) > 1 or (options.inflight or 1) > 1, strict=options.strict)
+    if not isinstance(model, Model):
+        model = Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
+                      contract=contract, engine=options.engine, precision=options.precision,
+                      throughput=(options.batch or 1) > 1 or (options.inflight or 1) > 1, strict=options.strict)
+    model.check_frames()  # an encoder half is refused at load, before --out is claimed
+    return model
 
 
 # Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).

@@ -165,8 +165,6 @@ def load_segmentation(
     spec: InputSpec,
     classes: int = 2,
     palette: tuple[tuple[int, int, int], ...] | None = None,
-    samples: int = 64,
-    seed: int = 0,
 ) -> SegmentationSet:
     """Load a segmentation set preprocessed by ``spec``.
 

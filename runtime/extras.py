@@ -50,6 +50,10 @@ EXTRAS: dict[str, Extra] = {
 }
 
 
+# What the base install brings (pyproject.toml's dependencies): missing, edgeseg itself is broken.
+BASE = ("numpy", "cv2", "tqdm")
+
+
 def install_hint(*extras: str) -> str:
     """The pip command that installs ``extras``.
 
@@ -121,6 +125,8 @@ def check_extras(extras: Sequence[str], *, purpose: str) -> None:
 def missing_message(module: str, *, purpose: str, among: Sequence[str] = (), fix: str = "") -> str:
     """The one line for an optional ``module`` that is not installed: which package, which extra.
 
+    A module no extra names (a dependency of a dependency) is put down to the extras in ``among``, the
+    ones the caller uses; a module of the base install means edgeseg itself needs reinstalling.
     ``fix``: another way out, appended in brackets (e.g. "or use --engine onnxruntime").
 
     Example::
@@ -130,7 +136,8 @@ def missing_message(module: str, *, purpose: str, among: Sequence[str] = (), fix
     """
     top = module.split(".")[0]
     extra = extra_of(top, among=among)
-    how = (f": {install_hint(extra)}" if extra else
+    extras = (extra,) if extra else () if top in BASE else tuple(among)
+    how = (f": {install_hint(*extras)}" if extras else
            " (it should come with edgeseg itself: reinstall edgeseg)")
     return f"{purpose} needs the `{top}` package, which is not installed{how}{f' ({fix})' if fix else ''}"
 

@@ -62,9 +62,13 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, command, hidden, extra)
 
 
 def test_missing_extra_message_names_package_and_extra():
+    # The extra the command installs anyway when it brings the package (bench brings OpenVINO), else the one that does.
     message = missing_extra_message("bench", ModuleNotFoundError("no", name="openvino.runtime"))
-    assert "`openvino`" in message and "edgeseg[openvino]" in message
-    assert "edgeseg[bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+    assert "`openvino`" in message and "edgeseg[bench]" in message
+    assert "edgeseg[openvino]" in missing_extra_message("segment", ModuleNotFoundError("no", name="openvino"))
+    # A package no extra names (a dependency of one): the command's own extras.
+    assert "edgeseg[cpu,bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+    assert "reinstall edgeseg" in missing_extra_message("segment", ModuleNotFoundError("no", name="numpy"))
 
 
 def test_every_help_page_formats_cleanly():
