@@ -110,16 +110,17 @@ def check_extras(extras: Sequence[str], *, purpose: str) -> None:
     Example::
 
         check_extras(("cpu", "export"), purpose="edgeseg export")
-        # EdgesegError: edgeseg export needs tensorflow, keras, tf2onnx, onnx and matplotlib, which are not
-        # installed: pip install 'edgeseg[export]'
+        # EdgesegError: edgeseg export needs the export extra (missing: tensorflow, keras, tf2onnx, onnx,
+        # matplotlib): pip install 'edgeseg[export]'
     """
     absent = missing(extras)
     if not absent:
         return
-    modules = list(dict.fromkeys(module for names in absent.values() for module in names))
-    listed = modules[0] if len(modules) == 1 else f"{', '.join(modules[:-1])} and {modules[-1]}"
-    verb = "is" if len(modules) == 1 else "are"
-    raise EdgesegError(f"{purpose} needs {listed}, which {verb} not installed: {install_hint(*absent)}")
+    names = list(absent)
+    extras_text = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    modules = ", ".join(dict.fromkeys(module for found in absent.values() for module in found))
+    raise EdgesegError(f"{purpose} needs the {extras_text} extra{'s' if len(names) > 1 else ''} "
+                       f"(missing: {modules}): {install_hint(*names)}")
 
 
 def missing_message(module: str, *, purpose: str, among: Sequence[str] = (), fix: str = "") -> str:

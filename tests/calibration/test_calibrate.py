@@ -168,6 +168,12 @@ def test_bad_models_are_refused(kit, tmp_path, seg_model):
         calibrate(tmp_path / "zip.onnx", frames, output=tmp_path / "qq.onnx")
     with pytest.raises(EdgesegError, match="overwrite"):
         calibrate(seg_model, frames, output=seg_model)
+    with pytest.raises(EdgesegError, match="takes a CalibrateOptions"):
+        calibrate(seg_model, frames, output=tmp_path / "q4.onnx", options=QuantizeOptions())  # the old signature
+    with pytest.raises(EdgesegError, match="--chunk must be an integer >= 1"):
+        CalibrateOptions(chunk=0)
+    with pytest.raises(EdgesegError, match="--max-drop"):
+        Budget(float("nan"))
     with pytest.raises(EdgesegError, match="--report .*does not exist"):
         calibrate(seg_model, frames, output=tmp_path / "q3.onnx", options=CalibrateOptions(report=tmp_path / "no" / "r.json"))
 
@@ -209,6 +215,8 @@ def test_cli_end_to_end_with_jpeg_0_255_masks_and_bad_input_exit_2(kit, tmp_path
     assert Contract.from_onnx(out).calibration["samples"] == 6
     assert (tmp_path / "r.sqnr.png").is_file()
     assert "collecting ranges" not in done.stderr  # stderr is a pipe here: no progress bar
+    # It says where it wrote, every file.
+    assert f"wrote INT8 model {out}, report {report}, SQNR chart {tmp_path / 'r.sqnr.png'}" in done.stdout
 
     (tmp_path / "empty").mkdir()
     failed = _cli(seg_model, "--data", tmp_path / "empty", "-o", tmp_path / "x.onnx")
