@@ -74,13 +74,15 @@ def find_record(model: str | os.PathLike | ModelFile, *, cache: str | os.PathLik
     costs a folder listing, not a read of the whole file (1-2 s for a 512 MB model).
     """
     file = model if isinstance(model, ModelFile) else ModelFile.read(model)
-    fingerprint = machine_fingerprint()
-    suffix = f"-{fingerprint_key(fingerprint)}.json"
     try:
-        here = [path for path in cache_dir(cache).iterdir() if path.name.endswith(suffix)]
+        records = [path for path in cache_dir(cache).iterdir() if path.suffix == ".json"]
     except OSError:  # no cache folder yet: no record
         return None
-    if not any(_may_be_for(path, file.size) for path in here):
+    if not records:  # the usual first run: not even the machine's fingerprint is needed
+        return None
+    fingerprint = machine_fingerprint()
+    suffix = f"-{fingerprint_key(fingerprint)}.json"
+    if not any(_may_be_for(path, file.size) for path in records if path.name.endswith(suffix)):
         return None
     sha = file.sha256
     path = record_path(sha, fingerprint, cache)
