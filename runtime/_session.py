@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeseg.runtime._modelfile import ModelFile
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.extras import require
+from edgeseg.runtime.extras import install_hint, require
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -114,7 +114,7 @@ def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto",
         raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(error)}") from None
     used = session.get_providers()
     if wants_cuda and CUDA not in used:
-        reason = ("this onnxruntime build has no CUDA provider (install onnxruntime-gpu: pip install 'edgeseg[gpu]')"
+        reason = (f"this onnxruntime build has no CUDA provider (install onnxruntime-gpu: {install_hint('gpu')})"
                   if CUDA not in available else "the CUDA provider failed to start (check the CUDA/cuDNN libraries)")
         warnings.warn(
             f"edgeseg: provider={provider!r} asked for CUDA, but `{path.name}` runs on the CPU: {reason}.",
@@ -133,7 +133,7 @@ def _check_gpu_request(provider: str, *, strict: bool, fp16: bool, available: li
     missing = CUDA if provider == "cuda" else TENSORRT if provider == "tensorrt" else None
     if strict and missing and missing not in available:
         raise EdgesegError(f"provider={provider!r} with strict: this onnxruntime build has no {missing} "
-                           f"(it has {', '.join(available)}); install onnxruntime-gpu (pip install 'edgeseg[gpu]') "
+                           f"(it has {', '.join(available)}); install onnxruntime-gpu ({install_hint('gpu')}) "
                            "on a machine with a GPU, or drop --strict.")
 
 
