@@ -66,12 +66,18 @@ _PUBLIC = {
     "prepare_out": "_outdir", "stop_on_signals": "_signals",
 }
 
+# The public modules, reachable as attributes too (``edgeseg.runtime.postprocess.class_ids``), as when this
+# package imported them all.
+_MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress")
+
 __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"edgeseg.runtime.{name}")
     module = _PUBLIC.get(name)
-    if module is None:  # a submodule (edgeseg.runtime.postprocess ...) is found by the import system itself
+    if module is None:
         raise AttributeError(f"module 'edgeseg.runtime' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"edgeseg.runtime.{module}"), name)
     globals()[name] = value  # the next access is a plain attribute

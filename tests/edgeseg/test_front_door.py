@@ -45,6 +45,7 @@ def test_every_public_runtime_name_resolves_and_star_import_works():
     scope: dict = {}
     exec("from edgeseg.runtime import *", scope)
     assert set(names) <= set(scope)
+    assert callable(edgeseg.runtime.postprocess.class_ids)  # the public modules, as attributes
 
 
 def test_the_extras_table_is_pyprojects():
