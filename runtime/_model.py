@@ -56,7 +56,8 @@ class Model:
     OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``; so is ``throughput``
     (several streams, each batch split across them: for batched files, not live sources). ``threads`` goes to
     either engine (None: each engine's measured default). ``engine`` and ``precision`` say what
-    really runs (``precision`` is ``fp32`` for onnxruntime).
+    really runs (``precision`` is ``fp32`` for onnxruntime). ``file`` is the :class:`ModelFile` that runs (under
+    ``auto``, maybe the tuning record's INT8 or fused file): ``model.file.quantized``, ``model.file.sha256``.
 
     Example::
 
