@@ -77,18 +77,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "every core on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
     p.add_argument("--rounds", type=int, default=20, help="timed runs per model (default: 20)")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar on stderr (default: shown when stderr is a terminal)")
+                   help="no progress display (default: a bar on a terminal, a line every 15 s when piped)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
     from pathlib import Path
 
-    from edgeseg.calibration._calibrate import Budget, calibrate, format_table
-    from edgeseg.calibration._quantize import QuantizeOptions
+    from edgeseg.calibration import Budget, CalibrateOptions, QuantizeOptions, calibrate, format_table
 
-    options = QuantizeOptions(
+    quantize = QuantizeOptions(
         method=args.method, percentile=args.percentile, per_channel=not args.per_tensor, format=args.format,
         activations=args.activations, symmetric_activations=args.symmetric,
         reduce_range=args.reduce_range, float_output=not args.quantize_output, float_nodes=_names(args.float_nodes), float_op_types=_names(args.float_ops),
@@ -96,13 +94,16 @@ def run(args: argparse.Namespace) -> int:
     chart = args.chart
     if chart is None and args.report:
         chart = str(Path(args.report).with_suffix(".sqnr.png"))
-    report = calibrate(
-        args.model, args.data, output=args.output, masks=args.masks, options=options, samples=args.samples,
-        every=args.every, chunk=args.chunk, budget=None if args.max_drop is None else Budget(args.max_drop),
-        report=args.report, chart=chart, trt_table=args.trt_table, threads=args.threads, timing_rounds=args.rounds,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    options = CalibrateOptions(
+        quantize=quantize, samples=args.samples, every=args.every, chunk=args.chunk,
+        budget=None if args.max_drop is None else Budget(args.max_drop), report=args.report, chart=chart,
+        trt_table=args.trt_table, threads=args.threads, timing_rounds=args.rounds,
+        progress=not args.no_progress and not args.quiet)
+    report = calibrate(args.model, args.data, output=args.output, masks=args.masks, options=options)
     print(format_table(report))
+    wrote = [f"INT8 model {args.output}"] + [f"{what} {path}" for what, path in (
+        ("report", args.report), ("SQNR chart", report.get("chart")), ("TensorRT table", args.trt_table)) if path]
+    print("wrote " + ", ".join(wrote))
     return 0
 
 

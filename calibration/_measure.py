@@ -69,7 +69,7 @@ class Comparison:
     mean_abs_prob_diff: float | None = None
     reconstruction_mse: dict | None = None
 
-    def drop(self, kind: str) -> float:
+    def drop(self) -> float:
         """The accuracy lost, in points: mIoU (with masks), disagreement (without), MSE increase % (autoencoder)."""
         mse = self.reconstruction_mse
         if mse is not None and "fp32_power" in mse:  # an encoder: FP32-vs-INT8 noise over the code's power

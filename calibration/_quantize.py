@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.calibration._cli import TRT_TABLE_FORMAT  # noqa: F401  (the format, named once, for --help)
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 from edgeseg.runtime.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("edgeseg.calibration")
@@ -240,7 +240,8 @@ def trt_amax(lowest: float, highest: float) -> float:
 def write_trt_table(ranges: Mapping[str, tuple[float, float]], folder: Path) -> list[str]:
     """Write the TensorRT calibration table for ``ranges`` (tensor -> (lowest, highest)) into ``folder``.
 
-    Format: see :data:`TRT_TABLE_FORMAT`. Returns the files written.
+    Format: see :data:`edgeseg.calibration._cli.TRT_TABLE_FORMAT` (kept with --help, which needs no onnxruntime).
+    Returns the files written.
 
     Example::
 
@@ -316,8 +317,4 @@ def _quiet() -> Iterator[None]:
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise EdgesegError("edgeseg calibrate needs onnxruntime: pip install 'edgeseg[cpu,calibrate]'") from None
-    return onnxruntime
+    return require("onnxruntime", purpose="edgeseg calibrate", among=("cpu",))

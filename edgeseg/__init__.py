@@ -14,10 +14,11 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__"]
 
-# A source checkout keeps runtime/, export/ and calibration/ beside this folder (README "Layout"); an
-# installed edgeseg holds them inside it. Python puts the checkout first on sys.path when run from its
-# root (`python -m pytest`, `python -m edgeseg`), and this folder then shadows the installed package:
-# let it find its three parts beside it, so the checkout works as the installed package does.
+# runtime/, export/ and calibration/ sit at the top of the repository (README "Layout") and install inside
+# this package. In a checkout, the symlinks edgeseg/runtime -> ../runtime (and export, calibration) make the
+# folder what Python and import-linter see (`python -m pytest`, `python -m edgeseg`, `lint-imports` after
+# `pip install -e .`). Where a checkout has no symlinks (git's core.symlinks=false writes them as small text
+# files), let this package find its three parts beside it instead.
 _here = _Path(__file__).resolve().parent
 if not (_here / "runtime").is_dir() and (_here.parent / "runtime" / "__init__.py").is_file():
     __path__.append(str(_here.parent))  # noqa: F821 - a package's own __path__

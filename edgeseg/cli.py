@@ -19,6 +19,7 @@ import warnings
 
 from edgeseg import __version__
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import check_extras, missing_message
 
 # Packages whose `_cli` module registers subcommands, in the order `edgeseg --help` lists them.
 # The `_cli` modules are the one sanctioned way in: argparse only at import, heavy imports inside handlers.
@@ -57,29 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The extra that brings each third-party package a command may import (pyproject.toml's extras).
-_EXTRA_OF_MODULE = {
-    "tensorflow": "export", "keras": "export", "tf2onnx": "export", "h5py": "export",
-    "onnx": "calibrate", "matplotlib": "calibrate", "onnxruntime": "cpu", "openvino": "openvino",
-    "psutil": "bench", "ray": "ray", "prometheus_client": "serve", "imageio_ffmpeg": "cpu",
+# The extras each command cannot start without (pyproject.toml's extras; the modules each brings are in
+# edgeseg.runtime.extras.EXTRAS). Checked before the command loads anything: a missing one is one line naming
+# every extra to install. `segment` needs none beyond the base install by itself: the engine it runs asks for its
+# own (onnxruntime or OpenVINO), as do --serve and --ray.
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("export",),
+    "export": ("export",),
+    "verify": ("cpu", "export"),
+    "calibrate": ("cpu", "calibrate"),
+    "bench": ("cpu", "bench"),
+    "tune": ("cpu",),
+    "demo": ("cpu", "export", "calibrate", "bench"),
+    "samples": ("cpu", "export", "calibrate"),
 }
-# What a whole command needs, when the missing module is not one of the above.
-_EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",
-                     "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
 
 
 def missing_extra_message(command: str, error: ModuleNotFoundError) -> str:
-    """One line for a command whose optional dependency is not installed: which package, which extra.
+    """One line for a command whose optional dependency is not installed: which package, which extra
+    (of the extras the command uses, where one of them brings it).
 
     Example::
 
         missing_extra_message("export", ModuleNotFoundError(name="tf2onnx"))
         # "edgeseg export needs the `tf2onnx` package, which is not installed: pip install 'edgeseg[export]'"
     """
-    module = (error.name or "").split(".")[0] or "a package"
-    extra = _EXTRA_OF_MODULE.get(module) or _EXTRA_OF_COMMAND.get(command)
-    fix = f": pip install 'edgeseg[{extra}]'" if extra else " (it should come with edgeseg itself: reinstall edgeseg)"
-    return f"edgeseg {command} needs the `{module}` package, which is not installed{fix}"
+    return missing_message(error.name or "a package", purpose=f"edgeseg {command}",
+                           among=COMMAND_EXTRAS.get(command, ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         command = f"edgeseg {args.command}"
         _configure_logging(verbose=args.verbose, quiet=args.quiet)
+        check_extras(COMMAND_EXTRAS.get(args.command, ()), purpose=command)
         return int(args.func(args) or 0)
     except EdgesegError as error:
         if signals.interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
@@ -170,7 +176,7 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
         # Set before cv2 is imported (the handlers import it lazily); -v keeps them.
         os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-        if "cv2" in sys.modules:  # already loaded (edgeseg.runtime imports it): the variable came too late
+        if "cv2" in sys.modules:  # already loaded (by an embedding program): the variable came too late
             cv2 = sys.modules["cv2"]
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):

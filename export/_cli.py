@@ -289,17 +289,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as -8,0, got {text!r}") from None
 
 
-def _trainer(data: str):
+def _trainer(data: str, *, segmentation: bool = False):
     # Check what the user typed before TensorFlow takes seconds to load and --out is created.
     if data != "keras" and not all(Path(part).exists() for part in str(data).split(",")):
         raise EdgesegError(f"--data `{data}`: no such file or folder. Pass a local dataset (see --help).")
+    if segmentation:  # the layout is known from names alone: a folder that cannot be read is refused now
+        from edgeseg.runtime.datasets import segmentation_layout
+
+        segmentation_layout(data)
     from edgeseg.export import _patches
 
     _patches.import_tensorflow_quietly()
-    try:
-        from edgeseg.export import _train
-    except ImportError as error:
-        raise EdgesegError(f"edgeseg train needs TensorFlow ({error}): pip install 'edgeseg[export]'") from None
+    from edgeseg.export import _train  # a missing extra: the command line names it (edgeseg.cli.COMMAND_EXTRAS)
+
     return _train
 
 
@@ -313,7 +315,7 @@ def _run_cae(args: argparse.Namespace) -> int:
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data).train_fcn8(
+    summary = _trainer(args.data, segmentation=True).train_fcn8(
         data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
         input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
         freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,

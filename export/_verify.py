@@ -341,13 +341,9 @@ def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> l
 
 def _bar(count: int) -> Any:
     # A bar where a person watches (stderr is a terminal); logs and pipes get the one line above.
-    import sys
+    from edgeseg.runtime.progress import Progress
 
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=count, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return Progress(count, desc="verify", unit="input", leave=False, every=None)
 
 
 def _as_list(value: Any) -> list[Any]:

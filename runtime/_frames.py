@@ -1,7 +1,7 @@
 """Frames and the finite sources that yield them: one image, a folder, a glob, a list file, a video.
 
 A source is any iterable of :class:`Frame`. Each kind of source is a plain generator function;
-:func:`open_source` picks one from what the user typed. A file that cannot be read becomes a
+the runtime's source module picks one from what the user typed. A file that cannot be read becomes a
 frame with ``image=None`` and ``error`` set, so it costs that item and the run goes on.
 Live sources (cameras, stream URLs) live in the runtime's stream module.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import glob as globlib
-import itertools
 import logging
 import os
 import tempfile
@@ -312,52 +310,6 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
                         source, ended, info.frame_count)
     finally:
         capture.release()
-
-
-def open_source(spec: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None,
-                recursive: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
-    """Frames from a path the user typed: an image, a folder, a glob, a ``.txt`` list of paths, or a video.
-
-    Example::
-
-        for frame in open_source("scans/", recursive=True):
-            if frame.ok:
-                print(frame.name, frame.image.shape)
-    """
-    if stride < 1 or start < 0 or (max_frames is not None and max_frames < 0):
-        raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; got {stride}, {start}, {max_frames}.")
-    kind, paths = classify_source(spec, recursive=recursive)
-    if kind == "video":
-        return video_frames(spec, stride=stride, start=start, max_frames=max_frames)
-    root = spec if kind == "folder" else None
-    names = itertools.islice(frame_names(paths, root), start, None, stride)
-    frames = image_frames(itertools.islice(paths, start, None, stride), root=root, max_pixels=max_pixels, names=names)
-    return itertools.islice(frames, max_frames)
-
-
-def classify_source(spec: str | os.PathLike, *, recursive: bool = False) -> tuple[str, list[Path]]:
-    """``(kind, image_paths)`` for a finite source; kind is image, folder, glob, list or video."""
-    text = os.fsdecode(spec) if isinstance(spec, bytes) else str(spec)
-    path = Path(text)
-    if path.is_dir():
-        return "folder", folder_paths(path, recursive=recursive)
-    if any(ch in text for ch in "*?[") and not path.exists():
-        # A folder the pattern matches by an image suffix (x.jpg/) is kept, to be named with its reason.
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file() or _is_folder_item(Path(p)))
-        if not matches:
-            raise EdgesegError(f"Source `{display_path(text)}`: the pattern matches no files.")
-        return "glob", matches
-    if not path.exists():
-        raise EdgesegError(f"Source `{display_path(text)}`: no such file or folder.")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        base = path.parent
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
-        paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines if ln and not ln.startswith("#")]
-        return "list", paths
-    if suffix in VIDEO_SUFFIXES:
-        return "video", []
-    return "image", [path]
 
 
 def _open_video(path: str | os.PathLike) -> cv2.VideoCapture:

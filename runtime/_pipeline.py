@@ -21,9 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import mmap
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -38,7 +36,7 @@ import numpy as np
 from edgeseg.runtime import records
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.files import sha256_of, write_json_atomic
+from edgeseg.runtime.files import write_json_atomic
 from edgeseg.runtime._model import Model
 from edgeseg.runtime._options import SegmentOptions
 from edgeseg.runtime._outdir import (RunLock, check_resume, earlier_folders, identity_path, prepare_out,
@@ -76,28 +74,18 @@ def open_model(model: Model | str | os.PathLike, options: SegmentOptions = Segme
 
         model = open_model("fcn8.onnx", SegmentOptions(engine="openvino", batch=4))
     """
-    if isinstance(model, Model):
-        return model
-    return Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
-                 contract=contract, engine=options.engine, precision=options.precision,
-                 throughput=(options.batch or 1) > 1 or (options.inflight or 1) > 1, strict=options.strict)
-
-
-# Operator names only a quantized graph holds (QDQ as onnxruntime's quantizer writes it, or QLinear/Integer ops).
-_QUANTIZED_OPS = (b"QuantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger", b"MatMulInteger")
+    if not isinstance(model, Model):
+        model = Model(model, provider=options.provider, threads=options.threads, optimization=options.optimization,
+                      contract=contract, engine=options.engine, precision=options.precision,
+                      throughput=(options.batch or 1) > 1 or (options.inflight or 1) > 1, strict=options.strict)
+    model.check_frames()  # an encoder half is refused at load, before --out is claimed
+    return model
 
 
 def model_precision(model: Model) -> str:
-    """What the summary calls the model's precision: ``int8`` for a quantized file (calibrated by edgeseg,
-    or holding QDQ/QLinear nodes), else what the engine runs (``fp32``; OpenVINO's ``bf16``/``f32``)."""
-    if model.contract.calibration:
-        return "int8"
-    # An operator's type is a plain string in the protobuf: a byte search finds it without the onnx package.
-    try:
-        with open(model.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return "int8" if any(data.find(op) >= 0 for op in _QUANTIZED_OPS) else model.precision
-    except (OSError, ValueError):  # the engine read it; a file we cannot map is no reason to fail the run
-        return model.precision
+    """What the summary calls the model's precision: ``int8`` for a quantized file (calibrated by edgeseg, or
+    holding QDQ/QLinear operators), else what the engine runs (``fp32``; OpenVINO's ``bf16``/``f32``)."""
+    return "int8" if model.file.quantized else model.precision
 
 
 def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLike | int | Source | Entry], *,
@@ -246,7 +234,7 @@ class Run:
         model, options = self.model, self.options
         identity = {
             "schema": records.SCHEMA,
-            "model": {"sha256": sha256_of(model.path)},
+            "model": {"sha256": model.file.sha256},
             "contract": model.contract.to_dict(),
             "engine": {"engine": model.engine, "precision": model_precision(model)},
             "sources": {source.name: {"source": source.spec if source.live is not None else _real(source.spec),
@@ -302,7 +290,7 @@ class Run:
                 log.warning("live view on %s (metrics: /metrics, health: /health)", server.url)
             self._warm_up()
             self.started = time.monotonic()
-            progress = _Progress(self) if self.options.progress else None
+            progress = _Watch(self) if self.options.progress else None
             for source in self.sources:
                 source.start()
             try:
@@ -339,7 +327,7 @@ class Run:
             except Exception as error:  # a model that cannot run says so on the first real frame, with its name
                 log.debug("warm-up failed: %s", error)
 
-    def _loop(self, progress: _Progress | None = None) -> None:
+    def _loop(self, progress: _Watch | None = None) -> None:
         pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="edgeseg-infer") \
             if self.inflight > 1 else None
         pending: deque[_Call] = deque()
@@ -443,52 +431,34 @@ class Run:
         return {source.name: source.report() for source in self.sources}
 
 
-class _Progress:
-    """What the run has done so far, on stderr: a bar on a terminal (known totals), else a line every 10 s
-    (frames, fps, latency, per-source states), so a piped run's log shows it is alive and a bar is never
-    drawn into a file."""
+class _Watch:
+    """Feeds what the run has finished to the one progress display (:class:`edgeseg.runtime.progress.Progress`:
+    a bar on a terminal, a log line every 10 s when piped), with the run's fps and each source's state."""
 
     def __init__(self, run: Run) -> None:
-        self.run = run
+        from edgeseg.runtime.progress import Progress
+
         totals = [s.source.total for s in run.sources]
-        self.total = sum(totals) if all(t is not None for t in totals) else None
-        self.tty = sys.stderr.isatty()
-        self.every = 1.0 if self.tty else 10.0
-        self.last = time.monotonic()
-        self.bar = None
-        if self.tty and self.total is not None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, unit="frame", dynamic_ncols=True, file=sys.stderr)
-
-    def _done(self) -> int:
-        return sum(s.done + s.failed + s.resumed for s in self.run.sources)
+        total = sum(totals) if all(t is not None for t in totals) else None
+        self.run, self.shown, self.last = run, 0, 0.0
+        self.progress = Progress(total, desc="edgeseg segment", unit="frame", every=10.0)
 
     def tick(self) -> None:
         now = time.monotonic()
-        if now - self.last < self.every:
+        if now - self.last < 0.5:
             return
         self.last = now
-        done = self._done()
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            return
-        elapsed = max(now - self.run.started, 1e-9)
-        of = f"/{self.total}" if self.total is not None else ""
-        states = ", ".join(f"{s.name} {s.state}" for s in self.run.sources) if len(self.run.sources) > 1 else ""
-        line = f"{done}{of} frames, {done / elapsed:.1f} fps" + (f"; {states}" if states else "")
-        if self.tty:
-            sys.stderr.write(f"\r{line}  ")
-            sys.stderr.flush()
-        else:
-            log.info("%s", line)
+        done = sum(s.done + s.failed + s.resumed for s in self.run.sources)
+        note = f"{done / max(now - self.run.started, 1e-9):.1f} fps"
+        if len(self.run.sources) > 1 or self.run.sources[0].live is not None:
+            note += "; " + ", ".join(f"{s.name} {s.state}" for s in self.run.sources)
+        self.progress.update(done - self.shown, note=note)
+        self.shown = done
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self._done() - self.bar.n)
-            self.bar.close()
-        elif self.tty:
-            sys.stderr.write("\n")
+        self.last = 0.0
+        self.tick()
+        self.progress.close()
 
 
 def _address(serve: int | str) -> tuple[str, int]:

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -71,10 +72,7 @@ class LiveServer:
     """Serves one run (the pipeline's ``Run``) on ``host:port``; ``start()`` then ``close()``."""
 
     def __init__(self, run: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        try:
-            from prometheus_client import CollectorRegistry
-        except ImportError:
-            raise EdgesegError("--serve needs prometheus_client: pip install 'edgeseg[serve]'") from None
+        CollectorRegistry = require("prometheus_client", purpose="--serve").CollectorRegistry
         self.run = run
         self.board = Board([source.name for source in run.sources])
         run.listeners.append(self._publish)

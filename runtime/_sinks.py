@@ -227,9 +227,11 @@ class VideoSink:
                 self._writer = writer
                 self.codec = "h264 (opencv avc1)" if attempt == "avc1" else "mpeg4 (opencv mp4v)"
                 if attempt == "mp4v":
+                    from edgeseg.runtime.extras import install_hint
+
                     log.warning("%s: no H.264 encoder found (OpenCV lacks avc1, imageio-ffmpeg absent); writing "
-                                "MPEG-4 part 2 (mp4v), which browsers do not play. pip install imageio-ffmpeg for H.264.",
-                                self.path)
+                                "MPEG-4 part 2 (mp4v), which browsers do not play. %s for H.264.", self.path,
+                                install_hint("cpu"))
                 return
             writer.release()
         raise EdgesegError(f"Cannot write `{self.path}`: no video encoder could open it (tried {', '.join(attempts)}).")

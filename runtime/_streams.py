@@ -30,8 +30,6 @@ from edgeseg.runtime._frames import Frame
 log = logging.getLogger("edgeseg.runtime")
 
 POLICIES = ("drop-old", "queue-all")
-# What a live source is doing now: read at any time from another thread (one writer: the grabber).
-STATES = ("idle", "connecting", "reading", "backoff", "gave_up", "stopped")
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "tcp://", "udp://", "srt://")
 
 
@@ -85,6 +83,8 @@ class LiveSource:
         self.max_backoff = max_backoff
         self.open_timeout = open_timeout
         self.stall_timeout = stall_timeout
+        # What it is doing now (idle, connecting, reading, backoff, gave_up, stopped): read at any time from
+        # another thread; one writer, the grabber.
         self.state = "idle"
         self.started = time.monotonic()  # a frame was captured at started + frame.timestamp (monotonic clock)
         self._wake = wake  # set on every new frame, for a consumer that waits on several sources

@@ -288,6 +288,7 @@ class SourceWriter:
             self._queue.put_nowait(chunk)
         except queue.Full:
             self.late += len(chunk)
+            self.taken -= len(chunk)  # --max-frames counts the frames a source writes
 
     def finish(self) -> None:
         """After the loop: let the writer drain, then wait for it (it closes the sinks)."""

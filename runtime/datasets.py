@@ -164,8 +164,6 @@ def load_segmentation(
     spec: InputSpec,
     classes: int = 2,
     palette: tuple[tuple[int, int, int], ...] | None = None,
-    samples: int = 64,
-    seed: int = 0,
 ) -> SegmentationSet:
     """Load a segmentation set preprocessed by ``spec``.
 
@@ -178,24 +176,39 @@ def load_segmentation(
 
         data = load_segmentation("data/membrane", spec=InputSpec(224, 224, 3), classes=2)
     """
+    layout = segmentation_layout(source)
+    if layout[0] == "folders":
+        return _from_folders(layout[1], spec, classes, palette or default_palette(classes))
+    return _from_npy(layout[1], layout[2], spec, classes)
+
+
+def segmentation_layout(source: str | os.PathLike | None) -> tuple[str, Path, Path]:
+    """How :func:`load_segmentation` will read ``source``, decided from names alone (nothing is loaded):
+    ``("folders", images/ and masks/'s parent, same)`` or ``("npy", images.npy, labels.npy)``. A source it
+    cannot read raises EdgesegError saying what was expected, so a command can refuse it before slow work.
+
+    Example::
+
+        segmentation_layout("samples/scenes")   # ("folders", Path("samples/scenes"), Path("samples/scenes"))
+    """
     if source is None:
         raise EdgesegError("No segmentation data given: pass --data (a folder with images/ + masks/, or the course's "
                            ".npy pair). `edgeseg samples --no-models` writes a labelled set to samples/scenes.")
     text = str(source)
     if "," in text:
         first, second = (Path(p) for p in text.split(",", 1))
-        return _from_npy(first, second, spec, classes)
+        return "npy", first, second
     path = Path(source)
     if not path.is_dir():
         raise EdgesegError(f"Segmentation data `{path}` not found: expected a folder with images/ and masks/, or the .npy pair.")
     if (path / "images").is_dir() and (path / "masks").is_dir():
-        return _from_folders(path, spec, classes, palette or default_palette(classes))
+        return "folders", path, path
     arrays = sorted(path.glob("*.npy"))
     if len(arrays) == 2:
         labels = [p for p in arrays if any(k in p.stem.lower() for k in ("label", "mask")) or p.stem.lower().startswith("y")]
         if len(labels) == 1:
             images = next(p for p in arrays if p != labels[0])
-            return _from_npy(images, labels[0], spec, classes)
+            return "npy", images, labels[0]
     raise EdgesegError(
         f"`{path}` holds neither images/ + masks/ folders nor the course's .npy pair "
         f"(found {[p.name for p in arrays]}); expected e.g. images.npy + labels.npy."

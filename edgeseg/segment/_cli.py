@@ -217,10 +217,9 @@ def _run_on_ray(args: argparse.Namespace, sources: list[str], options: Any, cont
     if live:
         raise EdgesegError(f"{live[0]} is for a run on this machine; --ray runs files (images and videos) on a "
                            "cluster. Drop one of them.")
-    try:
-        import ray  # noqa: F401 - only to say what is missing before the job is planned
-    except ImportError:
-        raise EdgesegError("--ray needs Ray: pip install 'edgeseg[ray]'") from None
+    from edgeseg.runtime.extras import require
+
+    require("ray", purpose="--ray")  # what is missing is said before the job is planned
     from edgeseg.scaleout import ClusterOptions, ModelSpec, segment_on_ray
 
     cluster = ClusterOptions(address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,

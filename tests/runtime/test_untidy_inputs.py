@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from edgeseg.runtime import EdgesegError, read_mask_png, segment
-from edgeseg.runtime._frames import display_path, frame_names, open_source, read_image
+from edgeseg.runtime import display_path, frame_names, open_source, read_image
 from edgeseg.runtime._imageheader import header_size
 
 
