@@ -28,6 +28,7 @@ _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.runtime",
     "edgeseg.bench",
     "edgeseg.tune",
+    "edgeseg.serve",
     "edgeseg.demo",
 )
 
@@ -62,10 +63,11 @@ _EXTRA_OF_MODULE = {
     "tensorflow": "export", "keras": "export", "tf2onnx": "export", "h5py": "export",
     "onnx": "calibrate", "matplotlib": "calibrate", "onnxruntime": "cpu", "openvino": "openvino",
     "psutil": "bench", "ray": "ray", "prometheus_client": "serve", "imageio_ffmpeg": "cpu",
+    "starlette": "serve", "uvicorn": "serve",
 }
 # What a whole command needs, when the missing module is not one of the above.
 _EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",
-                     "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
+                     "bench": "bench", "serve": "serve", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
 
 
 def missing_extra_message(command: str, error: ModuleNotFoundError) -> str:

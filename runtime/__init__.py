@@ -7,6 +7,8 @@ What other packages and apps use, each concept once:
 - preprocessing: :func:`preprocess` and its parts :func:`fit`, :func:`normalize`, :func:`denormalize`, :func:`restore`;
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
+- images in memory: :func:`decode_image` (bytes, with :func:`read_image`'s checks) and :func:`encode_mask_png`;
+- HTTP (:mod:`edgeseg.runtime.http`): :class:`~edgeseg.runtime.http.HttpServer`, an ASGI app on uvicorn in a thread;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
 - frames and sources, sinks, engines, :class:`Model` and :func:`segment`;
 - engine choice: :func:`choose_config` reads ``edgeseg tune``'s records (:class:`EngineConfig`), else a heuristic.
@@ -18,6 +20,7 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
                                      video_frames)
 from edgeseg.runtime._fused import fast_path, fuse_class_ids
+from edgeseg.runtime._imagebytes import decode_image, encode_mask_png
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._signals import stop_on_signals
@@ -49,6 +52,8 @@ from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, wr
 from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
+    "decode_image",
+    "encode_mask_png",
     "fast_path",
     "fuse_class_ids",
     "RecordSink",
