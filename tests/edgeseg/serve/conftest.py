@@ -19,9 +19,9 @@ _URL = re.compile(r" on (https?://[^ ]+/) ")
 class ServerProcess:
     """``python -m edgeseg serve ARGS --port 0`` with its stderr collected; ``url`` once it listens."""
 
-    def __init__(self, args: list[str], *, timeout: float = 60.0) -> None:
+    def __init__(self, args: list[str], *, python: str = sys.executable, timeout: float = 60.0) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgeseg", "serve", *args, "--port", "0"],
+        self.proc = subprocess.Popen([python, "-m", "edgeseg", "serve", *args, "--port", "0"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self._found = threading.Event()
@@ -67,8 +67,8 @@ def serve_process():
     """Start servers; each one is stopped at the end of the test session (or by the test)."""
     started: list[ServerProcess] = []
 
-    def start(args: list[str]) -> ServerProcess:
-        server = ServerProcess([str(a) for a in args])
+    def start(args: list[str], *, python: str = sys.executable) -> ServerProcess:
+        server = ServerProcess([str(a) for a in args], python=python)
         started.append(server)
         return server
 
