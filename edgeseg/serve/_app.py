@@ -143,11 +143,18 @@ class _Service:
             served.batcher = Batcher(served.model.run, max_batch=self.options.max_batch,
                                      max_delay=self.options.max_delay_ms / 1000, name=served.name,
                                      on_batch=functools.partial(self.metrics.batch_done, served.name)).start()
+        grpc = None
+        if self.options.grpc_port is not None:
+            from edgeseg.serve._grpc import start_grpc
+
+            grpc = await start_grpc(self, host=self.options.host, port=self.options.grpc_port)
         self.is_ready = True
         try:
             yield
         finally:
             self.is_ready = False
+            if grpc is not None:
+                await grpc.stop(self.options.drain)
             for served in self.models.values():
                 if served.batcher is not None:
                     served.batcher.close()
@@ -196,10 +203,10 @@ class _Service:
         from starlette.responses import Response
 
         served = self._model(request)
-        async with self._admitted(served):
+        async with self.admitted(served):
             body = await self._body(request)
             parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
-            batched = await self._infer(served, self._input(served, parsed.inputs))
+            batched = await self.infer_tensors(served, parsed.inputs)
             wanted = parsed.outputs or tuple((name, parsed.binary_output) for name, _, _ in served.outputs())
             known = [name for name, _, _ in served.outputs()]
             for name, _ in wanted:
@@ -228,7 +235,7 @@ class _Service:
                                     f"segmentation models: send its tensors to /v2/models/{served.name}/infer.")
         views = _views(request.query_params.get("include"))
         png = "image/png" in request.headers.get("accept", "").lower()
-        async with self._admitted(served):
+        async with self.admitted(served):
             body = await self._body(request)
             data = _image_part(body, request.headers.get("content-type", ""))
             started = time.perf_counter()
@@ -254,6 +261,10 @@ class _Service:
         image = decode_image(data, max_pixels=self.options.max_pixels)
         batch, geometries = preprocess_batch([image], served.contract.input)
         return image.shape, batch, geometries[0]
+
+    async def infer_tensors(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> Batched:
+        """The v2 inference of ``inputs`` (checked against the model's input) through the model's batcher."""
+        return await self._infer(served, self._input(served, inputs))
 
     def _input(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if list(inputs) != [served.input_name]:
@@ -285,17 +296,19 @@ class _Service:
     # -- request plumbing ----------------------------------------------------------------
 
     def _model(self, request: Any) -> ServedModel:
-        name = request.path_params["name"]
+        return self.model(request.path_params["name"], request.path_params.get("version"))
+
+    def model(self, name: str, version: str | None) -> ServedModel:
+        """The served model ``name`` (``version``: None, empty or "1"), or RequestError 404."""
         served = self.models.get(name)
         if served is None:
             raise RequestError(404, f"unknown model {name!r}: this server has {', '.join(sorted(self.models))}.")
-        version = request.path_params.get("version")
-        if version is not None and version != VERSION:
+        if version and version != VERSION:
             raise RequestError(404, f"model {name!r} has version {VERSION} only, not {version!r}.")
         return served
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, served: ServedModel) -> AsyncIterator[None]:
+    async def admitted(self, served: ServedModel) -> AsyncIterator[None]:
         # Runs on the event loop only: a plain counter is safe.
         if self.inflight[served.name] >= self.options.max_queue:
             raise RequestError(503, f"model {served.name!r} already has {self.options.max_queue} requests in flight "

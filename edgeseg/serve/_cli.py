@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     net.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port, logged)")
+    net.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                     help="also serve the protocol's gRPC form on PORT (tritonclient.grpc; pip install "
+                          "'edgeseg[grpc]'; not with --ray) (default: off)")
     net.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on everything but "
                      "/v2/health (visible in ps: prefer --token-file)")
     net.add_argument("--token-file", default=None, metavar="FILE", help="read the token from FILE's first line")
@@ -94,10 +97,14 @@ def _run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
         token=read_token(token=args.token, token_file=args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
-        drain=args.drain, engine=args.engine, provider=args.provider, threads=args.threads, precision=args.precision,
+        drain=args.drain, grpc_port=args.grpc_port, engine=args.engine, provider=args.provider, threads=args.threads, precision=args.precision,
         optimization=args.optimization, strict=args.strict)
     specs = parse_models(args.models)
     if args.ray:
+        if args.grpc_port is not None:
+            from edgeseg.runtime import EdgesegError
+            raise EdgesegError("--grpc-port serves gRPC on this machine; with --ray, Ray Serve's proxy takes HTTP "
+                               "only here. Drop one of them.")
         from edgeseg.serve._ray import RayOptions, serve_on_ray
 
         serve_on_ray(specs, options, RayOptions(address=args.ray, replicas=args.replicas,

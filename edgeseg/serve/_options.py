@@ -70,7 +70,8 @@ class ServeOptions:
     oldest waiting request arrived. Limits: ``max_queue`` requests per model admitted at once (more: 503 with
     Retry-After), ``max_body_mb`` per request body (413), ``max_pixels`` per decoded image (400, checked
     from the header before decoding). ``token``: bearer token required on everything but ``/v2/health``.
-    ``drain``: seconds the requests in flight get to finish on SIGTERM. The engine knobs mean what they
+    ``drain``: seconds the requests in flight get to finish on SIGTERM. ``grpc_port``: also serve the
+    protocol's gRPC form there (None: off). The engine knobs mean what they
     mean for :class:`edgeseg.runtime.Model` (``engine=None``: auto, by ``edgeseg tune``'s record when there is one).
 
     Example::
@@ -89,6 +90,7 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     drain: float = 1.0
+    grpc_port: int | None = None
     engine: str | None = None
     provider: str = "auto"
     threads: int | None = None
@@ -107,6 +109,8 @@ class ServeOptions:
         for name, value, ok, expected in checks:
             if not ok:
                 raise EdgesegError(f"--{name.replace('_', '-')} must be {expected}, got {value}.")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise EdgesegError(f"--grpc-port must be 0..65535 (0: any free port), got {self.grpc_port}.")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise EdgesegError("the bearer token must be non-empty and hold no spaces or newlines.")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -18,6 +18,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
@@ -28,15 +29,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _auth() -> dict[str, str]:
-    # tritonclient adds its own headers to the dict it is given (Inference-Header-Content-Length): a fresh one each call.
-    return dict(AUTH)
+    # tritonclient adds its own headers to the dict it is given (Inference-Header-Content-Length): a fresh one each
+    # call. Lower case: gRPC metadata keys must be (HTTP headers do not care).
+    return {key.lower(): value for key, value in AUTH.items()}
 
 
 @pytest.fixture(scope="module")
 def server(serve_process, serve_models):
     return serve_process([f"tiny={serve_models['tiny']}", f"other={serve_models['other']}", "--engine", "onnxruntime",
                           "--token", TOKEN, "--max-batch", "8", "--max-delay-ms", "50", "--max-body-mb", "1",
-                          "--max-pixels", "1000000"])
+                          "--max-pixels", "1000000", "--grpc-port", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,31 @@ def test_the_stock_tritonclient_reads_metadata_and_infers_with_json_and_binary_t
         assert np.array_equal(result.as_numpy("class_ids"), expected.argmax(-1).astype(np.uint8))
         described = result.get_response()["outputs"][0]
         assert ("parameters" in described) == binary and ("data" in described) == (not binary)
+
+
+def test_the_stock_tritonclient_grpc_client_reads_metadata_and_infers(server, reference):
+    grpc_address = next(line.split(" gRPC on ")[1].strip() for line in server.lines if " gRPC on " in line)
+    client = triton_grpc.InferenceServerClient(grpc_address)
+    assert client.is_server_live() and client.is_server_ready()
+    metadata = client.get_model_metadata("tiny", headers=_auth(), as_json=True)
+    assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [("image", "FP32",
+                                                                                    ["-1", "32", "32", "3"])]
+    config = client.get_model_config("tiny", headers=_auth(), as_json=True)["config"]
+    assert json.loads(config["parameters"]["edgeseg_contract"]["string_value"])["output"]["classes"] == [
+        "background", "thing"]
+    batch = np.concatenate([preprocess(_image(seed), reference.contract.input)[0] for seed in (4, 5)])
+    tensor = triton_grpc.InferInput("image", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    result = client.infer("tiny", [tensor], headers=_auth())
+    expected = reference.run(batch)
+    np.testing.assert_allclose(result.as_numpy("scores"), expected, rtol=0, atol=1e-6)
+    assert np.array_equal(result.as_numpy("class_ids"), expected.argmax(-1).astype(np.uint8))
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED.*no authorization metadata"):
+        client.infer("tiny", [tensor])
+    wrong = triton_grpc.InferInput("image", [1, 8, 8, 3], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(InferenceServerException, match=r"INVALID_ARGUMENT.*expected \[N, 32, 32, 3\]"):
+        client.infer("tiny", [wrong], headers=_auth())
 
 
 def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_png(server, reference, tmp_path):
