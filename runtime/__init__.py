@@ -7,7 +7,8 @@ What other packages and apps use, each concept once:
 - preprocessing: :func:`preprocess` and its parts :func:`fit`, :func:`normalize`, :func:`denormalize`, :func:`restore`;
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
-- images in memory: :func:`decode_image` (bytes, with :func:`read_image`'s checks) and :func:`encode_mask_png`;
+- images in memory: :func:`decode_image` (bytes, with :func:`read_image`'s checks), :func:`encode_mask_png`, :func:`decode_mask_png`;
+- :class:`Client`: a running ``edgeseg serve`` called like a :class:`Model` (standard library only);
 - HTTP (:mod:`edgeseg.runtime.http`): :class:`~edgeseg.runtime.http.HttpServer`, an ASGI app on uvicorn in a thread;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
 - frames and sources, sinks, engines, :class:`Model` and :func:`segment`;
@@ -20,7 +21,8 @@ helpers work (and the ``edgeseg`` command line starts) without it.
 from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
                                      video_frames)
 from edgeseg.runtime._fused import fast_path, fuse_class_ids
-from edgeseg.runtime._imagebytes import decode_image, encode_mask_png
+from edgeseg.runtime._imagebytes import decode_image, decode_mask_png, encode_mask_png
+from edgeseg.runtime.client import Client
 from edgeseg.runtime._model import Model, resolve_engine
 from edgeseg.runtime._outdir import prepare_out
 from edgeseg.runtime._signals import stop_on_signals
@@ -52,7 +54,9 @@ from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, wr
 from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
 
 __all__ = [
+    "Client",
     "decode_image",
+    "decode_mask_png",
     "encode_mask_png",
     "fast_path",
     "fuse_class_ids",

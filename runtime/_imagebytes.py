@@ -4,7 +4,9 @@
 (:mod:`edgeseg.runtime._imageheader`) and refused above ``max_pixels`` before anything is decoded (a
 "pixel bomb" of a few hundred bytes announcing 100k x 100k pixels costs a header read), a truncated
 JPEG is refused, and a format whose header gives no size is refused rather than decoded blind.
-:func:`encode_mask_png` gives the bytes :func:`write_mask_png` writes: a palette PNG of class ids.
+:func:`encode_mask_png` gives the bytes :func:`write_mask_png` writes: a palette PNG of class ids;
+:func:`decode_mask_png` reads them back (:func:`read_mask_png` for bytes). The PNG chunk writer is the
+sinks' own; the two file functions are meant to become thin wrappers of these two.
 """
 
 from __future__ import annotations
@@ -75,3 +77,29 @@ def encode_mask_png(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes
             + _chunk(b"PLTE", plte)
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
             + _chunk(b"IEND", b""))
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    """Class ids from mask PNG bytes (:func:`encode_mask_png`'s, or any PNG): the palette indices of a paletted
+    PNG, else the gray values. Raises BadInputError for bytes that are not a PNG.
+
+    Example::
+
+        ids = decode_mask_png(response_body)   # (H, W) uint8 class ids
+    """
+    if data[:8] == _PNG_SIGNATURE and len(data) > 28 and data[25] == 3 and data[24] == 8 and data[28] == 0:
+        width, height = struct.unpack(">II", data[16:24])
+        idat, pos = [], 8
+        while pos + 8 <= len(data):
+            length, kind = struct.unpack(">I4s", data[pos: pos + 8])
+            if kind == b"IDAT":
+                idat.append(data[pos + 8: pos + 8 + length])
+            pos += 12 + length
+        rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(height, width + 1)
+        if np.any(rows[:, 0]):
+            raise BadInputError("a paletted PNG with row filters other than 'none': not a mask edgeseg wrote")
+        return rows[:, 1:].copy()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data[:8] == _PNG_SIGNATURE else None
+    if image is None:
+        raise BadInputError("not a mask PNG")
+    return image if image.ndim == 2 else image[:, :, 0]

@@ -22,7 +22,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from edgeseg.runtime import Model, preprocess, read_mask_png
+from edgeseg.runtime import BadInputError, Client, EdgesegError, Model, preprocess, read_mask_png
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -158,6 +158,20 @@ def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_pn
     status, headers, body = _post(server, "/v1/models/tiny/segment", _png(image), {"Accept": "image/png"})
     assert status == 200 and headers["content-type"] == "image/png"
     assert np.array_equal(_mask_of_png(body, tmp_path), expected.mask)
+
+
+def test_the_runtime_client_gives_the_results_of_model(server, reference):
+    client = Client(server.url, "tiny", token=TOKEN)
+    for seed in (11, 12):
+        image = _image(seed, 33, 47)
+        got, expected = client(image), reference(image)
+        assert np.array_equal(got.mask, expected.mask) and got.class_fraction == expected.class_fraction
+    with pytest.raises(BadInputError, match="refused the image: image too large"):
+        client(np.zeros((1001, 1000, 3), np.uint8))  # --max-pixels 1000000
+    with pytest.raises(EdgesegError, match="HTTP 401"):
+        Client(server.url, "tiny")
+    with pytest.raises(EdgesegError, match="unknown model 'nope'"):
+        Client(server.url, "nope", token=TOKEN)
 
 
 def test_32_concurrent_clients_get_the_masks_of_model_and_share_inference_calls(server, reference, tmp_path):
