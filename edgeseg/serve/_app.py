@@ -203,10 +203,10 @@ class _Service:
         from starlette.responses import Response
 
         served = self._model(request)
-        async with self.admitted(served):
+        async with self.admitted(served) as ticket:
             body = await self._body(request)
             parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
-            batched = await self.infer_tensors(served, parsed.inputs)
+            batched = await self.infer_tensors(served, parsed.inputs, ticket)
             wanted = parsed.outputs or tuple((name, parsed.binary_output) for name, _, _ in served.outputs())
             known = [name for name, _, _ in served.outputs()]
             for name, _ in wanted:
@@ -235,13 +235,13 @@ class _Service:
                                     f"segmentation models: send its tensors to /v2/models/{served.name}/infer.")
         views = _views(request.query_params.get("include"))
         png = "image/png" in request.headers.get("accept", "").lower()
-        async with self.admitted(served):
+        async with self.admitted(served) as ticket:
             body = await self._body(request)
             data = _image_part(body, request.headers.get("content-type", ""))
             started = time.perf_counter()
             image_shape, batch, geometry = await run_in_threadpool(self._prepare, served, data)
             prepared = time.perf_counter()
-            batched = await self._infer(served, batch)
+            batched = await self._infer(served, batch, ticket)
 
             def answer() -> tuple[bytes, str]:
                 result = served.model.postprocess(batched.output[0], geometry)
@@ -262,9 +262,10 @@ class _Service:
         batch, geometries = preprocess_batch([image], served.contract.input)
         return image.shape, batch, geometries[0]
 
-    async def infer_tensors(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> Batched:
-        """The v2 inference of ``inputs`` (checked against the model's input) through the model's batcher."""
-        return await self._infer(served, self._input(served, inputs))
+    async def infer_tensors(self, served: ServedModel, inputs: dict[str, np.ndarray], ticket: _Ticket) -> Batched:
+        """The v2 inference of ``inputs`` (checked against the model's input) through the model's batcher;
+        ``ticket``: what :meth:`admitted` gave."""
+        return await self._infer(served, self._input(served, inputs), ticket)
 
     def _input(self, served: ServedModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if list(inputs) != [served.input_name]:
@@ -282,12 +283,13 @@ class _Service:
                                     f"server's --max-batch {self.options.max_batch}: split it.")
         return array
 
-    async def _infer(self, served: ServedModel, batch: np.ndarray) -> Batched:
-        if served.batcher is None:
+    async def _infer(self, served: ServedModel, batch: np.ndarray, ticket: _Ticket) -> Batched:
+        if ticket.batcher is None:
             raise RequestError(503, "the server is starting or stopping: retry.",
                                headers={"retry-after": str(RETRY_AFTER_S)})
         try:
-            future = served.batcher.submit(batch)
+            ticket.expected = False
+            future = ticket.batcher.submit(batch, expected=True)
         except RuntimeError:
             raise RequestError(503, "the server is stopping: retry (on another replica).",
                                headers={"retry-after": str(RETRY_AFTER_S)}) from None
@@ -308,17 +310,25 @@ class _Service:
         return served
 
     @contextlib.asynccontextmanager
-    async def admitted(self, served: ServedModel) -> AsyncIterator[None]:
+    async def admitted(self, served: ServedModel) -> AsyncIterator[_Ticket]:
+        """Admit one request for ``served`` (or RequestError 503 past ``--max-queue``) and announce it to the
+        model's batcher, which may then wait for it to share a call."""
         # Runs on the event loop only: a plain counter is safe.
         if self.inflight[served.name] >= self.options.max_queue:
             raise RequestError(503, f"model {served.name!r} already has {self.options.max_queue} requests in flight "
                                     f"(--max-queue): retry after {RETRY_AFTER_S} s.",
                                headers={"retry-after": str(RETRY_AFTER_S)})
         self.inflight[served.name] += 1
+        ticket = _Ticket(served.batcher)
+        if ticket.batcher is not None:
+            ticket.batcher.expect()
+            ticket.expected = True
         try:
-            yield
+            yield ticket
         finally:
             self.inflight[served.name] -= 1
+            if ticket.expected:  # it failed before reaching the batcher: no batch waits for it
+                ticket.batcher.forget()
 
     async def _body(self, request: Any) -> bytes:
         limit = self.options.max_body
@@ -337,6 +347,14 @@ class _Service:
 
     def _headers(self, batched: Batched) -> dict[str, str]:
         return {"x-edgeseg-batch": str(batched.batch), "x-edgeseg-replica": self.replica}
+
+
+class _Ticket:
+    """One admitted request: the batcher it was announced to, and whether it is still on its way there."""
+
+    def __init__(self, batcher: Batcher | None) -> None:
+        self.batcher = batcher
+        self.expected = False
 
 
 class _BearerAuth:

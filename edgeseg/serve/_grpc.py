@@ -121,9 +121,9 @@ def _servicer(pb: Any, pb_grpc: Any, grpc: Any, service: Any) -> Any:
             try:
                 _check_token(context)
                 served = service.model(name, request.model_version)
-                async with service.admitted(served):
+                async with service.admitted(served) as ticket:
                     inputs = _inputs(request)
-                    batched = await service.infer_tensors(served, inputs)
+                    batched = await service.infer_tensors(served, inputs, ticket)
                 response = _outputs(pb, served, request, batched.output)
                 code = 200
             except RequestError as error:

@@ -48,3 +48,24 @@ def test_a_failed_call_fails_its_requests_only_and_close_runs_what_was_submitted
         batcher.submit(np.ones((1, 1), np.float32))
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(_recording(calls), max_batch=2, max_delay=0.0, name="m").submit(np.ones((3, 1), np.float32))
+
+
+def test_a_batch_waits_only_for_requests_announced_on_their_way():
+    calls: list[int] = []
+    batcher = Batcher(_recording(calls), max_batch=4, max_delay=60.0, name="m").start()
+    # Nobody else announced: a lone request runs at once, not after the 60 s window.
+    assert batcher.submit(np.ones((1, 1), np.float32)).result(10).batch == 1
+    # Two announced: the first waits for the second, and they share one call.
+    batcher.expect()
+    batcher.expect()
+    first = batcher.submit(np.ones((1, 1), np.float32), expected=True)
+    second = batcher.submit(np.ones((1, 1), np.float32), expected=True)
+    assert first.result(10).batch == second.result(10).batch == 2
+    # An announced request that fails before submitting releases the one waiting for it.
+    batcher.expect()
+    batcher.expect()
+    waiting = batcher.submit(np.ones((1, 1), np.float32), expected=True)
+    batcher.forget()
+    assert waiting.result(10).batch == 1
+    batcher.close()
+    assert calls == [1, 2, 1]
