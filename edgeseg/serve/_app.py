@@ -206,13 +206,13 @@ class _Service:
         async with self.admitted(served) as ticket:
             body = await self._body(request)
             parsed = await run_in_threadpool(parse_infer_request, body, request.headers.get(HEADER_LENGTH))
-            batched = await self.infer_tensors(served, parsed.inputs, ticket)
             wanted = parsed.outputs or tuple((name, parsed.binary_output) for name, _, _ in served.outputs())
             known = [name for name, _, _ in served.outputs()]
             for name, _ in wanted:
                 if name not in known:
                     raise RequestError(400, f"model {served.name!r} has no output {name!r}: it has "
                                             f"{', '.join(known)}.")
+            batched = await self.infer_tensors(served, parsed.inputs, ticket)
 
             def encode() -> tuple[bytes, dict[str, str]]:
                 arrays = {served.output_name: batched.output}

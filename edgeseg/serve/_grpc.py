@@ -122,9 +122,9 @@ def _servicer(pb: Any, pb_grpc: Any, grpc: Any, service: Any) -> Any:
                 _check_token(context)
                 served = service.model(name, request.model_version)
                 async with service.admitted(served) as ticket:
-                    inputs = _inputs(request)
+                    inputs, wanted = _inputs(request), _wanted(served, request)
                     batched = await service.infer_tensors(served, inputs, ticket)
-                response = _outputs(pb, served, request, batched.output)
+                response = _outputs(pb, served, request, wanted, batched.output)
                 code = 200
             except RequestError as error:
                 _count(name, error.status, started)
@@ -190,12 +190,16 @@ def _inputs(request: Any) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _outputs(pb: Any, served: ServedModel, request: Any, outputs: np.ndarray) -> Any:
+def _wanted(served: ServedModel, request: Any) -> list[str]:
     known = [name for name, _, _ in served.outputs()]
     wanted = [o.name for o in request.outputs] or known
     for name in wanted:
         if name not in known:
             raise RequestError(400, f"model {served.name!r} has no output {name!r}: it has {', '.join(known)}.")
+    return wanted
+
+
+def _outputs(pb: Any, served: ServedModel, request: Any, wanted: list[str], outputs: np.ndarray) -> Any:
     arrays = {served.output_name: outputs}
     if CLASS_IDS in wanted:
         arrays[CLASS_IDS] = served.class_ids(outputs)
