@@ -136,7 +136,8 @@ def test_the_stock_tritonclient_grpc_client_reads_metadata_and_infers(server, re
         client.infer("tiny", [wrong], headers=_auth())
 
 
-def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_png(server, reference, tmp_path):
+def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_png(server, reference, serve_models,
+                                                                                  tmp_path):
     image = _image(7, 45, 61)
     expected = reference(image)
     status, headers, body = _post(server, "/v1/models/tiny/segment", _png(image), {"Content-Type": "image/png"})
@@ -158,6 +159,12 @@ def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_pn
     status, headers, body = _post(server, "/v1/models/tiny/segment", _png(image), {"Accept": "image/png"})
     assert status == 200 and headers["content-type"] == "image/png"
     assert np.array_equal(_mask_of_png(body, tmp_path), expected.mask)
+
+    # The second model of the process answers with its own weights and classes.
+    other = Model(serve_models["other"], engine="onnxruntime")(image)
+    status, _, body = _post(server, "/v1/models/other/segment", _png(image))
+    assert status == 200 and json.loads(body)["class_fraction"] == pytest.approx(dict(other.class_fraction), abs=1e-6)
+    assert set(json.loads(body)["class_fraction"]) == {"sky", "ground"}
 
 
 def test_the_runtime_client_gives_the_results_of_model(server, reference):
