@@ -13,6 +13,7 @@ it; the stock tritonclient works): GET /v2/health/live, /v2/health/ready, /v2/mo
 POST /v2/models/{name}/infer (JSON or binary tensors; outputs: the model's, and class_ids);
 POST /v1/models/{name}/segment with a JPEG/PNG (raw body or multipart field "image") -> JSON class
 fractions, or the palette PNG mask with "Accept: image/png"; GET /metrics (Prometheus).
+--grpc-port serves the same protocol over gRPC (tritonclient.grpc).
 
 Concurrent requests for a model are batched into one inference call (--max-batch, --max-delay-ms).
 Binds 127.0.0.1 unless --host; --token/--token-file require "Authorization: Bearer TOKEN" on all but
@@ -29,9 +30,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve models over HTTP: Open Inference Protocol v2, a segment endpoint, dynamic batching",
-        description="Serve ONNX models as an inference service other programs call: the Open Inference Protocol "
-                    "v2 over HTTP and an image-in, mask-out segment endpoint, with dynamic batching, Prometheus "
-                    "metrics, request limits and bearer-token auth; on this machine or as Ray Serve replicas.",
+        description="Serve ONNX models as an inference service other programs call: the Open Inference\n"
+                    "Protocol v2 over HTTP (and gRPC) and an image-in, mask-out segment endpoint, with dynamic\n"
+                    "batching, Prometheus metrics, request limits and bearer-token auth; on this machine or as\n"
+                    "Ray Serve replicas.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("models", nargs="+", metavar="[NAME=]MODEL.onnx", help="the models to serve, one or more")
