@@ -12,9 +12,10 @@ COPY edgeseg edgeseg
 COPY runtime runtime
 COPY export export
 COPY calibration calibration
-RUN python -m venv /opt/edgeseg
-# onnxruntime is the cpu extra without imageio-ffmpeg (a 30 MB video encoder a server never uses).
-RUN /opt/edgeseg/bin/pip install --no-cache-dir 'onnxruntime>=1.20,<2' '.[serve]'
+# The venv gets no pip of its own: the base image's pip installs into it (--python), and the image ships
+# only what runs. onnxruntime is the cpu extra without imageio-ffmpeg (a video encoder a server never uses).
+RUN python -m venv --without-pip /opt/edgeseg
+RUN pip --python /opt/edgeseg/bin/python install --no-cache-dir 'onnxruntime>=1.20,<2' '.[serve]'
 
 FROM python:3.11-slim
 COPY --from=build /opt/edgeseg /opt/edgeseg

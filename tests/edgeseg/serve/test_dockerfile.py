@@ -48,7 +48,9 @@ def test_the_dockerfile_steps_install_a_runtime_only_server_that_serves(tmp_path
                 (shutil.copytree if (ROOT / source).is_dir() else shutil.copy2)(ROOT / source, src / source)
         elif word == "RUN":
             command = shlex.split(rest.replace("/opt/edgeseg", str(venv)))
-            command = [sys.executable if part == "python" else part for part in command]
+            # The image's `python` and `pip` are this interpreter's: the same commands, run here.
+            command = ([sys.executable, "-m", "pip", *command[1:]] if command[0] == "pip" else
+                       [sys.executable if part == "python" else part for part in command])
             done = subprocess.run(command, cwd=src, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     python = venv / "bin" / "python"
