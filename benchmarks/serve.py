@@ -6,7 +6,9 @@ image's size, class fractions. In-process: C threads share one ``Model`` (it is 
 one, each with a keep-alive connection POSTing the PNG to ``/v1/models/NAME/segment``; the server batches
 concurrent requests (``--max-batch``, ``--max-delay-ms``). Both sides run the engine ``--engine`` picks
 (auto: OpenVINO bf16 on a CPU with bf16, else onnxruntime). Per configuration: requests/s, p50/p95 latency,
-the mean batch the server formed (from ``/metrics``), and the ratio served/in-process. OpenVINO Model Server
+the mean batch the server formed (from ``/metrics``), and the ratio served/in-process; ``--rounds`` alternate
+the two ways (in-process, served, in-process, ...) and the median round is kept, so a load that comes and
+goes on the machine hits both sides alike. OpenVINO Model Server
 is compared where an ``ovms`` binary is on PATH (it is not a pip or apt package; see the result's ``ovms``).
 Usage::
 
@@ -64,6 +66,11 @@ def run_clients(clients: int, seconds: float, call) -> dict[str, float]:
     every = np.array([x for per in latencies for x in per]) * 1000
     return {"requests": int(every.size), "rps": round(every.size / elapsed, 2),
             "p50_ms": round(float(np.percentile(every, 50)), 2), "p95_ms": round(float(np.percentile(every, 95)), 2)}
+
+
+def median_round(results: list[dict[str, float]]) -> dict[str, float]:
+    """The round with the median requests/s (its latencies with it)."""
+    return sorted(results, key=lambda r: r["rps"])[len(results) // 2]
 
 
 def in_process(model: Model, png: bytes, clients: int, seconds: float) -> dict[str, float]:
@@ -127,7 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL.onnx:IMAGE")
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
@@ -135,6 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     report: dict[str, object] = {"machine": machine(), "load_before": os.getloadavg(), "seconds": args.seconds,
+                                 "rounds": args.rounds,
                                  "engine": args.engine, "max_batch": args.max_batch,
                                  "max_delay_ms": args.max_delay_ms, "models": {}}
     report["ovms"] = ("not run: no `ovms` binary on PATH (OpenVINO Model Server is neither a pip nor an apt "
@@ -152,10 +161,13 @@ def main() -> None:
             server.post({}, f"/v1/models/{name}/segment", png)  # warm-up
             rows = {}
             for count in clients:
-                local = in_process(model, png, count, args.seconds)
-                remote = served(server, name, png, count, args.seconds)
+                rounds = [(in_process(model, png, count, args.seconds), served(server, name, png, count, args.seconds))
+                          for _ in range(args.rounds)]
+                local = median_round([r[0] for r in rounds])
+                remote = median_round([r[1] for r in rounds])
                 rows[str(count)] = {"in_process": local, "served": remote,
-                                    "ratio_rps": round(remote["rps"] / local["rps"], 3)}
+                                    "ratio_rps": round(remote["rps"] / local["rps"], 3),
+                                    "rounds": [{"in_process_rps": a["rps"], "served_rps": b["rps"]} for a, b in rounds]}
                 print(f"{name} {count:>2} clients: in-process {local['rps']:.1f} req/s p50 {local['p50_ms']:.1f} "
                       f"p95 {local['p95_ms']:.1f} ms | served {remote['rps']:.1f} req/s p50 {remote['p50_ms']:.1f} "
                       f"p95 {remote['p95_ms']:.1f} ms, batch {remote['mean_batch']:.2f} | "
