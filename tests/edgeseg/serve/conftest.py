@@ -19,7 +19,8 @@ _URL = re.compile(r" on (https?://[^ ]+/) ")
 class ServerProcess:
     """``python -m edgeseg serve ARGS --port 0`` with its stderr collected; ``url`` once it listens."""
 
-    def __init__(self, args: list[str], *, python: str = sys.executable, timeout: float = 60.0) -> None:
+    def __init__(self, args: list[str], *, python: str = sys.executable, timeout: float = 240.0) -> None:
+        # The timeout only bounds a hang: Ray Serve took 60 s to be ready on 2 cores loaded 5x over.
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([python, "-m", "edgeseg", "serve", *args, "--port", "0"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
