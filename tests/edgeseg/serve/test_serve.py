@@ -243,6 +243,8 @@ def test_malformed_requests_each_get_one_clear_4xx_line_and_the_server_keeps_ser
         "truncated jpeg": ("/v1/models/tiny/segment", cv2.imencode(".jpg", _image(6))[1].tobytes()[:400], {}, 400,
                            "truncated JPEG"),
         "unknown model": ("/v2/models/nope/infer", b"{}", {}, 404, "unknown model 'nope'"),
+        "a path for a name": ("/v1/models/..%2F..%2Fetc%2Fpasswd/segment", good, {}, 404, "no endpoint"),
+        "dots for a name": ("/v1/models/%2e%2e/segment", good, {}, 404, "unknown model '..'"),
         "unknown view": ("/v1/models/tiny/segment?include=zones", good, {}, 400, "known: class_fraction"),
         "missing token": ("/v1/models/tiny/segment", good, {"Authorization": ""}, 401, "no Authorization header"),
         "wrong token": ("/v1/models/tiny/segment", good, {"Authorization": "Bearer nope"}, 401, "wrong bearer token"),
