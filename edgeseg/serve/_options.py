@@ -123,7 +123,12 @@ class ServeOptions:
 
 
 def read_token(*, token: str | None, token_file: str | None) -> str | None:
-    """The bearer token from ``--token`` or ``--token-file`` (its first line; the file keeps it out of ``ps``)."""
+    """The bearer token from ``--token`` or ``--token-file`` (its first line; the file keeps it out of ``ps``).
+
+    Example::
+
+        read_token(token=None, token_file="/run/secrets/edgeseg")   # the file's first line, stripped
+    """
     if token is not None and token_file is not None:
         raise EdgesegError("--token and --token-file both given: pass one.")
     if token_file is None:

@@ -40,7 +40,12 @@ class RequestError(Exception):
 
 
 def datatype_of(dtype: np.dtype) -> str:
-    """The protocol's name of a NumPy dtype (``float32`` -> ``FP32``)."""
+    """The protocol's name of a NumPy dtype.
+
+    Example::
+
+        datatype_of(np.dtype(np.float32))   # "FP32"
+    """
     try:
         return _NAMES[np.dtype(dtype).newbyteorder("=")]
     except KeyError:

@@ -17,7 +17,12 @@ log = logging.getLogger("edgeseg.serve")
 
 
 def load_models(specs: Sequence[ModelSpec], options: ServeOptions) -> list[ServedModel]:
-    """Open every model (a bad one stops the start, in one line, before anything listens)."""
+    """Open every model (a bad one stops the start, in one line, before anything listens).
+
+    Example::
+
+        served = load_models(parse_models(["fcn8.onnx"]), ServeOptions())   # [ServedModel fcn8]
+    """
     return [ServedModel.load(spec, options) for spec in specs]
 
 
