@@ -47,7 +47,8 @@ def register(subparsers: Any) -> None:
     net.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on everything but "
                      "/v2/health (visible in ps: prefer --token-file)")
     net.add_argument("--token-file", default=None, metavar="FILE", help="read the token from FILE's first line")
-    net.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
+    net.add_argument("--tls-cert", default=None, metavar="PEM",
+                     help="serve HTTPS with this certificate (and --tls-key)")
     net.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key, unencrypted")
     batch = parser.add_argument_group("batching and limits")
     batch.add_argument("--max-batch", type=int, default=8, metavar="N",
@@ -71,7 +72,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--precision", choices=("auto", "f32"), default="auto", help="openvino only (default: auto)")
     run.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
                      help="onnxruntime provider (default: auto)")
-    run.add_argument("--strict", action="store_true", help="with cuda/tensorrt: fail at start if a node would run on the CPU")
+    run.add_argument("--strict", action="store_true",
+                     help="with cuda/tensorrt: fail at start if a node would run on the CPU")
     run.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads (default: the engine's)")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
@@ -99,8 +101,8 @@ def _run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, max_batch=args.max_batch, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
         token=read_token(token=args.token, token_file=args.token_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
-        drain=args.drain, grpc_port=args.grpc_port, engine=args.engine, provider=args.provider, threads=args.threads, precision=args.precision,
-        optimization=args.optimization, strict=args.strict)
+        drain=args.drain, grpc_port=args.grpc_port, engine=args.engine, provider=args.provider, threads=args.threads,
+        precision=args.precision, optimization=args.optimization, strict=args.strict)
     specs = parse_models(args.models)
     if args.ray:
         if args.grpc_port is not None:

@@ -101,8 +101,10 @@ def _servicer(pb: Any, pb_grpc: Any, grpc: Any, service: Any) -> Any:
                 from tritonclient.grpc import model_config_pb2 as mc
 
                 served = service.model(request.name, request.version)
-                tensor = lambda name, datatype, shape: dict(name=name, data_type=getattr(mc, f"TYPE_{datatype}"),  # noqa: E731
-                                                            dims=shape[1:])
+
+                def tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+                    return {"name": name, "data_type": getattr(mc, f"TYPE_{datatype}"), "dims": shape[1:]}
+
                 config = mc.ModelConfig(
                     name=served.name, platform="edgeseg_onnx", backend=served.model.engine,
                     max_batch_size=service.options.max_batch,

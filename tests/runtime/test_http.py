@@ -37,7 +37,8 @@ def test_close_lets_the_request_in_flight_finish_then_stops_listening():
     server = HttpServer(_app(entered), port=0, drain=2.0).start()
     assert server.url.startswith("http://127.0.0.1:")
     answers = []
-    caller = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(server.url + "slow", timeout=10).read()))
+    caller = threading.Thread(target=lambda: answers.append(
+        urllib.request.urlopen(server.url + "slow", timeout=10).read()))
     caller.start()
     assert entered.wait(10)  # the request is in flight
     assert server.close() is True  # drained: nothing had to be cancelled
