@@ -29,6 +29,7 @@ _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.segment",
     "edgeseg.bench",
     "edgeseg.tune",
+    "edgeseg.serve",
     "edgeseg.demo",
 )
 
@@ -71,6 +72,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "tune": ("cpu",),
     "demo": ("cpu", "export", "calibrate", "bench"),
     "samples": ("cpu", "export", "calibrate"),
+    "serve": ("serve",),
 }
 
 

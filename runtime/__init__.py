@@ -9,6 +9,9 @@ What other packages and apps use, each concept once:
 - preprocessing: :func:`preprocess` and its parts :func:`fit`, :func:`normalize`, :func:`denormalize`, :func:`restore`;
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
+- images in memory: :func:`decode_image` (bytes, with :func:`read_image`'s checks), :func:`encode_mask_png`, :func:`decode_mask_png`;
+- :class:`Client`: a running ``edgeseg serve`` called like a :class:`Model` (standard library only);
+- HTTP (:mod:`edgeseg.runtime.http`): :class:`~edgeseg.runtime.http.HttpServer`, an ASGI app on uvicorn in a thread;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
 - optional dependencies (:mod:`edgeseg.runtime.extras`): which extra brings which module, every install hint;
 - progress (:mod:`edgeseg.runtime.progress`): a bar on a terminal, a log line now and then when piped;
@@ -71,11 +74,15 @@ _PUBLIC = {
     "run_streams": "_pipeline", "stage_table": "_pipeline", "model_precision": "_pipeline",
     "FrameResult": "_writer", "StreamResult": "_pipeline",
     "prepare_out": "_outdir", "stop_on_signals": "_signals",
+    # images in memory, and a running edgeseg serve called like a Model
+    "decode_image": "_imagebytes", "encode_mask_png": "_imagebytes", "decode_mask_png": "_imagebytes",
+    "Client": "client",
 }
 
 # The public modules, reachable as attributes too (``edgeseg.runtime.postprocess.class_ids``), as when this
 # package imported them all.
-_MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress", "records")
+_MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress", "records", "http",
+            "client")
 
 __all__ = sorted(_PUBLIC)
 

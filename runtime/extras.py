@@ -45,7 +45,8 @@ EXTRAS: dict[str, Extra] = {
     "export": Extra(needs=("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib"), optional=("h5py",)),
     "calibrate": Extra(needs=("onnx",), optional=("matplotlib",)),          # matplotlib: the SQNR chart only
     "bench": Extra(needs=("onnx",), optional=("openvino", "psutil")),       # no OpenVINO: its runners are skipped
-    "serve": Extra(needs=("prometheus_client",)),
+    "serve": Extra(needs=("prometheus_client", "starlette", "uvicorn")),
+    "grpc": Extra(needs=("tritonclient", "grpc")),                       # edgeseg serve --grpc-port
     "ray": Extra(needs=("ray",)),
 }
 

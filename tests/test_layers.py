@@ -51,7 +51,7 @@ def test_import_linter_contracts_hold_on_the_checkout_as_it_is():
     assert " BROKEN" not in report and "0 broken" in report, report[-3000:]
 
 
-@pytest.mark.parametrize("forbidden", ["tensorflow", "edgeseg.export"])
+@pytest.mark.parametrize("forbidden", ["tensorflow", "edgeseg.export", "edgeseg.serve"])
 def test_the_linter_catches_a_broken_layer(tmp_path, forbidden):
     # The contracts are only worth something if a violation fails them: plant one and expect a failure.
     tree = _package_tree(tmp_path / "src")
