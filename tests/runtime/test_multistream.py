@@ -344,3 +344,38 @@ def test_several_files_take_the_same_frame_options_as_one_and_live_ones_refuse_w
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and "--stride/--start select frames of files" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless browser: apt-get install chromium")
+def test_the_live_page_works_in_a_real_browser(tmp_path, kit):
+    # Once, in a real headless browser: the page's script fetches /health into each tile's caption and reloads each
+    # tile from its snapshot as soon as one has loaded (the ?t= in its address shows a snapshot did load).
+    video = kit.moving_video(tmp_path / "long.avi", count=400, height=64, width=64, fps=25.0)
+    serve, stop, dom = _free_port(), threading.Event(), {}
+
+    def browse():
+        base = f"http://127.0.0.1:{serve}/"
+        _wait_for(lambda: _answers(base + "snapshot/clip.jpg"))
+        done = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir="
+                               + str(tmp_path / "browser"), "--virtual-time-budget=4000", "--dump-dom", base],
+                              capture_output=True, text=True, timeout=120)
+        dom["html"] = done.stdout
+        stop.set()
+
+    helper = threading.Thread(target=browse)
+    helper.start()
+    run_streams([f"clip={video}"], model=MODEL, out=None, stop=stop, serve=serve,
+                on_result=lambda r: time.sleep(0.03))  # slow enough to be watched
+    helper.join()
+    page = dom["html"]
+    assert '<span id="s-clip">(reading)</span>' in page, page[-2000:]
+    assert 'src="/snapshot/clip.jpg?t=' in page, page[-2000:]
+
+
+def _answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
