@@ -20,7 +20,6 @@ import numpy as np
 
 from edgeseg.runtime._frames import DEFAULT_MAX_PIXELS, _check_jpeg_complete, _check_size
 from edgeseg.runtime._imageheader import header_size
-from edgeseg.runtime._sinks import _PNG_SIGNATURE, _chunk
 from edgeseg.runtime.errors import BadInputError
 
 
@@ -50,6 +49,13 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
         raise BadInputError("not a decodable image (corrupt, truncated or not an image)")
     _check_size((image.shape[1], image.shape[0]), max_pixels)
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 def encode_mask_png(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:

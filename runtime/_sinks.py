@@ -25,10 +25,8 @@ import contextlib
 import json
 import logging
 import os
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,60 +35,36 @@ from typing import Any
 import cv2
 import numpy as np
 from edgeseg.runtime._frames import display_path, opencv_path
-from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime._imagebytes import decode_mask_png, encode_mask_png
+from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime.files import write_bytes_atomic
 from edgeseg.runtime.postprocess import ReconstructionResult, Result, SegmentationResult
 
 log = logging.getLogger("edgeseg.runtime")
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def write_mask_png(path: str | os.PathLike, mask: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
-    """Write a class-id mask as a palette-indexed PNG (8-bit ids) or a 16-bit gray PNG (more classes).
+    """Write a class-id mask as a palette-indexed PNG (8-bit ids) or a 16-bit gray PNG (more classes): the bytes
+    of :func:`encode_mask_png`, atomically (a crash never leaves a half-written mask under the real name).
 
     Example::
 
         write_mask_png("masks/frame.png", result.mask, contract.output.palette)
     """
-    path = Path(path)
-    if mask.dtype != np.uint8:
-        write_image(path, mask.astype(np.uint16))
-        return
-    height, width = mask.shape
-    colours = [tuple(int(v) for v in c) for c in palette][:256] or [(0, 0, 0)]
-    count = max(len(colours), int(mask.max()) + 1)
-    plte = b"".join(bytes(colours[i % len(colours)]) for i in range(count))
-    rows = np.empty((height, width + 1), np.uint8)
-    rows[:, 0] = 0  # filter type "none" for every scanline
-    rows[:, 1:] = mask
-    data = (_PNG_SIGNATURE
-            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
-            + _chunk(b"PLTE", plte)
-            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 3))
-            + _chunk(b"IEND", b""))
-    write_bytes_atomic(path, data)  # a crash never leaves a half-written mask under the real name
+    try:
+        data = encode_mask_png(mask, palette)
+    except ValueError as error:
+        raise OSError(str(error)) from None
+    write_bytes_atomic(Path(path), data)
 
 
 def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Class ids from a mask PNG: palette indices of a paletted PNG, else the gray values."""
-    data = Path(path).read_bytes()
-    if data[:8] == _PNG_SIGNATURE and data[25] == 3 and data[24] == 8 and data[28] == 0:
-        width, height = struct.unpack(">II", data[16:24])
-        idat, pos = [], 8
-        while pos < len(data):
-            length, kind = struct.unpack(">I4s", data[pos: pos + 8])
-            if kind == b"IDAT":
-                idat.append(data[pos + 8: pos + 8 + length])
-            pos += 12 + length
-        rows = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(height, width + 1)
-        if np.any(rows[:, 0]):
-            raise ValueError(f"{path}: PNG row filters other than 'none' are not supported here")
-        return rows[:, 1:].copy()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{path}: not a readable PNG")
-    return image if image.ndim == 2 else image[:, :, 0]
+    """Class ids from a mask PNG: palette indices of a paletted PNG, else the gray values (:func:`decode_mask_png`)."""
+    try:
+        return decode_mask_png(Path(path).read_bytes())
+    except BadInputError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -110,10 +84,6 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f"OpenCV cannot encode a {path.suffix} image")
     write_bytes_atomic(path, encoded.tobytes())
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 class JsonlSink:
