@@ -39,6 +39,12 @@ log = logging.getLogger("edgeseg.calibration")
 # onnxruntime examples use 100-500 images for ImageNet classifiers, where a frame is one sample.)
 MIN_SAMPLES = 32
 MAX_CONTROL_STEPS = 16
+# Accuracy control holds out this share of the frames: the ranges come from the rest, and the drop it
+# controls and reports is measured on frames the ranges never saw (issue 24: on the calibration frames
+# themselves the figures flatter the file).
+HOLDOUT = 0.25
+# Below this FP32/INT8 agreement (without masks) the report warns: edgeseg's INT8 files are meant to keep it.
+MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,18 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
               samples: int = 128, every: int | None = None, chunk: int = 8, budget: Budget | None = None,
               report: str | os.PathLike | None = None, chart: str | os.PathLike | None = None,
               trt_table: str | os.PathLike | None = None, threads: int | None = None, timing_rounds: int = 20,
-              sqnr_frames: int = 8, progress: bool = False) -> dict:
+              sqnr_frames: int = 8, progress: bool = False, holdout: float | None = None) -> dict:
     """Quantize ``model`` to INT8 from calibration frames in ``data``; write ``output`` and return the report.
 
     Stages, each a function with typed results: collect ranges -> quantize -> measure (FP32 vs
     INT8 on the frames, against ``masks`` when given, and per-layer SQNR) -> accuracy control
     (with ``budget``: lowest-SQNR layers back to float until the drop fits) -> time side by side
     -> report. ``progress`` shows a bar on stderr over the stages.
+
+    ``holdout``: the share of frames kept out of the ranges and used for the accuracy figures and
+    accuracy control (default: :data:`HOLDOUT` with a ``budget``, else 0: all frames calibrate and
+    are measured). ``trt_table``: also write TensorRT's calibration table there; the INT8 file's
+    contract records where, and ``--provider tensorrt`` uses it (:mod:`edgeseg.runtime._tensorrt`).
 
     Example::
 
@@ -69,15 +80,18 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         print(report["speedup"], report["miou_drop"])
     """
     model, output = Path(model), Path(output)
+    holdout = (HOLDOUT if budget is not None else 0.0) if holdout is None else holdout
     _check_request(model=model, output=output, report=report, chart=chart, chunk=chunk,
-                   timing_rounds=timing_rounds, budget=budget)
+                   timing_rounds=timing_rounds, budget=budget, holdout=holdout)
     contract = _read_contract(model)
     peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
     with _Progress(enabled=progress, stages=9 + (budget is not None)) as bar, \
             tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
-            _read_frames(bar, data, contract, samples=samples, every=every, masks=masks) as frames:
+            _read_frames(bar, data, contract, samples=samples, every=every, masks=masks) as everything:
+        frames, held_out = everything.split(holdout) if holdout > 0 else (everything, everything)
         run = _Run(model=model, prepared=Path(tmp) / "prepared.onnx", work=Path(tmp), contract=contract,
-                   frames=frames, options=options, chunk=chunk, sqnr_frames=sqnr_frames, bar=bar)
+                   frames=frames, evaluation=held_out, options=options, chunk=chunk, sqnr_frames=sqnr_frames,
+                   bar=bar)
         with bar.stage("preparing the graph"):
             preprocess_for_quantization(model, run.prepared)
         peaks["prepare"] = _peak_mb()
@@ -98,14 +112,17 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         with bar.stage("finding compute left in float"):
             floats = float_compute_of(run, candidate)
         with bar.stage("writing the INT8 model"):
+            trt_files = write_trt_table(ranges.tensors, Path(trt_table)) if trt_table else None
             _write_model(candidate, contract, output,
                          calibration=_calibration_section(options, samples=len(frames), floats=floats,
-                                                             returned=candidate.returned))
-            trt_files = write_trt_table(ranges.tensors, Path(trt_table)) if trt_table else None
-        stats = frames.stats
+                                                             returned=candidate.returned,
+                                                             trt_table=_table_entry(trt_table, output)))
+        stats = everything.stats
+        evaluated_on = (f"{len(held_out)} held-out frames ({holdout:g} of {len(everything)}, spread evenly), "
+                        "not used for the ranges" if holdout > 0 else "the calibration frames")
     result = build_report(contract=contract, options=options, stats=stats, measured=measured, timings=timings,
                           floats=floats, control=control, output=output, trt_files=trt_files, threads=threads,
-                          peaks=peaks)
+                          peaks=peaks, evaluated_on=evaluated_on, calibrated_on=len(frames))
     if chart:
         result["chart"] = str(write_chart(result["layers"], Path(chart)))
     if report:
@@ -124,7 +141,8 @@ class _Run:
     prepared: Path
     work: Path
     contract: Contract
-    frames: CalibrationSet
+    frames: CalibrationSet  # the frames the ranges come from
+    evaluation: CalibrationSet  # the frames accuracy is measured and controlled on (held out, or the same)
     options: QuantizeOptions
     chunk: int
     sqnr_frames: int
@@ -231,7 +249,7 @@ def measure(run: _Run, candidate: Candidate) -> Measurement:
 
 
 def _compare(run: _Run, candidate: Candidate) -> _measure.Comparison:
-    return _measure.compare(make_session(run.model), make_session(candidate.path), run.frames, run.contract,
+    return _measure.compare(make_session(run.model), make_session(candidate.path), run.evaluation, run.contract,
                             chunk=run.chunk)
 
 
@@ -284,9 +302,23 @@ def float_compute_of(run: _Run, candidate: Candidate) -> FloatCompute:
 
 
 def _calibration_section(options: QuantizeOptions, *, samples: int, floats: FloatCompute,
-                         returned: tuple[str, ...] = ()) -> dict:
-    return {"method": options.method, "samples": samples, "excluded_nodes": [*options.float_nodes, *returned],
-            "float_nodes": sorted(floats.nodes), **options.summary()}
+                         returned: tuple[str, ...] = (), trt_table: dict | None = None) -> dict:
+    section = {"method": options.method, "samples": samples, "excluded_nodes": [*options.float_nodes, *returned],
+               "float_nodes": sorted(floats.nodes), **options.summary()}
+    if trt_table:
+        section["trt_table"] = trt_table
+    return section
+
+
+def _table_entry(trt_table: str | os.PathLike | None, output: Path) -> dict | None:
+    """Where the INT8 file finds its TensorRT table: relative to the file (they move together), and its hash."""
+    from edgeseg.runtime.files import sha256_of
+
+    if not trt_table:
+        return None
+    folder = Path(trt_table)
+    return {"path": os.path.relpath(folder.resolve(), output.resolve().parent),
+            "sha256": sha256_of(folder / "calibration.flatbuffers")}
 
 
 def _write_model(candidate: Candidate, contract: Contract, output: Path, *, calibration: dict) -> None:
@@ -303,7 +335,8 @@ def _write_model(candidate: Candidate, contract: Contract, output: Path, *, cali
 
 def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameStats, measured: Measurement,
                  timings: Mapping[str, _measure.Timing], floats: FloatCompute, control: Control | None,
-                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float]) -> dict:
+                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float],
+                 evaluated_on: str = "the calibration frames", calibrated_on: int | None = None) -> dict:
     """The report dict (DESIGN.md's fields): JSON values only, no paths as objects and no private keys."""
     comparison = measured.comparison
     fp32, int8 = _side(comparison.fp32, timings["fp32"]), _side(comparison.int8, timings["int8"])
@@ -312,6 +345,7 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
     return {
         "model": contract.kind, "output": str(output),
         "method": options.method, "samples": stats.read, "options": options.summary(),
+        "target": {"cpu": options.target, "reduce_range": options.reduce_range, "rule": options.rule},
         "fp32": fp32, "int8": int8,
         "miou_drop": _difference(fp32["miou"], int8["miou"]),
         "per_class_iou_drop": ({k: _difference(v, int8["per_class_iou"][k]) for k, v in fp32["per_class_iou"].items()}
@@ -332,12 +366,14 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
         "accuracy_control": control.to_report(timings) if control else None,
         "frames": {"source": stats.source, "kind": stats.kind, "read": stats.read, "skipped": stats.skipped,
                    "masks": stats.masks, "thresholded_masks": stats.thresholded_masks,
-                   "median_autocorrelation": stats.median_autocorrelation, "evaluated_on": "the calibration frames"},
+                   "median_autocorrelation": stats.median_autocorrelation, "evaluated_on": evaluated_on,
+                   "calibrated_on": stats.read if calibrated_on is None else calibrated_on},
         "cpu": dict(zip(("int8_dot_product", "flags"), _measure.cpu_int8_support())),
         "peak_mb": _peak_mb(),
         "peak_mb_after": dict(peaks),
         "trt_table": trt_files,
-        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings),
+        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings,
+                                    agreement=comparison.agreement, masks=bool(comparison.fp32)),
     }
 
 
@@ -351,9 +387,14 @@ def _difference(before: float | None, after: float | None) -> float | None:
 
 
 def report_warnings(*, stats: FrameStats, floats: FloatCompute, options: QuantizeOptions,
-                    timings: Mapping[str, _measure.Timing]) -> list[str]:
-    """What limits the result: too few or too alike frames, masks thresholded, CPU, float compute, speed."""
+                    timings: Mapping[str, _measure.Timing], agreement: float | None = None,
+                    masks: bool = False) -> list[str]:
+    """What limits the result: too few or too alike frames, masks thresholded, CPU, float compute, speed,
+    and an agreement with FP32 below :data:`MIN_AGREEMENT` where there are no masks to judge by."""
     warnings = []
+    if agreement is not None and not masks and agreement < MIN_AGREEMENT:
+        warnings.append(f"FP32/INT8 pixel agreement is {100 * agreement:.2f}%, below {100 * MIN_AGREEMENT:g}%: "
+                        "return the worst layers to float with --max-drop 1, or calibrate on more varied frames.")
     if stats.skipped:
         warnings.append(f"{stats.skipped} calibration frame(s) were unreadable and skipped "
                         f"(first: {stats.skipped_reasons[0]}).")
@@ -396,7 +437,9 @@ def _float_warning(floats: FloatCompute, options: QuantizeOptions) -> str:
 
 
 def _check_request(*, model: Path, output: Path, report, chart, chunk: int, timing_rounds: int,
-                   budget: Budget | None) -> None:
+                   budget: Budget | None, holdout: float) -> None:
+    if not 0.0 <= holdout < 1.0:
+        raise EdgesegError(f"--holdout must be a share in [0, 1), got {holdout}.")
     if chunk < 1 or timing_rounds < 1:
         raise EdgesegError(f"--chunk and --rounds must be at least 1, got {chunk} and {timing_rounds}.")
     if output.resolve() == model.resolve():
@@ -506,6 +549,9 @@ def format_table(report: dict) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
     lines.append(f"speedup {report['speedup']:.2f}x   method {report['method']}   samples {report['samples']}")
+    lines.append(f"INT8 rule: {report['target']['rule']}")
+    if report["frames"]["evaluated_on"] != "the calibration frames":
+        lines.append(f"accuracy measured on {report['frames']['evaluated_on']}")
     if report["agreement"] is not None:
         lines.append(f"pixel class agreement {pct(report['agreement'])}%   "
                      f"mean |p32-p8| {report['mean_abs_prob_diff']:.4f}")

@@ -101,7 +101,7 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
         agree += int((ca == cb).sum())
         total += ca.size
         if frames.masks is not None:
-            truth = np.asarray(frames.masks[start : start + len(batch)])
+            truth = frames.mask_batch(start, start + len(batch))
             scores["fp32"].add(truth, ca)
             scores["int8"].add(truth, cb)
     result.agreement = agree / max(1, total)
