@@ -51,7 +51,8 @@ class Model:
     this machine"): OpenVINO bf16 ran FCN-8 4.9x onnxruntime FP32 on the AMX machine at 99.97% agreement;
     on an AVX2-only CPU the heuristic keeps onnxruntime, the faster there.
     ``provider`` and ``optimization`` are onnxruntime's (see :func:`make_session`); ``precision`` is
-    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``; so is ``throughput``
+    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``, or ``fp16``: onnxruntime on the
+    GPU (CUDA, or TensorRT with ``provider="tensorrt"``), refused in one line where there is none; so is ``throughput``
     (several streams, each batch split across them: for batched files, not live sources). ``threads`` goes to
     either engine (None: each engine's measured default). ``engine`` and ``precision`` say what
     really runs (``precision`` is ``fp32`` for onnxruntime).
@@ -75,6 +76,12 @@ class Model:
                            bar, tuning_cache, strict)
         if engine not in ENGINES:
             raise EdgesegError(f"Unknown engine {engine!r}: expected one of {', '.join(ENGINES)}.")
+        if precision == "fp16":  # the GPU's half precision: onnxruntime's CUDA or TensorRT provider, never the CPU
+            if engine == "openvino" or provider == "cpu":
+                raise EdgesegError(f"precision 'fp16' is the GPU path (onnxruntime CUDA or TensorRT), not engine "
+                                   f"{engine!r} with provider {provider!r}; on the CPU use precision 'bf16' (OpenVINO) "
+                                   "or the default.")
+            named, engine, provider = True, "onnxruntime", "cuda" if provider == "auto" else provider
         self.config = EngineConfig(engine=engine, precision=precision, threads=threads, throughput=throughput)
         self.choice_reason = f"engine={engine!r} asked for"
         if engine == "auto":
@@ -110,13 +117,14 @@ class Model:
             inputs = self._openvino.inputs
             output_names = self._openvino.outputs
         else:
-            if precision != "auto":
+            if precision not in ("auto", "fp16"):
                 raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
-                                   "fp32 (use engine='openvino', or leave precision at 'auto').")
+                                   "fp32, or fp16 on a GPU (use engine='openvino', precision 'fp16', or leave it at "
+                                   "'auto').")
             self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization,
-                                        strict=strict)
+                                        strict=strict, fp16=precision == "fp16")
             self.providers = tuple(self.session.get_providers())
-            self.precision = "fp32"
+            self.precision = "fp16" if precision == "fp16" else "fp32"
             self.streams = 1
             inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
             output_names = [o.name for o in self.session.get_outputs()]
@@ -127,6 +135,12 @@ class Model:
         self.output_name = output_names[0]
         if self.contract.kind in ("segmentation", "autoencoder"):  # an encoder/decoder half may take vectors
             self._check_input_shape(dict(inputs)[self.input_name])
+        # A fixed-batch export (`export --batch N`) takes exactly N frames: `run` pads a short batch and drops
+        # the padding, and the batch to feed (config.batch, which segment uses) becomes N.
+        first = list(dict(inputs)[self.input_name])[:1]
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+        if self.fixed_batch and self.fixed_batch > 1 and self.config.batch == 1:
+            self.config = dataclasses.replace(self.config, batch=self.fixed_batch)
         self._uses_cuda = CUDA in self.providers
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
         self.mask_dtype = post.mask_dtype(self.contract)
@@ -176,12 +190,24 @@ class Model:
         A model whose output does not hold one result per input frame raises EdgesegError.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        output = self._run(batch)
+        fixed = self.fixed_batch
+        if fixed is not None and len(batch) != fixed:
+            output = np.concatenate([self._run_padded(batch[start:start + fixed], fixed)
+                                     for start in range(0, len(batch), fixed)])
+        else:
+            output = self._run(batch)
         if np.ndim(output) == 0 or output.shape[0] != batch.shape[0]:
             got = "a scalar" if np.ndim(output) == 0 else f"{output.shape[0]} (shape {list(output.shape)})"
             raise EdgesegError(f"model `{self.path}` returned {got} result(s) for a batch of {batch.shape[0]} frames: "
                                "its output's first axis must be the batch. Fix the model, or run with --batch 1.")
         return output
+
+    def _run_padded(self, part: np.ndarray, size: int) -> np.ndarray:
+        # The last frame repeated (values the model has seen, unlike zeros); its results are dropped.
+        count = len(part)
+        if count < size:
+            part = np.concatenate([part, np.repeat(part[-1:], size - count, axis=0)])
+        return self._run(part)[:count]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._openvino is not None:

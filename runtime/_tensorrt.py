@@ -239,8 +239,8 @@ def _is_quantized(path: Path, model: Any) -> bool:
     from edgeseg.runtime.contract import Contract
 
     contract = Contract.from_onnx(path, origin=f"model `{path}`")
-    if contract is not None and contract.calibration:
-        return True
+    if contract is not None:  # edgeseg's files say so in their contract (a float file needs no onnx package here)
+        return bool(contract.calibration)
     return any(node.op_type == "QuantizeLinear" for node in _load(path).graph.node)
 
 

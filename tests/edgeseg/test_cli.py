@@ -50,6 +50,9 @@ def _without(tmp_path, *modules):
     (["export", "samples/models/fcn8/model.keras", "-o", "m.onnx"], ("tensorflow", "keras", "tf2onnx"), "export"),
     (["calibrate", "samples/models/fcn8/model.onnx", "--data", "samples/folder", "-o", "x.int8.onnx"], ("onnx",),
      "calibrate"),
+    # A runtime-only install: exit 2 naming the extra, not exit 3 "a bug in edgeseg verify" (issue 24).
+    (["verify", "samples/models/fcn8/model.keras", "samples/models/fcn8/model.onnx"], ("tensorflow", "keras", "tf2onnx"),
+     "export"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, command, hidden, extra):
     command = [str(tmp_path / arg) if arg.endswith(".onnx") and "/" not in arg else arg for arg in command]
