@@ -173,7 +173,8 @@ def strip_qdq(model: Any, *, keep: set[str] = frozenset()) -> Any:
         if quantizer is not None and quantizer.op_type == "QuantizeLinear":
             dropped.update((id(node), id(quantizer)))
             group[find(node.output[0])] = find(quantizer.input[0])
-            if _clips_at_zero(quantizer, inits):
+            made_by = producer.get(quantizer.input[0])
+            if made_by is not None and made_by.op_type in _ABSORBS_RELU and _clips_at_zero(quantizer, inits):
                 floor_zero.add(node.output[0])
     outputs = {o.name for o in graph.output}
     members: dict[str, list[str]] = {}
@@ -205,6 +206,10 @@ def strip_qdq(model: Any, *, keep: set[str] = frozenset()) -> Any:
     graph.initializer.extend(remaining + [w for w in folded if w.name in used])
     del graph.value_info[:]  # the quantized types no longer hold
     return onnx.shape_inference.infer_shapes(out)
+
+
+# The ops after which onnxruntime's QDQ quantizer drops a Relu (an unsigned zero-point-0 quantizer clips the same).
+_ABSORBS_RELU = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul"})
 
 
 def _clips_at_zero(quantizer: Any, inits: dict[str, Any]) -> bool:
