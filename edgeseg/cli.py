@@ -25,6 +25,7 @@ from edgeseg.runtime.errors import EdgesegError
 _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.export",
     "edgeseg.calibration",
+    "edgeseg.evaluate",
     "edgeseg.runtime",
     "edgeseg.bench",
     "edgeseg.tune",
@@ -65,7 +66,7 @@ _EXTRA_OF_MODULE = {
 }
 # What a whole command needs, when the missing module is not one of the above.
 _EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",
-                     "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
+                     "eval": "calibrate", "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
 
 
 def missing_extra_message(command: str, error: ModuleNotFoundError) -> str:

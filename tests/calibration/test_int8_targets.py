@@ -108,3 +108,26 @@ def test_symmetric_int8_runs_its_own_scales_and_no_table_is_refused_in_one_line(
         tensorrt_plan(plain, engine_cache=tmp_path / "cache")
     assert "\n" not in str(error.value)
     assert tensorrt_plan(model, fp16=True, engine_cache=tmp_path / "cache").options["trt_fp16_enable"] is True
+
+
+def test_max_drop_holds_frames_out_of_the_ranges_and_reports_on_them(kit, tmp_path, seg_model):
+    import cv2
+
+    from edgeseg.calibration import Budget
+
+    # 8 frames; the split holds out 2 of them, spread evenly (positions 2 and 5). Those two are bright, the
+    # rest dark: ranges fitted without them clip them, so the held-out figure is far worse than the figure
+    # on the frames the ranges came from, and that is the one reported.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        image = kit.natural_image(rng) // 3  # dark: 0..85
+        cv2.imwrite(str(frames / f"f{i}.png"), 170 + image if i in (2, 5) else image)
+    common = dict(timing_rounds=1, sqnr_frames=1, budget=Budget(max_drop=100.0))
+    held = calibrate(seg_model, frames, output=tmp_path / "a.onnx", **common)
+    seen = calibrate(seg_model, frames, output=tmp_path / "b.onnx", holdout=0.0, **common)
+    assert held["frames"]["calibrated_on"] == 6 and held["frames"]["evaluated_on"].startswith("2 held-out frames")
+    assert seen["frames"]["calibrated_on"] == 8 and seen["frames"]["evaluated_on"] == "the calibration frames"
+    assert held["agreement"] < seen["agreement"] - 0.05
+    assert held["accuracy_control"]["drop_before"] == pytest.approx(100 * (1 - held["agreement"]))
