@@ -42,6 +42,7 @@ from edgeseg.runtime._tuning import (
     machine_fingerprint,
     pick,
     record_path,
+    require_gpu_fp16,
 )
 from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
@@ -75,6 +76,7 @@ __all__ = [
     "heuristic_config",
     "machine_fingerprint",
     "record_path",
+    "require_gpu_fp16",
     "METADATA_KEY",
     "BadInputError",
     "Contract",

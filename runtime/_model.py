@@ -99,6 +99,7 @@ class Model:
                     self.config.describe(), self.choice_reason)
             engine, precision = self.config.engine, self.config.precision
             threads, throughput = self.config.threads, self.config.throughput
+            provider = "cuda" if precision == "fp16" and provider == "auto" else provider  # a record's GPU fp16
             precision = "auto" if engine == "onnxruntime" and precision == "f32" else precision
         self.engine = engine
         self.session: Any = None

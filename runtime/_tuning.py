@@ -51,7 +51,8 @@ class EngineConfig:
 
     def describe(self) -> str:
         """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
-        precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
+        onnxruntime = "fp16" if self.precision == "fp16" else "fp32"
+        precision = "int8 file" if self.file == "int8" else onnxruntime if self.engine == "onnxruntime" else self.precision
         threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
         mode = "throughput" if self.throughput else "latency"
         fused = ", fused class ids" if self.fused else ""
@@ -195,6 +196,15 @@ def heuristic_config(*, provider: str = "auto", kind: str | None = None) -> tupl
     if not bf16:
         return EngineConfig(), "heuristic: no bf16 in this CPU -> onnxruntime fp32"
     return EngineConfig(), "heuristic: OpenVINO is not installed -> onnxruntime fp32"
+
+
+def require_gpu_fp16(what: str) -> None:
+    """Refuse ``what`` in one line where onnxruntime has no CUDA provider: fp16 is the GPU path, and an
+    fp16 request answered by the CPU in fp32 would be a silent fallback."""
+    if not _ort_has_cuda():
+        raise EdgesegError(f"{what} runs onnxruntime in fp16 on an NVIDIA GPU, and this onnxruntime has no CUDA "
+                           "provider: install onnxruntime-gpu (pip install 'edgeseg[gpu]') on a machine with a GPU; "
+                           "on this CPU use bf16 (OpenVINO, CPUs with AVX512-BF16/AMX) or the default.")
 
 
 def _usable(entry: dict[str, Any] | None) -> str | None:

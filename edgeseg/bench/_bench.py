@@ -29,13 +29,14 @@ log = logging.getLogger("edgeseg.bench")
 
 RUNNERS = (
     "keras-predict", "keras-predict-1", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32",
-    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast",
+    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16",
 )
+GPU_RUNNERS = ("edgeseg-fp16",)  # the runtime in fp16 on onnxruntime's CUDA provider: --precision fp16 adds it
 # What runs when no --runners are given, by the model's kind. Segmentation's keras-predict is one
 # frame per call already; an autoencoder's runs Keras' default batch (32) and keras-predict-1 one image per call.
 DEFAULT_RUNNERS = {
-    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1"),
-    "autoencoder": RUNNERS,
+    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1" and r not in GPU_RUNNERS),
+    "autoencoder": tuple(r for r in RUNNERS if r not in GPU_RUNNERS),
 }
 # Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
 INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
@@ -63,8 +64,15 @@ class BenchConfig:
     threads: int | None = None
     work_dir: Path | None = None
     measure_ceiling: bool = True
+    precision: str = "auto"  # "fp16": also run edgeseg-fp16 (the GPU path); refused where onnxruntime has no CUDA
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            from edgeseg.runtime import require_gpu_fp16
+
+            require_gpu_fp16("bench --precision fp16")
         unknown = [r for r in self.runners or () if r not in RUNNERS]
         if unknown:
             raise EdgesegError(
@@ -105,6 +113,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         raise EdgesegError(f"bench runs segmentation and autoencoder models; `{config.model}` is an {kind!r} model "
                            "(its contract's kind). Pass the whole model.")
     selected = config.runners or DEFAULT_RUNNERS[kind]
+    if config.precision == "fp16" and "edgeseg-fp16" not in selected:
+        selected = (*selected, "edgeseg-fp16")
     flops = count_flops(config.model)["total"]
     ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
 

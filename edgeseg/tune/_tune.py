@@ -58,8 +58,15 @@ class TuneOptions:
     threads: tuple[int, ...] | None = None
     engines: tuple[str, ...] = ("onnxruntime", "openvino")
     progress: bool = True
+    precision: str = "auto"  # "fp16": the candidates are onnxruntime fp16 on the GPU (refused without CUDA)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            from edgeseg.runtime import require_gpu_fp16
+
+            require_gpu_fp16("tune --precision fp16")
         if self.seconds <= 0 or self.frames < 1:
             raise EdgesegError(f"--seconds must be > 0 and frames >= 1, got {self.seconds} and {self.frames}.")
         if self.int8 is not None and not Path(self.int8).is_file():
@@ -95,6 +102,9 @@ def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino:
     if "onnxruntime" in options.engines:
         for file in files:
             found += [EngineConfig("onnxruntime", "auto", t, b, False, file) for t in threads for b in options.batches]
+    if options.precision == "fp16":  # the GPU's half precision on the FP32 file, next to the GPU's fp32 reference
+        found = [REFERENCE, *(EngineConfig("onnxruntime", "fp16", None, b, False, "fp32") for b in options.batches),
+                 *(c for c in found[1:] if c.engine == "onnxruntime")]
     unique: list[EngineConfig] = []
     for config in found:
         if config not in unique:
