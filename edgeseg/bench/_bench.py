@@ -409,8 +409,8 @@ def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source
             from edgeseg.calibration import Budget, calibrate
 
             # Accuracy control is part of how the INT8 file is made: the worst-SQNR layers go back to float
-            # until FP32/INT8 disagreement on the calibration frames is at most half of edgeseg-fast's 1% allowance
-            # (held-out frames and OpenVINO's own kernels spend some of the rest).
+            # until FP32/INT8 disagreement on the frames held out from the ranges (calibrate's --holdout) is at most
+            # half of edgeseg-fast's 1% allowance (other frames and OpenVINO's own kernels spend some of the rest).
             calibrate(onnx_path, source, output=int8, report=work / "calibrate.json", budget=Budget(FAST_MAX_DROP))
             notes.append(f"calibrated {int8} on {source}")
         except EdgesegError as error:

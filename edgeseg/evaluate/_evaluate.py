@@ -217,11 +217,12 @@ def format_table(report: dict[str, Any]) -> str:
     width = max(len("file"), *(len(n) for n in names.values()))
     if report["kind"] == "segmentation":
         classes = report["classes"] or list(runs[0]["per_class_iou"])
+        columns = [max(7, len(f"IoU {c}")) for c in classes]
         head = f"{'file':<{width}}  {'engine':<11} {'precision':<10} {'mIoU %':>7} {'pix acc %':>9}" + "".join(
-            f" {('IoU ' + c)[:12]:>12}" for c in classes)
+            f" {'IoU ' + c:>{w}}" for c, w in zip(classes, columns))
         rows = [head]
         for run in runs:
-            ious = "".join(f" {_pct(run['per_class_iou'].get(c)):>12}" for c in classes)
+            ious = "".join(f" {_pct(run['per_class_iou'].get(c)):>{w}}" for c, w in zip(classes, columns))
             rows.append(f"{names[run['file']]:<{width}}  {run['engine']:<11} {run['precision']:<10} "
                         f"{_pct(run['miou']):>7} {_pct(run['pixel_acc']):>9}{ious}")
     else:
