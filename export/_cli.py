@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the same inputs through the Keras model and its ONNX export and compare the outputs of "
         "every layer it can match, listing those it cannot with the reason, and of the final output. Exit 0 when "
         "all are within tolerance; 1 naming the first layer that is not; 2 when it cannot start (bad options, a "
-        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph onnxruntime refuses to load); 3 when it started "
+        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph the engine refuses to load, an engine or "
+        "precision this machine cannot run, a missing extra such as TensorFlow); 3 when it started "
         "but could not finish (onnxruntime failed running a file it had loaded, or a defect of verify). With "
         "--report the JSON is written in every case: ok false, exit_code and error say why.",
     )

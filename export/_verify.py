@@ -488,7 +488,7 @@ def _onnx_probe(
         names.append(tensor)
         chosen[probe.name] = layouts.get(tensor, "?")
     name, precision, path = engine
-    session = EngineProbe(path if path is not None else proto, names, engine=name, precision=precision)
+    session = EngineProbe(path if path is not None else proto, names, engine=name, precision=precision, proto=proto)
     chosen["<output>"] = layouts.get(graph.output[0].name, "?")
     return session, names, chosen, unmatched
 

@@ -286,7 +286,7 @@ class Instrumentation:
 class EngineProbe:
     """One file on one engine at one precision, with ``tensors`` readable after each run.
 
-    ``model``: the ONNX file (a path). ``tensors``: names of ONNX tensors to read (graph outputs and
+    ``model``: the ONNX file (a path), or a ``ModelProto`` not written yet. ``tensors``: names of ONNX tensors to read (graph outputs and
     the graph input included). ``engine``: onnxruntime, openvino or tensorrt; ``precision``: fp32,
     bf16, fp16 or int8 (see :func:`resolve_target` for ``auto``). ``provider``: onnxruntime's (``auto``:
     CUDA where onnxruntime has it, else the CPU). A combination the engine cannot run here, or one it
@@ -301,10 +301,10 @@ class EngineProbe:
 
     def __init__(self, model: str | os.PathLike | Any, tensors: Sequence[str], *, engine: str, precision: str,
                  provider: str = "auto", threads: int | None = None,
-                 engine_cache: str | os.PathLike | None = None) -> None:
+                 engine_cache: str | os.PathLike | None = None, proto: Any = None) -> None:
         self._tmp: tempfile.TemporaryDirectory | None = None
-        if isinstance(model, (str, os.PathLike)):
-            self.path, self.proto = Path(model), _load(model)
+        if isinstance(model, (str, os.PathLike)):  # `proto`: the file's graph when the caller has read it already
+            self.path, self.proto = Path(model), proto if proto is not None else _load(model)
         else:  # a ModelProto in memory (export's check before writing): engines that read files get a copy
             self.proto = model
             self._tmp = tempfile.TemporaryDirectory(prefix="edgeseg-probe-")

@@ -22,11 +22,12 @@ def files(model_files, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("engines")
     make_scene_set(folder / "scenes" / "images", folder / "scenes" / "masks", count=8, size=48, classes=2, seed=3)
+    make_scene_set(folder / "verify" / "images", folder / "verify" / "masks", count=2, size=48, classes=2, seed=4)
     fp32, int8 = folder / "fcn8.onnx", folder / "fcn8.int8.onnx"
     assert main(["export", str(model_files["fcn8"]), "-o", str(fp32)]) == 0
     calibrate(fp32, folder / "scenes" / "images", output=int8, options=QuantizeOptions(), samples=8, timing_rounds=1,
               sqnr_frames=1)
-    return {"keras": model_files["fcn8"], "fp32": fp32, "int8": int8, "images": folder / "scenes" / "images"}
+    return {"keras": model_files["fcn8"], "fp32": fp32, "int8": int8, "images": folder / "verify" / "images"}
 
 
 def _verify(files, onnx_path, report, *extra):
