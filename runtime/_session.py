@@ -102,6 +102,7 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
         from edgeseg.runtime._tensorrt import tensorrt_plan
 
         plan = tensorrt_plan(path, fp16=fp16, engine_cache=engine_cache)
+        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         requested.insert(0, (TENSORRT, plan.options))
         model = plan.model
         log.info("%s: TensorRT %s%s", path.name, plan.precision, f" ({plan.notes[0]})" if plan.notes else "")

@@ -64,8 +64,7 @@ def tensorrt_plan(path: str | os.PathLike, *, fp16: bool = False, engine_cache: 
         print(plan.int8, plan.options["trt_int8_enable"])   # "table" True
     """
     path = Path(path)
-    cache = engine_cache_dir(engine_cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = engine_cache_dir(engine_cache)  # created by the caller when it builds the session (a GPU is there then)
     options: dict[str, Any] = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                                "trt_fp16_enable": bool(fp16)}
     source = model if model is not None else str(path)

@@ -496,6 +496,7 @@ class _OrtRunner:
             raise EdgesegError(f"engine tensorrt needs an NVIDIA GPU with TensorRT and onnxruntime-gpu; this "
                                f"onnxruntime has {', '.join(available)} only (pip install 'edgeseg[gpu]' and "
                                "TensorRT on a GPU machine).")
+        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         return [(TENSORRT, plan.options)], plan.model
 
     def run(self, feed: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
