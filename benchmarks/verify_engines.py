@@ -10,7 +10,6 @@ layer's SQNR, so the INT8 file's per-layer SQNR on onnxruntime and on OpenVINO s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

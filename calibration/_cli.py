@@ -80,7 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--max-drop's control are measured on them (default: 0.25 with --max-drop, else 0: "
                         "everything calibrates and is measured)")
     p.add_argument("--trt-table", metavar="DIR", default=None,
-                   help="also write a TensorRT calibration table into DIR (default: none). Format: " + TRT_TABLE_FORMAT)
+                   help="also write a TensorRT calibration table into DIR (default: none); the INT8 file's contract "
+                        "records where (keep DIR beside it), and `--provider tensorrt` with the INT8 file runs TensorRT "
+                        "INT8 by it. Format: " + TRT_TABLE_FORMAT)
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for FP32 and INT8 alike (default: the runtime's choice, as in edgeseg segment: "
                         "every core on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
