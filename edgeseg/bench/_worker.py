@@ -26,7 +26,7 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
 # Runners that need TensorFlow; the orchestrator skips them where it is absent.
 KERAS_RUNNERS = ("keras-predict", "keras-predict-1", "keras-call")
-EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast")
+EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16")
 
 
 class Skip(Exception):
@@ -367,6 +367,11 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as error:  # noqa: BLE001 - e.g. openvino missing: the runner is skipped, saying why
             raise Skip(str(error)) from None
         batch = config["batch"]
+    elif runner == "edgeseg-fp16":  # onnxruntime's CUDA provider in fp16 (the contract's I/O stays float32)
+        try:
+            model = Model(model_path, precision="fp16", threads=job.get("threads"))
+        except Exception as error:  # noqa: BLE001 - no GPU here: the runner is skipped, saying why
+            raise Skip(str(error)) from None
     else:
         model = Model(model_path, threads=job.get("threads"))
     out = Path(job["out"])

@@ -25,7 +25,9 @@ def exports(model_files, tmp_path_factory):
 
 
 def _verify(keras_path, onnx_path, report, *extra):
-    code = main(["verify", str(keras_path), str(onnx_path), "--report", str(report), *extra])
+    # Pinned: `--engine auto` (the default) depends on the CPU (OpenVINO bf16 where it has bf16).
+    engine = [] if "--engine" in extra else ["--engine", "onnxruntime"]
+    code = main(["verify", str(keras_path), str(onnx_path), "--report", str(report), *engine, *extra])
     return code, (json.loads(report.read_text()) if report.exists() else None)
 
 
