@@ -18,6 +18,9 @@ Judging: fp32 by max-abs error <= tolerance x max(1, value range) (the export's 
 precisions by SQNR in dB of the engine's tensor against the reference (10 log10 of signal power over
 error power), each with its own default bar (:data:`DEFAULT_SQNR_DB`).
 
+NumPy and the engines load when a probe runs, not on import: ``edgeseg verify --help`` shows the bars
+(:data:`DEFAULT_SQNR_DB`) without them.
+
 Example::
 
     from edgeseg.runtime.probe import EngineProbe
@@ -35,14 +38,15 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from edgeseg.runtime._engines import BF16_FLAGS, cpu_flags
 from edgeseg.runtime._modelfile import ModelFile
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.extras import install_hint, require
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -87,6 +91,8 @@ class TensorStats:
         self.signal = self.noise = 0.0
 
     def add(self, expected: np.ndarray, got: np.ndarray) -> None:
+        import numpy as np
+
         expected = np.asarray(expected, np.float64)
         diff = expected - np.asarray(got, np.float64)
         if diff.size == 0:
@@ -260,6 +266,8 @@ class Instrumentation:
     pixels: int = 0
 
     def add(self, plain: np.ndarray, probed: np.ndarray) -> None:
+        import numpy as np
+
         plain, probed = np.asarray(plain, np.float64), np.asarray(probed, np.float64)
         self.max_abs_diff = max(self.max_abs_diff, float(np.abs(plain - probed).max()) if plain.size else 0.0)
         self.range = max(self.range, float(plain.max() - plain.min()) if plain.size else 0.0)
@@ -372,6 +380,8 @@ def engine_tensors(onnx_path: str | os.PathLike, tensor_names: Sequence[str], in
 
         values = engine_tensors("fcn8.int8.onnx", ["conv1/Relu:0"], [batch], engine="openvino", precision="int8")
     """
+    import numpy as np
+
     with EngineProbe(onnx_path, tensor_names, engine=engine, precision=precision, provider=provider) as probe:
         runs = [probe.run(np.ascontiguousarray(batch, np.float32)) for batch in inputs]
     return {name: np.concatenate([run[name] for run in runs]) for name in dict.fromkeys(tensor_names)} if runs else {}
@@ -491,6 +501,8 @@ class _OrtRunner:
         return [(TENSORRT, plan.options)], plan.model
 
     def run(self, feed: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         wanted = list(dict.fromkeys([self.output_name, *names]))
         values = self.session.run(wanted, {self.input_name: feed})
         return {name: np.asarray(value, np.float32) for name, value in zip(wanted, values)}
@@ -532,6 +544,8 @@ class _OpenVinoRunner:
         self.output_name = proto.graph.output[0].name
 
     def run(self, feed: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        import numpy as np
+
         result = self.request.infer({0: feed})
         out = {name: np.asarray(result[self.ports[name]], np.float32) for name in names}
         out[self.output_name] = np.asarray(result[self.compiled.outputs[0]], np.float32)
