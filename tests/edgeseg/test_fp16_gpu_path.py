@@ -1,4 +1,4 @@
-"""`--precision fp16` on bench and tune: the GPU path, refused in one line where onnxruntime has no CUDA."""
+"""`--precision fp16` on segment, bench and tune: the GPU path, refused in one line where onnxruntime has no CUDA."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ pytestmark = pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_avail
     ["bench", "--model", "samples/models/fcn8/model.onnx", "--source", "samples/scenes.avi", "--json", "b.json",
      "--precision", "fp16"],
     ["tune", "samples/models/fcn8/model.onnx", "--precision", "fp16"],
+    ["segment", "samples/scenes.avi", "--model", "samples/models/fcn8/model.onnx", "--out", "out", "--precision", "fp16"],
+    ["segment", "samples/scenes.avi", "--model", "samples/models/fcn8/model.onnx", "--out", "out", "--precision", "fp16",
+     "--provider", "tensorrt"],
 ])
 def test_fp16_without_cuda_is_one_line_and_exit_2(command, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -23,7 +26,7 @@ def test_fp16_without_cuda_is_one_line_and_exit_2(command, capsys, tmp_path, mon
     assert main(command) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fp16 on an NVIDIA GPU" in err and "edgeseg[gpu]" in err
-    assert not (tmp_path / "b.json").exists()
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "out").exists()  # refused before anything is made
 
 
 def test_the_fp16_runner_and_candidates_exist_for_gpus():
