@@ -227,13 +227,6 @@ def _classes(text: str | None) -> tuple[str, ...] | None:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 # -- train ----------------------------------------------------------------------------------
 
 _BAD_ITEMS = ("Bad items (unreadable image, image/mask size mismatch, unpaired file, mask values outside "

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime.extras import missing_message
+from edgeseg.runtime.extras import installed, missing_message
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
@@ -299,10 +299,8 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
         raise Skip("no Keras model given (pass --keras M.keras)")
     if threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    try:
-        import keras  # noqa: F401
-    except ImportError:
-        raise Skip(missing_message("keras", purpose=runner, among=("export",))) from None
+    if not installed("keras"):  # looked up, not imported: load_model below imports it the one way export does
+        raise Skip(missing_message("keras", purpose=runner, among=("export",)))
     from edgeseg.export import load_model
 
     model, _ = load_model(keras_path)
