@@ -445,7 +445,7 @@ class _OrtRunner:
 
     def __init__(self, path: Path, proto: Any, names: list[str], *, engine: str, precision: str, provider: str,
                  threads: int | None, engine_cache: Any, quantized: bool) -> None:
-        ort = require("onnxruntime", purpose=f"engine {engine}", fix="or 'edgeseg[gpu]' for CUDA and TensorRT")
+        ort = require("onnxruntime", purpose=f"engine {engine}", fix=f"or {install_hint('gpu')} for CUDA and TensorRT")
         from edgeseg.runtime._session import CPU, CUDA, default_threads
 
         available = ort.get_available_providers()
