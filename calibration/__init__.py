@@ -33,6 +33,8 @@ _PUBLIC = {
     "CalibrationSet": "edgeseg.calibration._data",
     "load_calibration_set": "edgeseg.calibration._data",
     "cpu_int8_support": "edgeseg.calibration._measure",
+    "SegmentationScores": "edgeseg.calibration._measure",
+    "IGNORE": "edgeseg.calibration._data",
     "compute_flops": "edgeseg.calibration._measure",
     "count_flops": "edgeseg.calibration._flops",
 }

@@ -35,7 +35,18 @@ _FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "MatMul", "Fus
 
 
 @dataclass
-class _Scores:
+class SegmentationScores:
+    """A confusion matrix over class ids, and the scores from it: per-class IoU, mIoU, pixel accuracy.
+
+    Pixels whose truth is IGNORE (255: outside the frame, unlabelled) are left out. Calibration scores
+    FP32 and INT8 with it; ``edgeseg eval`` scores each deployed file.
+
+    Example::
+
+        scores = SegmentationScores(2); scores.add(truth, predicted)
+        scores.summary(("background", "cell"))   # {"miou", "pixel_acc", "per_class_iou"}
+    """
+
     classes: int
     confusion: np.ndarray | None = None
 
@@ -89,7 +100,7 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
     if contract.kind in ("autoencoder", "encoder"):
         result.reconstruction_mse = _output_errors(fp32_session, int8_session, input_name, frames, chunk)
         return result
-    scores = {"fp32": _Scores(max(2, len(names))), "int8": _Scores(max(2, len(names)))}
+    scores = {"fp32": SegmentationScores(max(2, len(names))), "int8": SegmentationScores(max(2, len(names)))}
     agree = total = 0
     abs_diff = 0.0
     values = 0
@@ -101,7 +112,7 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
         agree += int((ca == cb).sum())
         total += ca.size
         if frames.masks is not None:
-            truth = np.asarray(frames.masks[start : start + len(batch)])
+            truth = frames.mask_batch(start, start + len(batch))
             scores["fp32"].add(truth, ca)
             scores["int8"].add(truth, cb)
     result.agreement = agree / max(1, total)

@@ -26,6 +26,7 @@ from edgeseg.runtime.extras import check_extras, missing_message
 _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.export",
     "edgeseg.calibration",
+    "edgeseg.evaluate",
     "edgeseg.segment",
     "edgeseg.bench",
     "edgeseg.tune",
@@ -68,6 +69,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "export": ("export",),
     "verify": ("cpu", "export"),
     "calibrate": ("cpu", "calibrate"),
+    "eval": ("cpu", "calibrate"),
     "bench": ("cpu", "bench"),
     "tune": ("cpu",),
     "demo": ("cpu", "export", "calibrate", "bench"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_json_atomic
+from edgeseg.runtime.probe import DEFAULT_SQNR_DB
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the same inputs through the Keras model and its ONNX export and compare the outputs of "
         "every layer it can match, listing those it cannot with the reason, and of the final output. Exit 0 when "
         "all are within tolerance; 1 naming the first layer that is not; 2 when it cannot start (bad options, a "
-        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph onnxruntime refuses to load); 3 when it started "
+        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph the engine refuses to load, an engine or "
+        "precision this machine cannot run, a missing extra such as TensorFlow); 3 when it started "
         "but could not finish (onnxruntime failed running a file it had loaded, or a defect of verify). With "
         "--report the JSON is written in every case: ok false, exit_code and error say why.",
     )
@@ -76,8 +78,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--layers", choices=("all", "transposed"), default="all", help="which layers to report: all inspected ones (default) or Conv2DTranspose only"
     )
     verify.add_argument(
-        "--tolerance", type=float, default=1e-5, help="pass when max-abs error <= TOLERANCE x max(1, layer value range) (default: 1e-5)"
+        "--tolerance", type=float, default=1e-5, help="fp32: pass when max-abs error <= TOLERANCE x max(1, layer value "
+        "range) (default: 1e-5)"
     )
+    verify.add_argument("--engine", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto",
+                        help="the engine the ONNX side runs on, with the settings it deploys with; each layer's tensor "
+                        "is read from that engine itself (default: auto, what `edgeseg segment --engine auto` would run "
+                        "the file with: a tuning record, else OpenVINO on CPUs with bf16, else onnxruntime). A fallback "
+                        "(CPU for GPU, another precision) is refused, never reported as the asked-for engine")
+    verify.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+                        help="the precision the engine computes in (default: auto: int8 for an INT8 file, bf16 for "
+                        "OpenVINO on a CPU with bf16, else fp32). fp32 is judged by --tolerance, the others by SQNR")
+    for name, db in DEFAULT_SQNR_DB.items():
+        verify.add_argument(f"--sqnr-{name}", type=float, default=db, metavar="DB",
+                            help=f"{name}: pass when a layer's SQNR against Keras is at least DB dB (default: {db:g})")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
     verify.set_defaults(func=_run_verify)
@@ -128,8 +142,12 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_verify(args: argparse.Namespace) -> int:
     from edgeseg.export import _patches
 
-    _patches.import_tensorflow_quietly()
-    from edgeseg.export._verify import verify_files
+    try:
+        _patches.import_tensorflow_quietly()
+        from edgeseg.export._verify import verify_files
+    except ModuleNotFoundError as error:  # a runtime-only install: cli.main names the extra, exit 2
+        _verify_failed(args, 2, f"a package is not installed: {error.name}")
+        raise
 
     try:
         report = verify_files(
@@ -140,16 +158,23 @@ def _run_verify(args: argparse.Namespace) -> int:
             layers=args.layers,
             tolerance=args.tolerance,
             seed=args.seed,
+            engine=args.engine,
+            precision=args.precision,
+            sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB},
         )
     except EdgesegError as error:  # bad options or an unreadable file: the user's to fix, exit 2
         _verify_failed(args, 2, str(error))
         raise
+    except ModuleNotFoundError as error:  # an extra is not installed: cli.main says which, in one line, exit 2
+        _verify_failed(args, 2, f"a package is not installed: {error.name}")
+        raise
     except Exception as error:  # started, could not finish: its own exit code, still a report
         line = f"{type(error).__name__}: {error}".splitlines()[0]
         _verify_failed(args, VERIFY_CRASHED, line)
-        if type(error).__module__.startswith("onnxruntime"):
-            log.error("verify could not finish: onnxruntime loaded `%s` but failed running it (%s); re-export the model.",
-                      args.onnx, line)
+        engine = type(error).__module__.split(".")[0]
+        if engine in ("onnxruntime", "openvino"):
+            log.error("verify could not finish: %s loaded `%s` but failed running it (%s); re-export the model.",
+                      engine, args.onnx, line)
         else:
             log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
         return VERIFY_CRASHED
@@ -200,13 +225,6 @@ def _classes(text: str | None) -> tuple[str, ...] | None:
             raise EdgesegError(f"--classes needs at least one class, got {text!r}.")
         return ("background", *(f"class{i}" for i in range(1, count)))
     return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 # -- train ----------------------------------------------------------------------------------

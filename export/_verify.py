@@ -10,11 +10,10 @@ scope suffixes). So a file altered after export fails here, and the report names
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from edgeseg.runtime import preprocess, read_image
 from edgeseg.runtime.contract import Contract, InputSpec
 from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
+from edgeseg.runtime.probe import Bar, EngineProbe, TensorStats, ranked, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class LayerCheck:
     max_abs_err: float
     max_rel_err: float
     ok: bool
+    sqnr_db: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class VerifyReport:
     layers: tuple[LayerCheck, ...]
     output: dict[str, Any]
     not_compared: tuple[dict[str, str], ...] = ()  # {"name", "type", "reason"} per layer verify could not check
+    engine: dict[str, Any] = field(default_factory=dict)  # what ran: engine, device, precision, why (probe.Ran)
+    bar: dict[str, Any] = field(default_factory=dict)  # the precision's pass mark (probe.Bar)
+    ranked: tuple[dict[str, Any], ...] = ()  # compared layers, worst first
+    instrumentation: dict[str, Any] = field(default_factory=dict)  # probed vs deployed compile
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,10 @@ class VerifyReport:
             "layers": [{**vars(check), "shape": list(check.shape)} for check in self.layers],
             "output": dict(self.output),
             "not_compared": [dict(item) for item in self.not_compared],
+            "engine": dict(self.engine),
+            "bar": dict(self.bar),
+            "ranked": [dict(item) for item in self.ranked],
+            "instrumentation": dict(self.instrumentation),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -77,11 +86,12 @@ class VerifyReport:
 
     def table(self) -> str:
         width = max([len("layer")] + [len(c.name) for c in self.layers])
-        rows = [f"{'layer':<{width}}  {'type':<16} {'shape':<18} {'max_abs_err':>11} {'max_rel_err':>11}  ok"]
+        rows = [f"{'layer':<{width}}  {'type':<16} {'shape':<18} {'max_abs_err':>11} {'max_rel_err':>11} {'sqnr_db':>7}  ok"]
         for c in self.layers:
             shape = "x".join(str(d) for d in c.shape)
             mark = "ok" if c.ok else "FAIL"
-            rows.append(f"{c.name:<{width}}  {c.type:<16} {shape:<18} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g}  {mark}")
+            rows.append(f"{c.name:<{width}}  {c.type:<16} {shape:<18} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g} "
+                        f"{c.sqnr_db if c.sqnr_db is not None else float('nan'):>7.1f}  {mark}")
         for item in self.not_compared:
             rows.append(f"{item['name']:<{width}}  {item['type']:<16} not compared: {item['reason']}")
         out = f"output: max_abs_err {self.output['max_abs_err']:.3g}"
@@ -91,7 +101,15 @@ class VerifyReport:
         inputs = f"inputs: {self.inputs['count']} {self.inputs['kind']}"
         if self.inputs.get("skipped"):
             inputs += f" ({self.inputs['skipped']} unreadable, skipped)"
-        return "\n".join([*rows, out, f"{inputs}; tolerance {self.tolerance:g} x max(1, range); {verdict}"])
+        bar = Bar(**self.bar).describe() if self.bar else f"tolerance {self.tolerance:g} x max(1, range)"
+        lines = [*rows, out, f"{inputs}; {bar}; {verdict}"]
+        if self.engine:
+            lines.append(f"engine: {self.engine['engine']} on {self.engine['device']}, {self.engine['precision']} "
+                         f"({self.engine['detail']})")
+        if self.instrumentation and not self.instrumentation.get("same_as_deployed", True):
+            lines.append(f"note: with the layers read out the engine computed the output differently (max-abs "
+                         f"{self.instrumentation['max_abs_diff']:.3g}); the output above is the deployed one's")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -115,13 +133,21 @@ def verify_files(
     layers: str = "all",
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+    sqnr: dict[str, float] | None = None,
 ) -> VerifyReport:
     """Compare ``keras_path`` with its export ``onnx_path`` layer by layer.
+
+    ``engine``/``precision``: where the ONNX side runs (:mod:`edgeseg.runtime.probe`); ``auto`` is what
+    ``--engine auto`` runs the file with. ``sqnr``: SQNR bars in dB per lossy precision (defaults
+    :data:`edgeseg.runtime.probe.DEFAULT_SQNR_DB`).
 
     Example::
 
         report = verify_files("model.keras", "model.onnx", images="frames/")
         print(report.table()); assert report.ok, report.first_failure
+        report = verify_files("model.keras", "model.int8.onnx", engine="openvino", precision="int8")
     """
     from edgeseg.export._keras_file import load_model
     from edgeseg.runtime.files import sha256_of
@@ -136,8 +162,10 @@ def verify_files(
     recorded = contract.source.get("keras_sha256")
     if recorded and recorded != sha256_of(keras_path):
         log.warning("`%s` was exported from a different .keras file (sha256 %s...); comparing anyway.", onnx_path, recorded[:12])
+    target = resolve_target(onnx_path, engine=engine, precision=precision)
     return verify_models(
-        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed
+        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed,
+        engine=target.engine, precision=target.precision, sqnr=sqnr, onnx_path=onnx_path, why=target.why,
     )
 
 
@@ -171,6 +199,11 @@ def verify_models(
     layers: str = "all",
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+    sqnr: dict[str, float] | None = None,
+    onnx_path: str | os.PathLike | None = None,
+    why: str = "asked for",
 ) -> VerifyReport:
     """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``).
 
@@ -184,15 +217,16 @@ def verify_models(
         print(report.table())
     """
     _check_options(layers=layers, tolerance=tolerance)
-    sides, not_compared = _instrument(model, proto, contract)
+    bar = Bar.for_precision(precision, tolerance=tolerance, sqnr=sqnr)
+    sides, not_compared = _instrument(model, proto, contract, engine=(engine, precision, onnx_path))
     inputs = _inputs(model, contract, images=images, random=random, seed=seed)
     tally = _compare_all(inputs, sides=sides, contract=contract)
     wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
-    checks = _layer_checks(sides.probes, tally, wanted=wanted, tolerance=tolerance)
+    checks = _layer_checks(sides.probes, tally, wanted=wanted, bar=bar)
     not_compared += _unmatched(sides.probes, tally, wanted=wanted)
     if layers == "all":
         not_compared += _without_rule(sides.everyone)
-    output, output_ok = _output_summary(tally, tolerance=tolerance)
+    output, output_ok = _output_summary(tally, bar=bar)
     first = next((c.name for c in checks if not c.ok), None)
     if first is None and not output_ok:
         first = "output"
@@ -204,6 +238,10 @@ def verify_models(
         layers=tuple(checks),
         output=output,
         not_compared=tuple(not_compared),
+        engine={**sides.session.ran.to_dict(), "why": why},
+        bar=bar.to_dict(),
+        ranked=tuple(ranked({c.name: tally.stats[c.name] for c in checks}, bar)),
+        instrumentation=sides.session.instrumentation.to_dict(),
     )
 
 
@@ -235,10 +273,11 @@ class _Sides:
     nchw: bool
 
 
-def _instrument(model: Any, proto: Any, contract: Contract) -> tuple[_Sides, list[dict[str, str]]]:
+def _instrument(model: Any, proto: Any, contract: Contract, *, engine: tuple[str, str, Any]
+                ) -> tuple[_Sides, list[dict[str, str]]]:
     """Both sides, and the layers the Keras side could not probe (listed as not compared)."""
     probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
-    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
+    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract, engine=engine)
     sides = _Sides(probes=probes, everyone=everyone, keras_model=probe_model, session=session,
                    onnx_names=onnx_names, layouts=layouts, unmatched=unmatched,
                    input_name=proto.graph.input[0].name, fixed_batch=_fixed_batch(proto),
@@ -250,7 +289,7 @@ def _instrument(model: Any, proto: Any, contract: Contract) -> tuple[_Sides, lis
 class _Tally:
     """Running comparison over all inputs: per-probe errors and the output's argmax agreement."""
 
-    stats: dict[str, _Stats]
+    stats: dict[str, TensorStats]
     unmatched: dict[str, str]  # probes not compared, with the reason (grows when an ONNX shape fits neither layout)
     agree: int = 0
     pixels: int = 0
@@ -258,7 +297,7 @@ class _Tally:
 
 def _compare_all(inputs: _Inputs, *, sides: _Sides, contract: Contract) -> _Tally:
     # The last probe is the model's output.
-    tally = _Tally(stats={p.name: _Stats() for p in sides.probes}, unmatched=dict(sides.unmatched))
+    tally = _Tally(stats={p.name: TensorStats() for p in sides.probes}, unmatched=dict(sides.unmatched))
     log.info("edgeseg verify: %d input(s), layer by layer", inputs.count)
     bar = _bar(inputs.count)
     for batch in inputs.batches:
@@ -297,22 +336,22 @@ def _compare_one(batch: np.ndarray, *, sides: _Sides, tally: _Tally) -> tuple[np
     return keras_out, onnx_out
 
 
-def _layer_checks(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str], tolerance: float) -> list[LayerCheck]:
+def _layer_checks(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str], bar: Bar) -> list[LayerCheck]:
     """One check per compared layer of the wanted types (the model's output is reported apart)."""
     checks = []
     for probe in probes:
         if probe.type not in wanted or probe.name == "<output>" or probe.name in tally.unmatched:
             continue
         s = tally.stats[probe.name]
-        scale = max(1.0, s.range)
         checks.append(
             LayerCheck(
                 name=probe.name,
                 type=probe.type,
                 shape=tuple(int(d) for d in probe.tensor.shape[1:]),
                 max_abs_err=float(s.max_abs),
-                max_rel_err=float(s.max_abs / s.range) if s.range > 0 else float(s.max_abs),
-                ok=bool(s.max_abs <= tolerance * scale),
+                max_rel_err=float(s.max_rel),
+                ok=bar.judge(s),
+                sqnr_db=s.sqnr_db,
             )
         )
     return checks
@@ -324,18 +363,15 @@ def _unmatched(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str]) -
             for p in probes if p.type in wanted and p.name != "<output>" and p.name in tally.unmatched]
 
 
-def _output_summary(tally: _Tally, *, tolerance: float) -> tuple[dict[str, Any], bool]:
+def _output_summary(tally: _Tally, *, bar: Bar) -> tuple[dict[str, Any], bool]:
     final = tally.stats["<output>"]
-    output_ok = final.max_abs <= tolerance * max(1.0, final.range)
     agreement = tally.agree / tally.pixels if tally.pixels else None
-    return {"max_abs_err": float(final.max_abs), "argmax_agreement": agreement}, output_ok
+    return {"max_abs_err": float(final.max_abs), "sqnr_db": final.sqnr_db, "argmax_agreement": agreement}, bar.judge(final)
 
 
-def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
-    # A probe of a layer ONNX folded away may be the graph input itself, which is not an output.
-    wanted = [n for n in dict.fromkeys(names) if n != input_name]
-    values = dict(zip(wanted, session.run(wanted, {input_name: feed})))
-    values[input_name] = feed
+def _run(session: EngineProbe, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
+    # A probe of a layer ONNX folded away may be the graph input itself: the probe hands that back too.
+    values = session.run(feed)
     return [values[n] for n in names]
 
 
@@ -377,24 +413,6 @@ def _input_shape(model: Any, contract: Contract) -> tuple[Any, ...]:
         shape[0] = shape[0] or contract.input.height
         shape[1] = shape[1] or contract.input.width
     return tuple(shape)
-
-
-class _Stats:
-    """Running max-abs error and the Keras value range of one tensor over all inputs."""
-
-    def __init__(self) -> None:
-        self.max_abs, self.low, self.high = 0.0, math.inf, -math.inf
-
-    def add(self, expected: np.ndarray, got: np.ndarray) -> None:
-        diff = np.abs(expected.astype(np.float64) - got.astype(np.float64))
-        self.max_abs = max(self.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-        if np.isnan(diff).any():
-            self.max_abs = math.inf
-        self.low, self.high = min(self.low, float(expected.min())), max(self.high, float(expected.max()))
-
-    @property
-    def range(self) -> float:
-        return max(0.0, self.high - self.low)
 
 
 def _keras_probe(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str, _Probe], Any]:
@@ -439,9 +457,9 @@ def _report_names(model: Any) -> dict[tuple[tuple[str, ...], str], str]:
 
 
 def _onnx_probe(
-    proto: Any, probes: list[_Probe], everyone: dict[str, _Probe], contract: Contract
-) -> tuple[Any, list[str], dict[str, str], dict[str, str]]:
-    """An onnxruntime session on ``proto`` with each probe's tensor as an extra output.
+    proto: Any, probes: list[_Probe], everyone: dict[str, _Probe], contract: Contract, *, engine: tuple[str, str, Any]
+) -> tuple[EngineProbe, list[str], dict[str, str], dict[str, str]]:
+    """The deployed engine on ``proto`` with each probe's tensor read out (:class:`EngineProbe`).
 
     Also returns the probes no ONNX tensor could be found for, with the reason (listed as not compared).
     """
@@ -465,7 +483,8 @@ def _onnx_probe(
                 unmatched[probe.name] = reason
         names.append(tensor)
         chosen[probe.name] = layouts.get(tensor, "?")
-    session = _session_with_outputs(proto, names)
+    name, precision, path = engine
+    session = EngineProbe(path if path is not None else proto, names, engine=name, precision=precision, proto=proto)
     chosen["<output>"] = layouts.get(graph.output[0].name, "?")
     return session, names, chosen, unmatched
 
@@ -491,27 +510,6 @@ def _probe_tensor(probe: _Probe, *, scope_tensor: dict[str, str], everyone: dict
         tensor = graph_input if upstream is None else scope_tensor.get(upstream)
         cursor = everyone.get(upstream) if upstream is not None else None
     return tensor, reason
-
-
-def _session_with_outputs(proto: Any, names: list[str]) -> Any:
-    """An onnxruntime session on a copy of ``proto`` with ``names`` added as graph outputs, run as written."""
-    import onnx
-    import onnxruntime as ort
-
-    instrumented = onnx.ModelProto()
-    instrumented.CopyFrom(proto)
-    graph_input = proto.graph.input[0].name
-    present = {o.name for o in instrumented.graph.output}
-    for tensor in dict.fromkeys(names):
-        if tensor not in present and tensor != graph_input:
-            instrumented.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
-    options.log_severity_level = 4  # a failure is reported once, by verify, in one line
-    try:
-        return ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
 
 
 def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ What other packages and apps use, each concept once:
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
 - optional dependencies (:mod:`edgeseg.runtime.extras`): which extra brings which module, every install hint;
 - progress (:mod:`edgeseg.runtime.progress`): a bar on a terminal, a log line now and then when piped;
+- probe (:mod:`edgeseg.runtime.probe`): tensors from inside the deployed engine, judged per precision (verify);
 - frames and sources (:class:`Source`, one opener for what the user typed), sinks, engines (:data:`ENGINES`),
   :class:`Model`;
 - :func:`segment`: one loop for one source or many; its records (:mod:`edgeseg.runtime.records`, schema 2);
@@ -45,6 +46,7 @@ _PUBLIC = {
     "Model": "_model",
     "ENGINES": "_engines", "Engine": "_engines", "EngineConfig": "_engines", "cpu_flags": "_engines",
     "heuristic_config": "_engines", "openvino_available": "_engines", "resolve_engine": "_engines",
+    "require_gpu_fp16": "_engines",
     "ProviderFallbackWarning": "_session", "default_threads": "_session", "make_session": "_session",
     "fast_path": "_fused", "fuse_class_ids": "_fused",
     # engine choice from edgeseg tune's records
@@ -82,7 +84,7 @@ _PUBLIC = {
 # The public modules, reachable as attributes too (``edgeseg.runtime.postprocess.class_ids``), as when this
 # package imported them all.
 _MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress", "records", "http",
-            "client")
+            "client", "probe")
 
 __all__ = sorted(_PUBLIC)
 

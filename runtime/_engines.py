@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.extras import installed
+from edgeseg.runtime.extras import install_hint, installed
 
 # The CPU flags that give OpenVINO its bf16 kernels (AMX, or AVX512 with the BF16 extension).
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
@@ -32,7 +32,9 @@ class Engine:
 
     ``throughput``: the engine splits a batch across streams of its own (OpenVINO), so batched throughput
     configurations are candidates; ``fused``: the file with the class-id rule in its graph is a candidate
-    (benchmarks/fast_mode.py measured it 1.0-1.45x the plain file on OpenVINO).
+    (benchmarks/fast_mode.py measured it 1.0-1.45x the plain file on OpenVINO). ``gpu_precisions``: the
+    precisions that run only on an NVIDIA GPU (onnxruntime's fp16 on CUDA or TensorRT): accepted by
+    ``precision=``, refused in one line without the GPU, measured by ``edgeseg tune --precision`` only.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Engine:
     precisions: tuple[str, ...] = ("auto",)
     throughput: bool = False
     fused: bool = False
+    gpu_precisions: tuple[str, ...] = ()
 
     def available(self) -> bool:
         """True when the engine's module is installed (without importing it)."""
@@ -54,7 +57,7 @@ class Engine:
 
 
 ENGINES: dict[str, Engine] = {
-    "onnxruntime": Engine("onnxruntime", module="onnxruntime", extra="cpu"),
+    "onnxruntime": Engine("onnxruntime", module="onnxruntime", extra="cpu", gpu_precisions=("fp16",)),
     "openvino": Engine("openvino", module="openvino", extra="openvino", precisions=("auto", "f32", "bf16"),
                        throughput=True, fused=True),
 }
@@ -103,7 +106,8 @@ class EngineConfig:
 
     def describe(self) -> str:
         """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
-        precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
+        onnxruntime = "fp16" if self.precision == "fp16" else "fp32"  # onnxruntime's GPU half precision, else fp32
+        precision = "int8 file" if self.file == "int8" else onnxruntime if self.engine == "onnxruntime" else self.precision
         threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
         mode = "throughput" if self.throughput else "latency"
         fused = ", fused class ids" if self.fused else ""
@@ -154,6 +158,20 @@ def resolve_engine(engine: str, *, provider: str = "auto") -> str:
     if check_engine(engine) != "auto":
         return engine
     return heuristic_config(provider=provider)[0].engine
+
+
+def require_gpu_fp16(what: str) -> None:
+    """Refuse ``what`` in one line where onnxruntime has no CUDA provider: fp16 is the GPU path, and an
+    fp16 request answered by the CPU in fp32 would be a silent fallback.
+
+    Example::
+
+        require_gpu_fp16("--precision fp16")   # EdgesegError on a CPU-only machine
+    """
+    if not _ort_has_cuda():
+        raise EdgesegError(f"{what} runs onnxruntime in fp16 on an NVIDIA GPU, and this onnxruntime has no CUDA "
+                           f"provider: install onnxruntime-gpu ({install_hint('gpu')}) on a machine with a GPU; "
+                           "on this CPU use bf16 (OpenVINO, CPUs with AVX512-BF16/AMX) or the default.")
 
 
 def _ort_has_cuda() -> bool:

@@ -54,7 +54,8 @@ class Model:
     this machine"): OpenVINO bf16 ran FCN-8 4.9x onnxruntime FP32 on the AMX machine at 99.97% agreement;
     on an AVX2-only CPU the heuristic keeps onnxruntime, the faster there.
     ``provider`` and ``optimization`` are onnxruntime's (see :func:`make_session`); ``precision`` is
-    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``; so is ``throughput``
+    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``, or ``fp16``: onnxruntime on the
+    GPU (CUDA, or TensorRT with ``provider="tensorrt"``), refused in one line where there is none; so is ``throughput``
     (several streams, each batch split across them: for batched files, not live sources). ``threads`` goes to
     either engine (None: each engine's measured default). ``engine`` and ``precision`` say what
     really runs (``precision`` is ``fp32`` for onnxruntime). ``file`` is the :class:`ModelFile` that runs (under
@@ -76,6 +77,12 @@ class Model:
         named, engine = engine is not None, check_engine(engine or "auto")
         self._arguments = (str(path), provider, threads, optimization, contract, engine, precision, throughput,
                            bar, tuning_cache, strict)
+        if precision == "fp16":  # the GPU's half precision: onnxruntime's CUDA or TensorRT provider, never the CPU
+            if engine == "openvino" or provider == "cpu":
+                raise EdgesegError(f"precision 'fp16' is the GPU path (onnxruntime CUDA or TensorRT), not engine "
+                                   f"{engine!r} with provider {provider!r}; on the CPU use precision 'bf16' (OpenVINO) "
+                                   "or the default.")
+            named, engine, provider = True, "onnxruntime", "cuda" if provider == "auto" else provider
         # The one read of the file (head, metadata, graph names): every check below and the engines use it.
         self.file = ModelFile.read(path)
         self.config = EngineConfig(engine=engine, precision=precision, threads=threads, throughput=throughput)
@@ -95,6 +102,7 @@ class Model:
                     self.config.describe(), self.choice_reason)
             engine, precision = self.config.engine, self.config.precision
             threads, throughput = self.config.threads, self.config.throughput
+            provider = "cuda" if precision == "fp16" and provider == "auto" else provider  # a record's GPU fp16
             precision = "auto" if engine == "onnxruntime" and precision == "f32" else precision
         self.path = self.file.path
         self.engine = engine
@@ -115,13 +123,14 @@ class Model:
             self.streams = self._openvino.streams
             inputs, outputs = self._openvino.inputs, self._openvino.outputs
         else:
-            if precision != "auto":
+            if precision not in ("auto", "fp16"):
                 raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
-                                   "fp32 (use engine='openvino', or leave precision at 'auto').")
+                                   "fp32, or fp16 on a GPU (use engine='openvino', precision 'fp16', or leave it at "
+                                   "'auto').")
             self.session = make_session(self.file, provider=provider, threads=threads, optimization=optimization,
-                                        strict=strict)
+                                        strict=strict, fp16=precision == "fp16")
             self.providers = tuple(self.session.get_providers())
-            self.precision = "fp32"
+            self.precision = "fp16" if precision == "fp16" else "fp32"
             self.streams = 1
             inputs, outputs = _ports(self.session.get_inputs(), self.path), _ports(self.session.get_outputs(), self.path)
         names = [name for name, _ in inputs]
@@ -131,6 +140,12 @@ class Model:
         if self.kind in FRAME_KINDS:  # an encoder/decoder half may take vectors
             self._check_input_shape(dict(inputs)[self.input_name])
             self._check_output_shape(*outputs[0])
+        # A fixed-batch export (`export --batch N`) takes exactly N frames: `run` pads a short batch and drops
+        # the padding, and the batch to feed (config.batch, which segment uses) becomes N.
+        first = list(dict(inputs)[self.input_name])[:1]
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+        if self.fixed_batch and self.fixed_batch > 1 and self.config.batch == 1:
+            self.config = dataclasses.replace(self.config, batch=self.fixed_batch)
         self._uses_cuda = CUDA in self.providers
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
         self.mask_dtype = post.mask_dtype(self.contract)
@@ -193,12 +208,24 @@ class Model:
         A model whose output does not hold one result per input frame raises EdgesegError.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        output = self._run(batch)
+        fixed = self.fixed_batch
+        if fixed is not None and len(batch) != fixed:
+            output = np.concatenate([self._run_padded(batch[start:start + fixed], fixed)
+                                     for start in range(0, len(batch), fixed)])
+        else:
+            output = self._run(batch)
         if np.ndim(output) == 0 or output.shape[0] != batch.shape[0]:
             got = "a scalar" if np.ndim(output) == 0 else f"{output.shape[0]} (shape {list(output.shape)})"
             raise EdgesegError(f"model `{self.path}` returned {got} result(s) for a batch of {batch.shape[0]} frames: "
                                "its output's first axis must be the batch. Fix the model, or run with --batch 1.")
         return output
+
+    def _run_padded(self, part: np.ndarray, size: int) -> np.ndarray:
+        # The last frame repeated (values the model has seen, unlike zeros); its results are dropped.
+        count = len(part)
+        if count < size:
+            part = np.concatenate([part, np.repeat(part[-1:], size - count, axis=0)])
+        return self._run(part)[:count]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._openvino is not None:

@@ -72,10 +72,7 @@ class OpenVinoEngine:
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
         self._compiled = core.compile_model(model, "CPU", config)
         self.streams = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
-        hint = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        base = "bf16" if "bf16" in hint or "bfloat16" in hint else "f16" if "f16" in hint else "f32"
-        # INT8 QDQ files run int8 convolutions whatever the hint; the hint covers the rest.
-        self.precision = f"int8+{base}" if self.quantized else base
+        self.precision = compiled_precision(self._compiled, quantized=self.quantized)
         try:
             self.inputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.inputs]
             self.outputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.outputs]
@@ -101,6 +98,14 @@ class OpenVinoEngine:
             request.wait()
             outputs.append(request.get_output_tensor(0).data.copy())
         return np.concatenate(outputs)
+
+
+def compiled_precision(compiled: Any, *, quantized: bool) -> str:
+    """What a compiled model computes in, read back from OpenVINO: ``f32``, ``bf16``, ``f16``, or ``int8+<that>``."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    base = "bf16" if "bf16" in hint or "bfloat16" in hint else "f16" if "f16" in hint else "f32"
+    # INT8 QDQ files run int8 convolutions whatever the hint; the hint covers the rest.
+    return f"int8+{base}" if quantized else base
 
 
 def _shape(partial: Any) -> list[int | str]:

@@ -58,8 +58,12 @@ def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto",
     ``strict``: fail at session creation if any node would run on the CPU instead of the GPU
     (onnxruntime's ``session.disable_cpu_ep_fallback``); with ``provider="cpu"`` it changes nothing.
     ``fp16``: the GPU's half-precision path (TensorRT's FP16 kernels, or for CUDA the model's
-    weights and compute converted to float16 with float32 inputs and outputs kept). ``path`` may be a
-    :class:`ModelFile` already read (``Model`` passes one), else the file is read and checked first.
+    weights and compute converted to float16 with float32 inputs and outputs kept); refused in one
+    line where onnxruntime has no such GPU provider (never run as something else on the CPU).
+    With ``provider="tensorrt"`` an INT8 file runs int8: its own symmetric scales, or the calibration
+    table ``calibrate --trt-table`` recorded in its contract (:func:`edgeseg.runtime._tensorrt.tensorrt_plan`).
+    ``path`` may be a :class:`ModelFile` already read (``Model`` passes one), else the file is read and
+    checked first.
 
     Example::
 
@@ -94,14 +98,20 @@ def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto",
 
     wants_cuda = provider in ("cuda", "tensorrt") or (provider == "auto" and CUDA in available)
     requested: list[Any] = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
+    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else _loadable(path)
     if provider == "tensorrt":
-        requested.insert(0, (TENSORRT, _tensorrt_options(fp16=fp16, engine_cache=engine_cache)))
+        from edgeseg.runtime._tensorrt import tensorrt_plan
+
+        plan = tensorrt_plan(path, fp16=fp16, engine_cache=engine_cache)
+        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        requested.insert(0, (TENSORRT, plan.options))
+        model = plan.model
+        log.info("%s: TensorRT %s%s", path.name, plan.precision, f" ({plan.notes[0]})" if plan.notes else "")
     strict = strict and CUDA in requested  # on the CPU there is nothing to fall back from
     if strict:
         # onnxruntime refuses the CPU provider listed next to this option: the GPU providers alone.
         requested.remove(CPU)
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else _loadable(path)
     try:
         # On the CPU alone onnxruntime's "fallback" retries the same provider after printing four lines to stdout.
         session = ort.InferenceSession(model, sess_options=options, providers=requested,
@@ -131,19 +141,16 @@ def _check_gpu_request(provider: str, *, strict: bool, fp16: bool, available: li
         raise EdgesegError(f"fp16 is the GPU path (provider 'cuda' or 'tensorrt'), got provider={provider!r}; "
                            "on the CPU use engine 'openvino' (bf16 where the CPU has it).")
     missing = CUDA if provider == "cuda" else TENSORRT if provider == "tensorrt" else None
+    if fp16 and missing not in available:
+        # Not a warning and a CPU run: an fp16 request answered with fp32 numbers would be a silent fallback.
+        raise EdgesegError(f"fp16 runs on an NVIDIA GPU ({missing}), and this onnxruntime has "
+                           f"{', '.join(available)} only: install onnxruntime-gpu ({install_hint('gpu')}) on a "
+                           "machine with a GPU; on this CPU use --precision bf16 (engine openvino, CPUs with "
+                           "AVX512-BF16/AMX) or the default fp32.")
     if strict and missing and missing not in available:
         raise EdgesegError(f"provider={provider!r} with strict: this onnxruntime build has no {missing} "
                            f"(it has {', '.join(available)}); install onnxruntime-gpu ({install_hint('gpu')}) "
                            "on a machine with a GPU, or drop --strict.")
-
-
-def _tensorrt_options(*, fp16: bool, engine_cache: str | os.PathLike | None) -> dict[str, Any]:
-    # Building a TensorRT engine takes minutes; the cache makes it a one-time cost per model and GPU.
-    if engine_cache is None:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        engine_cache = Path(base) / "edgeseg" / "tensorrt"
-    Path(engine_cache).mkdir(parents=True, exist_ok=True)
-    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache), "trt_fp16_enable": fp16}
 
 
 def _fp16_model(path: Path) -> bytes:

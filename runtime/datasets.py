@@ -16,6 +16,7 @@ import gzip
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,32 +241,16 @@ def _from_npy(images_path: Path, labels_path: Path, spec: InputSpec, classes: in
 
 
 def _from_folders(root: Path, spec: InputSpec, classes: int, palette) -> SegmentationSet:
-    def by_stem(folder: Path) -> dict[str, Path]:
-        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-
-    images, masks = by_stem(root / "images"), by_stem(root / "masks")
     skipped, frames, truths, names = [], [], [], []
     thresholded = 0
-    for stem in sorted(set(images) | set(masks)):
-        try:
-            if stem not in masks:
-                raise BadInputError(f"{images[stem]}: unpaired image (no masks/{stem}.*)")
-            if stem not in images:
-                raise BadInputError(f"{masks[stem]}: unpaired mask (no images/{stem}.*)")
-            image = _read(images[stem])
-            mask, blurred = read_mask(masks[stem], classes, palette)
-            if image.shape[:2] != mask.shape[:2]:
-                raise BadInputError(
-                    f"{masks[stem]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}"
-                )
-        except BadInputError as error:
-            log.warning("skipped %s", error)
-            skipped.append(str(error))
+    for pair in labelled_pairs(root / "images", root / "masks", classes=classes, palette=palette):
+        if pair.error is not None:
+            skipped.append(pair.error)
             continue
-        thresholded += blurred
-        frames.append(image)
-        truths.append(mask)
-        names.append(stem)
+        thresholded += pair.thresholded
+        frames.append(pair.image)
+        truths.append(pair.mask)
+        names.append(pair.name)
     notices = []
     if thresholded:
         notices.append(f"{thresholded} binary mask(s) had values between 0 and 255 (JPEG edges?): thresholded at 128")
@@ -273,6 +258,55 @@ def _from_folders(root: Path, spec: InputSpec, classes: int, palette) -> Segment
     if not frames:
         raise EdgesegError(f"No usable image/mask pairs in `{root}` ({len(skipped)} skipped; see the lines above).")
     return _finish(frames, truths, names, spec, tuple(skipped), tuple(notices))
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image and its mask (class ids, same size) as stored, or the one-line reason the pair is unusable."""
+
+    name: str
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    thresholded: int = 0  # 1 when a 0/255 mask had in-between (JPEG edge) values, thresholded at 128
+    error: str | None = None
+
+
+def labelled_pairs(images: str | os.PathLike, masks: str | os.PathLike, *, classes: int,
+                   palette: tuple[tuple[int, int, int], ...] | None = None) -> Iterator[LabelledImage]:
+    """Images and masks paired by file stem, at their own size, read by :func:`read_mask`'s rules.
+
+    An unpaired file, an unreadable one or a mask of another size is yielded with ``error`` set (and
+    logged in one line), so the caller counts it and goes on. Training and ``edgeseg eval`` read here.
+
+    Example::
+
+        for pair in labelled_pairs("data/images", "data/masks", classes=2):
+            if pair.error is None:
+                ...  # pair.image (BGR), pair.mask (class ids)
+    """
+    def by_stem(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise EdgesegError(f"`{folder}` is not a folder: expected image files named like their masks.")
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    image_files, mask_files = by_stem(Path(images)), by_stem(Path(masks))
+    palette = palette or default_palette(classes)
+    for stem in sorted(set(image_files) | set(mask_files)):
+        try:
+            if stem not in mask_files:
+                raise BadInputError(f"{image_files[stem]}: unpaired image (no masks/{stem}.*)")
+            if stem not in image_files:
+                raise BadInputError(f"{mask_files[stem]}: unpaired mask (no images/{stem}.*)")
+            image = _read(image_files[stem])
+            mask, blurred = read_mask(mask_files[stem], classes, palette)
+            if image.shape[:2] != mask.shape[:2]:
+                raise BadInputError(f"{mask_files[stem]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                    f"{image.shape[1]}x{image.shape[0]}")
+        except BadInputError as error:
+            log.warning("skipped %s", error)
+            yield LabelledImage(name=stem, error=str(error))
+            continue
+        yield LabelledImage(name=stem, image=image, mask=mask, thresholded=blurred)
 
 
 def _read(path: Path) -> np.ndarray:

@@ -31,13 +31,14 @@ log = logging.getLogger("edgeseg.bench")
 
 RUNNERS = (
     "keras-predict", "keras-predict-1", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32",
-    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast",
+    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16",
 )
+GPU_RUNNERS = ("edgeseg-fp16",)  # the runtime in fp16 on onnxruntime's CUDA provider: --precision fp16 adds it
 # What runs when no --runners are given, by the model's kind. Segmentation's keras-predict is one
 # frame per call already; an autoencoder's runs Keras' default batch (32) and keras-predict-1 one image per call.
 DEFAULT_RUNNERS = {
-    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1"),
-    "autoencoder": RUNNERS,
+    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1" and r not in GPU_RUNNERS),
+    "autoencoder": tuple(r for r in RUNNERS if r not in GPU_RUNNERS),
 }
 # Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
 INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
@@ -68,8 +69,15 @@ class BenchConfig:
     work_dir: Path | None = None
     measure_ceiling: bool = True
     progress: bool = True  # a bar on a terminal, a line every 15 s when piped (edgeseg.runtime.progress)
+    precision: str = "auto"  # "fp16": also run edgeseg-fp16 (the GPU path); refused where onnxruntime has no CUDA
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            from edgeseg.runtime import require_gpu_fp16
+
+            require_gpu_fp16("bench --precision fp16")
         unknown = [r for r in self.runners or () if r not in RUNNERS]
         if unknown:
             raise EdgesegError(
@@ -110,6 +118,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         raise EdgesegError(f"bench runs segmentation and autoencoder models; `{config.model}` is an {kind!r} model "
                            "(its contract's kind). Pass the whole model.")
     selected = config.runners or DEFAULT_RUNNERS[kind]
+    if config.precision == "fp16" and "edgeseg-fp16" not in selected:
+        selected = (*selected, "edgeseg-fp16")
     flops = count_flops(config.model)["total"]
     if config.measure_ceiling:
         log.info("bench: measuring this machine's matmul ceiling")
@@ -412,8 +422,8 @@ def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source
             from edgeseg.calibration import Budget, CalibrateOptions, calibrate
 
             # Accuracy control is part of how the INT8 file is made: the worst-SQNR layers go back to float
-            # until FP32/INT8 disagreement on the calibration frames is at most half of edgeseg-fast's 1% allowance
-            # (held-out frames and OpenVINO's own kernels spend some of the rest).
+            # until FP32/INT8 disagreement on the frames held out from the ranges (calibrate's --holdout) is at most
+            # half of edgeseg-fast's 1% allowance (other frames and OpenVINO's own kernels spend some of the rest).
             calibrate(onnx_path, source, output=int8,
                       options=CalibrateOptions(report=work / "calibrate.json", budget=Budget(FAST_MAX_DROP)))
             notes.append(f"calibrated {int8} on {source}")

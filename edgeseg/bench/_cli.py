@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the markdown table here (default: none)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep each run's masks and results here (default: a new temp folder)")
+    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
+                        help="fp16: also run edgeseg-fp16, the runtime in fp16 on onnxruntime's CUDA provider; refused "
+                             "in one line where onnxruntime has no CUDA (default: auto, each runner's own precision)")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip measuring the matmul ceiling (efficiency is then not reported)")
     parser.set_defaults(func=_run)
@@ -70,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         model=models.onnx, keras=models.keras, int8=models.int8, source=args.source, runners=runners,
         frames=args.frames, repeats=args.repeats, threads=args.threads, work_dir=work,
-        measure_ceiling=not args.no_ceiling, progress=not args.quiet,
+        measure_ceiling=not args.no_ceiling, progress=not args.quiet, precision=args.precision,
     )
     report = run_bench(config)
     report["notes"] = models.notes

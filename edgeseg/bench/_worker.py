@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime.extras import missing_message
+from edgeseg.runtime.extras import installed, missing_message
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
 # Runners that need TensorFlow; the orchestrator skips them where it is absent.
 KERAS_RUNNERS = ("keras-predict", "keras-predict-1", "keras-call")
-EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast")
+EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16")
 
 
 class Skip(Exception):
@@ -299,10 +299,8 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
         raise Skip("no Keras model given (pass --keras M.keras)")
     if threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    try:
-        import keras  # noqa: F401
-    except ImportError:
-        raise Skip(missing_message("keras", purpose=runner, among=("export",))) from None
+    if not installed("keras"):  # looked up, not imported: load_model below imports it the one way export does
+        raise Skip(missing_message("keras", purpose=runner, among=("export",)))
     from edgeseg.export import load_model
 
     model, _ = load_model(keras_path)
@@ -367,6 +365,11 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as error:  # noqa: BLE001 - e.g. openvino missing: the runner is skipped, saying why
             raise Skip(str(error)) from None
         batch = config["batch"]
+    elif runner == "edgeseg-fp16":  # onnxruntime's CUDA provider in fp16 (the contract's I/O stays float32)
+        try:
+            model = Model(model_path, precision="fp16", threads=job.get("threads"))
+        except Exception as error:  # noqa: BLE001 - no GPU here: the runner is skipped, saying why
+            raise Skip(str(error)) from None
     else:
         model = Model(model_path, threads=job.get("threads"))
     out = Path(job["out"])

@@ -72,9 +72,11 @@ def _inference(parser: argparse.ArgumentParser) -> None:
                           "measured fastest here, else openvino on a bf16 CPU with openvino installed and no GPU, "
                           "else onnxruntime; --provider other than auto, --optimization or --strict mean "
                           "onnxruntime (default: auto)")
-    run.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto",
-                     help="openvino engine only: auto (OpenVINO's default, bf16 where the CPU has it), f32, or bf16 "
-                          "(refused on a CPU without AMX or AVX512-BF16) (default: auto)")
+    run.add_argument("--precision", choices=("auto", "f32", "bf16", "fp16"), default="auto",
+                     help="auto (each engine's default: OpenVINO bf16 where the CPU has it, onnxruntime fp32), f32 or "
+                          "bf16 (openvino engine; bf16 refused on a CPU without AMX or AVX512-BF16), or fp16 "
+                          "(onnxruntime on an NVIDIA GPU, --provider cuda or tensorrt; refused in one line where "
+                          "onnxruntime has no CUDA) (default: auto)")
     run.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto",
                      help="onnxruntime provider: auto uses CUDA when it works, else the CPU (default: auto); "
                           "tensorrt keeps its built engines under the XDG cache")
@@ -177,11 +179,13 @@ def _cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edgeseg.runtime import EdgesegError, SegmentOptions, segment, stage_table
+    from edgeseg.runtime import EdgesegError, SegmentOptions, require_gpu_fp16, segment, stage_table
 
     sources = ([args.source_option] if args.source_option is not None else []) + list(args.source or [])
     if not sources:
         raise EdgesegError("no SOURCE given: pass an image, folder, video, webcam index or URL (or --source PATH).")
+    if args.precision == "fp16":  # the GPU path: refused before --out is claimed or a cluster job is planned
+        require_gpu_fp16("segment --precision fp16")
     options = SegmentOptions(
         outputs=tuple(name.strip() for name in args.write.split(",") if name.strip()),
         batch=args.batch, stride=args.stride, start=args.start, max_frames=args.max_frames, recursive=args.recursive,

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="report the choice at the fast bar (>= 99%% agreement) instead of exact (>= 99.9%%); "
                              "the record holds both")
+    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
+                        help="fp16: measure onnxruntime in fp16 on the GPU next to its fp32 (CUDA); refused in one line "
+                             "where onnxruntime has no CUDA (default: auto, the CPU engines' precisions)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress display (default: a bar on a terminal, a line every 15 s when piped)")
     parser.set_defaults(func=_run)
@@ -42,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     from edgeseg.tune import TuneOptions, tune
 
     options = TuneOptions(int8=args.int8, source=args.source, seconds=args.seconds, cache=args.cache,
-                          frames=args.frames, progress=not args.no_progress and not args.quiet)
+                          frames=args.frames, progress=not args.no_progress and not args.quiet,
+                          precision=args.precision)
     record = tune(args.model, options)
     print(f"{'fps':>8}  {'agreement':>9}  configuration")
     for candidate in record["candidates"]:

@@ -36,6 +36,7 @@ from edgeseg.runtime import (
     open_source,
     pick,
     record_path,
+    require_gpu_fp16,
     write_json_atomic,
 )
 from edgeseg.runtime.progress import Progress
@@ -60,8 +61,13 @@ class TuneOptions:
     threads: tuple[int, ...] | None = None
     engines: tuple[str, ...] = tuple(ENGINES)
     progress: bool = True
+    precision: str = "auto"  # "fp16": the candidates are onnxruntime fp16 on the GPU (refused without CUDA)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            require_gpu_fp16("tune --precision fp16")
         if self.seconds <= 0 or self.frames < 1:
             raise EdgesegError(f"--seconds must be > 0 and frames >= 1, got {self.seconds} and {self.frames}.")
         unknown = [engine for engine in self.engines if engine not in ENGINES]
@@ -111,6 +117,10 @@ def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino:
     for config in (config for name in order for config in found[name]):
         if config not in unique:
             unique.append(config)
+    if options.precision != "auto":  # a GPU precision (fp16) on the FP32 file, next to the GPU's fp32 configurations
+        gpu = [EngineConfig(name, options.precision, None, b, False, "fp32") for name, engine in ENGINES.items()
+               if name in options.engines and options.precision in engine.gpu_precisions for b in options.batches]
+        unique = [REFERENCE, *gpu, *(c for c in unique[1:] if ENGINES[c.engine].gpu_precisions)]
     return unique
 
 

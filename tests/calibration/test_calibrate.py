@@ -172,6 +172,9 @@ def test_bad_models_are_refused(kit, tmp_path, seg_model):
         calibrate(seg_model, frames, output=tmp_path / "q4.onnx", options=QuantizeOptions())  # the old signature
     with pytest.raises(EdgesegError, match="--chunk must be an integer >= 1"):
         CalibrateOptions(chunk=0)
+    for share in (1.0, -0.1, True):
+        with pytest.raises(EdgesegError, match=r"--holdout must be a share in \[0, 1\)"):
+            CalibrateOptions(holdout=share)
     with pytest.raises(EdgesegError, match="--max-drop"):
         Budget(float("nan"))
     with pytest.raises(EdgesegError, match="--report .*does not exist"):

@@ -56,6 +56,9 @@ def _without(tmp_path, *modules):
     (["samples", "--out", "out"], ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib"), "export,calibrate"),
     (["bench", "--model", "samples/models/fcn8/model.onnx", "--source", "samples/folder", "--json", "b.json"],
      ("onnx",), "bench"),
+    # A runtime-only install: exit 2 naming the extra, not exit 3 "a bug in edgeseg verify" (issue 24).
+    (["verify", "samples/models/fcn8/model.keras", "samples/models/fcn8/model.onnx"], ("tensorflow", "keras", "tf2onnx"),
+     "export"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, command, hidden, extra):
     command = [str(tmp_path / arg) if arg in ("out", "b.json") or (arg.endswith(".onnx") and "/" not in arg) else arg

@@ -141,7 +141,7 @@ def test_gallery_exports_verifies_and_segments(name, tmp_path, video, capsys):
     contract = Contract.from_onnx(target)
     assert contract.num_classes == GALLERY[name][2]
     report = tmp_path / "report.json"
-    code = main(["verify", str(source), str(target), "--random", "2", "--report", str(report)])
+    code = main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "2", "--report", str(report)])
     data = json.loads(report.read_text())
     assert code == 0, data
     assert "Traceback" not in capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_dilated_conv_transpose_exports_and_verifies_layer_by_layer(dilation, pa
     source = save_model(keras.Model(x, L.Softmax()(y)), tmp_path / "d.keras", None)
     target, report = tmp_path / "d.onnx", tmp_path / "r.json"
     assert _export(source, target, "--classes", "3") == 0
-    assert main(["verify", str(source), str(target), "--random", "2", "--report", str(report)]) == 0
+    assert main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "2", "--report", str(report)]) == 0
     data = json.loads(report.read_text())
     dil = [layer for layer in data["layers"] if layer["name"] == "dil"]
     assert len(dil) == 1 and dil[0]["type"] == "Conv2DTranspose" and data["not_compared"] == []
@@ -250,7 +250,7 @@ def test_free_input_with_rewritten_transposes_exports_and_verifies(extra, tmp_pa
     source = save_model(keras.Model(x, L.Softmax()(y)), tmp_path / "f.keras", None)
     target = tmp_path / "f.onnx"
     assert _export(source, target, "--classes", "2", "--input-size", "8x12", *extra) == 0
-    assert main(["verify", str(source), str(target), "--random", "1"]) == 0
+    assert main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "1"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     spec = Contract.from_onnx(target).input
     assert (spec.height, spec.width) == (8, 12)
@@ -286,7 +286,7 @@ def test_one_channel_agreement_uses_the_threshold(tmp_path):
     assert keep is proto.metadata_props
     onnx.save(proto, str(target))
     report = tmp_path / "r.json"
-    assert main(["verify", str(source), str(target), "--random", "2", "--report", str(report)]) == 1
+    assert main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "2", "--report", str(report)]) == 1
     assert json.loads(report.read_text())["output"]["argmax_agreement"] < 1.0
 
 
@@ -294,7 +294,7 @@ def test_verify_lists_what_it_did_not_compare_and_runs_without_report(tmp_path, 
     source, target = _save(tmp_path, "mobilenet"), tmp_path / "m.onnx"
     assert _export(source, target, "--classes", "2") == 0
     capsys.readouterr()
-    assert main(["verify", str(source), str(target), "--random", "1"]) == 0  # no --report needed (issue 11)
+    assert main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "1"]) == 0  # no --report needed (issue 11)
     out = capsys.readouterr().out
     assert "DepthwiseConv2D" in out and "BatchNormalization" in out and "output: max_abs_err" in out
     assert not list(tmp_path.glob("*.json"))
@@ -307,7 +307,7 @@ def test_matching_is_the_same_for_repeated_and_cuda_friendly_exports(tmp_path):
     for index, extra in enumerate([[], [], ["--cuda-friendly"]]):
         target, report = tmp_path / f"m{index}.onnx", tmp_path / f"r{index}.json"
         assert _export(source, target, "--classes", "3", *extra) == 0
-        assert main(["verify", str(source), str(target), "--random", "1", "--report", str(report)]) == 0
+        assert main(["verify", str(source), str(target), "--engine", "onnxruntime", "--random", "1", "--report", str(report)]) == 0
         data = json.loads(report.read_text())
         seen.append(([(c["name"], c["type"]) for c in data["layers"]], data["not_compared"]))
     assert seen[0] == seen[1] == seen[2] and seen[0][1] == []

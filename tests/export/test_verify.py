@@ -25,7 +25,9 @@ def exports(model_files, tmp_path_factory):
 
 
 def _verify(keras_path, onnx_path, report, *extra):
-    code = main(["verify", str(keras_path), str(onnx_path), "--report", str(report), *extra])
+    # Pinned: `--engine auto` (the default) depends on the CPU (OpenVINO bf16 where it has bf16).
+    engine = [] if "--engine" in extra else ["--engine", "onnxruntime"]
+    code = main(["verify", str(keras_path), str(onnx_path), "--report", str(report), *engine, *extra])
     return code, (json.loads(report.read_text()) if report.exists() else None)
 
 
@@ -126,7 +128,7 @@ def test_bad_inputs_are_one_line_and_exit_2(model_files, exports, tmp_path, caps
 def test_export_with_verify_records_the_summary(model_files, tmp_path):
     out, report = tmp_path / "v.onnx", tmp_path / "r.json"
     assert main(["export", str(model_files["fcn8"]), "-o", str(out), "--verify", "--random", "1", "--report", str(report)]) == 0
-    from edgeseg.runtime.contract import Contract, metadata_of
+    from edgeseg.runtime.contract import Contract
 
     verified = Contract.from_onnx(onnx.load(str(out))).verified
     assert verified["ok"] is True and verified["layers_checked"] == 11 and 0 <= verified["max_abs_err"] < 1e-4
