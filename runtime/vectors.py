@@ -14,6 +14,7 @@ Pure functions of the mask, so a frame record, a COCO file and a test all comput
   run-length encoding, bit for bit as pycocotools (column-major runs starting with a run of zeros;
   the compressed string form is COCO's 6-bits-per-character LEB128 variant with deltas).
 - :func:`class_components`: per class, every connected region's area, bbox and centroid.
+- :func:`coco_polygons`: exteriors in COCO's continuous coordinates, exact under pycocotools.
 - :class:`CocoWriter`: a folder run as one COCO JSON (``images``, ``categories``, ``annotations``
   with RLE or polygons), spooled to disk as it goes and assembled atomically on close.
 
@@ -132,6 +133,31 @@ def rasterize_polygons(polygons: Iterable[Polygon], shape: tuple[int, int]) -> n
             cv2.polylines(layer, holes, True, 1)
         out |= layer
     return out.astype(bool)
+
+
+def coco_polygons(binary: np.ndarray, *, tolerance: float = DEFAULT_TOLERANCE) -> list[list[float]]:
+    """The exteriors of a binary mask's regions as COCO polygons: flat ``[x1, y1, x2, y2, ...]`` lists in
+    COCO's continuous coordinates (pixel (x, y) covers [x, x+1) x [y, y+1)), which pycocotools
+    rasterizes back to the regions with their holes filled — exactly at ``tolerance=0``.
+
+    An outline through the edge pixels' centres (what :func:`binary_polygons` gives) loses half of
+    every edge pixel in pycocotools (IoU about 0.85 on blobs 10 pixels wide), so the outline is
+    traced on the mask at twice the size instead, where it runs a quarter pixel inside the region's
+    edge: every pixel centre of the region is inside it, every other one outside.
+
+    Example::
+
+        annotation["segmentation"] = coco_polygons(mask == 1)
+    """
+    up = cv2.resize((np.asarray(binary) != 0).view(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for contour in contours:
+        if tolerance > 0 and len(contour) > 3:
+            contour = cv2.approxPolyDP(contour, 2 * tolerance, True)
+        if len(contour) >= 3:  # COCO needs 3 points; a 1-pixel region traces 4 at twice the size
+            out.append(((contour.reshape(-1, 2) + 0.5) / 2).ravel().tolist())
+    return out
 
 
 def _simplify(contour: np.ndarray, tolerance: float) -> np.ndarray:
@@ -299,8 +325,9 @@ class CocoWriter:
 
     One annotation per class per image (COCO-stuff style, ``iscrowd`` 0), category id = the class id
     in the mask; classes in ``skip`` (default: ``background``) get none. ``form="rle"`` (exact, the
-    compressed string as COCO files hold it) or ``"polygons"`` (exteriors simplified by
-    ``tolerance``; COCO polygons have no holes, so holes are lost: use RLE where they matter).
+    compressed string as COCO files hold it) or ``"polygons"`` (:func:`coco_polygons`: exteriors
+    simplified by ``tolerance``; COCO polygons have no holes, so holes are filled: use RLE where
+    they matter).
     Annotations are spooled to a temporary file beside the target as frames come, and the JSON is
     assembled and moved into place on close: memory stays flat and a crash leaves no half file.
     A sink: ``write(frame, result)`` with a frame's ``index``/``name`` and a result's ``mask``.
@@ -353,9 +380,7 @@ class CocoWriter:
             if self.form == "rle":
                 segmentation: Any = rle_compress(rle_encode(binary))
             else:
-                segmentation = [polygon.exterior.astype(float).ravel().tolist()
-                                for polygon in binary_polygons(binary, tolerance=self.tolerance)
-                                if len(polygon.exterior) >= 3]
+                segmentation = coco_polygons(binary, tolerance=self.tolerance)
             self.annotations += 1
             annotations.write(json.dumps({"id": self.annotations, "image_id": image_id, "category_id": int(i),
                                           "segmentation": segmentation, "area": int(len(xs)), "bbox": bbox,
