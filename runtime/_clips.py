@@ -124,6 +124,12 @@ class ClipRecorder:
         except (BrokenPipeError, OSError) as error:
             raise EdgesegError(f"clips: the ffmpeg encoder stopped ({error}).") from None
 
+    @property
+    def buffered(self) -> int:
+        """Encoded frames kept now (from the keyframe at or before ``before`` seconds ago)."""
+        with self._lock:
+            return len(self._ring)
+
     def clip(self, path: str | os.PathLike, *, at: float) -> Path:
         """Ask for a clip of ``[at - before, at + after]`` at ``path`` (written once ``at + after`` is encoded,
         or at :meth:`close`); returns the path."""
