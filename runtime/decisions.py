@@ -380,8 +380,11 @@ class Decisions:
     (started here, closed by :meth:`close`). ``clips``: ``(seconds_before, seconds_after)`` to
     write a clip around each event (needs ``picture`` in :meth:`update`). ``on_event``: called with
     each event, in the thread that called :meth:`update`. ``snapshots``: write a JPEG of the
-    picture at each event start. ``connectivity``: of the regions measured. Streams may be fed from
-    different threads at once; each stream from one thread, in order.
+    picture at each event start. ``regions``: whose largest region is measured and recorded:
+    ``"rules"`` (default), the (zone, class) pairs the rules watch; ``"all"``, every class present
+    in every zone (a connected-components pass each: see :class:`ZoneMeter`). ``connectivity``: of
+    the regions. Streams may be fed from different threads at once; each stream from one thread,
+    in order.
 
     Example::
 
@@ -394,7 +397,7 @@ class Decisions:
 
     def __init__(self, config: DecisionConfig, *, classes: Sequence[str], out: str | os.PathLike | None = None,
                  sinks: Iterable[QueuedEventSink] = (), clips: tuple[float, float] | None = None,
-                 on_event: Callable[[Event], None] | None = None, snapshots: bool = True,
+                 on_event: Callable[[Event], None] | None = None, snapshots: bool = True, regions: str = "rules",
                  connectivity: int = 8) -> None:
         self.config = config
         self.classes = tuple(classes)
@@ -402,6 +405,9 @@ class Decisions:
         if unknown:
             raise EdgesegError(f"{config.source}: rules name classes the model does not have: {', '.join(unknown)}; "
                                f"the model's classes are {', '.join(self.classes)}.")
+        if regions not in ("rules", "all"):
+            raise EdgesegError(f"regions: expected 'rules' or 'all', got {regions!r}.")
+        self.regions = regions
         if clips is not None and (len(clips) != 2 or min(clips) < 0):
             raise EdgesegError(f"clips: expected (seconds_before, seconds_after), both >= 0, got {clips!r}.")
         self.out = Path(out) if out is not None else None
@@ -538,7 +544,11 @@ class Decisions:
                 state = self._streams.get(stream)
                 if state is None:
                     zones = self.config.zones_for(stream)
-                    meter = ZoneMeter(zones, classes=self.classes, connectivity=self.connectivity)
+                    regions = None
+                    if self.regions == "rules":
+                        regions = {zone.name: {rule.class_name for rule in self.config.rules if rule.zone == zone.name}
+                                   for zone in zones}
+                    meter = ZoneMeter(zones, classes=self.classes, regions=regions, connectivity=self.connectivity)
                     state = self._streams[stream] = _StreamState(meter, zones)
         return state
 

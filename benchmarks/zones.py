@@ -1,0 +1,201 @@
+"""What zones, rules and contours cost per frame, against the bare per-frame cost of segmenting it.
+
+The sample FCN-8 (``samples/models/fcn8/model.onnx``) on ``samples/scenes.avi`` (96x96, 60 frames),
+and the same frames scaled to 640x480 (the masks then come back at camera size, where zone
+statistics cost more). Side by side in one run, rounds interleaved so that the machine's load
+hits all alike; medians over rounds. Per frame of one stream:
+
+- ``pipeline_ms``: the bare 4-stream run today, ``run_streams`` on 4 copies of the video (decode,
+  one inference call for the 4 streams, post-processing, overlay, masks, overlay.mp4,
+  frames.jsonl), wall time / frames (96x96 only: the 640x480 copies would first be encoded);
+- ``infer_ms``: ``Model.predict_batch`` of 4 frames (preprocessing and post-processing included)
+  / 4, the smallest bare cost a frame can have;
+- ``zones_ms``: ``Decisions.update`` with 4 zones and 2 rules (zone fractions, the largest
+  regions the rules watch, rules, the record fields; no event sinks);
+- ``contours_ms``: ``mask_polygons`` of every class but the background (``--write polygons``);
+- ratios of ``zones_ms`` and ``zones_ms + contours_ms`` to each bare cost; a run doing both on
+  the same cores keeps at least 1 / (1 + ratio) of the bare run's throughput (goal: lose <= 10%).
+
+With ``--mqtt`` (needs Debian's ``mosquitto`` and paho-mqtt): event latency from the frame on
+which the condition holds (``for`` 0) to the message at a subscriber, through Decisions, the disk
+queue (fsync'd) and a broker on 127.0.0.1, p50/p95.
+
+    python benchmarks/zones.py                    # writes benchmarks/results/zones.json
+    python benchmarks/zones.py --mqtt --rounds 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeseg.runtime import Model, open_source, run_streams
+from edgeseg.runtime.decisions import DecisionConfig, Decisions, MqttSink, Rule, Zone
+from edgeseg.runtime.vectors import mask_polygons
+
+ROOT = Path(__file__).resolve().parents[1]
+STREAMS = 4
+
+
+def zones_and_rules(classes: tuple[str, ...]) -> DecisionConfig:
+    """4 zones (quadrant-like, one concave) and 2 rules on them, the issue's load per stream."""
+    zones = (
+        Zone("door", [(0.05, 0.05), (0.45, 0.05), (0.45, 0.6), (0.05, 0.6)], units="fraction"),
+        Zone("dock", [(0.55, 0.1), (0.95, 0.1), (0.95, 0.5), (0.75, 0.35), (0.55, 0.5)], units="fraction"),
+        Zone("lane", [(0.1, 0.65), (0.9, 0.65), (0.8, 0.95), (0.2, 0.95)], units="fraction"),
+        Zone("all", [(0, 0), (1, 0), (1, 1), (0, 1)], units="fraction"),
+    )
+    rules = (Rule("c1-door", class_name=classes[1], zone="door", fraction=0.3, for_s=1.0, clear_after=1.0),
+             Rule("c2-lane", class_name=classes[2], zone="lane", area=200, for_s=0.5, clear_after=1.0))
+    return DecisionConfig(zones, rules)
+
+
+def cpu_name() -> str:
+    name, flags = platform.processor(), set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    wanted = [f for f in ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16") if f in flags]
+    return f"{name} ({' '.join(wanted)})" if wanted else name
+
+
+def measure(model: Model, images: list[np.ndarray], rounds: int, *, source: str | None) -> dict:
+    classes = model.contract.output.classes
+    config = zones_and_rules(classes)
+    masks = [result.mask for result in model.predict_batch(images)]
+    times: dict[str, list[float]] = {"pipeline": [], "infer": [], "zones": [], "contours": []}
+    for _ in range(rounds):
+        if source is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                summary = run_streams([f"s{i}={source}" for i in range(STREAMS)], model=model, out=tmp)
+                frames = sum(stream["frames"] for stream in summary["streams"].values())
+                times["pipeline"].append((time.perf_counter() - start) * 1000 / frames)
+        start = time.perf_counter()
+        for i in range(0, len(images) - STREAMS + 1, STREAMS):
+            model.predict_batch(images[i:i + STREAMS])
+        times["infer"].append((time.perf_counter() - start) * 1000 / (len(images) // STREAMS * STREAMS))
+        decisions = Decisions(config, classes=classes)
+        start = time.perf_counter()
+        for index, mask in enumerate(masks):
+            for stream in range(STREAMS):
+                decisions.update(f"cam{stream}", index, index / 15, mask)
+        times["zones"].append((time.perf_counter() - start) * 1000 / (len(masks) * STREAMS))
+        decisions.close()
+        start = time.perf_counter()
+        for mask in masks:
+            for stream in range(STREAMS):
+                mask_polygons(mask, classes, skip=("background",))
+        times["contours"].append((time.perf_counter() - start) * 1000 / (len(masks) * STREAMS))
+    ms = {key: statistics.median(values) for key, values in times.items() if values}
+    row = {"frame": f"{images[0].shape[1]}x{images[0].shape[0]}", "frames": len(images), "streams": STREAMS,
+           "zones_per_stream": len(config.zones), "rules_per_stream": len(config.rules), "rounds": rounds,
+           **{f"{key}_ms": round(value, 4) for key, value in ms.items()}}
+    for bare in ("pipeline", "infer"):
+        if bare in ms:
+            zones, both = ms["zones"] / ms[bare], (ms["zones"] + ms["contours"]) / ms[bare]
+            row[f"ratio_zones_to_{bare}"] = round(zones, 4)
+            row[f"ratio_zones_contours_to_{bare}"] = round(both, 4)
+            row[f"throughput_kept_vs_{bare}"] = round(1 / (1 + both), 4)
+    return row
+
+
+def mqtt_latency(model: Model, events: int = 40) -> dict:
+    """Condition true on a frame -> the event's message at a subscriber, through a local mosquitto."""
+    import paho.mqtt.client as mqtt
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "m.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            arrived: dict[str, float] = {}
+            got = threading.Condition()
+
+            def on_message(client, userdata, message):
+                record = json.loads(message.payload)
+                with got:
+                    arrived[f"{record['id']}/{record['type']}"] = time.perf_counter()
+                    got.notify_all()
+
+            subscriber = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            subscriber.on_message = on_message
+            subscriber.connect("127.0.0.1", port)
+            subscriber.subscribe("edgeseg/+/events", qos=1)
+            subscriber.loop_start()
+            classes = model.contract.output.classes
+            config = DecisionConfig((Zone("all", [(0, 0), (1, 0), (1, 1), (0, 1)], units="fraction"),),
+                                    (Rule("on", class_name=classes[1], zone="all", fraction=0.5),))
+            sink = MqttSink("127.0.0.1", port, queue=Path(tmp) / "queue")
+            decisions = Decisions(config, classes=classes, sinks=[sink])
+            time.sleep(0.5)
+            latencies = []
+            for index in range(2 * events):
+                mask = np.full((96, 96), 1 if index % 2 == 0 else 0, np.uint8)
+                start = time.perf_counter()
+                _, raised = decisions.update("cam", index, index / 15, mask)
+                key = f"{raised[0].id}/{raised[0].type}"
+                with got:
+                    got.wait_for(lambda: key in arrived, timeout=10)
+                latencies.append((arrived[key] - start) * 1000)
+                time.sleep(0.02)
+            decisions.close()
+            subscriber.loop_stop()
+        finally:
+            broker.terminate()
+            broker.wait()
+    latencies.sort()
+    return {"events": len(latencies), "p50_ms": round(statistics.median(latencies), 2),
+            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2), "broker": "mosquitto on 127.0.0.1, QoS 1"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "samples/models/fcn8/model.onnx"))
+    parser.add_argument("--source", default=str(ROOT / "samples/scenes.avi"))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--mqtt", action="store_true", help="also measure event latency through a local mosquitto")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/zones.json"))
+    args = parser.parse_args()
+    model = Model(args.model)
+    images = [frame.image for frame in open_source(args.source) if frame.ok]
+    report = {"machine": f"{cpu_name()}, {os.cpu_count()} vCPUs, shared with other jobs while measured",
+              "model": os.path.relpath(args.model, ROOT), "source": os.path.relpath(args.source, ROOT), "sizes": []}
+    for size in (None, (640, 480)):
+        frames = images if size is None else [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) for image in images]
+        row = measure(model, frames, args.rounds, source=args.source if size is None else None)
+        report["sizes"].append(row)
+        bare = " ".join(f"{key} {row[f'{key}_ms']:.3f}" for key in ("pipeline", "infer") if f"{key}_ms" in row)
+        kept = " ".join(f"{row[k]:.1%} vs {k.rsplit('_', 1)[1]}" for k in row if k.startswith("throughput_kept"))
+        print(f"{row['frame']:>8} ms per frame and stream: bare {bare}; zones+rules {row['zones_ms']:.3f}, contours "
+              f"{row['contours_ms']:.3f}; throughput kept >= {kept}")
+    if args.mqtt:
+        report["mqtt_latency"] = mqtt_latency(model)
+        print(f"event latency, condition true -> message at the subscriber: p50 {report['mqtt_latency']['p50_ms']} ms, "
+              f"p95 {report['mqtt_latency']['p95_ms']} ms")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
