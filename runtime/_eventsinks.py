@@ -263,7 +263,9 @@ class QueuedEventSink:
 
     def start(self) -> QueuedEventSink:
         """Start the delivery thread (done by ``write`` too); returns self."""
-        if self._thread is None:
+        with self._wake:
+            if self._thread is not None or self._stop:
+                return self
             self._thread = threading.Thread(target=self._run, name=f"edgeseg-{self.kind}", daemon=True)
             self._thread.start()
         return self
@@ -285,16 +287,20 @@ class QueuedEventSink:
     def write(self, event: Event | Mapping[str, Any]) -> bool:
         """Queue one event (on disk, fsync'd) for delivery; False when the queue was full and it was dropped."""
         record = event.to_record() if isinstance(event, Event) else dict(event)
-        if not self.queue.put(record):
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
+        accepted = self.queue.put(record)
+        with self._wake:  # writers may be several streams' threads
+            if not accepted:
+                self.dropped += 1
+                dropped = self.dropped
+            else:
+                self.queued += 1
+                self._wake.notify_all()
+        if not accepted:
+            if dropped == 1 or dropped % 100 == 0:
                 log.warning("%s: event queue full (%d events in %s): event %s dropped (%d dropped so far)",
-                            self.target, self.queue.max_records, self.queue.folder, record.get("id"), self.dropped)
+                            self.target, self.queue.max_records, self.queue.folder, record.get("id"), dropped)
             return False
-        self.queued += 1
         self.start()
-        with self._wake:
-            self._wake.notify_all()
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -481,7 +487,7 @@ class CommandSink(QueuedEventSink):
             status, detail = f"ran past {self.timeout:g} s", ""
         except OSError as error:
             status, detail = str(error.strerror or error), ""
-        key = str(record.get("id"))
+        key = f"{record.get('id')}/{record.get('type')}"  # a start and an end record share the event's id
         if status is None:
             self._failures.pop(key, None)
             return

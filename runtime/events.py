@@ -30,7 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Rule:
     """
 
     name: str
+    _: KW_ONLY
     class_name: str
     zone: str
     fraction: float | None = None
@@ -102,7 +103,7 @@ class Rule:
         return value >= self.threshold - margin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
     """One record of an event: ``type`` ``start`` (the condition held ``for`` seconds) or ``end`` (it was
     false ``clear_after`` seconds, or the stream ended: ``reason``).

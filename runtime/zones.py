@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 import cv2
 import numpy as np
@@ -50,6 +50,7 @@ class Zone:
 
     name: str
     points: tuple[tuple[float, float], ...]
+    _: KW_ONLY
     units: str = "pixels"
     streams: tuple[str, ...] | None = None
 

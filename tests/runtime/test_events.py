@@ -246,3 +246,26 @@ def test_a_class_entering_a_zone_of_a_real_video_raises_an_event_on_the_right_fr
     # red region in the zone >= 200 px: 16 rows x 14 columns from index 10 (x = 32) while the square is
     # whole (x + 14 <= 64 up to index 16); held 0.3 s -> starts at index 13; gone at 17, cleared 0.2 s later -> 19.
     assert [(e.type, e.frame) for e in events] == [("start", 13), ("end", 19)]
+
+
+def test_regions_all_and_streams_fed_from_threads_at_once(tmp_path):
+    import threading
+
+    decisions = Decisions(_door_config(), classes=CLASSES, out=tmp_path, regions="all")
+    fields, _ = decisions.update("probe", 0, 0.0, np.full((8, 8), 2, np.uint8))
+    assert set(fields["zones"]["door"]["regions"]) == {"water"}  # not a class the rule watches: measured for "all"
+
+    def feed(stream):
+        for index in range(40):
+            decisions.update(stream, index, index / 10, np.full((8, 8), index // 5 % 2, np.uint8))
+
+    threads = [threading.Thread(target=feed, args=(f"cam{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    decisions.close()
+    events = read_events(tmp_path / "events.jsonl")
+    for i in range(4):
+        mine = [e.type for e in events if e.stream == f"cam{i}"]
+        assert mine == ["start", "end"] * 4, mine  # on for 5 frames, off for 5, four times; every line whole

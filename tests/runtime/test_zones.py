@@ -115,3 +115,14 @@ def test_self_intersection_finds_crossings_and_accepts_simple_polygons():
     assert self_intersection([(0, 0), (4, 0), (2, 2), (4, 4), (0, 4)]) is None  # concave is fine
     assert self_intersection([(0, 0), (1, 1), (1, 0), (0, 1)]) == (0, 2)
     assert self_intersection([(0, 0), (4, 0), (4, 4), (2, 0), (0, 4)]) is not None  # touches an edge
+
+
+def test_regions_per_zone_and_class_pairs():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[1:4, 1:4] = 1
+    mask[6:9, 6:9] = 2
+    zones = [Zone("a", [(0, 0), (9, 0), (9, 9), (0, 9)]), Zone("b", [(5, 5), (9, 5), (9, 9), (5, 9)])]
+    stats = ZoneMeter(zones, classes=CLASSES, regions={"a": ["smoke"], "b": ["water", "smoke"]}).measure(mask)
+    assert set(stats["a"].regions) == {"smoke"} and set(stats["b"].regions) == {"water"}  # smoke is not in b
+    with pytest.raises(EdgesegError, match="unknown zones"):
+        ZoneMeter(zones, classes=CLASSES, regions={"c": ["smoke"]})
