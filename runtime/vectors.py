@@ -361,8 +361,9 @@ class CocoWriter:
         self.close()
 
     def write(self, frame: Any, result: Any) -> None:
-        """Add one frame's mask (a result without ``mask``, e.g. a failed frame, is skipped)."""
-        mask = getattr(result, "mask", None)
+        """Add one frame's mask: ``result`` is a segmentation result or the pipeline's ``Outcome`` holding one
+        (a failed frame, or a result without ``mask``, is skipped)."""
+        mask = getattr(getattr(result, "result", result), "mask", None)
         if mask is None or self._spools is None:
             return
         height, width = mask.shape

@@ -11,6 +11,7 @@ import pytest
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
+from edgeseg.runtime import Outcome
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.vectors import (DEFAULT_TOLERANCE, CocoWriter, Polygon, binary_polygons, class_components, coco_polygons,
                                      mask_polygons, rasterize_polygons, rle_area, rle_compress, rle_decode, rle_encode,
@@ -117,7 +118,9 @@ def test_coco_writer_makes_a_file_pycocotools_reads(tmp_path, form):
         for index in range(3):
             mask = (_blobs(rng, (48, 64), 3.0).astype(np.uint8) + _blobs(rng, (48, 64), 3.0, 0.8)).astype(np.uint8)
             masks.append(mask)
-            coco.write(SimpleNamespace(index=index, name=f"frame_{index}"), SimpleNamespace(mask=mask))
+            result = SimpleNamespace(mask=mask)
+            # a result, or the pipeline's Outcome holding one (a frame sink's write(frame, outcome))
+            coco.write(SimpleNamespace(index=index, name=f"frame_{index}"), Outcome(result) if index % 2 else result)
         coco.write(SimpleNamespace(index=9, name="failed"), None)  # a failed frame has no result: skipped
         assert not path.exists()  # assembled on close, never half written
     assert [p.name for p in tmp_path.iterdir()] == ["coco.json"]  # the spools are gone
