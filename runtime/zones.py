@@ -137,7 +137,7 @@ class _Raster:
     y0: int
     x1: int
     y1: int
-    inside: np.ndarray  # uint8 0/255 over the zone's bounding box
+    inside: np.ndarray | None  # uint8 0/255 over the zone's bounding box; None: all of it (a rectangle)
     area: int
 
 
@@ -219,7 +219,9 @@ class ZoneMeter:
         return out
 
     def _largest(self, crop: np.ndarray, raster: _Raster, class_id: int) -> Region:
-        binary = cv2.bitwise_and((crop == class_id).view(np.uint8), raster.inside)
+        binary = cv2.compare(crop, class_id, cv2.CMP_EQ)
+        if raster.inside is not None:
+            binary = cv2.bitwise_and(binary, raster.inside)
         # Labels alone, then the areas by bincount and the winner's box and centroid: half the time of
         # connectedComponentsWithStats (which computes them for every region) on 96x96, 20% less on 640x480.
         count, labels = cv2.connectedComponents(binary, connectivity=self.connectivity)
@@ -240,16 +242,18 @@ class ZoneMeter:
         x1, y1 = np.clip(points.max(axis=0) + 1, 1, (width, height))
         inside = np.zeros((int(y1 - y0), int(x1 - x0)), np.uint8)
         cv2.fillPoly(inside, [points - (x0, y0)], 255)
-        return _Raster(zone, int(x0), int(y0), int(x1), int(y1), inside, int(cv2.countNonZero(inside)))
+        area = int(cv2.countNonZero(inside))
+        # A zone that fills its bounding box (an upright rectangle, the usual zone) needs no mask: faster passes.
+        return _Raster(zone, int(x0), int(y0), int(x1), int(y1), None if area == inside.size else inside, area)
 
 
-def _histogram(crop: np.ndarray, inside: np.ndarray, n: int) -> np.ndarray:
+def _histogram(crop: np.ndarray, inside: np.ndarray | None, n: int) -> np.ndarray:
     """Pixel count per class id 0..n-1 inside the zone (ids past n are not counted)."""
     if crop.dtype == np.uint8 and n <= 256:
         # A crop is a view: OpenCV takes its row step. Counts come as float32: exact integers up to 2**24, but
         # a fraction of them must be computed in float64.
         return cv2.calcHist([crop], [0], inside, [n], [0, n]).ravel().astype(np.float64)
-    return np.bincount(crop[inside > 0].ravel(), minlength=n)[:n]
+    return np.bincount((crop if inside is None else crop[inside > 0]).ravel(), minlength=n)[:n]
 
 
 def _points(points: object) -> tuple[tuple[float, float], ...]:
