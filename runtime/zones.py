@@ -138,6 +138,7 @@ class _Raster:
     x1: int
     y1: int
     inside: np.ndarray | None  # uint8 0/255 over the zone's bounding box; None: all of it (a rectangle)
+    outside: np.ndarray | None  # its complement: OR-ed onto a crop, it turns the pixels outside into 255
     area: int
 
 
@@ -207,7 +208,7 @@ class ZoneMeter:
         n = len(self.classes)
         for raster in self.rasters(*mask.shape):
             crop = mask[raster.y0:raster.y1, raster.x0:raster.x1]
-            counts = _histogram(crop, raster.inside, n)
+            counts = _histogram(crop, raster, n)
             fractions = dict(zip(self.classes, (counts / max(raster.area, 1)).tolist()))
             regions = {}
             asked = None if self._region_ids is None else self._region_ids[raster.zone.name]
@@ -222,18 +223,21 @@ class ZoneMeter:
         binary = cv2.compare(crop, class_id, cv2.CMP_EQ)
         if raster.inside is not None:
             binary = cv2.bitwise_and(binary, raster.inside)
-        # Labels alone, then the areas by bincount and the winner's box and centroid: half the time of
-        # connectedComponentsWithStats (which computes them for every region) on 96x96, 20% less on 640x480.
+        # Labels alone, then the areas and the winner's box and centroid: a third of the CPU time of
+        # connectedComponentsWithStats (which computes them for every region) on 640x480.
         count, labels = cv2.connectedComponents(binary, connectivity=self.connectivity)
         if count < 2:
             return Region(0, (0, 0, 0, 0), (0.0, 0.0))
-        areas = np.bincount(labels.ravel(), minlength=count)
-        best = 1 + int(np.argmax(areas[1:]))
-        chosen = cv2.compare(labels, best, cv2.CMP_EQ)
+        if count == 2:  # one region (the usual case): it is the binary mask itself
+            chosen, area = binary, cv2.countNonZero(binary)
+        else:  # the areas from the class's own pixels only (a bincount of the whole crop is 3x slower)
+            areas = np.bincount(labels[binary != 0], minlength=count)
+            best = int(np.argmax(areas))
+            chosen, area = cv2.compare(labels, best, cv2.CMP_EQ), int(areas[best])
         x, y, w, h = cv2.boundingRect(chosen)
         moments = cv2.moments(chosen[y:y + h, x:x + w], True)
         cx, cy = moments["m10"] / moments["m00"] + x, moments["m01"] / moments["m00"] + y
-        return Region(int(areas[best]), (x + raster.x0, y + raster.y0, w, h), (cx + raster.x0, cy + raster.y0))
+        return Region(int(area), (x + raster.x0, y + raster.y0, w, h), (cx + raster.x0, cy + raster.y0))
 
     def _rasterize(self, zone: Zone, height: int, width: int) -> _Raster:
         zone.check_fits(width, height)
@@ -244,16 +248,22 @@ class ZoneMeter:
         cv2.fillPoly(inside, [points - (x0, y0)], 255)
         area = int(cv2.countNonZero(inside))
         # A zone that fills its bounding box (an upright rectangle, the usual zone) needs no mask: faster passes.
-        return _Raster(zone, int(x0), int(y0), int(x1), int(y1), None if area == inside.size else inside, area)
+        if area == inside.size:
+            return _Raster(zone, int(x0), int(y0), int(x1), int(y1), None, None, area)
+        return _Raster(zone, int(x0), int(y0), int(x1), int(y1), inside, cv2.bitwise_not(inside), area)
 
 
-def _histogram(crop: np.ndarray, inside: np.ndarray | None, n: int) -> np.ndarray:
+def _histogram(crop: np.ndarray, raster: _Raster, n: int) -> np.ndarray:
     """Pixel count per class id 0..n-1 inside the zone (ids past n are not counted)."""
+    if crop.dtype == np.uint8 and n <= 16:
+        # A compare and a count per class: 3-5x less CPU than calcHist's full histogram for a few classes.
+        # Pixels outside the zone become 255, which no class id is here.
+        view = crop if raster.outside is None else cv2.bitwise_or(crop, raster.outside)
+        return np.array([cv2.countNonZero(cv2.compare(view, i, cv2.CMP_EQ)) for i in range(n)], np.float64)
     if crop.dtype == np.uint8 and n <= 256:
-        # A crop is a view: OpenCV takes its row step. Counts come as float32: exact integers up to 2**24, but
-        # a fraction of them must be computed in float64.
-        return cv2.calcHist([crop], [0], inside, [n], [0, n]).ravel().astype(np.float64)
-    return np.bincount((crop if inside is None else crop[inside > 0]).ravel(), minlength=n)[:n]
+        # A crop is a view: OpenCV takes its row step. Counts come as float32, exact up to 2**24.
+        return cv2.calcHist([crop], [0], raster.inside, [n], [0, n]).ravel().astype(np.float64)
+    return np.bincount((crop if raster.inside is None else crop[raster.inside > 0]).ravel(), minlength=n)[:n]
 
 
 def _points(points: object) -> tuple[tuple[float, float], ...]:

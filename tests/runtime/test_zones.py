@@ -126,3 +126,18 @@ def test_regions_per_zone_and_class_pairs():
     assert set(stats["a"].regions) == {"smoke"} and set(stats["b"].regions) == {"water"}  # smoke is not in b
     with pytest.raises(EdgesegError, match="unknown zones"):
         ZoneMeter(zones, classes=CLASSES, regions={"c": ["smoke"]})
+
+
+@pytest.mark.parametrize("count, dtype", [(20, np.uint8), (300, np.uint16)])
+def test_many_classes_are_counted_the_same(count, dtype):
+    """Past 16 classes the fractions come from one histogram, past 256 (uint16 masks) from a bincount."""
+    rng = np.random.default_rng(count)
+    mask = rng.integers(0, count, (30, 40)).astype(dtype)
+    classes = tuple(f"c{i}" for i in range(count))
+    zone = Zone("tri", [(2, 2), (39, 5), (10, 29)])
+    stats = ZoneMeter([zone], classes=classes, regions=()).measure(mask)["tri"]
+    inside = np.zeros(mask.shape, np.uint8)
+    cv2.fillPoly(inside, [zone.pixel_points(40, 30)], 1)
+    expected = np.bincount(mask[inside > 0], minlength=count) / inside.sum()
+    assert stats.area == inside.sum()
+    assert [stats.class_fraction[name] for name in classes] == pytest.approx(expected.tolist(), abs=1e-12)
