@@ -72,6 +72,7 @@ class DiskQueue:
         except OSError as error:
             raise EdgesegError(f"Cannot use `{self.folder}` as an event queue: {error.strerror or error}. "
                                "Pass a writable folder.") from None
+        self._lockfile = _claim(self.folder)
         self.max_records = max_records
         self.segment_records = segment_records
         self._lock = threading.Lock()
@@ -162,6 +163,9 @@ class DiskQueue:
             if self._reader is not None:
                 self._reader[1].close()
                 self._reader = None
+            if self._lockfile is not None:
+                self._lockfile.close()  # releases the claim on the folder
+                self._lockfile = None
 
     def _open_reader(self, number: int) -> None:
         if self._reader is not None:
@@ -194,6 +198,29 @@ class DiskQueue:
 
     def _ack_path(self, number: int) -> Path:
         return self.folder / f"{number:08d}.ack"
+
+
+def _claim(folder: Path) -> Any:
+    """Hold ``folder/lock`` (an advisory lock) while the queue is open: two writers would interleave
+    records and acknowledgements. None where the system has no ``fcntl`` (the claim is then not checked)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(folder / "lock", "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise EdgesegError(f"The event queue `{folder}` is in use by {owner}: give each sink its own queue folder "
+                           "(\"queue\" in the sinks entry), or stop the other run.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _complete_lines(path: Path) -> int:

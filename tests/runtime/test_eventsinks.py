@@ -117,7 +117,9 @@ def test_webhook_receiver_down_then_back_gets_every_event_once_in_order(tmp_path
     assert receiver.keys == [body["id"] for body in receiver.bodies]
     assert receiver.bodies[0]["schema"] == "edgeseg.event/1" and receiver.bodies[0]["class"] == "smoke"
     assert sink.counters == {"queued": 6, "delivered": 6, "dropped": 0, "rejected": 0, "pending": 0}
-    assert len(DiskQueue(tmp_path / "queue")) == 0  # all acknowledged on disk: the next run sends nothing again
+    left = DiskQueue(tmp_path / "queue")
+    assert len(left) == 0  # all acknowledged on disk: the next run sends nothing again
+    left.close()
 
 
 def test_queued_events_survive_a_restart_of_the_process(tmp_path, receiver):
@@ -201,6 +203,10 @@ def test_disk_queue_resumes_after_the_last_acknowledged_record_and_drops_a_cut_l
         again.ack(item[0])
     assert taken == [3, 4]
     assert again.put({"n": 5}) and again.peek()[1] == {"n": 5}
+    with pytest.raises(EdgesegError, match=r"is in use by process \d+"):
+        DiskQueue(tmp_path)  # one sink per queue folder
+    again.close()
+    DiskQueue(tmp_path).close()  # free again once closed
 
 
 def test_command_sink_runs_the_command_per_event_and_retries_a_failure(tmp_path):
