@@ -5,8 +5,8 @@ and the same frames scaled to 640x480 (the masks then come back at camera size, 
 statistics cost more). Side by side in one run, rounds interleaved so that the machine's load
 hits all alike; medians over rounds. Per frame of one stream:
 
-- ``pipeline_ms``: the bare 4-stream run today, ``run_streams`` on 4 copies of the video (decode,
-  one inference call for the 4 streams, post-processing, overlay, masks, overlay.mp4,
+- ``pipeline_ms``: the bare 4-stream run, ``segment`` (the one loop) on 4 copies of the video
+  (decode, inference batched across the 4 streams, post-processing, overlay, masks, overlay.mp4,
   frames.jsonl), time / frames (at 640x480, of an MJPG copy written first);
 - ``infer_ms``: ``Model.predict_batch`` of 4 frames (preprocessing and post-processing included)
   / 4, the smallest bare cost a frame can have;
@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime import Model, open_source, run_streams
+from edgeseg.runtime import Model, open_source, segment
 from edgeseg.runtime.decisions import DecisionConfig, Decisions, MqttSink, Rule, Zone
 from edgeseg.runtime.vectors import mask_polygons
 
@@ -105,8 +105,8 @@ def measure(model: Model, images: list[np.ndarray], rounds: int, *, source: str 
     for _ in range(rounds):
         if source is not None:
             with tempfile.TemporaryDirectory() as tmp, Clock() as clock:
-                summary = run_streams([f"s{i}={source}" for i in range(STREAMS)], model=model, out=tmp)
-            frames = sum(stream["frames"] for stream in summary["streams"].values())
+                summary = segment([f"s{i}={source}" for i in range(STREAMS)], model=model, out=tmp)
+            frames = summary["frames"]
             times["pipeline"].append((clock.wall / frames, clock.cpu / frames))
         with Clock() as clock:
             for i in range(0, len(images) - STREAMS + 1, STREAMS):

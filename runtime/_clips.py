@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 from edgeseg.runtime.files import atomic_path
 
 log = logging.getLogger("edgeseg.runtime")
@@ -70,12 +71,11 @@ class _Pending:
 
 
 def _ffmpeg() -> str:
+    imageio_ffmpeg = require("imageio_ffmpeg", purpose="event clips", among=("cpu",))
     try:
-        import imageio_ffmpeg
-
         return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError):
-        raise EdgesegError("clips need the ffmpeg binary of imageio-ffmpeg: pip install 'edgeseg[cpu]'") from None
+    except RuntimeError as error:
+        raise EdgesegError(f"event clips need imageio-ffmpeg's ffmpeg binary, which it cannot find ({error}).") from None
 
 
 class ClipRecorder:

@@ -37,6 +37,7 @@ from typing import Any
 
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.events import Event
+from edgeseg.runtime.extras import require
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -547,10 +548,7 @@ class MqttSink(QueuedEventSink):
                  client_id: str | None = None, username: str | None = None, password: str | None = None,
                  keepalive: int = 30, reconnect_min: float = 0.5, reconnect_max: float = 30.0,
                  max_queued: int = DEFAULT_MAX_QUEUED) -> None:
-        try:
-            import paho.mqtt.client as mqtt
-        except ImportError:
-            raise EdgesegError("MQTT events need paho-mqtt: pip install 'edgeseg[events]'") from None
+        mqtt = require("paho.mqtt.client", purpose="MQTT event sinks")
         if not isinstance(host, str) or not host:
             raise EdgesegError(f"mqtt host: expected a host name or address, got {host!r}.")
         if not isinstance(port, int) or not 0 < port < 65536:

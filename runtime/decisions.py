@@ -57,6 +57,7 @@ from edgeseg.runtime._clips import ClipRecorder
 from edgeseg.runtime._eventsinks import CommandSink, DiskQueue, MqttSink, QueuedEventSink, WebhookSink
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.events import EVENT_SCHEMA, Event, EventLog, Rule, RuleEngine, read_events
+from edgeseg.runtime.extras import require
 from edgeseg.runtime.files import write_bytes_atomic
 from edgeseg.runtime.zones import Zone, ZoneMeter, ZoneStats
 
@@ -329,11 +330,7 @@ def _parse_json(text: str, name: str) -> Any:
 
 
 def _parse_yaml(text: str, name: str) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise EdgesegError(f"{name}: a YAML zones/rules file needs PyYAML: pip install pyyaml (or write it as "
-                           "JSON).") from None
+    yaml = require("yaml", purpose=f"{name}: a YAML zones/rules file", fix="or write it as JSON")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
@@ -598,10 +595,8 @@ def register_metrics(registry: Any, decisions: Decisions) -> Any:
         register_metrics(registry, decisions)
         print(generate_latest(registry).decode())
     """
-    try:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-    except ImportError:
-        raise EdgesegError("zone metrics need prometheus_client: pip install 'edgeseg[serve]'") from None
+    core = require("prometheus_client.core", purpose="zone and event metrics")
+    CounterMetricFamily, GaugeMetricFamily = core.CounterMetricFamily, core.GaugeMetricFamily
 
     class _Collector:
         def collect(self):

@@ -10,8 +10,8 @@ been false for ``clear_after`` seconds, where false means past the threshold by 
 clock, per-zone statistics) and returns the :class:`Event` records that start or end on that frame:
 an event is two records with one ``id``, ``type`` ``start`` then ``end``. Times are the stream's
 (a video's position, a live stream's seconds since it started); ``wall`` is the UTC time the record
-was made. Records are versioned (``"schema": "edgeseg.event/1"``) and written one per line to
-``events.jsonl`` by :class:`EventLog`.
+was made. Records are versioned (``"schema": 1``, an integer like ``frames.jsonl``'s, changed only when
+a field changes meaning or goes away) and written one per line to ``events.jsonl`` by :class:`EventLog`.
 
 Example::
 
@@ -37,7 +37,7 @@ from typing import Any
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.zones import ZoneStats
 
-EVENT_SCHEMA = "edgeseg.event/1"
+EVENT_SCHEMA = 1
 EVENT_TYPES = ("start", "end")
 
 

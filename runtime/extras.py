@@ -47,6 +47,7 @@ EXTRAS: dict[str, Extra] = {
     "bench": Extra(needs=("onnx",), optional=("openvino", "psutil")),       # no OpenVINO: its runners are skipped
     "serve": Extra(needs=("prometheus_client", "starlette", "uvicorn")),
     "grpc": Extra(needs=("tritonclient", "grpc")),                       # edgeseg serve --grpc-port
+    "events": Extra(needs=("paho",), optional=("yaml",)),                  # yaml: zones/rules files in YAML
     "ray": Extra(needs=("ray",)),
 }
 

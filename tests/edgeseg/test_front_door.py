@@ -53,6 +53,7 @@ def test_the_extras_table_is_pyprojects():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(EXTRAS) == set(extras) - {"dev"}
     module_of = {"tensorflow-cpu": "tensorflow", "onnxruntime-gpu": "onnxruntime", "imageio-ffmpeg": "imageio_ffmpeg",
+                 "paho-mqtt": "paho", "pyyaml": "yaml",
                  "protobuf": None}  # protobuf comes with onnx and TensorFlow; no command needs it alone
     for name, requirements in extras.items():
         if name == "dev":

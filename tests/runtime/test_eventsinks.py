@@ -24,7 +24,7 @@ import pytest
 
 from edgeseg.runtime.decisions import CommandSink, DiskQueue, MqttSink, WebhookSink
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.events import Event
+from edgeseg.runtime.events import EVENT_SCHEMA, Event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def test_webhook_receiver_down_then_back_gets_every_event_once_in_order(tmp_path
     sink.close()
     assert receiver.ids == [(f"ev-{n}", "start") for n in range(5)] + [("ev-5", "end")]
     assert receiver.keys == [body["id"] for body in receiver.bodies]
-    assert receiver.bodies[0]["schema"] == "edgeseg.event/1" and receiver.bodies[0]["class"] == "smoke"
+    assert receiver.bodies[0]["schema"] == EVENT_SCHEMA and receiver.bodies[0]["class"] == "smoke"
     assert sink.counters == {"queued": 6, "delivered": 6, "dropped": 0, "rejected": 0, "pending": 0}
     left = DiskQueue(tmp_path / "queue")
     assert len(left) == 0  # all acknowledged on disk: the next run sends nothing again
@@ -139,7 +139,7 @@ def test_nothing_is_lost_on_ctrl_c(tmp_path, receiver):
     script = textwrap.dedent(f"""
         import sys, time
         from edgeseg.runtime.decisions import WebhookSink
-        from edgeseg.runtime.events import Event
+        from edgeseg.runtime.events import EVENT_SCHEMA, Event
         sink = WebhookSink("http://127.0.0.1:{receiver.port}/hook", queue=sys.argv[1], backoff=0.05, max_backoff=0.1)
         sink.start()
         for n in range(6):
