@@ -44,12 +44,6 @@ def save_model(model: Any, path: str | os.PathLike, record: dict[str, Any] | Non
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def load_record(path: str | os.PathLike) -> dict[str, Any] | None:
     """The preprocessing record stored in a ``.keras`` file, or None if it has none."""
     path = Path(path)
