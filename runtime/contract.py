@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ ACTIVATIONS = ("softmax", "sigmoid", "none")
 FUSED = ("none", "class_ids")
 # A model input larger than this is refused when the contract is read: 8192x8192 is already a 768 MB RGB float tensor.
 MAX_INPUT_PIXELS = 8192 * 8192
+# A contract is a few levels deep; deeper JSON is refused before Python's recursion limit turns it into a traceback.
+MAX_NESTING = 32
 
 # Colours for class masks and overlays when a model names none (class 0 is background: black).
 DEFAULT_PALETTE = (
@@ -83,7 +86,7 @@ class InputSpec:
                 f"but input.channels={self.channels}."
             )
         for key in ("mean", "std"):
-            values = tuple(float(v) for v in getattr(self, key))
+            values = tuple(_number(f"input.{key}", v) for v in getattr(self, key))
             if len(values) not in (1, self.channels):
                 raise EdgesegError(
                     f"Contract key `input.{key}` needs 1 or {self.channels} values, got {len(values)}."
@@ -91,7 +94,10 @@ class InputSpec:
             object.__setattr__(self, key, values)
         if any(s == 0 for s in self.std):
             raise EdgesegError("Contract key `input.std` must not contain 0.")
-        object.__setattr__(self, "scale", float(self.scale))
+        scale = _number("input.scale", self.scale)
+        if scale == 0:
+            raise EdgesegError("Contract key `input.scale` (--scale) must not be 0: every pixel would become the mean.")
+        object.__setattr__(self, "scale", scale)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,10 @@ class Contract:
         """Build and validate a contract; a missing or wrong key raises an error naming it."""
         if not isinstance(data, Mapping):
             raise EdgesegError(f"{origin}: the contract must be a JSON object, got {type(data).__name__}.")
+        deep = _too_deep(data, MAX_NESTING)
+        if deep is not None:
+            raise EdgesegError(f"{origin}: contract key `{deep}` is nested more than {MAX_NESTING} levels deep; "
+                               "a contract is a few levels of objects and lists. Re-export the model.")
         fmt = data.get("format", FORMAT_VERSION)
         if fmt != FORMAT_VERSION:
             raise EdgesegError(
@@ -253,6 +263,10 @@ class Contract:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise EdgesegError(f"{origin}: the `{METADATA_KEY}` metadata is not valid JSON ({error}).") from None
+        except RecursionError:  # the parser recurses per level: thousands of [[[ exhaust the stack
+            raise EdgesegError(f"{origin}: the `{METADATA_KEY}` metadata is nested too deep for Python's JSON parser "
+                               f"(a contract is at most {MAX_NESTING} levels of objects and lists). Re-export the "
+                               "model.") from None
         return cls.from_dict(data, origin=origin)
 
 
@@ -349,6 +363,38 @@ def _known(spec: type, data: dict[str, Any]) -> dict[str, Any]:
         if key in kept and not isinstance(kept[key], Sequence):
             kept[key] = (kept[key],)
     return kept
+
+
+def _number(key: str, value: Any) -> float:
+    """A finite float, or EdgesegError naming the key (NaN or infinity would make every input NaN)."""
+    flag = {"input.scale": "--scale", "input.mean": "--mean", "input.std": "--std"}.get(key)
+    named = f"`{key}` ({flag})" if flag else f"`{key}`"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise EdgesegError(f"Contract key {named} must hold numbers, got {_shown(value)}.")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise EdgesegError(f"Contract key {named} must hold numbers, got {_shown(value)}.") from None
+    if not math.isfinite(number):
+        raise EdgesegError(f"Contract key {named} must hold finite numbers, got {value!r}.")
+    return number
+
+
+def _too_deep(value: Any, limit: int) -> str | None:
+    """The dotted key where ``value`` nests more than ``limit`` containers deep, or None (no recursion)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+        else:
+            continue
+        if depth >= limit:
+            return where[:60] + ("..." if len(where) > 60 else "")
+        stack.extend((child, key, depth + 1) for child, key in children)
+    return None
 
 
 def _shown(value: Any) -> str:
