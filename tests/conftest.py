@@ -6,7 +6,10 @@ channel, so a test knows the right mask of any frame it draws.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import sys
 
 import cv2
@@ -103,6 +106,36 @@ def moving_video(path, *, count=20, height=48, width=64, fps=10.0, fourcc="MJPG"
         frame[16:32, x: x + 16] = RED
         frames.append(frame)
     return write_video(path, frames, fps=fps, fourcc=fourcc)
+
+
+@contextlib.contextmanager
+def without_root_file_access():
+    """Permission bits apply to this thread as to any user, even as root (whose CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH ignore them): the calling thread drops both from its effective capabilities and
+    gets them back at the end. Not root: nothing to drop, the bits apply already."""
+    if os.geteuid() != 0:
+        yield
+        return
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3; pid 0: this thread
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    kept = data[0].effective
+    data[0].effective = kept & ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    try:
+        yield
+    finally:
+        data[0].effective = kept
+        libc.capset(ctypes.byref(header), data)
 
 
 @pytest.fixture
