@@ -1,7 +1,9 @@
 """Tiny ONNX models and videos built by the tests themselves (onnx.helper, cv2.VideoWriter).
 
 The segmentation models are a 1x1 convolution + softmax whose class is the dominant colour
-channel, so a test knows the right mask of any frame it draws.
+channel, so a test knows the right mask of any frame it draws. Also shared by every test: a private
+XDG cache, the records' schema check, and ``time_scale``, how much longer than on an idle machine
+a test may wait (timeouts scale with the machine's load).
 """
 
 from __future__ import annotations
@@ -200,3 +202,47 @@ def records_follow_the_schema(request):
             if len(problems) > 20:
                 break
     assert not problems, "records off the schema (runtime/records.py, docs/records.md):\n" + "\n".join(problems[:20])
+
+
+# -- how much slower than an idle machine this one runs now --------------------------------------------
+# A timeout in a test guards against a hang; it is not a measurement, and it must not turn a busy CI box (the
+# suite took 42-49 min at load 15-28 on one) red. TIME_SCALE is EDGESEG_TEST_TIME_SCALE when set, else the load
+# average per core, at least 1 and at most 10, read once when the run starts. Every test's pytest-timeout limit
+# (600 s, or its own marker) is multiplied by it here; a test's own waits take the `time_scale` fixture.
+
+def _time_scale() -> float:
+    forced = os.environ.get("EDGESEG_TEST_TIME_SCALE", "").strip()
+    if forced:
+        try:
+            return max(1.0, float(forced))
+        except ValueError:
+            raise pytest.UsageError(f"EDGESEG_TEST_TIME_SCALE must be a number, got {forced!r}") from None
+    try:
+        per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return 1.0
+    return min(10.0, max(1.0, per_core))
+
+
+TIME_SCALE = _time_scale()
+
+
+@pytest.fixture(scope="session")
+def time_scale() -> float:
+    """How many times longer than on an idle machine a test may wait for something to happen."""
+    return TIME_SCALE
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"edgeseg: test timeouts x{TIME_SCALE:.1f} (load per core; EDGESEG_TEST_TIME_SCALE overrides)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TIME_SCALE == 1.0:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0]) if marker is not None and marker.args else default
+        if limit > 0:
+            item.add_marker(pytest.mark.timeout(limit * TIME_SCALE), append=False)

@@ -115,16 +115,21 @@ def test_rtsp_http_and_a_file_in_one_run_with_metrics_and_health(video, servers,
     helper = threading.Thread(target=scrape)
     helper.start()
     summary = run_streams([f"rtsp=rtsp://127.0.0.1:{rtsp_port}/cam", f"http=http://127.0.0.1:{http_port}/live.ts",
-                           f"file={video}"], model=MODEL, out=out, on_result=count, stop=stop, serve=serve_port)
+                           f"file={video}", f"file2={video}"], model=MODEL, out=out, on_result=count, stop=stop,
+                          serve=serve_port)
     helper.join()
     streams = summary["sources"]
-    assert streams["file"]["frames"] == 20 and streams["file"]["state"] == "done"
+    for name in ("file", "file2"):
+        assert streams[name]["frames"] == 20 and streams[name]["state"] == "done"
     for name in ("rtsp", "http"):
         assert streams[name]["frames"] >= 10 and _balanced(streams[name]), streams[name]
         assert len(_jsonl_indices(out / name)) == streams[name]["frames"] == seen[name]
         capture = cv2.VideoCapture(str(out / name / "overlay.mp4"))
         assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == streams[name]["frames"]
-    assert summary["mean_batch"] > 1.0  # frames of several streams went through one inference call
+    # Frames of several sources went through one inference call. The two files have a frame ready at every step;
+    # live frames join a call only when they happen to arrive together (their servers' phase decides; a file
+    # opened behind OpenCV's open lock used to overlap them by chance, and opens no longer wait for each other).
+    assert summary["mean_batch"] > 1.0
     assert 'edgeseg_stream_frames_total{stream="rtsp"}' in scraped["metrics"]
     assert scraped["health"]["status"] == "ok" and scraped["health"]["sources"]["http"] == "reading"
     assert '/stream/http.mjpg' in scraped["page"] and "multipart/x-mixed-replace" in scraped["mjpeg_type"]
@@ -185,7 +190,7 @@ def test_rotation_gives_playable_segments_with_every_frame_once(video, servers, 
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_outputs(tmp_path):
+def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_outputs(tmp_path, time_scale):
     silent = socket.socket()  # accepts and never sends: FFmpeg's open blocks for its whole timeout
     silent.bind(("127.0.0.1", 0))
     silent.listen()
@@ -198,7 +203,7 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
     try:
         # Started (each source's folder is made when its feeder starts); then one stream hangs in open, the other
         # waits between attempts. Waiting for the folders, not a fixed time: a loaded machine loads models slowly.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * time_scale
         while not ((out / "silent").is_dir() and (out / "refused").is_dir()) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)
@@ -214,7 +219,8 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
     summary = json.loads((out / "summary.json").read_text())
     assert code == 130 and summary["interrupted"]
     assert summary["sources"]["silent"]["frames"] == 0 and summary["sources"]["refused"]["state"] == "stopped"
-    assert took < 3.0, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"  # loose: a loaded 2-core CI box
+    # Loose, and scaled by the machine's load (a busy 2-core CI box): the goal is 1 s; before: 15-38 s.
+    assert took < 3.0 * time_scale, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"
 
 
 @pytest.mark.timeout(120)
