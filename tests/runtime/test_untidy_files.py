@@ -48,7 +48,7 @@ def test_a_240_character_name_is_processed_and_its_outputs_get_a_bounded_stable_
     for record in records:
         assert len(record["name"].encode()) <= MAX_NAME_BYTES
         assert (masks / f"{record['name']}.png").is_file()
-    long_name = next(r["name"] for r in records if r["source"].endswith(f"{long_stem}.png"))
+    long_name = next(r["name"] for r in records if r["file"].endswith(f"{long_stem}.png"))
     assert long_name.startswith("a" * 100) and long_name == bounded_name(long_stem)  # the same name on every run
     assert read_mask_png(masks / f"{long_name}.png").min() == 2  # blue: class 2
     assert len({r["name"] for r in records}) == 4
@@ -164,7 +164,7 @@ def test_fifos_devices_and_sockets_are_named_and_the_good_images_still_run(speci
 
     with caplog.at_level(logging.INFO, logger="edgeseg.runtime"):
         summary = segment(specials, model=seg_model, out=tmp_path / "o")
-    records = {r["source"].rsplit("/", 1)[-1]: r for r in _jsonl(tmp_path / "o")}
+    records = {r["file"].rsplit("/", 1)[-1]: r for r in _jsonl(tmp_path / "o")}
     assert (summary["frames"], summary["frames_failed"]) == (2, 4)
     assert records["a.png"]["ok"] and records["z.png"]["ok"]
     assert "a FIFO (named pipe)" in records["pipe.png"]["error"]
