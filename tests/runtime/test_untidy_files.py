@@ -386,4 +386,4 @@ def test_bad_numbers_and_deep_nesting_stop_segment_and_calibrate_with_one_line(s
     _one_line(capsys, main(["calibrate", str(deep_model), "--data", str(tmp_path), "-o", str(tmp_path / "q.onnx")]),
               "nested too deep")
     _one_line(capsys, main(["calibrate", str(seg_model), "--data", str(tmp_path), "-o", str(tmp_path / "q.onnx"),
-                            "--max-drop", "nan"]), "--max-drop must be a finite number")
+                            "--max-drop", "nan"]), "--max-drop must be a number of points >= 0")
