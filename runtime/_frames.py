@@ -14,25 +14,15 @@ import hashlib
 import logging
 import os
 import stat
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Larger images are refused per item rather than decoded into gigabytes.
-DEFAULT_MAX_PIXELS = 100_000_000
-# OpenCV's own limit backs the header check: a decoder that reads another size than our header parser
-# (a pixel bomb crafted for it) still refuses before allocating. OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS
-# once, when cv2 loads; its default (2**30 pixels, 3 GB for RGB) is no limit worth the name, so edgeseg
-# sets it to DEFAULT_MAX_PIXELS unless the environment already has it or cv2 was loaded before edgeseg.
-if "cv2" not in sys.modules:
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
-
-import cv2  # noqa: E402 - after the limit above, which OpenCV reads when it loads
-import numpy as np  # noqa: E402
-from edgeseg.runtime._imageheader import Reader, jpeg_layout, read_header  # noqa: E402
-from edgeseg.runtime.errors import BadInputError, EdgesegError  # noqa: E402
+import cv2
+import numpy as np
+from edgeseg.runtime._imageheader import Reader, jpeg_layout, read_header
+from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -43,7 +33,10 @@ IMAGE_SUFFIXES = frozenset(
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif"})
 # In a folder a GIF is an image (its first frame); given alone as SOURCE it is a video.
 FOLDER_IMAGE_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
-# The decode-time limit in force (the most pixels OpenCV decodes in this process): see the top of the module.
+# Larger images are refused per item rather than decoded into gigabytes.
+DEFAULT_MAX_PIXELS = 100_000_000
+# The decode-time limit in force, the most pixels OpenCV decodes in this process: OpenCV's own check backs the
+# header check. edgeseg's package sets OPENCV_IO_MAX_IMAGE_PIXELS to DEFAULT_MAX_PIXELS before cv2 loads.
 _DECODE_LIMIT = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "").strip()
 DECODE_MAX_PIXELS = int(_DECODE_LIMIT) if _DECODE_LIMIT.isdigit() else 1 << 30
 # The largest file an image of max_pixels needs: 16 bytes a pixel (float32 RGBA, uncompressed) plus metadata.

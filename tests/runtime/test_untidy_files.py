@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from edgeseg.runtime import BadInputError, EdgesegError, read_mask_png, segment
-from edgeseg.runtime._frames import MAX_NAME_BYTES, bounded_name, folder_paths, frame_names, open_source, read_image
+from edgeseg.runtime import BadInputError, EdgesegError, open_source, read_mask_png, segment
+from edgeseg.runtime._frames import MAX_NAME_BYTES, bounded_name, folder_paths, frame_names, read_image
 from edgeseg.runtime._preprocess import to_bgr8
 from edgeseg.runtime.files import atomic_path, write_bytes_atomic
 
