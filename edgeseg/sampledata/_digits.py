@@ -87,9 +87,7 @@ def draw_digits(labels: np.ndarray, rng: np.random.Generator, *, size: int = 28)
         matrix = _placement(height, aspect, slant, angle, big)
         ink = np.zeros((big, big), bool)
         for stroke in _GLYPHS[style][int(label)]:
-            points = [_apply(matrix, point) for point in stroke]
-            for start, end in zip(points[:-1], points[1:]):
-                _segment(ink, centres, start, end, radius)
+            _stroke(ink, centres, np.array([_apply(matrix, point) for point in stroke], np.int64), radius)
         ink = _centred(ink, shift)
         images[i] = _blur(_shrink(ink))
     return images
@@ -116,28 +114,28 @@ def _apply(matrix: tuple[float, ...], point: tuple[float, float]) -> tuple[int, 
     return round((m00 * x + m01 * y + tx) * _FIX), round((m10 * x + m11 * y + ty) * _FIX)
 
 
-def _segment(ink: np.ndarray, centres: np.ndarray, start: tuple[int, int], end: tuple[int, int], radius: int) -> None:
-    """Mark every pixel whose centre lies within ``radius`` of the segment (round caps), in exact integers."""
-    (ax, ay), (bx, by) = start, end
+def _stroke(ink: np.ndarray, centres: np.ndarray, points: np.ndarray, radius: int) -> None:
+    """Mark every pixel whose centre lies within ``radius`` of the polyline ``points`` (round caps and joins),
+    decided in exact integers; all its segments at once, over the polyline's bounding box."""
     big = ink.shape[0]
-    x0, x1 = max(0, (min(ax, bx) - radius) // _FIX), min(big, (max(ax, bx) + radius) // _FIX + 1)
-    y0, y1 = max(0, (min(ay, by) - radius) // _FIX), min(big, (max(ay, by) + radius) // _FIX + 1)
+    x0, x1 = max(0, (int(points[:, 0].min()) - radius) // _FIX), min(big, (int(points[:, 0].max()) + radius) // _FIX + 1)
+    y0, y1 = max(0, (int(points[:, 1].min()) - radius) // _FIX), min(big, (int(points[:, 1].max()) + radius) // _FIX + 1)
     if x0 >= x1 or y0 >= y1:
         return
-    wx = centres[None, x0:x1] - ax
-    wy = centres[y0:y1, None] - ay
-    dx, dy = bx - ax, by - ay
+    start, delta = points[:-1], points[1:] - points[:-1]  # (segments, 2)
+    ax, ay = start[:, 0, None, None], start[:, 1, None, None]
+    dx, dy = delta[:, 0, None, None], delta[:, 1, None, None]
+    wx = centres[None, None, x0:x1] - ax  # (segments, 1, width)
+    wy = centres[None, y0:y1, None] - ay  # (segments, height, 1)
     length = dx * dx + dy * dy
     near_start = wx * wx + wy * wy
-    if length == 0:
-        inside = near_start <= radius * radius
-    else:
-        dot = wx * dx + wy * dy
-        near_end = (wx - dx) ** 2 + (wy - dy) ** 2
-        across = near_start * length - dot * dot  # squared distance to the line, times length
-        inside = np.where(dot <= 0, near_start <= radius * radius,
-                          np.where(dot >= length, near_end <= radius * radius, across <= radius * radius * length))
-    ink[y0:y1, x0:x1] |= inside
+    dot = wx * dx + wy * dy
+    near_end = (wx - dx) ** 2 + (wy - dy) ** 2
+    across = near_start * length - dot * dot  # squared distance to the segment's line, times its length
+    reach = radius * radius
+    inside = np.where(dot <= 0, near_start <= reach,
+                      np.where(dot >= length, near_end <= reach, across <= reach * length))
+    ink[y0:y1, x0:x1] |= inside.any(axis=0)
 
 
 def _centred(ink: np.ndarray, shift: np.ndarray) -> np.ndarray:
