@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from edgeseg.runtime._imageheader import Reader, jpeg_layout, read_header
+from edgeseg.runtime._imageheader import Header, Reader, jpeg_layout, read_header
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
@@ -111,17 +111,25 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         limit = max_pixels * _MAX_BYTES_PER_PIXEL + _MAX_METADATA_BYTES
         if size > limit:
             raise BadInputError(f"file too large for an image of at most {max_pixels} pixels ({size} bytes > {limit})")
-        read = _file_reader(handle, size)
-        header = read_header(read)
-        if header.size is None:
-            where = f"{header.format}: " if header.format else ""
-            raise BadInputError(f"not a decodable image ({where}{header.problem}; nothing was decoded)")
-        width, height = header.size
-        _check_size(header.size, max_pixels)
-        if width * height > DECODE_MAX_PIXELS:
-            raise BadInputError(f"image too large for OpenCV in this process ({width}x{height} > "
-                                f"OPENCV_IO_MAX_IMAGE_PIXELS={DECODE_MAX_PIXELS}; set it before edgeseg is imported)")
+        header = read_header(_file_reader(handle, size))
+        _check_header(header, max_pixels)
         data = _read_all(handle, size)
+    return decode_checked(data, header=header, max_pixels=max_pixels)
+
+
+def decode_checked(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, header: Header | None = None) -> np.ndarray:
+    """Decode image bytes with every check :func:`read_image` makes (the one checked decoder, for files and for
+    bytes that never touch a file): the size from the header first (refused above ``max_pixels`` or OpenCV's
+    own limit, or when the header gives none), a truncated JPEG refused, the decoded size checked again.
+    ``header``: the header already read (``read_header``), else it is read from ``data``.
+
+    Example::
+
+        image = decode_checked(request_body, max_pixels=25_000_000)
+    """
+    if header is None:
+        header = read_header(lambda offset, count: data[offset: offset + max(count, 0)])
+    _check_header(header, max_pixels)
     if header.format == "JPEG":
         _check_jpeg_complete(data)
     try:
@@ -132,6 +140,17 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise BadInputError("not a decodable image (corrupt, truncated or not an image)")
     _check_size((image.shape[1], image.shape[0]), max_pixels)
     return image
+
+
+def _check_header(header: Header, max_pixels: int) -> None:
+    if header.size is None:
+        where = f"{header.format}: " if header.format else ""
+        raise BadInputError(f"not a decodable image ({where}{header.problem}; nothing was decoded)")
+    width, height = header.size
+    _check_size(header.size, max_pixels)
+    if width * height > DECODE_MAX_PIXELS:
+        raise BadInputError(f"image too large for OpenCV in this process ({width}x{height} > "
+                            f"OPENCV_IO_MAX_IMAGE_PIXELS={DECODE_MAX_PIXELS}; set it before edgeseg is imported)")
 
 
 @contextlib.contextmanager

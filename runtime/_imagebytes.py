@@ -1,12 +1,11 @@
 """Images as bytes in memory, for callers whose images never touch a file (``edgeseg serve``).
 
-:func:`decode_image` applies :func:`read_image`'s checks to bytes: the size is read from the header
-(:mod:`edgeseg.runtime._imageheader`) and refused above ``max_pixels`` before anything is decoded (a
-"pixel bomb" of a few hundred bytes announcing 100k x 100k pixels costs a header read), a truncated
+:func:`decode_image` is :func:`read_image`'s checked decoder for bytes: the size is read from the
+header (:mod:`edgeseg.runtime._imageheader`) and refused above ``max_pixels`` before anything is decoded
+(a "pixel bomb" of a few hundred bytes announcing 100k x 100k pixels costs a header read), a truncated
 JPEG is refused, and a format whose header gives no size is refused rather than decoded blind.
 :func:`encode_mask_png` gives the bytes :func:`write_mask_png` writes: a palette PNG of class ids;
-:func:`decode_mask_png` reads them back (:func:`read_mask_png` for bytes). The PNG chunk writer is the
-sinks' own; the two file functions are meant to become thin wrappers of these two.
+:func:`decode_mask_png` reads them back; the two file functions are these two on a file.
 """
 
 from __future__ import annotations
@@ -18,14 +17,15 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edgeseg.runtime._frames import DEFAULT_MAX_PIXELS, _check_jpeg_complete, _check_size
-from edgeseg.runtime._imageheader import header_size
+from edgeseg.runtime._frames import DEFAULT_MAX_PIXELS, decode_checked
+from edgeseg.runtime._imageheader import read_header
 from edgeseg.runtime.errors import BadInputError
 
 
 def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, BMP, TIFF, WebP, ...) held in memory, as OpenCV would, or raise
-    BadInputError in one line saying why (empty, not an image, too many pixels, truncated, corrupt).
+    BadInputError in one line saying why (empty, not an image, too many pixels, truncated, corrupt): the runtime's
+    one checked decoder, :func:`read_image`'s for files.
 
     Example::
 
@@ -34,21 +34,10 @@ def decode_image(data: bytes | bytearray | memoryview, *, max_pixels: int = DEFA
     data = bytes(data)
     if not data:
         raise BadInputError("empty image (0 bytes)")
-    size = header_size(lambda offset, count: data[offset: offset + count] if count >= 0 else data[offset:])
-    if size is None:
-        raise BadInputError(f"not an image whose size its header gives (starts with {data[:8]!r}): send JPEG or PNG "
-                            "bytes (or BMP, TIFF, WebP)")
-    _check_size(size, max_pixels)
-    if data[:2] == b"\xff\xd8":
-        _check_jpeg_complete(data)
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:  # OpenCV asserts on some damaged headers instead of returning None
-        image = None
-    if image is None:
-        raise BadInputError("not a decodable image (corrupt, truncated or not an image)")
-    _check_size((image.shape[1], image.shape[0]), max_pixels)
-    return image
+    header = read_header(lambda offset, count: data[offset: offset + max(count, 0)])
+    if header.format is None:  # a client sent something else: say what to send
+        raise BadInputError(f"not an image (starts with {data[:8]!r}): send JPEG or PNG bytes (or BMP, TIFF, WebP)")
+    return decode_checked(data, max_pixels=max_pixels, header=header)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -179,7 +179,7 @@ def _cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edgeseg.runtime import EdgesegError, SegmentOptions, require_gpu_fp16, segment, stage_table
+    from edgeseg.runtime import EdgesegError, SegmentOptions, display_path, require_gpu_fp16, segment, stage_table
 
     sources = ([args.source_option] if args.source_option is not None else []) + list(args.source or [])
     if not sources:
@@ -202,20 +202,21 @@ def _run(args: argparse.Namespace) -> int:
     if summary["frames"] == 0 and not summary["interrupted"] and not summary["frames_resumed"] and not summary["failed"]:
         # Nothing was processed: a table of zero timings and exit 0 would read as success.
         reason = summary["first_failure"] or "the source gave no frames"
-        raise EdgesegError(f"nothing was processed from `{sources[0]}` ({reason}); see {args.out}/frames.jsonl.")
+        raise EdgesegError(f"nothing was processed from `{display_path(sources[0])}` ({reason}); see "
+                           f"{display_path(args.out)}/frames.jsonl.")
     print(stage_table(summary), file=sys.stderr)
     for name, report in summary["sources"].items():
         codec = report["outputs"].get("video_codec")
         if codec:
             print(f"{name}: overlay video {codec}", file=sys.stderr)
-    print(f"wrote {args.out}/summary.json", file=sys.stderr)
+    print(f"wrote {display_path(args.out)}/summary.json", file=sys.stderr)
     if summary["failed"] or summary["error"]:
         return 1
     return 130 if summary["interrupted"] else 0
 
 
 def _run_on_ray(args: argparse.Namespace, sources: list[str], options: Any, contract: dict[str, Any] | None) -> int:
-    from edgeseg.runtime import EdgesegError, stage_table
+    from edgeseg.runtime import EdgesegError, display_path, stage_table
 
     live = [flag for flag, value in (("--serve", args.serve), ("--rotate", args.rotate)) if value is not None]
     if live:
@@ -232,7 +233,8 @@ def _run_on_ray(args: argparse.Namespace, sources: list[str], options: Any, cont
                              options=options)
     print(stage_table(summary), file=sys.stderr)
     workers = summary.get("workers", {})
-    print(f"{summary['frames']} frame(s) on {len(workers)} worker(s); wrote {args.out}/summary.json", file=sys.stderr)
+    print(f"{summary['frames']} frame(s) on {len(workers)} worker(s); wrote {display_path(args.out)}/summary.json",
+          file=sys.stderr)
     return 130 if summary["interrupted"] else (1 if summary["ray"]["units_lost"] or summary["failed"] else 0)
 
 
