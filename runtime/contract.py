@@ -276,72 +276,12 @@ def metadata_of(model_proto: Any) -> dict[str, str]:
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, read from its protobuf wire format without loading the graph.
+    """``metadata_props`` of an ONNX file, read from its protobuf wire format without loading the graph (the
+    runtime's one reader of ONNX files, :class:`edgeseg.runtime.ModelFile`, reads them once; the weights are
+    skipped). A file that is not an ONNX file raises EdgesegError naming it."""
+    from edgeseg.runtime._modelfile import ModelFile  # ModelFile parses contracts with this module: import late
 
-    An ONNX file is a ``ModelProto``; its metadata are field 14, each a message of key (1) and
-    value (2). Every other top-level field is skipped by its length, so the weights are never read.
-    A file that is not a protobuf raises EdgesegError naming it.
-    """
-    from edgeseg.runtime.errors import EdgesegError as _Error
-
-    metadata: dict[str, str] = {}
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            while handle.tell() < size:
-                key = _varint(handle)
-                field_number, wire_type = key >> 3, key & 7
-                if wire_type == 0:
-                    _varint(handle)
-                elif wire_type == 1:
-                    handle.seek(8, os.SEEK_CUR)
-                elif wire_type == 5:
-                    handle.seek(4, os.SEEK_CUR)
-                elif wire_type == 2:
-                    length = _varint(handle)
-                    if handle.tell() + length > size:
-                        raise ValueError("a field runs past the end of the file")
-                    if field_number == 14:
-                        entry = _fields(handle.read(length))
-                        metadata[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
-                    else:
-                        handle.seek(length, os.SEEK_CUR)
-                else:
-                    raise ValueError(f"wire type {wire_type} is not used by ONNX files")
-    except OSError as error:
-        raise _Error(f"Cannot read model `{path}`: {error.strerror or error}.") from None
-    except (ValueError, EOFError) as error:
-        raise _Error(f"Cannot read model `{path}`: not an ONNX file ({error}). Pass an .onnx file written by "
-                     "`edgeseg export`.") from None
-    return metadata
-
-
-def _varint(handle: Any) -> int:
-    result, shift = 0, 0
-    while True:
-        byte = handle.read(1)
-        if not byte:
-            raise EOFError("the file ends inside a field")
-        result |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("a malformed varint")
-
-
-def _fields(data: bytes) -> dict[int, bytes]:
-    # The length-delimited fields of one small message (a metadata entry): {field number: bytes}.
-    import io
-
-    stream, found = io.BytesIO(data), {}
-    while stream.tell() < len(data):
-        key = _varint(stream)
-        if key & 7 != 2:
-            raise ValueError("a metadata entry holds a field that is not a string")
-        length = _varint(stream)
-        found[key >> 3] = stream.read(length)
-    return found
+    return dict(ModelFile.read(path).metadata)
 
 
 def write_contract(model_proto: Any, contract: Contract) -> None:
