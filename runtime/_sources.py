@@ -34,7 +34,7 @@ from typing import Any
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime._frames import (FOLDER_IMAGE_SUFFIXES, VIDEO_SUFFIXES, Frame, VideoInfo,
                                      display_path, folder_paths, frame_names, image_frames, video_frames)
-from edgeseg.runtime._streams import LiveSource, _safe_name, is_live
+from edgeseg.runtime._streams import LiveSource, _safe_name, is_live, validate_source
 
 KINDS = ("image", "folder", "glob", "list", "video", "stream")
 
@@ -156,6 +156,10 @@ def open_sources(specs: Sequence[str | os.PathLike | int | Entry | Source], *, s
     """
     entries = expand(specs, recursive=recursive)
     names = unique_names([entry.name for entry in entries])
+    for entry in entries:  # a typo in a URL or a camera that is not there is the user's: refused before anything opens
+        if isinstance(entry, Entry) and is_live(entry.spec):
+            validate_source(entry.spec)
+            _check_webcam(entry.spec)
     opened = []
     try:
         for entry, name in zip(entries, names):

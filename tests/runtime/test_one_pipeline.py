@@ -177,3 +177,12 @@ def test_options_that_cannot_apply_to_a_kind_of_source_are_refused_in_one_line(t
         segment([str(video), str(video)], model=seg_model, out=tmp_path / "b", show=True)
     with pytest.raises(EdgesegError, match="rotate"):
         SegmentOptions(rotate=0)
+
+
+def test_a_malformed_url_or_a_missing_camera_among_several_sources_stops_the_run_at_once(tmp_path, kit, seg_model):
+    video = kit.moving_video(tmp_path / "v.avi", count=3)
+    for bad, message in (("rtsp://cam:99999/s", "port '99999' is not a number"), ("tcp://127.0.0.1 :9/", "a space"),
+                         ("57", "No webcam 57")):
+        with pytest.raises(EdgesegError, match=message):
+            segment([str(video), bad], model=seg_model, out=tmp_path / "out")
+        assert not (tmp_path / "out").exists()  # refused before anything was opened or written

@@ -209,3 +209,30 @@ def test_health_says_503_while_every_stream_is_down(tmp_path, seg_model):
     (code, health), = answers
     assert code == 503 and health["status"] == "failed" and set(health["sources"]) == {"a", "b"}
     assert summary["interrupted"] and summary["frames"] == 0
+
+
+_WRITE_WITH_LITTLE_ROOM = textwrap.dedent("""
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+    from edgeseg.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_write_that_runs_out_of_room_leaves_no_cut_picture_under_its_name(tmp_path, kit, seg_model):
+    import numpy as np
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # its overlay PNG is ~12 kB
+    cv2.imwrite(str(folder / "a.png"), noise)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _WRITE_WITH_LITTLE_ROOM, "segment", str(folder), "--model",
+                           str(seg_model), "--out", str(out), "--engine", "onnxruntime"], capture_output=True,
+                          text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and "Cannot write" in lines[-1], done.stderr
+    for picture in (out / "overlay").glob("*") if (out / "overlay").exists() else []:
+        assert cv2.imread(str(picture)) is not None, f"{picture.name} was left cut short under its real name"
+    assert not list((out / "overlay").glob("*")) if (out / "overlay").exists() else True
