@@ -412,7 +412,7 @@ class MaskSink(_FolderSink):
 class VectorSink(_FolderSink):
     """``polygons/<name>.json`` and/or ``rle/<name>.json`` in ``folder``: each frame's mask in vector form, per
     class (:func:`edgeseg.runtime.vectors.mask_vectors`: polygons with holes at ``tolerance`` pixels, COCO
-    RLE, and every class's connected regions), written atomically. ``forms``: ``polygons``, ``rle`` or both
+    RLE, and every class's connected regions). ``forms``: ``polygons``, ``rle`` or both
     (each class's binary mask is made once for both)."""
 
     def __init__(self, folder: str | os.PathLike, classes: Sequence[str], *, forms: Sequence[str],
@@ -437,10 +437,8 @@ class VectorSink(_FolderSink):
             if path.parent not in self._made:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._made.add(path.parent)
-            try:
-                write_bytes_atomic(path, json.dumps(record, separators=(",", ":")).encode())
-            except OSError as error:
-                raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
+            # As the masks: one open and write (a crash's cut file has no final "}", and --resume redoes it).
+            _write_or_remove(path, json.dumps(record, separators=(",", ":")).encode())
         self.written += 1
 
     @property

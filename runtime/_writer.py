@@ -556,7 +556,7 @@ class SourceWriter:
         forms = [form for form in VECTOR_OUTPUTS if form in wanted] if kind == "segmentation" else []
         if forms and not self.source.sequential and "masks" not in wanted:
             return False  # the run's COCO file is rebuilt from kept frames' masks: without them, redo the frame
-        if any(not (folder / form / f"{name}.json").is_file() for form in forms):
+        if any(not _whole_json(folder / form / f"{name}.json") for form in forms):
             return False
         if self.source.sequential and "overlay" in wanted and kind != "segmentation":
             return False  # the overlay video is redrawn from saved masks; heat maps need the model again
@@ -623,6 +623,16 @@ def _whole_png(path: Path) -> bool:
     except OSError:
         return False
     return head == b"\x89PNG\r\n\x1a\n" and tail == b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _whole_json(path: Path) -> bool:
+    """A vector file the earlier run finished: it ends with the object's closing brace (one read of a byte)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"}"
+    except OSError:
+        return False
 
 
 def _has_gui() -> bool:

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.vectors import label_type
 
 UNITS = ("pixels", "fraction")
 
@@ -225,7 +226,7 @@ class ZoneMeter:
             binary = cv2.bitwise_and(binary, raster.inside)
         # Labels alone, then the areas and the winner's box and centroid: a third of the CPU time of
         # connectedComponentsWithStats (which computes them for every region) on 640x480.
-        count, labels = cv2.connectedComponents(binary, connectivity=self.connectivity)
+        count, labels = cv2.connectedComponents(binary, connectivity=self.connectivity, ltype=label_type(binary))
         if count < 2:
             return Region(0, (0, 0, 0, 0), (0.0, 0.0))
         if count == 2:  # one region (the usual case): it is the binary mask itself
