@@ -49,12 +49,12 @@ log = logging.getLogger("edgeseg.runtime")
 
 # What a run leaves in a source's folder: what --overwrite clears and what makes a folder "hold a run"
 # (public: --ray's driver applies the same rule to its folders).
-RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction", "polygons", "rle",
-             "coco.json")
+# The folders of one file per frame a source's run writes (what a --ray unit's part has to hand over to --out;
+# edgeseg.scaleout moves the first three today).
+FRAME_FOLDERS = ("masks", "overlay", "reconstruction", "polygons", "rle")
+RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", *FRAME_FOLDERS, "coco.json")
 # What a run with --zones leaves in --out itself (one for the run, whatever its sources).
 DECISION_FILES = ("events.jsonl", "snapshots", "clips")
-# The folders of one file per frame a run writes (what a --ray unit's part hands over to --out).
-FRAME_FOLDERS = ("masks", "overlay", "reconstruction", "polygons", "rle")
 ROTATED = ("frames-*.jsonl", "overlay-*.mp4", ".overlay*.part.mp4", ".frames.jsonl.resume")
 # The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
 # call decide its speed (benchmarks/cae_pipeline.py: batch 64 ran 1.27x a plain onnxruntime loop, batch 1 0.61x).

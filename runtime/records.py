@@ -371,11 +371,13 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
         problems.append(f"record: schema {record['schema']}, expected {SCHEMA}")
     if not problems and set(record["ms"]) - set(STAGES):
         problems.append(f"record: unknown stages {sorted(set(record['ms']) - set(STAGES))}")
-    for name, zone in (record.get("zones") or {}).items() if not problems else ():
+    if problems:
+        return problems
+    for name, zone in (record.get("zones") or {}).items():  # inside the fields that have fields of their own
         problems += _check(zone, ZONE_FIELDS, f"record.zones[{name!r}]")
         for key, region in (zone.get("regions") or {}).items() if isinstance(zone, Mapping) else ():
             problems += _check(region, REGION_FIELDS, f"record.zones[{name!r}].regions[{key!r}]")
-    for i, event in enumerate(record.get("events") or ()) if not problems else ():
+    for i, event in enumerate(record.get("events") or ()):
         problems += _check(event, FRAME_EVENT_FIELDS, f"record.events[{i}]")
     return problems
 

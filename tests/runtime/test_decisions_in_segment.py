@@ -272,3 +272,24 @@ def test_rules_on_images_raise_events_image_by_image_and_a_resumed_run_adds_to_e
     assert [(e["type"], e["frame"], e["reason"]) for e in again[2:]] == [("start", first["frames"], None),
                                                                          ("end", 29, "cleared")]
     assert second["events"] == 1 and second["frames_resumed"] == first["frames"]
+
+
+def test_the_schema_check_reads_inside_zones_and_events(tmp_path, kit, seg_model):
+    video = _entering_video(tmp_path / "door.avi", kit, count=20)
+    zones = _zones_file(tmp_path / "zones.json", [{**RED_RIGHT, "for": 0, "clear_after": 0}])
+    segment(video, model=seg_model, out=tmp_path / "out", zones=str(zones), outputs=("jsonl",))
+    record = next(r for r in _lines(tmp_path / "out" / "frames.jsonl") if r["events"])
+    event = _lines(tmp_path / "out" / "events.jsonl")[0]
+    assert not records.check_record(record) and not records.check_event(event)
+    # Each check is able to fail: a zone without its fractions, a region's bbox a string, an event without its rule.
+    broken = json.loads(json.dumps(record))
+    del broken["zones"]["right"]["class_fraction"]
+    broken["zones"]["right"]["regions"]["red"]["bbox"] = "0,0,1,1"
+    del broken["events"][0]["rule"]
+    assert records.check_record(broken) == [
+        "record.zones['right']: missing 'class_fraction'",
+        "record.zones['right'].regions['red'].bbox: str '0,0,1,1', expected array",
+        "record.events[0]: missing 'rule'"]
+    assert records.check_event({**event, "end": None, "type": "end"}) == [
+        "event: an end record has its end time, a start record none"]
+    assert records.check_event({**event, "schema": 9}) == ["event: schema 9, expected 1"]
