@@ -90,7 +90,11 @@ def zones_and_rules(classes: tuple[str, ...]) -> DecisionConfig:
 
 
 def pipeline(model: Model, source: str, rounds: int, zones_file: str) -> dict:
-    """The 4-stream run inside the one loop, bare / zones / zones + polygons, side by side (see the module doc)."""
+    """The 4-stream run inside the one loop, bare / zones / zones + polygons, side by side (see the module doc).
+
+    Paired: each round runs the three back to back (in a rotated order), and each round's ratios to its own
+    bare run are what is summarized (median and quartiles), so a load that comes and goes on a shared
+    machine hits a round's three runs alike."""
     configs = {"bare": {}, "zones": {"zones": zones_file},
                "zones_polygons": {"zones": zones_file, "outputs": ("masks", "overlay", "jsonl", "polygons")}}
     names = list(configs)
@@ -107,9 +111,16 @@ def pipeline(model: Model, source: str, rounds: int, zones_file: str) -> dict:
         row[name] = {"fps": round(statistics.median(v[0] for v in got[name]), 2),
                      "cpu_ms_per_frame": round(statistics.median(v[1] for v in got[name]), 4)}
     for name in names[1:]:
-        row[f"kept_{name}"] = {"fps": round(row[name]["fps"] / row["bare"]["fps"], 4),
-                               "cpu": round(row["bare"]["cpu_ms_per_frame"] / row[name]["cpu_ms_per_frame"], 4)}
+        fps = [mine[0] / bare[0] for mine, bare in zip(got[name], got["bare"])]
+        cpu = [bare[1] / mine[1] for mine, bare in zip(got[name], got["bare"])]
+        row[f"kept_{name}"] = {"fps": _spread(fps), "cpu": _spread(cpu)}
     return row
+
+
+def _spread(values: list[float]) -> dict:
+    """Median and quartiles of per-round ratios."""
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+    return {"median": round(median, 4), "q1": round(q1, 4), "q3": round(q3, 4)}
 
 
 def cpu_name() -> str:
@@ -327,8 +338,9 @@ def main() -> None:
         report["pipeline"].append(ratio)
         kept, both = ratio["kept_zones"], ratio["kept_zones_polygons"]
         print(f"{ratio['frame']:>8} the one loop, 4 streams: bare {ratio['bare']['fps']:.1f} fps; with 4 zones and 2 "
-              f"rules per stream {kept['fps']:.1%} of it (CPU per frame: {kept['cpu']:.1%}); also --write polygons "
-              f"{both['fps']:.1%} (CPU {both['cpu']:.1%})")
+              f"rules per stream {kept['fps']['median']:.1%} of it (quartiles {kept['fps']['q1']:.1%}-"
+              f"{kept['fps']['q3']:.1%}; bare's CPU per frame against it {kept['cpu']['median']:.1%}); also --write "
+              f"polygons {both['fps']['median']:.1%} (CPU {both['cpu']['median']:.1%})")
         if args.pipeline_only:
             continue
         row = measure(model, frames, args.rounds, source=source)
