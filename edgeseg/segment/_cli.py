@@ -31,7 +31,8 @@ are kept; streams: go on with new files numbered after the earlier ones).
 Exit codes: 0 every source ended well, 1 a source failed or a stream gave up, 2 a user error
 (one line), 130 stopped by Ctrl-C or SIGTERM (every output valid).
 onnxruntime itself writes a device id under $XDG_CACHE_HOME (or ~/.cache)/Microsoft/DeveloperTools
-when it is imported; edgeseg writes nothing outside --out.
+when it is imported; edgeseg writes nothing outside --out but the disk queues of a --zones file's
+event sinks (under $XDG_CACHE_HOME/edgeseg/events, or where a sink's "queue" says).
 
 examples:
   edgeseg segment clip.mp4 --model fcn8.onnx --out runs/clip --smooth 0.5
@@ -174,9 +175,10 @@ def _decisions(parser: argparse.ArgumentParser) -> None:
                             "record gets each zone's class fractions and largest regions, and the overlay shows the "
                             "zones. Its rules (a class in a zone past a fraction or area, held \"for\" seconds, "
                             "ended after \"clear_after\") raise events: --out/events.jsonl, snapshots/<id>.jpg, the "
-                            "file's sinks (MQTT, webhook, command; queued on disk while a receiver is down), the "
-                            "live page and /metrics. A mistake in the file stops the run at start, naming the line "
-                            "and field (default: none)")
+                            "file's sinks (MQTT, webhook, command; queued on disk, under $XDG_CACHE_HOME/edgeseg/events "
+                            "unless a sink names its \"queue\", while a receiver is down), the live page and "
+                            "/metrics. A mistake in the file stops the run at start, naming the line and field. With "
+                            "--ray: a file without rules (zone statistics only) (default: none)")
     group.add_argument("--clips", metavar="BEFORE,AFTER",
                        help="with --zones rules, on videos and streams: write clips/<event id>.mp4 (H.264) from "
                             "BEFORE seconds before each event's start to AFTER seconds after it, cut from a ring "
