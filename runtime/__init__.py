@@ -19,6 +19,8 @@ What other packages and apps use, each concept once:
 - frames and sources (:class:`Source`, one opener for what the user typed), sinks, engines (:data:`ENGINES`),
   :class:`Model`;
 - :func:`segment`: one loop for one source or many; its records (:mod:`edgeseg.runtime.records`, schema 2);
+- from masks to decisions: :class:`Zone`, :class:`Rule`, :class:`Event`, :class:`Decisions` (zones, rules, events,
+  event sinks, clips: :mod:`edgeseg.runtime.decisions`) and the vector forms of a mask (:mod:`edgeseg.runtime.vectors`);
 - engine choice: :func:`choose_config` reads ``edgeseg tune``'s records (:class:`EngineConfig`), else a heuristic.
 
 Names load lazily, on first use (``from edgeseg.runtime import Model`` imports the model's modules then):
@@ -68,11 +70,14 @@ _PUBLIC = {
     # sinks
     "FrameSink": "_sinks", "JsonlSink": "_sinks", "MaskSink": "_sinks", "Outcome": "_sinks",
     "OverlayImageSink": "_sinks", "OverlayVideoSink": "_sinks", "ReconstructionSink": "_sinks",
-    "RecordSink": "_sinks", "SegmentClock": "_sinks", "VideoSink": "_sinks", "read_mask_png": "_sinks",
-    "write_mask_png": "_sinks",
+    "RecordSink": "_sinks", "SegmentClock": "_sinks", "VectorSink": "_sinks", "VideoSink": "_sinks",
+    "read_mask_png": "_sinks", "write_mask_png": "_sinks",
+    # from masks to decisions: zones, rules, events (segment(..., zones="zones.json", on_event=...))
+    "Zone": "zones", "Rule": "events", "Event": "events", "Decisions": "decisions", "load_decisions": "decisions",
     # the segment pipeline, one source or many
     "SegmentOptions": "_options",
-    "RUN_FILES": "_pipeline", "AUTOENCODER_BATCH": "_pipeline", "open_model": "_pipeline", "segment": "_pipeline",
+    "RUN_FILES": "_pipeline", "FRAME_FOLDERS": "_pipeline", "AUTOENCODER_BATCH": "_pipeline",
+    "open_model": "_pipeline", "segment": "_pipeline",
     "run_streams": "_pipeline", "stage_table": "_pipeline", "model_precision": "_pipeline",
     "FrameResult": "_writer", "StreamResult": "_pipeline",
     "prepare_out": "_outdir", "stop_on_signals": "_signals",
@@ -84,7 +89,7 @@ _PUBLIC = {
 # The public modules, reachable as attributes too (``edgeseg.runtime.postprocess.class_ids``), as when this
 # package imported them all.
 _MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress", "records", "http",
-            "client", "probe")
+            "client", "probe", "zones", "vectors", "events", "decisions")
 
 __all__ = sorted(_PUBLIC)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from edgeseg.runtime.errors import EdgesegError
 
-OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")
+OUTPUTS = ("masks", "overlay", "reconstruction", "jsonl")  # the default outputs
+VECTOR_OUTPUTS = ("polygons", "rle")  # vector forms of each mask, asked for by name
+KNOWN_OUTPUTS = OUTPUTS + VECTOR_OUTPUTS
 POLICIES = ("drop-old", "queue-all")
 CODECS = ("auto", "avc1", "ffmpeg", "mp4v")
 
@@ -32,7 +35,14 @@ class SegmentOptions:
     Outputs: ``outputs`` (any of masks, overlay, reconstruction, jsonl; ``summary.json`` is always
     written), ``alpha`` (overlay opacity), ``smooth`` (weight in [0, 1) of earlier frames' class
     probabilities, videos and streams, reset on reconnect), ``codec`` (overlay videos), ``rotate``
-    (minutes per overlay video and frames.jsonl segment; None: one file each), ``show``, ``progress``.
+    (minutes per overlay video and frames.jsonl segment; None: one file each), ``show``, ``progress``;
+    also ``polygons`` and ``rle`` (not by default): per frame ``polygons/<name>.json`` (each class's
+    regions as polygons with holes, simplified by ``polygon_tolerance`` pixels) and ``rle/<name>.json``
+    (each class as COCO RLE), each with the class's connected regions; a source of images also gets one
+    COCO ``coco.json``.
+    Decisions: ``zones`` (the path of a zones/rules file: per-zone class statistics in every record,
+    rules, events in ``events.jsonl``, event sinks; see :mod:`edgeseg.runtime.decisions`), ``clips``
+    (``(seconds_before, seconds_after)``: an H.264 clip around each event; needs ``zones`` with rules).
     Live sources: ``policy`` (keep the newest frame, or queue every frame up to 32), ``reconnect``
     (attempts in a row), ``open_timeout`` and ``stall_timeout`` (seconds). An ``--out`` that holds a
     run: ``overwrite`` clears it first, ``resume`` continues it.
@@ -69,12 +79,17 @@ class SegmentOptions:
     optimization: str = "all"
     strict: bool = False
     inflight: int | None = None
+    zones: str | None = None  # a path, not objects: the options travel to --ray's workers (pickled)
+    clips: tuple[float, float] | None = None
+    polygon_tolerance: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", tuple(self.outputs))
-        unknown = set(self.outputs) - set(OUTPUTS)
+        unknown = set(self.outputs) - set(KNOWN_OUTPUTS)
         if unknown:
-            raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from {', '.join(OUTPUTS)}.")
+            raise EdgesegError(f"Unknown output(s) {', '.join(sorted(unknown))}: choose from "
+                               f"{', '.join(KNOWN_OUTPUTS)}.")
+        self._check_decisions()
         if self.inflight is not None and self.inflight < 1:
             raise EdgesegError(f"`inflight` (inference calls at once) must be >= 1, got {self.inflight}.")
         if (self.batch is not None and self.batch < 1) or self.queue_size < 1:
@@ -98,6 +113,26 @@ class SegmentOptions:
             raise EdgesegError(f"`rotate` must be > 0 minutes, got {self.rotate}.")
         if self.overwrite and self.resume:
             raise EdgesegError("--overwrite and --resume contradict each other: pass one.")
+
+    def _check_decisions(self) -> None:
+        if self.zones is not None:
+            if isinstance(self.zones, os.PathLike):
+                object.__setattr__(self, "zones", os.fspath(self.zones))
+            if not isinstance(self.zones, str) or not self.zones.strip():
+                raise EdgesegError(f"`zones` must be the path of a zones/rules file (JSON or YAML), got {self.zones!r}.")
+        if self.clips is not None:
+            clips = self.clips
+            if isinstance(clips, str) or not hasattr(clips, "__len__") or len(clips) != 2 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in clips):
+                raise EdgesegError(f"`clips` must be (seconds_before, seconds_after), two numbers >= 0, got {clips!r}.")
+            object.__setattr__(self, "clips", (float(clips[0]), float(clips[1])))
+            if self.zones is None:
+                raise EdgesegError("--clips cuts a clip around each event: it needs --zones FILE with rules.")
+        if not (isinstance(self.polygon_tolerance, (int, float)) and math.isfinite(self.polygon_tolerance)
+                and self.polygon_tolerance >= 0):
+            raise EdgesegError(f"`polygon_tolerance` must be >= 0 pixels (0: every traced corner), got "
+                               f"{self.polygon_tolerance!r}.")
 
     def replace(self, **changes: Any) -> SegmentOptions:
         """A copy with ``changes``; an unknown name is a TypeError naming the known ones, never ignored."""

@@ -49,7 +49,12 @@ log = logging.getLogger("edgeseg.runtime")
 
 # What a run leaves in a source's folder: what --overwrite clears and what makes a folder "hold a run"
 # (public: --ray's driver applies the same rule to its folders).
-RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", "masks", "overlay", "reconstruction")
+# The folders of one file per frame a source's run writes (what a --ray unit's part has to hand over to --out;
+# edgeseg.scaleout moves the first three today).
+FRAME_FOLDERS = ("masks", "overlay", "reconstruction", "polygons", "rle")
+RUN_FILES = ("summary.json", "frames.jsonl", "overlay.mp4", *FRAME_FOLDERS, "coco.json")
+# What a run with --zones leaves in --out itself (one for the run, whatever its sources).
+DECISION_FILES = ("events.jsonl", "snapshots", "clips")
 ROTATED = ("frames-*.jsonl", "overlay-*.mp4", ".overlay*.part.mp4", ".frames.jsonl.resume")
 # The CAE's default batch on files: its 28x28 inference costs less than the per-call overhead, so frames per
 # call decide its speed (benchmarks/cae_pipeline.py: batch 64 ran 1.27x a plain onnxruntime loop, batch 1 0.61x).
@@ -92,7 +97,8 @@ def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLi
             model: Model | str | os.PathLike, out: str | os.PathLike | None,
             options: SegmentOptions | None = None, stop: threading.Event | None = None,
             on_result: Callable[[FrameResult], None] | None = None, serve: int | str | None = None,
-            contract: Contract | Mapping[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+            contract: Contract | Mapping[str, Any] | None = None, on_event: Callable[[Any], None] | None = None,
+            **changes: Any) -> dict[str, Any]:
     """Run every frame of one source or many through ``model`` into ``out``; returns the summary.
 
     ``sources``: one or a list of: an image, folder, glob, ``.txt`` list, video file, webcam index or
@@ -105,18 +111,23 @@ def segment(sources: str | os.PathLike | int | Source | Sequence[str | os.PathLi
     in its source's writer thread. ``serve``: a port (on 127.0.0.1) or ``"HOST:PORT"`` for the live page,
     ``/metrics`` and ``/health`` (port 0: any free port; the summary says which). ``contract``: overrides
     of the model file's contract (see :class:`Model`). ``stop``: set it to end the run (SIGINT/SIGTERM set
-    it too).
+    it too). ``zones="zones.json"`` (an option) measures zones and runs rules on every frame
+    (:mod:`edgeseg.runtime.decisions`); ``on_event`` is then called with each
+    :class:`~edgeseg.runtime.events.Event` (start and end), in its source's writer thread.
 
     Example::
 
         summary = segment("clip.mp4", model="fcn8.onnx", out="runs/clip", batch=4)
         print(summary["fps"], summary["sources"]["clip"]["outputs"]["video_codec"])
+        segment("clip.mp4", model="fcn8.onnx", out="runs/zones", zones="zones.json", outputs=("jsonl", "rle"),
+                on_event=lambda event: print(event.type, event.rule, event.start))
     """
     options = (options or SegmentOptions()).replace(**changes)
     stop = stop or threading.Event()
     # A Ctrl-C while the model loads and the sources are named interrupts as Python does (nothing is written yet);
     # from the first frame on, it ends the run cleanly: what is in flight is finished and every output stays valid.
-    run = Run(sources, model=model, out=out, options=options, stop=stop, on_result=on_result, contract=contract)
+    run = Run(sources, model=model, out=out, options=options, stop=stop, on_result=on_result, contract=contract,
+              on_event=on_event)
     restore_signals = stop_on_signals(stop)
     try:
         return run.execute(serve=serve)
@@ -155,13 +166,15 @@ class Run:
     """One run of :func:`segment`: its model, its sources (each with a feeder and a writer), the loop.
 
     The live page reads it while it runs: :attr:`sources` (each a :class:`SourceWriter` with its
-    counters and state), :attr:`batches`.
+    counters and state), :attr:`batches`, :attr:`decisions` (zones, rules, events; None without --zones).
     """
 
     def __init__(self, sources: Any, *, model: Model | str | os.PathLike, out: str | os.PathLike | None,
                  options: SegmentOptions, stop: threading.Event, on_result: Callable[[FrameResult], None] | None,
-                 contract: Contract | Mapping[str, Any] | None = None) -> None:
+                 contract: Contract | Mapping[str, Any] | None = None,
+                 on_event: Callable[[Any], None] | None = None) -> None:
         self.options, self.stop = options, stop
+        self.decisions: Any = None  # edgeseg.runtime.decisions.Decisions of a run with --zones
         self.model = open_model(model, options, contract=contract)
         self.root = Path(out) if out is not None else None
         typed = list(sources) if isinstance(sources, (list, tuple)) else [sources]
@@ -181,12 +194,17 @@ class Run:
         self.lock: RunLock | None = None
         try:
             self._refuse_what_cannot_apply(opened)
+            config = self._decision_config(opened)  # a zones/rules file with a mistake stops here, before --out
             folders = self._folders(opened)
+            if config is not None:
+                self.decisions = self._open_decisions(config, opened, on_event)
             self.sources = [SourceWriter(source, run=self, folder=folder, wake=self.wake,
                                          batch=self._batch(source)) for source, folder in zip(opened, folders)]
         except BaseException:
             for source in opened:
                 source.close()
+            if self.decisions is not None:
+                self.decisions.close(timeout=0)
             if self.lock is not None:
                 self.lock.release()
             raise
@@ -213,6 +231,61 @@ class Run:
                                f"comes ({live[0]}), so one call is in flight: drop --inflight.")
         if options.show and len(sources) > 1:
             raise EdgesegError("--show opens one window; with several sources use --serve PORT to watch them all.")
+
+    def _decision_config(self, sources: list[Source]) -> Any:
+        """--zones: the zones/rules file, read and checked against the model's classes, the run's source names
+        and the frame sizes known now (videos); None without --zones. Refuses what cannot apply."""
+        options = self.options
+        if options.zones is None:
+            return None
+        if self.model.kind != "segmentation":
+            raise EdgesegError(f"--zones measures the classes of a segmentation model in zones; `{self.model.path}` "
+                               f"is an {self.model.kind} (no classes): drop --zones.")
+        from edgeseg.runtime.decisions import load_decisions
+
+        config = load_decisions(options.zones, classes=self.model.contract.output.classes,
+                                streams=[source.name for source in sources],
+                                frame_sizes={source.name: source.size for source in sources if source.size})
+        if config.rules:
+            part = next((source for source in sources if source.part), None)
+            if part is not None:
+                raise EdgesegError(
+                    f"{config.source}: rules need each source whole, in time order, in one process; `{part.spec}` is "
+                    f"a part of a source (a --ray unit), where a rule's timing would be cut at the part's borders. Run "
+                    "zones with rules on one machine, or a zones file without rules on the cluster (zone statistics "
+                    "and vector outputs work there).")
+            timed = next((rule for rule in config.rules if rule.for_s or rule.clear_after), None)
+            still = next((source for source in sources if not source.sequential and source.error is None), None)
+            if timed is not None and still is not None:
+                raise EdgesegError(
+                    f"{config.source}: rule {timed.name!r} counts seconds (for {timed.for_s:g}, clear_after "
+                    f"{timed.clear_after:g}), but source {still.name!r} is images, which have no time: give its rules "
+                    "for 0 and clear_after 0 (an event then lasts while consecutive images hold the condition), or "
+                    "run a video or stream.")
+        if options.clips is not None:
+            if not config.rules:
+                raise EdgesegError(f"--clips cuts a clip around each event; {config.source} has no rules, so no "
+                                   "events: add rules or drop --clips.")
+            if self.root is None:
+                raise EdgesegError("--clips writes clips/<event id>.mp4 into --out; this run has none (out=None).")
+            still = next((source for source in sources if not source.sequential and source.error is None), None)
+            if still is not None:
+                raise EdgesegError(f"--clips records video around events; source {still.name!r} is images: drop "
+                                   "--clips, or run a video or stream.")
+        return config
+
+    def _open_decisions(self, config: Any, sources: list[Source], on_event: Callable[[Any], None] | None) -> Any:
+        """The run's one Decisions (every source's zones and rules; events.jsonl, snapshots and clips in --out),
+        its event sinks started."""
+        from edgeseg.runtime.decisions import Decisions
+
+        decisions = Decisions.from_config(
+            config, classes=self.model.contract.output.classes, out=self.root if config.rules else None,
+            clips=self.options.clips, on_event=on_event, append=self.options.resume)
+        decisions.path = Path(self.options.zones)
+        for source in sources:
+            decisions.open_stream(source.name, fps=source.fps or None)
+        return decisions
 
     def _folders(self, sources: list[Source]) -> list[Path | None]:
         """Each source's output folder, once --out is held by this run and its rule applied (an earlier run there
@@ -250,7 +323,7 @@ class Run:
     def _previous_run(root: Path, folders: list[Path]) -> list[Path]:
         """What a run in ``root`` wrote: this run's folders' run files, and those of every source the earlier
         run's summary names (so --overwrite clears a run of other names too; a user's own files stay)."""
-        found = [root / "summary.json", identity_path(root)]
+        found = [root / "summary.json", identity_path(root), *(root / name for name in DECISION_FILES)]
         for folder in [*folders, *earlier_folders(root)]:
             found += [folder / name for name in RUN_FILES]
             found += [path for pattern in ROTATED for path in folder.glob(pattern)]
@@ -303,6 +376,8 @@ class Run:
         finally:
             if server is not None:
                 server.close()
+            if self.decisions is not None:
+                self.decisions.close()  # done already unless the run broke before its loop: safe twice
         if self.error is not None and not isinstance(self.error, EdgesegError):
             raise self.error
         single_error = self.single and self.sources[0].fatal
@@ -405,7 +480,11 @@ class Run:
         for closer in closers:
             closer.start()
         for source in self.sources:
-            source.finish()
+            source.finish()  # each writer ends its source's active events as it ends
+        if self.decisions is not None:
+            # Events still active end now (reason stopped); the sinks deliver what they can within 5 s, the rest
+            # waits in their disk queues for the next run; events.jsonl is closed.
+            self.decisions.close()
         for closer in closers:
             closer.join(timeout=1.5)
 
@@ -422,9 +501,18 @@ class Run:
                   "engine_streams": model.streams, "batch": max(s.batch for s in self.sources),
                   "inflight": self.inflight, "smooth": self.options.smooth}
         calls = {"batches": self.batches, "batched_frames": self.batched_frames, "infer_seconds": self.infer_seconds}
+        extra: dict[str, Any] = {}
+        decisions = self.decisions
+        if decisions is not None:
+            extra["zones"] = str(self.options.zones)
+            if decisions.rules:
+                extra["events"] = sum(sum(s.get("events", {}).values()) for s in sources.values())
+            if decisions.sinks:
+                extra["event_sinks"] = decisions.sink_counters()
         return records.run_summary(engine, sources, wall_s=wall, calls=calls,
                                    interrupted=self.stop.is_set() and self.error is None,
-                                   error=str(self.error) if self.error is not None else None, serve=self.server_url)
+                                   error=str(self.error) if self.error is not None else None, serve=self.server_url,
+                                   extra=extra)
 
     def status(self) -> dict[str, Any]:
         """The counters of every source now (for the live page): its state, frames, failures, stream stats."""
@@ -494,6 +582,16 @@ def stage_table(summary: dict[str, Any]) -> str:
     lines.append(f"{'end to end':<12}{summary['fps']:>10.2f} fps  (inference alone {summary['infer_fps']:.2f} fps)")
     lines.append(f"{summary['frames']} frame(s) done, {summary['frames_failed']} failed; engine "
                  f"{summary['engine']} ({summary['provider']}, {summary['precision']})")
+    if "events" in summary:
+        counts: dict[str, int] = {}
+        for report in summary["sources"].values():
+            for rule, count in report.get("events", {}).items():
+                counts[rule] = counts.get(rule, 0) + count
+        rules = ", ".join(f"{rule} {count}" for rule, count in counts.items())
+        lines.append(f"{summary['events']} event(s) started ({rules}): events.jsonl")
+    for sink, counters in summary.get("event_sinks", {}).items():
+        lines.append(f"  {sink}: {counters['delivered']} delivered, {counters['pending']} waiting in its queue, "
+                     f"{counters['dropped']} dropped (queue full), {counters['rejected']} refused")
     if len(summary["sources"]) > 1 or any(s["stream"] for s in summary["sources"].values()):
         for name, report in summary["sources"].items():
             latency = report["latency_ms"]

@@ -82,6 +82,10 @@ class LiveServer:
         run.listeners.append(self._publish)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(run))
+        if getattr(run, "decisions", None) is not None:  # --zones: zone fractions and event counts, read at scrape
+            from edgeseg.runtime.decisions import register_metrics
+
+            register_metrics(self.registry, run.decisions)
         self.http = HttpServer(self._app(), host=host, port=port, drain=0.5, name="edgeseg-live-page")
         self.url = self.http.url
 
@@ -102,18 +106,26 @@ class LiveServer:
             url, text = html.escape(quote(name)), html.escape(name)
             return (f'<figure><img src="/snapshot/{url}.jpg" data-snapshot="/snapshot/{url}.jpg" alt="{text}">'
                     f'<figcaption>{text} <span id="s-{text}"></span> '
-                    f'<a href="/stream/{url}.mjpg">MJPEG</a></figcaption></figure>')
+                    f'<a href="/stream/{url}.mjpg">MJPEG</a><ul class="events" id="e-{text}"></ul></figcaption>'
+                    '</figure>')
 
         tiles = "\n".join(tile(name) for name in self.board.names)
         return _PAGE.replace("{tiles}", tiles).encode()
 
     def health(self) -> tuple[int, bytes]:
         """``ok`` while every source delivers (or has ended well), ``degraded`` while some are down or failed,
-        ``failed`` (HTTP 503) while none delivers: all failed, or every stream reconnecting at once."""
+        ``failed`` (HTTP 503) while none delivers: all failed, or every stream reconnecting at once. With
+        --zones rules, ``events``: each source's active events (what the page lists under its tile)."""
         states = {source.name: source.state for source in self.run.sources}
         down = sum(state not in ("reading", "done") for state in states.values())
         status = "ok" if down == 0 else ("failed" if down == len(states) else "degraded")
-        body = json.dumps({"status": status, "sources": states, "streams": states}).encode()
+        answer: dict[str, Any] = {"status": status, "sources": states, "streams": states}
+        decisions = getattr(self.run, "decisions", None)
+        if decisions is not None and decisions.rules:
+            answer["events"] = {name: [{"id": event.id, "rule": event.rule, "zone": event.zone,
+                                        "class": event.class_name, "start": round(event.start, 3)}
+                                       for event in decisions.active(name)] for name in states}
+        body = json.dumps(answer).encode()
         return (503 if status == "failed" else 200), body
 
     def metrics(self) -> bytes:
@@ -234,6 +246,7 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #111; color: 
 main { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem; }
 figure { margin: 0; } img { width: 100%; image-rendering: pixelated; background: #222; min-height: 120px; }
 a { color: #8cf; }
+ul.events { margin: 0.3rem 0 0; padding-left: 1.2rem; color: #f66; }
 </style></head>
 <body><h1>edgeseg live</h1>
 <p>Newest overlay of each stream (MJPEG link for VLC). <a href="/metrics">metrics</a> &middot; <a href="/health">health</a></p>
@@ -241,13 +254,23 @@ a { color: #8cf; }
 {tiles}
 </main>
 <script>
-// The state of each stream beside its name, refreshed every 2 s (plain fetch, nothing to build).
+// The state of each stream beside its name and its active events under it (--zones rules), refreshed every
+// 2 s (plain fetch, nothing to build).
 async function refresh() {
   try {
     const health = await (await fetch('/health')).json();
     for (const [name, state] of Object.entries(health.streams)) {
       const el = document.getElementById('s-' + name);
       if (el) el.textContent = '(' + state + ')';
+    }
+    for (const [name, events] of Object.entries(health.events || {})) {
+      const list = document.getElementById('e-' + name);
+      if (!list) continue;
+      list.replaceChildren(...events.map((e) => {
+        const item = document.createElement('li');
+        item.textContent = e.rule + ': ' + e['class'] + ' in ' + e.zone + ' since ' + e.start + ' s';
+        return item;
+      }));
     }
   } catch (e) {}
 }

@@ -14,7 +14,8 @@
 whose one verb is ``write(frame, outcome)`` (an :class:`Outcome`: the frame's result or why it
 failed, its stage times, its drawn overlay), and whose ``outputs`` say, for ``summary.json``, what
 was written: :class:`MaskSink`, :class:`OverlayImageSink`, :class:`OverlayVideoSink`,
-:class:`ReconstructionSink` and :class:`RecordSink` (``frames.jsonl``). Rotation is not a second
+:class:`ReconstructionSink`, :class:`VectorSink` (``polygons/``, ``rle/``) and :class:`RecordSink`
+(``frames.jsonl``); :class:`edgeseg.runtime.vectors.CocoWriter` (``coco.json``) is one too. Rotation is not a second
 writer: a :class:`SegmentClock` shared by a source's overlay video and record sinks cuts both into
 numbered, finished files at the same frame.
 """
@@ -254,7 +255,8 @@ def _quiet_video_writer(path: str, fourcc: str, fps: float, size: tuple[int, int
 class Outcome:
     """What became of one frame: its result (None when it failed, ``error`` says why), stage times in ms,
     the overlay drawn for it (when an overlay is written, shown or called back), whether the model gave NaN,
-    and its ``frames.jsonl`` record (built by the pipeline before the record sink writes it)."""
+    its ``frames.jsonl`` record (built by the pipeline before the record sink writes it), and, in a run with
+    zones, its zone statistics and the events that started or ended on it (their record forms)."""
 
     result: Result | None
     error: str | None = None
@@ -262,7 +264,8 @@ class Outcome:
     picture: np.ndarray | None = None
     record: dict[str, Any] | None = None
     nan: bool = False
-    zones: dict[str, Any] | None = None
+    zones: dict[str, Any] | None = None  # runs with --zones: the frame's zone statistics (records.ZONE_FIELDS)
+    events: list[dict[str, Any]] | None = None  # runs with rules: the events that started or ended on this frame
 
 
 class SegmentClock:
@@ -404,6 +407,43 @@ class MaskSink(_FolderSink):
         except OSError as error:
             raise EdgesegError(f"Cannot write `{display_path(path)}`: {error.strerror or error}.") from None
         self.written += 1
+
+
+class VectorSink(_FolderSink):
+    """``polygons/<name>.json`` and/or ``rle/<name>.json`` in ``folder``: each frame's mask in vector form, per
+    class (:func:`edgeseg.runtime.vectors.mask_vectors`: polygons with holes at ``tolerance`` pixels, COCO
+    RLE, and every class's connected regions). ``forms``: ``polygons``, ``rle`` or both
+    (each class's binary mask is made once for both)."""
+
+    def __init__(self, folder: str | os.PathLike, classes: Sequence[str], *, forms: Sequence[str],
+                 tolerance: float) -> None:
+        super().__init__(folder)
+        self.classes, self.forms, self.tolerance = tuple(classes), tuple(forms), tolerance
+
+    def path_for(self, name: str, form: str = "polygons") -> Path:
+        return self.folder / form / f"{name}.json"
+
+    def write(self, frame: Any, outcome: Outcome) -> None:
+        if not isinstance(outcome.result, SegmentationResult):
+            return
+        from edgeseg.runtime.vectors import mask_vectors
+
+        mask = outcome.result.mask
+        vectors = mask_vectors(mask, self.classes, forms=self.forms, tolerance=self.tolerance)
+        head = {"name": frame.name, "index": frame.index, "size": [int(mask.shape[0]), int(mask.shape[1])]}
+        for form in self.forms:
+            record = {**head, **({"tolerance": self.tolerance} if form == "polygons" else {}), "classes": vectors[form]}
+            path = self.path_for(frame.name, form)
+            if path.parent not in self._made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(path.parent)
+            # As the masks: one open and write (a crash's cut file has no final "}", and --resume redoes it).
+            _write_or_remove(path, json.dumps(record, separators=(",", ":")).encode())
+        self.written += 1
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return {form: f"{form}/" for form in self.forms}
 
 
 class ReconstructionSink(_FolderSink):

@@ -55,7 +55,7 @@ class Source:
     :class:`LiveSource` (its counters go into the summary; the pipeline starts it).
 
     A part of a larger source (what one worker of ``--ray`` runs) is opened with :meth:`images` or
-    :meth:`video_range`; ``lead``: how many first frames only prime ``smooth`` (run, never written
+    :meth:`video_range` (``part`` is True); ``lead``: how many first frames only prime ``smooth`` (run, never written
     nor counted), so a range of a video gives the masks the whole video would. ``paths``: the image
     files of an image-like source, in order.
 
@@ -75,6 +75,8 @@ class Source:
     lead: int = 0
     paths: list[Path] = field(default_factory=list)
     error: str | None = None  # a source of a run of several that could not be opened: it costs only itself
+    size: tuple[int, int] | None = None  # (width, height) of every frame where known at open (a video file)
+    part: bool = False  # a part of a larger source (images / video_range: a --ray unit), not the whole of it
 
     @property
     def sequential(self) -> bool:
@@ -100,7 +102,7 @@ class Source:
             total = len(range(start, info.frame_count, stride)) if info.frame_count else None
             if total is not None and max_frames is not None:
                 total = min(total, max_frames)
-            return cls(text, name, kind, frames, total, info.fps / stride)
+            return cls(text, name, kind, frames, total, info.fps / stride, size=_size(info))
         root = text if kind == "folder" else None
         chosen = paths[start::stride][:max_frames]
         names = frame_names(paths, root)[start::stride][:max_frames]  # the whole source's: never shifted by --start
@@ -119,7 +121,7 @@ class Source:
         chosen = [Path(p) for p in paths]
         frames = (dataclasses.replace(frame, index=frame.index + first)
                   for frame in image_frames(chosen, root=root, names=None if names is None else list(names)))
-        return cls(str(root or name), name, "list", frames, len(chosen), 0.0, paths=chosen)
+        return cls(str(root or name), name, "list", frames, len(chosen), 0.0, paths=chosen, part=True)
 
     @classmethod
     def video_range(cls, path: str | os.PathLike, *, start: int, count: int, stride: int = 1, lead: int = 0,
@@ -134,7 +136,8 @@ class Source:
         info = VideoInfo.from_video_path(path)
         frames = video_frames(path, stride=stride, start=start - lead * stride, max_frames=count + lead, seek=True)
         text = _text(path)
-        return cls(text, name or default_name(text, "video"), "video", frames, count, info.fps / stride, lead=lead)
+        return cls(text, name or default_name(text, "video"), "video", frames, count, info.fps / stride, lead=lead,
+                   size=_size(info), part=True)
 
     def close(self) -> None:
         """Stop a live source (bounded); close a file source's frame generator."""
@@ -394,3 +397,7 @@ def _check_webcam(spec: str) -> None:
         raise EdgesegError(f"No webcam {spec}: /dev/video{spec} does not exist (cameras here: "
                            f"{', '.join(found) or 'none'}). Pass another index, a video file or a stream URL.")
 
+
+
+def _size(info: VideoInfo) -> tuple[int, int] | None:
+    return (info.width, info.height) if info.width > 0 and info.height > 0 else None

@@ -34,9 +34,11 @@ from edgeseg.runtime.errors import BadInputError, EdgesegError
 from edgeseg.runtime._frames import Frame, display_path
 from edgeseg.runtime._preprocess import Geometry, preprocess
 from edgeseg.runtime._render import Palette, heatmap, overlay
+from edgeseg.runtime._options import VECTOR_OUTPUTS
 from edgeseg.runtime._sinks import (FrameSink, MaskSink, OverlayImageSink, OverlayVideoSink, Outcome, ReconstructionSink,
-                                    RecordSink, SegmentClock, read_mask_png)
+                                    RecordSink, SegmentClock, VectorSink, read_mask_png)
 from edgeseg.runtime._sources import Source
+from edgeseg.runtime.vectors import CocoWriter
 
 if TYPE_CHECKING:
     from edgeseg.runtime._pipeline import Run
@@ -55,7 +57,9 @@ class FrameResult:
     ``stream`` is the source's name in the run; ``result`` is a SegmentationResult or
     ReconstructionResult (None when the frame failed: ``record["error"]`` says why); ``latency_ms``
     runs from capture (or file read) to result; ``picture`` is the overlay, when overlays are drawn;
-    ``record`` is the frame's ``frames.jsonl`` record.
+    ``record`` is the frame's ``frames.jsonl`` record. In a run with ``zones``: ``zones`` is
+    ``{zone: ZoneStats}`` (``class_fraction``, the largest ``regions``; the record holds their JSON form)
+    and ``events`` the :class:`~edgeseg.runtime.events.Event` records that started or ended on this frame.
 
     Example::
 
@@ -69,6 +73,8 @@ class FrameResult:
     latency_ms: float
     picture: np.ndarray | None
     record: Mapping[str, Any] = field(default_factory=dict)
+    zones: Mapping[str, Any] = field(default_factory=dict)
+    events: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -85,6 +91,7 @@ class Item:
     kept: dict[str, Any] | None = None  # the record of a frame a resumed run already finished
     batch: tuple[np.ndarray, np.ndarray] | None = None  # (outputs, inputs) of the inference call it was part of
     lead: bool = False  # only primes smoothing (Source.lead): never written nor counted
+    raised: tuple[Any, ...] = ()  # runs with rules: the events that started or ended on this frame
 
 
 class SourceWriter:
@@ -118,6 +125,9 @@ class SourceWriter:
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.first_frame_at: float | None = None
         self.last_frame_at: float | None = None
+        self.decisions = run.decisions  # zones, rules, events of the run (--zones), else None
+        self._zone_size: tuple[int, int] | None = None  # the frame size its pixel zones were checked against
+        self._fps_told = False
         self._smoothed: np.ndarray | None = None
         self._smoothed_epoch = 0
         # feeder
@@ -138,6 +148,13 @@ class SourceWriter:
         sinks: list[FrameSink] = []
         if kind == "segmentation" and "masks" in wanted:
             sinks.append(MaskSink(folder / "masks", self.palette.rgb))
+        forms = [form for form in VECTOR_OUTPUTS if form in wanted]
+        if kind == "segmentation" and forms:
+            classes = self.model.contract.output.classes
+            sinks.append(VectorSink(folder, classes, forms=forms, tolerance=self.options.polygon_tolerance))
+            if not self.source.sequential:  # a run of images is also one COCO file (RLE: exact; else polygons)
+                sinks.append(CocoWriter(folder / "coco.json", classes=classes, form="rle" if "rle" in forms
+                                        else "polygons", tolerance=self.options.polygon_tolerance))
         if kind == "autoencoder" and "reconstruction" in wanted:
             sinks.append(ReconstructionSink(folder / "reconstruction"))
         if "overlay" in wanted:
@@ -199,7 +216,13 @@ class SourceWriter:
         self.taken += 1
         t0 = time.perf_counter()
         item = Item(self, frame, arrived=captured)
-        self._preprocess(item)
+        try:
+            self._preprocess(item)
+        except EdgesegError as error:  # a pixel zone that does not fit this stream's frames: the stream stops
+            self._fail(str(error))
+            self._exhausted = True
+            self.live.close(timeout=0)
+            return []
         item.ms = {"decode": 0.0, "preprocess": (time.perf_counter() - t0) * 1000}
         return [item]
 
@@ -259,10 +282,28 @@ class SourceWriter:
     def _preprocess(self, item: Item) -> None:
         if not item.frame.ok:
             return
+        if self.decisions is not None and not self._zones_fit(item):
+            return
         try:
             item.tensor, item.geometry = preprocess(item.frame.image, self.model.contract.input)
         except BadInputError as error:
             item.frame = dataclasses.replace(item.frame, image=None, error=str(error))
+
+    def _zones_fit(self, item: Item) -> bool:
+        """Pixel zones against this frame's size, once per size: a video or stream whose frames they do not fit
+        stops (EdgesegError, one line naming the zones file's line and field); an image costs itself."""
+        height, width = item.frame.image.shape[:2]
+        if (width, height) == self._zone_size:
+            return True
+        try:
+            self.decisions.check_frame(self.name, width, height)
+        except EdgesegError as error:
+            if self.source.sequential:
+                raise
+            item.frame = dataclasses.replace(item.frame, image=None, error=str(error))
+            return False
+        self._zone_size = (width, height)
+        return True
 
     def stop_feeding(self) -> None:
         """After the loop: the decoder ends (it sees the run stop, or it is done) without handing anything over."""
@@ -316,6 +357,7 @@ class SourceWriter:
                     self._fail(f"{type(error).__name__}: {error}")
                     log.exception("%s: stopped", self.name)
         finally:
+            self._end_events()
             for sink in [*self.sinks, self.records]:
                 if sink is not None:
                     try:
@@ -326,6 +368,19 @@ class SourceWriter:
                 import cv2
 
                 cv2.destroyAllWindows()
+
+    def _end_events(self) -> None:
+        """This source has ended (or the run stops): its active events end, its pending clips are written."""
+        if self.decisions is None:
+            return
+        reason = "stopped" if self.run.stop.is_set() else "stream ended"
+        try:
+            self.decisions.finish(self.name, reason=reason)
+        except EdgesegError as error:
+            self._fail(str(error))
+        except Exception as error:  # noqa: BLE001 - an on_event callback's bug: said once, the run ends normally
+            self._fail(f"{type(error).__name__}: {error}")
+            log.exception("%s: ending its events failed", self.name)
 
     def _fail(self, reason: str) -> None:
         if self.error is None:
@@ -398,7 +453,9 @@ class SourceWriter:
                 self.stage_total[stage] += ms
         self.last_frame_at = time.monotonic()
         if self.run.listeners:
-            result = FrameResult(self.name, frame, outcome.result, latency, outcome.picture, record)
+            zones = self.decisions.stats(self.name) if outcome.zones is not None else {}
+            result = FrameResult(self.name, frame, outcome.result, latency, outcome.picture, record, zones,
+                                 item.raised)
             for listener in self.run.listeners:
                 listener(result)
         if self.show and outcome.picture is not None:
@@ -429,8 +486,25 @@ class SourceWriter:
         outcome.ms = item.ms
         if self.draws:
             outcome.picture = self._draw(item.frame.image, outcome.result)
+        if self.decisions is not None and isinstance(outcome.result, post.SegmentationResult):
+            self._decide(item, outcome)
         item.ms["postprocess"] = item.ms.get("postprocess", 0.0) + (time.perf_counter() - t0) * 1000
         return outcome
+
+    def _decide(self, item: Item, outcome: Outcome) -> None:
+        """Zones, rules and events on this frame: the record's ``zones`` (and ``events``), the events delivered
+        (events.jsonl, snapshot, clip, sinks, on_event), the zones and active events drawn on the overlay."""
+        decisions, frame = self.decisions, item.frame
+        if not self._fps_told and self.live is not None and self.live.fps:
+            decisions.open_stream(self.name, fps=self.live.fps)  # a stream's rate is known once it is open
+        self._fps_told = True
+        fields, events = decisions.update(self.name, frame.index, frame.timestamp, outcome.result.mask, frame.image)
+        outcome.zones = fields["zones"]
+        if decisions.rules:
+            outcome.events = fields["events"]
+            item.raised = tuple(events)
+        if outcome.picture is not None:
+            decisions.draw(outcome.picture, self.name)
 
     def _scores(self, output: np.ndarray) -> np.ndarray:
         """The running average of class probabilities (exponential, in place), restarted after a reconnect."""
@@ -462,6 +536,10 @@ class SourceWriter:
             mask = read_mask_png(self.folder / "masks" / f"{item.frame.name}.png")
             video.write(item.frame, Outcome(None, picture=overlay(item.frame.image, mask, self.palette,
                                                                   alpha=self.options.alpha)))
+        coco = next((s for s in self.sinks if isinstance(s, CocoWriter)), None)
+        if coco is not None and item.frame.ok:  # the run's COCO file holds every image, kept ones from their masks
+            mask = read_mask_png(self.folder / "masks" / f"{item.frame.name}.png")
+            coco.write(item.frame, post.SegmentationResult(mask, {}))
         if self.records is not None:
             self.records.write(item.frame, Outcome(None, record=item.kept))
 
@@ -475,6 +553,11 @@ class SourceWriter:
             paths.append(folder / "reconstruction" / f"{name}.png")
         if "overlay" in wanted and not self.source.sequential:
             paths.append(folder / "overlay" / f"{name}.png")
+        forms = [form for form in VECTOR_OUTPUTS if form in wanted] if kind == "segmentation" else []
+        if forms and not self.source.sequential and "masks" not in wanted:
+            return False  # the run's COCO file is rebuilt from kept frames' masks: without them, redo the frame
+        if any(not _whole_json(folder / form / f"{name}.json") for form in forms):
+            return False
         if self.source.sequential and "overlay" in wanted and kind != "segmentation":
             return False  # the overlay video is redrawn from saved masks; heat maps need the model again
         return all(_whole_png(path) for path in paths)
@@ -524,8 +607,9 @@ class SourceWriter:
         where = {"source": display_path(self.source.spec), "kind": self.source.kind, "folder": folder,
                  "state": self.state}
         tally = records.Tally(self.done, self.failed, self.nan, self.resumed, self.first_failure)
+        events = self.decisions.counts(self.name) if self.decisions is not None and self.decisions.rules else None
         return records.source_report(where, tally, error=error, wall_s=wall, latencies=list(self.latencies),
-                                     stage_total=self.stage_total, outputs=outputs, stream=stream)
+                                     stage_total=self.stage_total, outputs=outputs, stream=stream, events=events)
 
 
 def _whole_png(path: Path) -> bool:
@@ -539,6 +623,16 @@ def _whole_png(path: Path) -> bool:
     except OSError:
         return False
     return head == b"\x89PNG\r\n\x1a\n" and tail == b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _whole_json(path: Path) -> bool:
+    """A vector file the earlier run finished: it ends with the object's closing brace (one read of a byte)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"}"
+    except OSError:
+        return False
 
 
 def _has_gui() -> bool:

@@ -139,11 +139,12 @@ class _Node(dict):
     key_lines: dict[str, int]
 
 
-def load_decisions(path: str | os.PathLike, *, classes: Sequence[str], streams: Iterable[str] | None = None,
+def load_decisions(path: str | os.PathLike, *, classes: Sequence[str] | None, streams: Iterable[str] | None = None,
                    frame_sizes: Mapping[str, tuple[int, int]] | None = None) -> DecisionConfig:
     """Read and check a zones/rules file; EdgesegError with one line (file, line, field) on a mistake.
 
-    ``classes``: the model's classes (a rule's ``class`` must be one). ``streams``: the run's stream
+    ``classes``: the model's classes (a rule's ``class`` must be one; None: not checked, as where the
+    model is not at hand). ``streams``: the run's stream
     names (a zone's ``streams`` must name them; None: not checked). ``frame_sizes``: ``{stream:
     (width, height)}`` where known at start: pixel zones must lie inside those frames (else
     :class:`Decisions` checks them at each stream's first frame).
@@ -161,17 +162,17 @@ def load_decisions(path: str | os.PathLike, *, classes: Sequence[str], streams: 
                            yaml=path.suffix.lower() in (".yaml", ".yml"))
 
 
-def parse_decisions(text: str, *, classes: Sequence[str], streams: Iterable[str] | None = None,
+def parse_decisions(text: str, *, classes: Sequence[str] | None, streams: Iterable[str] | None = None,
                     frame_sizes: Mapping[str, tuple[int, int]] | None = None, name: str = "<text>",
                     yaml: bool = False) -> DecisionConfig:
     """:func:`load_decisions` of a file's text (``name`` is what the error lines call it)."""
     data = _parse_yaml(text, name) if yaml else _parse_json(text, name)
-    check = _Checker(name, tuple(classes), None if streams is None else tuple(streams), dict(frame_sizes or {}))
+    check = _Checker(name, None if classes is None else tuple(classes), None if streams is None else tuple(streams), dict(frame_sizes or {}))
     return check.config(data)
 
 
 class _Checker:
-    def __init__(self, name: str, classes: tuple[str, ...], streams: tuple[str, ...] | None,
+    def __init__(self, name: str, classes: tuple[str, ...] | None, streams: tuple[str, ...] | None,
                  sizes: dict[str, tuple[int, int]]) -> None:
         self.name, self.classes, self.streams, self.sizes = name, classes, streams, sizes
 
@@ -247,7 +248,7 @@ class _Checker:
         for key in ("name", "class", "zone"):
             if key not in node:
                 raise self.fail(node, where, f"field {key!r} is missing.")
-        if node["class"] not in self.classes:
+        if self.classes is not None and node["class"] not in self.classes:
             raise self.fail(node, where, f"field 'class': unknown class {node['class']!r}; the model's classes are "
                             f"{', '.join(self.classes)}.", "class")
         names = [zone.name for zone in zones]
@@ -380,7 +381,7 @@ class Decisions:
     picture at each event start. ``regions``: whose largest region is measured and recorded:
     ``"rules"`` (default), the (zone, class) pairs the rules watch; ``"all"``, every class present
     in every zone (a connected-components pass each: see :class:`ZoneMeter`). ``connectivity``: of
-    the regions. Streams may be fed from different threads at once; each stream from one thread,
+    the regions. ``append``: add to an ``events.jsonl`` already there (a resumed run). Streams may be fed from different threads at once; each stream from one thread,
     in order.
 
     Example::
@@ -395,7 +396,7 @@ class Decisions:
     def __init__(self, config: DecisionConfig, *, classes: Sequence[str], out: str | os.PathLike | None = None,
                  sinks: Iterable[QueuedEventSink] = (), clips: tuple[float, float] | None = None,
                  on_event: Callable[[Event], None] | None = None, snapshots: bool = True, regions: str = "rules",
-                 connectivity: int = 8) -> None:
+                 connectivity: int = 8, append: bool = False) -> None:
         self.config = config
         self.classes = tuple(classes)
         unknown = sorted({rule.class_name for rule in config.rules} - set(self.classes))
@@ -414,11 +415,13 @@ class Decisions:
         self.snapshots = snapshots and self.out is not None
         self.connectivity = connectivity
         self.engine = RuleEngine(config.rules)
-        self.log = EventLog(self.out / "events.jsonl") if self.out is not None else None
+        self.path: Path | None = None  # the file the config was read from (from_file), to name its lines
+        self.log = EventLog(self.out / "events.jsonl", append=append) if self.out is not None else None
         self.events_written = 0
         self._streams: dict[str, _StreamState] = {}
         self._paths: dict[str, tuple[str | None, str | None]] = {}  # event id -> (snapshot, clip)
         self._lock = threading.Lock()
+        self._layers: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # the zones drawn, per stream, size, active zones
         self._closed = False
         for sink in self.sinks:
             sink.start()
@@ -436,15 +439,33 @@ class Decisions:
                                              clips=(5, 10))
         """
         config = load_decisions(path, classes=classes, streams=streams, frame_sizes=frame_sizes)
+        decisions = cls.from_config(config, classes=classes, out=out, clips=clips, on_event=on_event,
+                                    queue_root=queue_root, sinks=sinks)
+        decisions.path = Path(path)
+        return decisions
+
+    @classmethod
+    def from_config(cls, config: DecisionConfig, *, classes: Sequence[str], out: str | os.PathLike | None = None,
+                    clips: tuple[float, float] | None = None, on_event: Callable[[Event], None] | None = None,
+                    queue_root: str | os.PathLike | None = None, sinks: Iterable[QueuedEventSink] = (),
+                    append: bool = False) -> Decisions:
+        """A checked config (:func:`load_decisions`) with the sinks it names built (plus ``sinks`` given here).
+
+        Example::
+
+            config = load_decisions("zones.json", classes=classes, streams=("front",))
+            decisions = Decisions.from_config(config, classes=classes, out="run")
+        """
         built: list[QueuedEventSink] = []
         try:
             for spec in config.sinks:
                 built.append(spec.build(queue_root=queue_root))
+            return cls(config, classes=classes, out=out, sinks=[*built, *sinks], clips=clips, on_event=on_event,
+                       append=append)
         except BaseException:
             for sink in built:
                 sink.close(timeout=0)
             raise
-        return cls(config, classes=classes, out=out, sinks=[*built, *sinks], clips=clips, on_event=on_event)
 
     def open_stream(self, stream: str, *, fps: float | None = None, size: tuple[int, int] | None = None) -> None:
         """Declare a stream before its first frame (optional): its fps (for clips) and frame size
@@ -492,24 +513,71 @@ class Decisions:
 
     def draw(self, picture: np.ndarray, stream: str) -> np.ndarray:
         """Draw ``stream``'s zones (red while one of their rules is active, else yellow) and its active
-        events on ``picture`` (BGR, drawn in place and returned)."""
+        events on ``picture`` (BGR, drawn in place and returned).
+
+        The zones of a stream are drawn once per frame size and set of active zones, into a layer and its
+        mask, then copied onto each picture (one ``cv2.copyTo``: a twentieth of drawing them again at 96x96,
+        under half at 640x480); crisp lines, no anti-aliasing, so the copied pixels are the zones' colours."""
         height, width = picture.shape[:2]
         active = self.engine.active(stream)
-        hot = {event.zone for event in active}
         scale = max(0.35, min(width, height) / 640)
-        thick = max(1, round(scale * 2))
-        for zone in self.config.zones_for(stream):
-            points = zone.pixel_points(width, height)
-            colour = (0, 0, 255) if zone.name in hot else (0, 220, 255)
-            cv2.polylines(picture, [points.reshape(-1, 1, 2)], True, colour, thick, cv2.LINE_AA)
-            x, y = points[np.argmin(points[:, 1])]
-            cv2.putText(picture, zone.name, (int(x) + 2, max(int(y) - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
-                        colour, 1, cv2.LINE_AA)
+        layer, mask = self._layer(stream, width, height, frozenset(event.zone for event in active), scale)
+        cv2.copyTo(layer, mask, picture)
         for row, event in enumerate(active):
             text = f"{event.rule}: {event.class_name} in {event.zone}"
             cv2.putText(picture, text, (4, int(14 * scale * 1.6) * (row + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
                         (0, 0, 255), 1, cv2.LINE_AA)
         return picture
+
+    def _layer(self, stream: str, width: int, height: int, hot: frozenset[str],
+               scale: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (stream, width, height, hot)
+        got = self._layers.get(key)
+        if got is None:
+            layer = np.zeros((height, width, 3), np.uint8)
+            thick = max(1, round(scale * 2))
+            for zone in self.config.zones_for(stream):
+                points = zone.pixel_points(width, height)
+                colour = (0, 0, 255) if zone.name in hot else (0, 220, 255)
+                cv2.polylines(layer, [points.reshape(-1, 1, 2)], True, colour, thick, cv2.LINE_8)
+                x, y = points[np.argmin(points[:, 1])]
+                cv2.putText(layer, zone.name, (int(x) + 2, max(int(y) - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX,
+                            0.45 * scale, colour, 1, cv2.LINE_8)
+            mask = cv2.inRange(layer, (0, 0, 1), (255, 255, 255))  # every drawn pixel has red > 0
+            if len(self._layers) >= 32:  # streams that change size or zones' states over and over: memory stays flat
+                self._layers.clear()
+            got = self._layers[key] = (layer, mask)
+        return got
+
+    def check_frame(self, stream: str, width: int, height: int) -> None:
+        """Raise EdgesegError, one line naming the file's line and field, when a pixel zone of ``stream`` does
+        not fit a ``width`` x ``height`` frame (the pipeline calls it when a stream's frame size is first seen).
+        Thread-safe: it touches no stream state."""
+        for zone in self.config.zones_for(stream):
+            try:
+                zone.check_fits(width, height)
+            except EdgesegError as error:
+                if self.path is not None:  # the checker names the line: read the file again, with this size
+                    load_decisions(self.path, classes=self.classes, frame_sizes={stream: (width, height)})
+                raise EdgesegError(f"{self.config.source}: zone {zone.name!r} on stream {stream!r}: {error}") from None
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.config.rules
+
+    def stats(self, stream: str) -> dict[str, ZoneStats]:
+        """``stream``'s newest zone statistics (of the last frame :meth:`update` measured)."""
+        state = self._streams.get(stream)
+        return dict(state.stats) if state is not None else {}
+
+    def counts(self, stream: str) -> dict[str, int]:
+        """Events started on ``stream`` so far, per rule (every rule named, 0 included)."""
+        counts = self.engine.counts
+        return {rule.name: counts.get((stream, rule.name), 0) for rule in self.config.rules}
+
+    def sink_counters(self) -> dict[str, dict[str, int]]:
+        """Each event sink's counters (queued, delivered, dropped, rejected, pending), by its target."""
+        return {sink.target: dict(sink.counters) for sink in self.sinks}
 
     def latest(self) -> dict[str, dict[str, ZoneStats]]:
         """Each stream's newest zone statistics (what ``/metrics`` shows)."""

@@ -56,7 +56,51 @@ FRAME_FIELDS = (
     _f("nan", "boolean", "the model's output held NaN: the mask or score is made up"),
     _f("segment", "integer", "the numbered file this record and the frame's overlay went to (--rotate; else 0)"),
     _f("ms", "object", "{decode, preprocess, infer, postprocess, write}: this frame's time in each stage, ms"),
-    _f("zones", "object", "{zone: {class: statistics}} when the run has zones", required=False),
+    _f("zones", "object", "runs with --zones: {zone: statistics} of the zones that apply to this source, each "
+                          "with the zone fields below", required=False),
+    _f("events", "array", "runs with rules: the events that started or ended on this frame, each {id, type, rule} "
+                          "(the whole records are in events.jsonl)", required=False),
+)
+
+ZONE_FIELDS = (
+    _f("area", "integer", "the zone's pixels in this frame (a zone in fractions scales with the frame)"),
+    _f("class_fraction", "object", "{class: share of the zone's pixels}, every class of the model"),
+    _f("regions", "object", "{class: region}: the largest connected region (8-connected, cut to the zone) of the "
+                            "classes the rules watch in this zone, each with the region fields below"),
+)
+
+REGION_FIELDS = (
+    _f("area", "integer", "the region's pixels"),
+    _f("bbox", "array", "[x, y, width, height] in frame pixels"),
+    _f("centroid", "array", "[x, y] in frame pixels"),
+)
+
+FRAME_EVENT_FIELDS = (
+    _f("id", "string", "the event's id (the same in its start and end records)"),
+    _f("type", "string", "start or end"),
+    _f("rule", "string", "the rule's name"),
+)
+
+EVENT_FIELDS = (
+    _f("schema", "integer", "event record schema version (1)"),
+    _f("id", "string", "the event's id: its start time (Unix seconds) and a random tail; the same in its start and "
+                       "end records, and unique across runs (receivers deduplicate by it)"),
+    _f("type", "string", "start (the condition held `for` seconds) or end"),
+    _f("stream", "string", "the source's name in the run"),
+    _f("rule", "string", "the rule's name in the zones/rules file"),
+    _f("zone", "string", "the rule's zone"),
+    _f("class", "string", "the rule's class"),
+    _f("since", "number", "the source's time (its time_s) at which the condition began to hold, seconds"),
+    _f("start", "number", "the source's time at which the event started, seconds"),
+    _f("end", "number|null", "the source's time at which it ended (null in a start record)"),
+    _f("frame", "integer", "the index of the frame this record was made on"),
+    _f("reason", "string|null", "why it ended: cleared (false for clear_after seconds), stream ended, stopped "
+                                "(Ctrl-C, SIGTERM or stop); null in a start record"),
+    _f("wall", "string", "UTC time the record was made, ISO 8601"),
+    _f("evidence", "object", "{fraction, area, peak_fraction, peak_area, threshold}: the rule's values on this "
+                             "frame and their peaks since the condition began"),
+    _f("snapshot", "string|null", "snapshots/<id>.jpg: the frame at the start, relative to --out (start and end)"),
+    _f("clip", "string|null", "clips/<id>.mp4: the clip around the start (--clips), relative to --out"),
 )
 
 STREAM_FIELDS = (
@@ -89,9 +133,11 @@ SOURCE_FIELDS = (
     _f("latency_ms", "object", "{p50, p95} from capture or read to outputs written, recent frames, ms"),
     _f("stage_ms", "object", "{decode, preprocess, infer, postprocess, write}: mean ms per frame"),
     _f("outputs", "object", "what was written: masks, overlay, reconstruction, jsonl, video, video_codec, "
-                            "video_frames, segments"),
+                            "video_frames, segments, polygons, rle (--write), coco (--write polygons or rle on "
+                            "images: one COCO file)"),
     _f("stream", "object|null", "live sources: the stream's counters (see the stream fields); null for files"),
     _f("units", "object", "--ray: {planned, finished} units of this source", required=False),
+    _f("events", "object", "runs with rules: {rule: events started on this source}", required=False),
 )
 
 SUMMARY_FIELDS = (
@@ -126,6 +172,12 @@ SUMMARY_FIELDS = (
     _f("sources", "object", "{name: source} each source's own counters (see the source fields)"),
     _f("ray", "object", "--ray: cluster, units planned, skipped, retried, lost", required=False),
     _f("workers", "object", "--ray: frames, fps and failures per worker", required=False),
+    _f("zones", "string", "runs with --zones: the zones/rules file", required=False),
+    _f("events", "integer", "runs with rules: events started, all sources (each has a start and an end record in "
+                            "--out/events.jsonl)", required=False),
+    _f("event_sinks", "object", "runs with event sinks: {sink: {queued, delivered, dropped, rejected, pending}}; "
+                                "pending events wait in the sink's disk queue and go out when it opens again",
+       required=False),
 )
 
 _TYPES = {"integer": (int,), "number": (int, float), "string": (str,), "boolean": (bool,), "null": (type(None),),
@@ -148,7 +200,8 @@ def frame_record(frame: Any, outcome: Any, *, source: str, latency_ms: float, se
         "nan": bool(getattr(outcome, "nan", False)),
         "segment": segment,
         "ms": {stage: round(value, 3) for stage, value in outcome.ms.items()},
-        **({"zones": outcome.zones} if getattr(outcome, "zones", None) else {}),
+        **({"zones": outcome.zones} if getattr(outcome, "zones", None) is not None else {}),
+        **({"events": outcome.events} if getattr(outcome, "events", None) is not None else {}),
     }
 
 
@@ -170,11 +223,12 @@ class Tally:
 
 def source_report(where: Mapping[str, Any], tally: Tally, *, error: str | None, wall_s: float,
                   latencies: list[float], stage_total: Mapping[str, float], outputs: Mapping[str, Any],
-                  stream: Mapping[str, Any] | None) -> dict[str, Any]:
+                  stream: Mapping[str, Any] | None, events: Mapping[str, int] | None = None) -> dict[str, Any]:
     """One source's entry in ``summary.json``'s ``sources`` (SOURCE_FIELDS). ``where``: its ``source`` (what
-    was typed), ``kind``, ``folder`` (relative to --out) and ``state``."""
+    was typed), ``kind``, ``folder`` (relative to --out) and ``state``; ``events``: per rule, the events
+    started on it (runs with rules)."""
     frames = tally.frames
-    return {
+    report = {
         "source": where["source"], "kind": where["kind"], "folder": where["folder"], "state": where["state"],
         "frames": frames, "frames_failed": tally.frames_failed, "frames_nan": tally.frames_nan,
         "frames_resumed": tally.frames_resumed, "first_failure": tally.first_failure, "error": error,
@@ -183,6 +237,9 @@ def source_report(where: Mapping[str, Any], tally: Tally, *, error: str | None, 
         "stage_ms": {stage: round(stage_total.get(stage, 0.0) / max(frames, 1), 3) for stage in STAGES},
         "outputs": dict(outputs), "stream": dict(stream) if stream is not None else None,
     }
+    if events is not None:
+        report["events"] = dict(events)
+    return report
 
 
 def run_summary(engine: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]], *, wall_s: float,
@@ -314,6 +371,34 @@ def check_record(record: Mapping[str, Any]) -> list[str]:
         problems.append(f"record: schema {record['schema']}, expected {SCHEMA}")
     if not problems and set(record["ms"]) - set(STAGES):
         problems.append(f"record: unknown stages {sorted(set(record['ms']) - set(STAGES))}")
+    if problems:
+        return problems
+    for name, zone in (record.get("zones") or {}).items():  # inside the fields that have fields of their own
+        problems += _check(zone, ZONE_FIELDS, f"record.zones[{name!r}]")
+        for key, region in (zone.get("regions") or {}).items() if isinstance(zone, Mapping) else ():
+            problems += _check(region, REGION_FIELDS, f"record.zones[{name!r}].regions[{key!r}]")
+    for i, event in enumerate(record.get("events") or ()):
+        problems += _check(event, FRAME_EVENT_FIELDS, f"record.events[{i}]")
+    return problems
+
+
+def check_event(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an ``events.jsonl`` record against EVENT_FIELDS (empty: nothing).
+
+    Example::
+
+        for line in open("runs/site/events.jsonl"):
+            assert not check_event(json.loads(line))
+    """
+    from edgeseg.runtime.events import EVENT_SCHEMA, EVENT_TYPES
+
+    problems = _check(record, EVENT_FIELDS, "event")
+    if not problems and record["schema"] != EVENT_SCHEMA:
+        problems.append(f"event: schema {record['schema']}, expected {EVENT_SCHEMA}")
+    if not problems and record["type"] not in EVENT_TYPES:
+        problems.append(f"event: type {record['type']!r}, expected one of {', '.join(EVENT_TYPES)}")
+    if not problems and (record["type"] == "end") != (record["end"] is not None):
+        problems.append("event: an end record has its end time, a start record none")
     return problems
 
 
@@ -393,6 +478,26 @@ the `segments` of its `outputs` list them in order.
 ## `frames.jsonl`: one line per frame, written as the frame finishes
 
 {schema_table(FRAME_FIELDS)}
+
+### `zones.<zone>`: one zone on one frame (runs with `--zones`)
+
+{schema_table(ZONE_FIELDS)}
+
+### `zones.<zone>.regions.<class>`: a class's largest region in the zone
+
+{schema_table(REGION_FIELDS)}
+
+### `events[]`: an event that started or ended on the frame (runs with rules)
+
+{schema_table(FRAME_EVENT_FIELDS)}
+
+## `events.jsonl`: one line per event start and end (runs with rules), in `--out`
+
+Written and fsync'd as each event starts or ends, one file for the run (every source's events, each
+naming its `stream`); the same record goes to the event sinks (MQTT, webhook, command). An event is two
+records with one `id`: `start`, then `end`. Event records have their own schema version.
+
+{schema_table(EVENT_FIELDS)}
 
 ## `summary.json`: the run
 

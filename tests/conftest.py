@@ -173,7 +173,7 @@ def private_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def records_follow_the_schema(request):
-    """After every test: each summary.json and frames*.jsonl the test wrote follows records' schema 2.
+    """After every test: each summary.json, frames*.jsonl and events.jsonl the test wrote follows records' schemas.
 
     This is the test of docs/records.md: every output folder the suite writes is checked against the
     schema the documentation is made from (a run of one source, many sources, a cluster job).
@@ -201,6 +201,13 @@ def records_follow_the_schema(request):
             problems += [f"{path}: {p}" for p in records.check_record(record)]
             if len(problems) > 20:
                 break
+    for path in root.rglob("events.jsonl"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the line a killed run was writing
+            problems += [f"{path}: {p}" for p in records.check_event(record)]
     assert not problems, "records off the schema (runtime/records.py, docs/records.md):\n" + "\n".join(problems[:20])
 
 

@@ -31,11 +31,13 @@ are kept; streams: go on with new files numbered after the earlier ones).
 Exit codes: 0 every source ended well, 1 a source failed or a stream gave up, 2 a user error
 (one line), 130 stopped by Ctrl-C or SIGTERM (every output valid).
 onnxruntime itself writes a device id under $XDG_CACHE_HOME (or ~/.cache)/Microsoft/DeveloperTools
-when it is imported; edgeseg writes nothing outside --out.
+when it is imported; edgeseg writes nothing outside --out but the disk queues of a --zones file's
+event sinks (under $XDG_CACHE_HOME/edgeseg/events, or where a sink's "queue" says).
 
 examples:
   edgeseg segment clip.mp4 --model fcn8.onnx --out runs/clip --smooth 0.5
-  edgeseg segment door=rtsp://cam1/s yard=rtsp://cam2/s --model fcn8.onnx --out site --rotate 60 --serve 8080"""
+  edgeseg segment door=rtsp://cam1/s yard=rtsp://cam2/s --model fcn8.onnx --out site --rotate 60 --serve 8080
+  edgeseg segment door=rtsp://cam1/s --model fcn8.onnx --out site --zones zones.json --clips 5,10 --write jsonl,rle"""
 
 
 def register(subparsers: Any) -> None:
@@ -59,6 +61,7 @@ def register(subparsers: Any) -> None:
     _frames(parser)
     _outputs(parser)
     _streams(parser)
+    _decisions(parser)
     _contract(parser)
     _cluster(parser)
     parser.set_defaults(func=_run)
@@ -113,8 +116,17 @@ def _frames(parser: argparse.ArgumentParser) -> None:
 def _outputs(parser: argparse.ArgumentParser) -> None:
     outp = parser.add_argument_group("outputs")
     outp.add_argument("--write", default="masks,overlay,reconstruction,jsonl", metavar="LIST",
-                      help="comma-separated outputs to write: masks, overlay, reconstruction (autoencoders), jsonl; "
-                           "summary.json is always written (default: all)")
+                      help="comma-separated outputs to write: masks, overlay, reconstruction (autoencoders), jsonl, "
+                           "and, not by default, the vector forms of each mask: polygons (polygons/<name>.json: each "
+                           "class's regions as polygons with their holes, simplified by --polygon-tolerance) and rle "
+                           "(rle/<name>.json: each class as COCO RLE, decodable by pycocotools), both with each "
+                           "class's connected regions (area, bbox, centroid); a source of images also gets one COCO "
+                           "coco.json (RLE with rle, else polygons); summary.json is always written "
+                           "(default: masks,overlay,reconstruction,jsonl)")
+    outp.add_argument("--polygon-tolerance", type=float, default=0.5, metavar="PX",
+                      help="--write polygons: no point of a simplified outline is farther than PX pixels from the "
+                           "traced one; 0.5 rasterizes back to the mask with IoU >= 0.99 for regions ~10 px wide and "
+                           "more, 0 keeps every corner (exact) (default: 0.5)")
     outp.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1 (default: 0.5)")
     outp.add_argument("--smooth", type=float, default=0.0, metavar="W",
                       help="videos/streams: weight of earlier frames' class probabilities, 0..1, against flicker; "
@@ -155,6 +167,36 @@ def _streams(parser: argparse.ArgumentParser) -> None:
                        help="address --serve listens on; the page has no authentication (default: 127.0.0.1)")
 
 
+def _decisions(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("zones, rules and events (README \"From masks to decisions\")")
+    group.add_argument("--zones", metavar="FILE",
+                       help="a zones/rules file (JSON, or YAML with pip install 'edgeseg[events]'): named polygons in "
+                            "pixels or fractions of the frame, optionally per source (\"streams\"); every frame's "
+                            "record gets each zone's class fractions and largest regions, and the overlay shows the "
+                            "zones. Its rules (a class in a zone past a fraction or area, held \"for\" seconds, "
+                            "ended after \"clear_after\") raise events: --out/events.jsonl, snapshots/<id>.jpg, the "
+                            "file's sinks (MQTT, webhook, command; queued on disk, under $XDG_CACHE_HOME/edgeseg/events "
+                            "unless a sink names its \"queue\", while a receiver is down), the live page and "
+                            "/metrics. A mistake in the file stops the run at start, naming the line and field. With "
+                            "--ray: a file without rules (zone statistics only) (default: none)")
+    group.add_argument("--clips", metavar="BEFORE,AFTER",
+                       help="with --zones rules, on videos and streams: write clips/<event id>.mp4 (H.264) from "
+                            "BEFORE seconds before each event's start to AFTER seconds after it, cut from a ring "
+                            "buffer of encoded frames (default: no clips)")
+
+
+def _clips(text: str | None) -> tuple[float, float] | None:
+    from edgeseg.runtime import EdgesegError
+
+    if text is None:
+        return None
+    try:
+        before, after = (float(part) for part in text.split(","))
+    except ValueError:
+        raise EdgesegError(f"--clips expects BEFORE,AFTER in seconds (e.g. 5,10), got {text!r}.") from None
+    return before, after
+
+
 def _contract(parser: argparse.ArgumentParser) -> None:
     con = parser.add_argument_group("contract (only for ONNX files without the edgeseg contract, or to override it)")
     con.add_argument("--kind", choices=("segmentation", "autoencoder"), help="what the model computes")
@@ -193,7 +235,8 @@ def _run(args: argparse.Namespace) -> int:
         open_timeout=args.open_timeout, stall_timeout=args.stall_timeout, rotate=args.rotate, codec=args.codec,
         show=args.show, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
         provider=args.provider, threads=args.threads, engine=args.engine, precision=args.precision,
-        optimization=args.optimization, strict=args.strict, inflight=args.inflight)
+        optimization=args.optimization, strict=args.strict, inflight=args.inflight, zones=args.zones,
+        clips=_clips(args.clips), polygon_tolerance=args.polygon_tolerance)
     contract = contract_overrides(args) or None
     if args.ray:
         return _run_on_ray(args, sources, options, contract)
@@ -218,10 +261,27 @@ def _run(args: argparse.Namespace) -> int:
 def _run_on_ray(args: argparse.Namespace, sources: list[str], options: Any, contract: dict[str, Any] | None) -> int:
     from edgeseg.runtime import EdgesegError, display_path, stage_table
 
-    live = [flag for flag, value in (("--serve", args.serve), ("--rotate", args.rotate)) if value is not None]
+    live = [flag for flag, value in (("--serve", args.serve), ("--rotate", args.rotate), ("--clips", args.clips))
+            if value is not None]
     if live:
         raise EdgesegError(f"{live[0]} is for a run on this machine; --ray runs files (images and videos) on a "
                            "cluster. Drop one of them.")
+    vectors = [name for name in ("polygons", "rle") if name in options.outputs]
+    if vectors:
+        raise EdgesegError(f"--write {vectors[0]} is for a run on this machine for now: --ray's units do not hand "
+                           "their polygons/ and rle/ folders over to --out yet. Drop it, or run without --ray.")
+    if options.zones is not None:
+        from edgeseg.runtime.decisions import load_decisions
+
+        # Rules need each source whole and in time order in one writer: a unit (a range of a video) would cut a
+        # rule's `for` and `clear_after` at its borders, and each unit's events would start anew. Zone statistics
+        # are per frame: they work on a cluster.
+        config = load_decisions(options.zones, classes=None)
+        if config.rules:
+            raise EdgesegError(f"{config.source} has rules: events need each source whole, in time order, in one "
+                               "process, and --ray cuts sources into units, which would cut a rule's timing at their "
+                               "borders. Run it without --ray, or with a zones file without rules (zone statistics "
+                               "work on a cluster).")
     from edgeseg.runtime.extras import require
 
     require("ray", purpose="--ray")  # what is missing is said before the job is planned

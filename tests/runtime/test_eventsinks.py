@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -233,82 +231,12 @@ def test_command_sink_runs_the_command_per_event_and_retries_a_failure(tmp_path)
         CommandSink(["no-such-program-here"], queue=tmp_path / "q2")
 
 
-# -- MQTT, with a real broker --------------------------------------------------------------------------
-
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+# -- MQTT, with a real broker (Debian's mosquitto: the broker fixture and Subscriber are in conftest.py) -------
 
 
-class Broker:
-    """Debian's mosquitto on 127.0.0.1, with persistence (sessions survive a restart of the broker)."""
-
-    def __init__(self, folder, port):
-        self.port = port
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                               f"persistence_location {folder}/\nuser root\n")
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        assert _wait(self._listening, 10), "mosquitto did not start"
-        return self
-
-    def stop(self):
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)  # mosquitto saves its sessions on the way out
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def _listening(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
-    made = Broker(tmp_path, _free_port()).start()
-    yield made
-    made.stop()
-
-
-class Subscriber:
-    """paho-mqtt with a persistent session (QoS 1): messages wait at the broker while it is away."""
-
-    def __init__(self, port, client_id="edgeseg-test"):
-        import paho.mqtt.client as mqtt
-
-        self.messages = []
-        self.cond = threading.Condition()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        self.client.reconnect_delay_set(0.1, 0.3)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("edgeseg/#", qos=1)
-        self.client.on_message = self._message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _message(self, client, userdata, message):
-        with self.cond:
-            self.messages.append((message.topic, message.payload.decode(), message.retain))
-            self.cond.notify_all()
-
-    def events(self):
-        with self.cond:
-            return [json.loads(payload) for topic, payload, _ in self.messages if topic.endswith("/events")]
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def test_mqtt_broker_down_then_back_gets_every_event_once(tmp_path, broker):
+def test_mqtt_broker_down_then_back_gets_every_event_once(tmp_path, broker, mqtt):
     """With Debian's mosquitto (not a pure-Python broker)."""
-    subscriber = Subscriber(broker.port)
+    subscriber = mqtt.Subscriber(broker.port)
     sink = MqttSink("127.0.0.1", broker.port, queue=tmp_path / "queue", reconnect_min=0.1, reconnect_max=0.3).start()
     try:
         assert _wait(lambda: sink.connected)
@@ -334,7 +262,7 @@ def test_mqtt_broker_down_then_back_gets_every_event_once(tmp_path, broker):
     finally:
         sink.close()
         subscriber.close()
-    late = Subscriber(broker.port, client_id="edgeseg-late")  # retained topics: what Home Assistant reads on start
+    late = mqtt.Subscriber(broker.port, client_id="edgeseg-late")  # retained topics: what Home Assistant reads on start
     try:
         assert _wait(lambda: ("edgeseg/cam/smoke-door/state", "ON", True) in late.messages)
         assert _wait(lambda: ("edgeseg/status", "offline", True) in late.messages)

@@ -1,49 +1,17 @@
 """One loop, one record format: every kind of source takes every option and writes the same records.
 
-Real servers on 127.0.0.1 (ffmpeg serving MPEG-TS over TCP), real videos, real ONNX sessions.
+Real servers on 127.0.0.1 (ffmpeg serving MPEG-TS over TCP: the serve_tcp fixture of conftest.py), real videos,
+real ONNX sessions.
 """
 
 import json
-import socket
-import subprocess
 import threading
 import time
 
 import cv2
-import imageio_ffmpeg  # in the `dev` extra
 import pytest
 
 from edgeseg.runtime import EdgesegError, SegmentOptions, expand, read_list, records, segment
-
-FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def serve_tcp(tmp_path, kit):
-    """Start ffmpeg serving a looped test video as live MPEG-TS on a free TCP port; returns its URL."""
-    video = kit.moving_video(tmp_path / "loop.avi", count=20, height=48, width=64, fps=25.0)
-    started = []
-
-    def start(port=None):
-        port = port or _free_port()
-        started.append(subprocess.Popen(
-            [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video),
-             "-c:v", "mpeg2video", "-q:v", "5", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"],
-            stdin=subprocess.DEVNULL))
-        time.sleep(0.5)
-        return f"tcp://127.0.0.1:{port}"
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait(timeout=10)
-
 
 def _stop_after(frames, stop, sources=1):
     """A callback that sets ``stop`` once each of ``sources`` sources has given ``frames`` frames."""

@@ -167,6 +167,26 @@ def test_segment_takes_raw_and_multipart_images_and_answers_json_or_a_palette_pn
     assert set(json.loads(body)["class_fraction"]) == {"sky", "ground"}
 
 
+# pycocotools 2.0.x calls np.array(copy=False) on NumPy 2 (its own warning, not ours)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_the_vector_views_give_the_mask_as_rle_polygons_and_components(server, reference):
+    from pycocotools import mask as coco_mask  # the dev extra
+
+    from edgeseg.runtime.vectors import Polygon, rasterize_polygons
+
+    image = _image(11, 48, 64)
+    truth = reference(image).mask == 1  # class "thing"; "background" has no vector form
+    status, _, body = _post(server, "/v1/models/tiny/segment?include=rle,polygons,components", _png(image))
+    answer = json.loads(body)
+    assert status == 200 and set(answer["rle"]) == set(answer["polygons"]) == set(answer["components"]) == {"thing"}
+    rle = answer["rle"]["thing"]["rle"]
+    assert np.array_equal(coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool), truth)
+    back = rasterize_polygons([Polygon.from_record(p) for p in answer["polygons"]["thing"]["polygons"]], truth.shape)
+    assert (back & truth).sum() / (back | truth).sum() >= 0.99  # tolerance 0.5 px (README, vectors.py)
+    assert answer["components"]["thing"]["area"] == truth.sum() == sum(c["area"] for c in
+                                                                       answer["components"]["thing"]["components"])
+
+
 def test_the_runtime_client_gives_the_results_of_model(server, reference):
     client = Client(server.url, "tiny", token=TOKEN)
     for seed in (11, 12):
