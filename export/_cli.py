@@ -90,8 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.add_argument(
         "--tolerance", type=float, default=None,
-        help="pass when max-abs error <= TOLERANCE x max(peak |value|, floor) (default: 1e-4 for an fp32 model, 1e-2 for "
-        "mixed_float16, 5e-2 for mixed_bfloat16; floors 1e-6, 1e-4, 1e-4)")
+        help="pass when max-abs error <= TOLERANCE x max(peak |value|, floor), the floor being the precision's smallest "
+        "normal number (default: 1e-4 for an fp32 model, 1e-2 for mixed_float16, 5e-2 for mixed_bfloat16)")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     _loading_options(verify)
     verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")

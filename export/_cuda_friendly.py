@@ -129,6 +129,15 @@ def _rewrite(model: Any, *, cuda: bool, size: tuple[int, int] | None,
     inputs = [keras.Input(batch_shape=_fixed(tuple(t.shape), size), dtype=t.dtype, name=f"input_{i}")
               for i, t in enumerate(model.inputs)]
     outputs = walk(model, inputs, hook)
+    names = [layer.name for _, layer in leaf_layers(model)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        # The rewritten model is flat, and one model cannot hold two layers of one name.
+        raise EdgesegError(
+            f"Cannot rewrite the transposed convolutions of model `{model.name}` for export: its sub-models both hold "
+            f"a layer named `{repeated[0]}`, and the rewritten model is flat. Give those layers distinct names"
+            + (" (or export without --cuda-friendly)." if cuda else ".")
+        )
     flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
     log.info("rewrote %d Conv2DTranspose layer(s) into VALID + Cropping2D", rewritten)
     return flat, rewritten

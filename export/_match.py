@@ -31,8 +31,7 @@ from typing import Any
 from edgeseg.export._trace import INPUT, Call, Trace
 
 _INSERTED = re.compile(r"__\d+(:\d+)?$")  # nodes tf2onnx adds itself
-LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast", "Shape",
-                        "Gather", "Concat", "Slice", "ConstantOfShape", "Expand"})
+# Ops that only move or relabel values: a scope made of these alone has not computed its layer.
 _MOVES_ONLY = frozenset({"Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast"})
 # Layers whose whole computation may be a layout change.
 LAYOUT_LAYERS = frozenset({"Reshape", "Permute", "Flatten", "Cropping2D", "Cropping1D", "Cropping3D"})

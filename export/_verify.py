@@ -101,6 +101,8 @@ class VerifyReport:
             counts += f" ({self.operations} keras.ops call(s) between layers are not layers)"
         if self.first_failure is not None:
             return f"FIRST FAILURE: {self.first_failure}; {counts}"
+        if self.output_only and not self.layers_total:
+            return "OUTPUT ONLY: no layer call of the kind asked for; the final output is within tolerance"
         if self.output_only:
             return (f"OUTPUT ONLY: nothing could be compared layer by layer ({self.layers_total} layers, none found for "
                     "sure in the ONNX file); the final output is within tolerance")
@@ -212,7 +214,8 @@ def verify_models(
 
     Inputs are the images in ``images`` (through ``contract``'s preprocessing; unreadable ones
     are skipped and counted) or ``random`` seeded random ones. Raises ``EdgesegError`` when the
-    ONNX file does not come from ``model`` (another input or output shape, no layer's name).
+    ONNX file does not come from ``model`` (another input or output shape); a file in which no
+    layer can be found for sure is compared by its output only (``report.output_only``).
 
     Example::
 
@@ -222,7 +225,7 @@ def verify_models(
     if layers not in LAYER_CHOICES:
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     reference = _reference(model, contract, tolerance=tolerance)
-    _check_same_model(model, proto, contract)
+    _check_same_model(model, contract)
     inputs = _inputs(model, contract, images=images, random=random, seed=seed)
     traced = _trace(reference, inputs, layers=layers, heads=list(contract.source.get("keras_outputs") or [0]))
     sides = _match(traced, proto, contract)
@@ -262,8 +265,8 @@ def _reference(model: Any, contract: Contract, *, tolerance: float | None) -> _R
                       precision_why=why, size=size)
 
 
-def _check_same_model(model: Any, proto: Any, contract: Contract) -> None:
-    """One clear error when the ONNX file's input or layer names cannot come from ``model``."""
+def _check_same_model(model: Any, contract: Contract) -> None:
+    """One clear error when the ONNX file's input cannot be ``model``'s."""
     if contract.kind == "decoder":
         return
     keras_shape = tuple(model.inputs[0].shape[1:])
@@ -560,7 +563,7 @@ def _judged(errors: Errors, file: Errors | None, keras: Errors | None, bar: Bar)
         return judge(errors, bar), "keras", None
     f, k = file.relative(bar.floor), keras.relative(bar.floor)
     closer = "file" if f < k else "keras" if k < f else "same"
-    return judge(file, bar), "float64", {"file_rel_err": f, "keras_rel_err": k, "closer": closer}
+    return judge(file, bar, keras=keras), "float64", {"file_rel_err": f, "keras_rel_err": k, "closer": closer}
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def test_a_doubled_weight_in_a_tiny_layer_fails_and_is_named(files, tmp_path):
     # 100% off relative to the layer, though far below the old absolute bar of 1e-5.
     assert tiny["max_abs_err"] < 1e-5 and tiny["max_rel_err"] > 0.5 and not tiny["ok"]
     assert report["bar"] == {"precision": "fp32", "rule": "max_abs_err <= tolerance x max(peak |reference|, floor)",
-                             "tolerance": 1e-4, "floor": 1e-6}
+                             "tolerance": 1e-4, "floor": float(np.finfo(np.float32).tiny)}
 
 
 def test_nothing_matched_is_output_only_with_its_own_exit_code(files, tmp_path, capsys):
@@ -127,7 +127,7 @@ def test_float64_settles_the_layers_near_the_bar(files, tmp_path):
     assert len(settled) >= 2 and report["reference"]["float64"] == [layer["name"] for layer in settled]
     for layer in settled:
         errors = layer["float64"]
-        assert layer["ok"] == (errors["file_rel_err"] <= 1e-9)
+        assert layer["ok"] == (errors["file_rel_err"] <= 1e-9 or errors["file_rel_err"] <= errors["keras_rel_err"])
         assert errors["closer"] == ("file" if errors["file_rel_err"] < errors["keras_rel_err"] else
                                     "keras" if errors["keras_rel_err"] < errors["file_rel_err"] else "same")
     assert code == (0 if all(layer["ok"] for layer in settled) and report["output"]["ok"] else 1)
@@ -151,6 +151,9 @@ def test_the_verdict_is_the_files_own_error_when_keras_is_further_off():
     assert ok and reference == "float64" and details["closer"] == "file"
     ok, _, details = _judged(against_keras, keras_, file, bar)  # the other way round: the file is off
     assert not ok and details["closer"] == "keras"
+    # A file as far off float64 as Keras itself is not the export's fault (cancellation in fp32 arithmetic).
+    ok, _, details = _judged(against_keras, keras_, keras_, bar)
+    assert ok and details["closer"] == "same"
 
 
 def test_two_heads_export_the_first_one_named_or_all(files, tmp_path, caplog, capsys):

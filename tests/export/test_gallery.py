@@ -452,3 +452,14 @@ def test_scale_warning_says_the_scale_that_was_given(tmp_path, caplog):
         assert _export(source, tmp_path / "m.onnx", "--classes", "2", "--scale", "1") == 0
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "1/255" not in text and "scale" not in text.split("defaults for input")[-1].split(";")[0]
+
+
+def test_mixed_float16_is_judged_at_its_precision_and_says_so(exported, tmp_path, capsys):
+    # Its layers round at float16 on both sides (~5e-4 of their peak): judged at fp32 every one "failed" (issue 23).
+    source, target, code = exported("mixed_float16")
+    assert code == 0
+    capsys.readouterr()
+    code, data = _verify(source, target, tmp_path / "r.json")
+    assert code == 0 and data["precision"] == "fp16" and data["bar"]["tolerance"] == 1e-2
+    assert "float16" in data["reference"]["keras"] and max(layer["max_rel_err"] for layer in data["layers"]) > 1e-4
+    assert "bar fp16: max_abs_err <= 0.01" in capsys.readouterr().out
