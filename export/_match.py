@@ -105,7 +105,10 @@ def _static_shapes(proto: Any) -> dict[str, tuple[int | None, ...]]:
     import onnx
 
     light = onnx.ModelProto()
-    light.CopyFrom(proto) if _small(proto) else _copy_without_weights(proto, light)
+    if _small(proto):
+        light.CopyFrom(proto)
+    else:
+        _copy_without_weights(proto, light)
     try:
         inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is a help: without it shapes are checked on the values
@@ -234,12 +237,15 @@ class _Matcher:
                 shape_reason = (f"shape differs: its ONNX node `{node}` outputs {_shape(self.graph.shapes.get(exits[-1]))}, "
                                 f"Keras {(None, *call.shape)}")
                 continue
-            for tensor in reversed(fitting):
-                problem = self._position_problem(call, tensor)
-                if problem is None and (call.index, tensor) not in self.banned:
-                    self._take(call, tensor, "name", key)
-                    return True
-                position_reason = problem or position_reason
+            # The scope's last tensor of the right shape: an earlier one is a step inside the layer.
+            tensor = fitting[-1] if fitting else None
+            if tensor is None or (call.index, tensor) in self.banned:
+                continue
+            problem = self._position_problem(call, tensor)
+            if problem is None:
+                self._take(call, tensor, "name", key)
+                return True
+            position_reason = problem
         reason = position_reason or shape_reason or layout_reason
         if reason:
             self.reasons[call.index] = reason
@@ -287,8 +293,10 @@ class _Matcher:
                 return f"position contradicts the Keras graph: its named ONNX node does not follow {name}'s"
         ancestors = self.trace.ancestors(call.index)
         for index, other in self.matched.items():
-            if index == call.index or other == tensor:
+            if index == call.index:
                 continue
+            if other == tensor:
+                return f"its named ONNX tensor is already `{self.calls[index].name}`'s"
             if index not in ancestors and self.graph.above(other, tensor):
                 return (f"position contradicts the Keras graph: its named ONNX node comes after "
                         f"`{self.calls[index].name}`'s, which Keras does not compute before it")
