@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--images", metavar="DIR", help="a local folder of images, preprocessed as the ONNX contract says")
     source.add_argument("--random", type=int, default=4, metavar="N", help="N seeded random inputs when no --images (default: 4)")
     verify.add_argument(
-        "--layers", choices=("all", "transposed"), default="all", help="which layers to report: all inspected ones (default) or Conv2DTranspose only"
+        "--layers", choices=("all", "transposed"), default="all", help="which layers to report: every layer call (default) or Conv2DTranspose only"
     )
     verify.add_argument(
         "--tolerance", type=float, default=None,
