@@ -354,7 +354,9 @@ class _OrtRunner:
         from edgeseg.runtime._session import CPU, CUDA, default_threads
 
         available = ort.get_available_providers()
-        model = _with_outputs(proto, names)
+        # Nothing to add or convert: onnxruntime reads the file itself (no copy, no serialization of the weights).
+        as_is = not names and engine == "onnxruntime" and precision != "fp16"
+        model = proto if as_is else _with_outputs(proto, names)
         self.notes: list[str] = []
         options = ort.SessionOptions()
         options.intra_op_num_threads = default_threads() if threads is None else threads
@@ -377,7 +379,10 @@ class _OrtRunner:
                 model = _float16(model)
         if gpu:  # a node the GPU provider cannot take is an error, never a silent CPU fallback
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        data = model if isinstance(model, bytes) else model.SerializeToString()
+        if as_is and path.is_file():
+            data = str(path)
+        else:
+            data = model if isinstance(model, bytes) else model.SerializeToString()
         try:
             self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/EPFail types
