@@ -139,12 +139,20 @@ def _rewritten_for_cuda(case):
     return needs_rewrite(layer, cuda=True) and not needs_rewrite(layer, cuda=False)
 
 
-def test_conv_transpose_grid_matches_keras():
-    # Plain export, the whole grid; asymmetric pads only where --cuda-friendly rewrites.
-    bad, asymmetric = [], 0
+@pytest.fixture(scope="module")
+def plain_grid():
+    """The whole grid exported plain, once for the module: (cases, model, proto, Keras' output, ONNX's) per group."""
+    runs = []
     for cases in _groups():
         model = _grid_model(cases)
-        proto, expected, got = _run(model, friendly=False)
+        runs.append((cases, model, *_run(model, friendly=False)))
+    return runs
+
+
+def test_conv_transpose_grid_matches_keras(plain_grid):
+    # Plain export, the whole grid; asymmetric pads only where --cuda-friendly rewrites.
+    bad, asymmetric = [], 0
+    for cases, model, proto, expected, got in plain_grid:
         bad += _mismatches(model, cases, expected, got)
         assert _asymmetric(proto) <= {i for i, c in enumerate(cases) if _rewritten_for_cuda(c)}
         asymmetric += len(_asymmetric(proto))
@@ -164,11 +172,10 @@ def test_cuda_friendly_grid_matches_keras_with_symmetric_pads():
     assert bad == []
 
 
-def test_a_wrong_case_is_named():
+def test_a_wrong_case_is_named(plain_grid):
     # The comparison is per case: one wrong slice is found and named, the rest pass.
-    cases = _groups()[0]
-    model = _grid_model(cases)
-    _, expected, got = _run(model, friendly=False)
+    cases, model, _, expected, got = plain_grid[0]
+    got = got.copy()
     size = int(np.prod(model.get_layer("case0").output.shape[1:]))
     got[:, size] += 1.0  # the first value of case1
     assert _mismatches(model, cases, expected, got) == [_name(cases[1])]

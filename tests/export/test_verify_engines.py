@@ -15,16 +15,15 @@ ENGINES = [("onnxruntime", []), ("openvino", ["--precision", "fp32"])]
 
 
 @pytest.fixture(scope="module")
-def files(model_files, tmp_path_factory):
-    """The mini FCN-8 exported, its INT8 file (8 scenes, no accuracy control), and 4 scenes to verify on."""
+def files(model_files, exports, tmp_path_factory):
+    """The mini FCN-8 exported, its INT8 file (8 scenes, no accuracy control), and 2 scenes to verify on."""
     from edgeseg.calibration import CalibrateOptions, calibrate
     from edgeseg.sampledata import make_scene_set
 
     folder = tmp_path_factory.mktemp("engines")
     make_scene_set(folder / "scenes" / "images", folder / "scenes" / "masks", count=8, size=48, classes=2, seed=3)
     make_scene_set(folder / "verify" / "images", folder / "verify" / "masks", count=2, size=48, classes=2, seed=4)
-    fp32, int8 = folder / "fcn8.onnx", folder / "fcn8.int8.onnx"
-    assert main(["export", str(model_files["fcn8"]), "-o", str(fp32)]) == 0
+    fp32, int8 = exports["fcn8"], folder / "fcn8.int8.onnx"
     calibrate(fp32, folder / "scenes" / "images", output=int8,
               options=CalibrateOptions(samples=8, timing_rounds=1, sqnr_frames=1))
     return {"keras": model_files["fcn8"], "fp32": fp32, "int8": int8, "images": folder / "verify" / "images"}
