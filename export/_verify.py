@@ -298,6 +298,9 @@ def _reference(model: Any, contract: Contract, *, precision: str, tolerance: flo
     dtype = compute_dtype(model)
     computes = {"float16": "fp16", "bfloat16": "bf16"}.get(dtype, "fp32")
     bar = bar_for(precision, model=computes, tolerance=tolerance, sqnr=sqnr)
+    if tolerance is not None and not bar.relative:  # said once, never silently dropped
+        log.warning("--tolerance applies where the engine computes the file as written (fp32); %s is judged by SQNR "
+                    "(--sqnr-%s).", bar.precision, bar.precision)
     why = f"the model computes in {dtype}"
     if not bar.relative:
         why += f"; the engine computes in {bar.precision}: judged by SQNR"

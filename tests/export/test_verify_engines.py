@@ -93,9 +93,13 @@ def test_int8_passes_its_sqnr_bar_and_a_corrupted_scale_is_named(files, tmp_path
     assert "block2_conv1" in failed and all(entry["ok"] for entry in report["ranked"][len(failed):])
 
 
-def test_the_sqnr_bar_is_set_per_precision(files, tmp_path):
-    code, report = _verify(files, files["int8"], tmp_path / "r.json", "--engine", "onnxruntime", "--sqnr-int8", "199")
+def test_the_sqnr_bar_is_set_per_precision(files, tmp_path, caplog):
+    code, report = _verify(files, files["int8"], tmp_path / "r.json", "--engine", "onnxruntime", "--sqnr-int8", "199",
+                           "--tolerance", "0.5")
     assert code == 1 and report["bar"]["min_sqnr_db"] == 199.0 and report["first_failure"] == "block1_conv1"
+    assert report["bar"]["rule"] == "sqnr_db >= min_sqnr_db" and report["bar"]["tolerance"] is None
+    # --tolerance is the fp32 rule's: at int8 it is not silently dropped but said to be unused
+    assert any("--tolerance applies" in r.getMessage() and "--sqnr-int8" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("extra, expected", [
