@@ -20,6 +20,7 @@ from edgeseg.calibration._data import IGNORE, CalibrationSet
 from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.postprocess import channels_last, class_ids
+from edgeseg.runtime.probe import sqnr_db
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Compute ops the CPU execution provider runs in int8 when wrapped in Q/DQ; the rest
@@ -161,15 +162,6 @@ def _classes(output: np.ndarray, contract: Contract) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per-layer SQNR
-
-
-def sqnr_db(signal_power: float, noise_power: float) -> float:
-    """Signal-to-quantization-noise ratio in dB; 200 dB stands for "no measurable noise"."""
-    if noise_power <= 0.0:
-        return 200.0
-    if signal_power <= 0.0:
-        return -200.0
-    return float(10.0 * math.log10(signal_power / noise_power))
 
 
 def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_dir: Path, *,

@@ -15,7 +15,7 @@ What other packages and apps use, each concept once:
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
 - optional dependencies (:mod:`edgeseg.runtime.extras`): which extra brings which module, every install hint;
 - progress (:mod:`edgeseg.runtime.progress`): a bar on a terminal, a log line now and then when piped;
-- probe (:mod:`edgeseg.runtime.probe`): tensors from inside the deployed engine, judged per precision (verify);
+- probe (:mod:`edgeseg.runtime.probe`): tensors read from inside the deployed engine at its precision (verify judges them);
 - frames and sources (:class:`Source`, one opener for what the user typed), sinks, engines (:data:`ENGINES`),
   :class:`Model`;
 - :func:`segment`: one loop for one source or many; its records (:mod:`edgeseg.runtime.records`, schema 2);

@@ -14,12 +14,12 @@ feeds a node with several computed inputs is probed in a compile of its own, eve
 the plain compile (the deployed output), and :attr:`EngineProbe.instrumentation` reports how far the
 probed compile's output is from it.
 
-Judging: fp32 by max-abs error <= tolerance x max(1, value range) (the export's bar); the lossy
-precisions by SQNR in dB of the engine's tensor against the reference (10 log10 of signal power over
-error power), each with its own default bar (:data:`DEFAULT_SQNR_DB`).
+onnxruntime at fp32 can also read the tensors from the graph *as written* (``as_written``: no graph
+optimization, so every node the exporter wrote runs and reading a tensor out cannot change how its
+neighbours compile); its plain compile stays the deployed one. That is how ``edgeseg verify`` proves an
+fp32 export. Judging the tensors is verify's (``edgeseg.export._tolerance``): this module reads them.
 
-NumPy and the engines load when a probe runs, not on import: ``edgeseg verify --help`` shows the bars
-(:data:`DEFAULT_SQNR_DB`) without them.
+NumPy and the engines load when a probe runs, not on import.
 
 Example::
 
@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,19 +52,13 @@ log = logging.getLogger("edgeseg.runtime")
 
 ENGINES = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-DEFAULT_TOLERANCE = 1e-5
-# The lowest SQNR a tensor may have against the reference at each lossy precision, set from the worst correct
-# layer measured (benchmarks/results/verify_engines_*.json; 2-vCPU Xeon with AVX512-BF16/VNNI): bf16 on OpenVINO
-# 45.7 dB (sample FCN-8) and 50.1 dB (FCN-8 head 256, 128 px); int8 34.1 dB (sample, onnxruntime and OpenVINO),
-# 33.5/34.7 dB (128 px, onnxruntime/OpenVINO). What the bars must catch: one activation scale off by 10x gave
-# 4.1 dB, the AVX2 saturation of issue 24 17.3 dB. fp16 has 3 more mantissa bits than bf16: about 18 dB more.
-DEFAULT_SQNR_DB = {"bf16": 30.0, "fp16": 40.0, "int8": 20.0}
 # An instrumented run whose output differs from the plain run's by more than this (x value range) is reported.
 _SAME = 1e-6
 
 
 def sqnr_db(signal_power: float, noise_power: float) -> float:
-    """Signal-to-quantization-noise ratio in dB; 200 dB stands for "no measurable noise".
+    """Signal-to-quantization-noise ratio in dB (10 log10 of signal power over error power); 200 dB stands for
+    "no measurable noise". The one formula: verify's bars and calibration's per-layer report both use it.
 
     Example::
 
@@ -72,107 +66,9 @@ def sqnr_db(signal_power: float, noise_power: float) -> float:
     """
     if noise_power <= 0.0:
         return 200.0
-    if signal_power <= 0.0:
+    if signal_power <= 0.0 or math.isinf(noise_power):
         return -200.0
     return float(10.0 * math.log10(signal_power / noise_power))
-
-
-class TensorStats:
-    """Running comparison of one tensor over many inputs: max-abs error, reference range, signal and noise power.
-
-    Example::
-
-        stats = TensorStats(); stats.add(reference, engine_output)
-        print(stats.max_abs, stats.sqnr_db)
-    """
-
-    def __init__(self) -> None:
-        self.max_abs, self.low, self.high = 0.0, math.inf, -math.inf
-        self.signal = self.noise = 0.0
-
-    def add(self, expected: np.ndarray, got: np.ndarray) -> None:
-        import numpy as np
-
-        expected = np.asarray(expected, np.float64)
-        diff = expected - np.asarray(got, np.float64)
-        if diff.size == 0:
-            return
-        if np.isnan(diff).any():
-            self.max_abs = self.noise = math.inf
-        else:
-            self.max_abs = max(self.max_abs, float(np.abs(diff).max()))
-            self.noise += float(np.square(diff).sum())
-        self.signal += float(np.square(expected).sum())
-        self.low, self.high = min(self.low, float(expected.min())), max(self.high, float(expected.max()))
-
-    @property
-    def range(self) -> float:
-        return max(0.0, self.high - self.low)
-
-    @property
-    def max_rel(self) -> float:
-        return self.max_abs / self.range if self.range > 0 else self.max_abs
-
-    @property
-    def sqnr_db(self) -> float:
-        return sqnr_db(self.signal, self.noise)
-
-
-@dataclass(frozen=True)
-class Bar:
-    """The pass mark of one precision: fp32 by ``tolerance`` (max-abs <= tolerance x max(1, range)),
-    bf16/fp16/int8 by ``min_sqnr_db``.
-
-    Example::
-
-        bar = Bar.for_precision("int8")           # SQNR >= 20 dB
-        bar = Bar.for_precision("bf16", sqnr={"bf16": 35})
-        ok = bar.judge(stats)
-    """
-
-    precision: str
-    tolerance: float = DEFAULT_TOLERANCE
-    min_sqnr_db: float | None = None
-
-    @classmethod
-    def for_precision(cls, precision: str, *, tolerance: float | None = None,
-                      sqnr: Mapping[str, float] | None = None) -> Bar:
-        base = precision.split("+")[0]  # OpenVINO's "int8+bf16": an INT8 file is judged as int8
-        if base not in PRECISIONS:
-            raise EdgesegError(f"Unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}.")
-        tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-        if not tolerance > 0:
-            raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
-        if base == "fp32":
-            return cls(precision=base, tolerance=tolerance)
-        bars = {**DEFAULT_SQNR_DB, **(sqnr or {})}
-        return cls(precision=base, tolerance=tolerance, min_sqnr_db=float(bars[base]))
-
-    def judge(self, stats: TensorStats) -> bool:
-        """Whether one tensor's comparison passes."""
-        if self.min_sqnr_db is None:
-            return bool(stats.max_abs <= self.tolerance * max(1.0, stats.range))
-        return bool(stats.sqnr_db >= self.min_sqnr_db)
-
-    def badness(self, stats: TensorStats) -> float:
-        """How far a tensor is from failing, for ranking (higher is worse): rel. error for fp32, -SQNR otherwise."""
-        return stats.max_rel if self.min_sqnr_db is None else -stats.sqnr_db
-
-    def describe(self) -> str:
-        if self.min_sqnr_db is None:
-            return f"fp32: max-abs error <= {self.tolerance:g} x max(1, range)"
-        return f"{self.precision}: SQNR >= {self.min_sqnr_db:g} dB"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "tolerance": self.tolerance if self.min_sqnr_db is None else None,
-                "min_sqnr_db": self.min_sqnr_db}
-
-
-def ranked(stats: Mapping[str, TensorStats], bar: Bar, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The compared tensors worst first: ``{"name", "sqnr_db", "max_rel_err", "ok"}``."""
-    order = sorted(stats, key=lambda name: -bar.badness(stats[name]))[:limit]
-    return [{"name": name, "sqnr_db": stats[name].sqnr_db, "max_rel_err": stats[name].max_rel,
-             "ok": bar.judge(stats[name])} for name in order]
 
 
 # ---------------------------------------------------------------- which engine, which precision
@@ -291,8 +187,10 @@ class EngineProbe:
     ``model``: the ONNX file (a path), or a ``ModelProto`` not written yet. ``tensors``: names of ONNX tensors to read (graph outputs and
     the graph input included). ``engine``: onnxruntime, openvino or tensorrt; ``precision``: fp32,
     bf16, fp16 or int8 (see :func:`resolve_target` for ``auto``). ``provider``: onnxruntime's (``auto``:
-    CUDA where onnxruntime has it, else the CPU). A combination the engine cannot run here, or one it
-    would silently run otherwise (a CPU fallback, another precision), raises EdgesegError in one line.
+    CUDA where onnxruntime has it, else the CPU). ``as_written``: onnxruntime at fp32 only, the tensors
+    come from the graph as written (no graph optimization) while the graph output still comes from the
+    deployed session. A combination the engine cannot run here, or one it would silently run otherwise
+    (a CPU fallback, another precision), raises EdgesegError in one line.
 
     Example::
 
@@ -303,7 +201,7 @@ class EngineProbe:
 
     def __init__(self, model: str | os.PathLike | Any, tensors: Sequence[str], *, engine: str, precision: str,
                  provider: str = "auto", threads: int | None = None,
-                 engine_cache: str | os.PathLike | None = None, proto: Any = None) -> None:
+                 engine_cache: str | os.PathLike | None = None, proto: Any = None, as_written: bool = False) -> None:
         self._tmp: tempfile.TemporaryDirectory | None = None
         if isinstance(model, (str, os.PathLike)):  # `proto`: the file's graph when the caller has read it already
             self.path, self.proto = Path(model), proto if proto is not None else _load(model)
@@ -328,8 +226,12 @@ class EngineProbe:
                                f"{len(self.tensors)} asked for are missing).")
         quantized = any(node.op_type == "QuantizeLinear" for node in graph.node)
         _check_precision(engine, precision, quantized=quantized, path=self.path)
+        if as_written and (engine, precision) != ("onnxruntime", "fp32"):
+            raise EdgesegError(f"reading tensors from the graph as written is onnxruntime fp32's; got {engine} "
+                               f"{precision}.")
         probed = [n for n in self.tensors if n not in (self.input_name, self.output_name)]
-        isolated = _isolated(graph, probed)
+        # As written, nothing is fused: a probed tensor cannot change how its neighbours compile.
+        isolated = [] if as_written else _isolated(graph, probed)
         together = [n for n in probed if n not in isolated]
         self.instrumentation = Instrumentation()
         build = {"onnxruntime": _OrtRunner, "tensorrt": _OrtRunner, "openvino": _OpenVinoRunner}[engine]
@@ -338,11 +240,14 @@ class EngineProbe:
         # The plain compile is the deployed one: its output is the one reported, and the probed compile's
         # output is compared with it (Instrumentation).
         self._plain = build(self.path, self.proto, [], **options)
-        self._together = build(self.path, self.proto, together, **options) if together else None
+        written = {"as_written": True} if as_written else {}
+        self._together = build(self.path, self.proto, together, **options, **written) if together else None
         self._alone = [(name, build(self.path, self.proto, [name], **options)) for name in isolated]
         self._names = together
+        detail = self._plain.detail + ("; layers read from the graph as written (graph optimization off)"
+                                       if as_written and together else "")
         self.ran = Ran(engine=engine, device=self._plain.device, precision=self._plain.precision,
-                       detail=self._plain.detail, isolated=tuple(isolated), notes=tuple(self._plain.notes))
+                       detail=detail, isolated=tuple(isolated), notes=tuple(self._plain.notes))
 
     def run(self, feed: np.ndarray) -> dict[str, np.ndarray]:
         """Every asked-for tensor for one batch ``feed`` (the graph output from the plain, deployed compile)."""
@@ -444,17 +349,21 @@ class _OrtRunner:
     """onnxruntime (CPU, CUDA, or TensorRT through its provider), deployed settings, ``names`` as extra outputs."""
 
     def __init__(self, path: Path, proto: Any, names: list[str], *, engine: str, precision: str, provider: str,
-                 threads: int | None, engine_cache: Any, quantized: bool) -> None:
+                 threads: int | None, engine_cache: Any, quantized: bool, as_written: bool = False) -> None:
         ort = require("onnxruntime", purpose=f"engine {engine}", fix=f"or {install_hint('gpu')} for CUDA and TensorRT")
         from edgeseg.runtime._session import CPU, CUDA, default_threads
 
         available = ort.get_available_providers()
-        model = _with_outputs(proto, names)
+        # Nothing to add or convert: onnxruntime reads the file itself (no copy, no serialization of the weights).
+        as_is = not names and engine == "onnxruntime" and precision != "fp16"
+        model = proto if as_is else _with_outputs(proto, names)
         self.notes: list[str] = []
         options = ort.SessionOptions()
         options.intra_op_num_threads = default_threads() if threads is None else threads
         options.log_severity_level = 4  # a failure is reported once, by the caller, in one line
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if as_written:  # every node as the exporter wrote it: no fusion, no layout change
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if engine == "tensorrt":
             providers, model = self._tensorrt(path, model, precision=precision, engine_cache=engine_cache,
                                               available=available)
@@ -470,7 +379,10 @@ class _OrtRunner:
                 model = _float16(model)
         if gpu:  # a node the GPU provider cannot take is an error, never a silent CPU fallback
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        data = model if isinstance(model, bytes) else model.SerializeToString()
+        if as_is and path.is_file():
+            data = str(path)
+        else:
+            data = model if isinstance(model, bytes) else model.SerializeToString()
         try:
             self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/EPFail types
@@ -483,7 +395,8 @@ class _OrtRunner:
                                f"{', '.join(used)}; refusing to report another engine's numbers.")
         self.device = "cuda" if gpu else "cpu"
         self.precision = precision
-        self.detail = f"onnxruntime {ort.__version__}, providers {', '.join(used)}, graph optimization all"
+        self.detail = (f"onnxruntime {ort.__version__}, providers {', '.join(used)}, graph optimization "
+                       f"{'off' if as_written else 'all'}")
         self.input_name = proto.graph.input[0].name
         self.output_name = proto.graph.output[0].name
 

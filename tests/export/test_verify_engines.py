@@ -15,16 +15,15 @@ ENGINES = [("onnxruntime", []), ("openvino", ["--precision", "fp32"])]
 
 
 @pytest.fixture(scope="module")
-def files(model_files, tmp_path_factory):
-    """The mini FCN-8 exported, its INT8 file (8 scenes, no accuracy control), and 4 scenes to verify on."""
+def files(model_files, exports, tmp_path_factory):
+    """The mini FCN-8 exported, its INT8 file (8 scenes, no accuracy control), and 2 scenes to verify on."""
     from edgeseg.calibration import CalibrateOptions, calibrate
     from edgeseg.sampledata import make_scene_set
 
     folder = tmp_path_factory.mktemp("engines")
     make_scene_set(folder / "scenes" / "images", folder / "scenes" / "masks", count=8, size=48, classes=2, seed=3)
     make_scene_set(folder / "verify" / "images", folder / "verify" / "masks", count=2, size=48, classes=2, seed=4)
-    fp32, int8 = folder / "fcn8.onnx", folder / "fcn8.int8.onnx"
-    assert main(["export", str(model_files["fcn8"]), "-o", str(fp32)]) == 0
+    fp32, int8 = exports["fcn8"], folder / "fcn8.int8.onnx"
     calibrate(fp32, folder / "scenes" / "images", output=int8,
               options=CalibrateOptions(samples=8, timing_rounds=1, sqnr_frames=1))
     return {"keras": model_files["fcn8"], "fp32": fp32, "int8": int8, "images": folder / "verify" / "images"}
@@ -71,7 +70,8 @@ def test_a_weight_scaled_by_1_01_is_the_first_divergence_on_each_engine(files, t
     assert code == 1 and report["first_failure"] == "block2_conv1"
     assert [layer["ok"] for layer in report["layers"][:2]] == [True, True]  # block1_conv1, block1_pool: untouched
     assert report["engine"]["engine"] == engine and report["engine"]["precision"] == "fp32"
-    assert report["bar"] == {"precision": "fp32", "tolerance": 1e-5, "min_sqnr_db": None}
+    assert report["bar"] == {"precision": "fp32", "rule": "max_abs_err <= tolerance x max(peak |reference|, floor)",
+                             "tolerance": 1e-4, "floor": float(np.finfo(np.float32).tiny), "min_sqnr_db": None}
     assert report["instrumentation"]["same_as_deployed"] is True
     assert report["ranked"][0]["ok"] is False  # worst first
 
@@ -93,9 +93,13 @@ def test_int8_passes_its_sqnr_bar_and_a_corrupted_scale_is_named(files, tmp_path
     assert "block2_conv1" in failed and all(entry["ok"] for entry in report["ranked"][len(failed):])
 
 
-def test_the_sqnr_bar_is_set_per_precision(files, tmp_path):
-    code, report = _verify(files, files["int8"], tmp_path / "r.json", "--engine", "onnxruntime", "--sqnr-int8", "199")
+def test_the_sqnr_bar_is_set_per_precision(files, tmp_path, caplog):
+    code, report = _verify(files, files["int8"], tmp_path / "r.json", "--engine", "onnxruntime", "--sqnr-int8", "199",
+                           "--tolerance", "0.5")
     assert code == 1 and report["bar"]["min_sqnr_db"] == 199.0 and report["first_failure"] == "block1_conv1"
+    assert report["bar"]["rule"] == "sqnr_db >= min_sqnr_db" and report["bar"]["tolerance"] is None
+    # --tolerance is the fp32 rule's: at int8 it is not silently dropped but said to be unused
+    assert any("--tolerance applies" in r.getMessage() and "--sqnr-int8" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("extra, expected", [
