@@ -1,7 +1,6 @@
 """Several live streams in one run, against real servers on 127.0.0.1 (ffmpeg over TCP and HTTP, GStreamer RTSP)."""
 
 import json
-import os
 import shutil
 import signal
 import socket

@@ -392,7 +392,7 @@ def test_a_video_range_with_lead_frames_gives_what_the_whole_video_gives(seg_mod
                    outputs=("masks", "jsonl"), smooth=0.9)
     bare = segment(Source.video_range(video, start=5, count=3), model=seg_model, out=tmp_path / "bare",
                    outputs=("jsonl",), smooth=0.9)
-    assert (whole["frames"], part["frames"]) == (8, 3)
+    assert (whole["frames"], part["frames"], bare["frames"]) == (8, 3, 3)
     assert [r["index"] for r in _jsonl(tmp_path / "part")] == [5, 6, 7]
     assert _jsonl(tmp_path / "part")[0]["class_fraction"] == _jsonl(tmp_path / "whole")[5]["class_fraction"]
     assert [r["class_fraction"]["red"] for r in _jsonl(tmp_path / "bare")] == [0.0, 0.0, 0.0]  # unprimed: blue
