@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for package in _COMMAND_PACKAGES:
         importlib.import_module(f"{package}._cli").register(subparsers)
+    # `segment --ray`'s cluster options beyond the four the runtime's parser defines belong to edgeseg.scaleout
+    # (argparse only at import, like the `_cli` modules); they join the runtime's `segment` command here.
+    importlib.import_module("edgeseg.scaleout._cli").add_arguments(subparsers.choices["segment"])
     return parser
 
 

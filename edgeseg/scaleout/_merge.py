@@ -3,49 +3,89 @@
 Overlay parts are joined with ffmpeg's concat demuxer and ``-c copy`` (imageio-ffmpeg's binary):
 no re-encode, so joining costs a file copy and every frame of every part is kept, in range order.
 Without ffmpeg the parts are decoded and re-encoded through the runtime's :class:`VideoSink`.
+On a shared filesystem the driver joins; for an ``--out`` in object storage a worker does
+(:func:`join_stored_videos`), so the driver never carries pixels. ``frames.jsonl`` (text) is joined
+by the driver either way.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path, write_json_atomic
+from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path
+from edgeseg.scaleout import _store
 from edgeseg.scaleout._plan import Source, Unit
-from edgeseg.scaleout._worker import part_folder, read_marker
+from edgeseg.scaleout._worker import part_location, read_markers
+
+# How a caller joins overlay parts that live in object storage: (parts, target, fps, codec) -> how it joined.
+VideoJoiner = Callable[[list[str], str, float, str], str]
 
 
 def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, model: dict[str, Any],
-                 wall: float, interrupted: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``frames.jsonl``, ``overlay.mp4`` and ``summary.json`` of one source from its finished units."""
-    out = Path(source.out)
-    out.mkdir(parents=True, exist_ok=True)
-    markers = [(unit, read_marker(unit)) for unit in sorted(units, key=lambda u: u.seq)]
-    finished = [(unit, marker) for unit, marker in markers if marker is not None]
+                 wall: float, interrupted: bool, extra: dict[str, Any] | None = None,
+                 markers: dict[str, dict[str, Any]] | None = None, resumed: set[str] = frozenset(),
+                 join_stored: VideoJoiner | None = None) -> dict[str, Any]:
+    """Write ``frames.jsonl``, ``overlay.mp4`` and ``summary.json`` of one source from its finished units.
+
+    ``markers``: the finished units' markers by key (default: read now); ``resumed``: the keys of units an
+    earlier run finished (counted apart from this run's work); ``join_stored``: how overlay parts in
+    object storage are joined (a worker's :func:`join_stored_videos`; required for an ``--out`` URI).
+    """
+    out = source.out
+    ordered = sorted(units, key=lambda u: u.seq)
+    markers = read_markers(ordered) if markers is None else markers
+    finished = [(unit, markers[unit.key]) for unit in ordered if unit.key in markers]
     outputs: dict[str, Any] = {"summary": "summary.json"}
     if "jsonl" in options.outputs:
-        _join_lines([part_folder(unit) / m["outputs"]["jsonl"] for unit, m in finished], out / "frames.jsonl")
+        _join_lines([_store.join(part_location(unit), m["outputs"]["jsonl"]) for unit, m in finished],
+                    _store.join(out, "frames.jsonl"))
         outputs["jsonl"] = "frames.jsonl"
     if model["kind"] == "segmentation" and "masks" in options.outputs:
         outputs["masks"] = "masks/"
     if model["kind"] == "autoencoder" and "reconstruction" in options.outputs:
         outputs["reconstruction"] = "reconstruction/"
     videos = [(unit, m["outputs"]) for unit, m in finished if m["outputs"].get("video_frames")]
-    parts = [part_folder(unit) / video["video"] for unit, video in videos]
+    parts = [_store.join(part_location(unit), video["video"]) for unit, video in videos]
     if parts:
         codec = videos[0][1]["video_codec"]
         frames = sum(video["video_frames"] for _, video in videos)
-        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames,
-                       video_join=join_videos(parts, out / "overlay.mp4", fps=source.fps, codec=options.codec))
+        target = _store.join(out, "overlay.mp4")
+        if _store.is_remote(out):
+            if join_stored is None:
+                raise EdgesegError("merge_source() needs `join_stored` to join overlay parts in object storage.")
+            how = join_stored(parts, target, source.fps, options.codec)
+        else:
+            how = join_videos([Path(p) for p in parts], Path(target), fps=source.fps, codec=options.codec)
+        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames, video_join=how)
     elif "overlay" in options.outputs and source.kind != "video":
         outputs["overlay"] = "overlay/"
-    summary = {**_summary(source, finished, len(markers), options, model, wall, interrupted, outputs), **(extra or {})}
-    write_json_atomic(out / "summary.json", summary)
+    if finished and finished[0][1].get("pack", "files") != "files":
+        outputs["pack"] = finished[0][1]["pack"]  # per-frame files packed: one archive per unit and output
+    summary = {**_summary(source, finished, len(ordered), options, model, wall, interrupted, outputs),
+               **_resumed_apart(finished, resumed, wall), **(extra or {})}
+    _store.write_bytes(_store.join(out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def join_stored_videos(parts: list[str], target: str, fps: float, codec: str = "auto") -> str:
+    """:func:`join_videos` for parts and a target in object storage: download, join, upload (on a worker)."""
+    with tempfile.TemporaryDirectory(prefix="edgeseg-join-") as folder:
+        local = []
+        for i, part in enumerate(parts):
+            local.append(Path(folder) / f"{i:06d}.mp4")
+            _store.download(part, local[-1])
+        joined = Path(folder) / "overlay.mp4"
+        how = join_videos(local, joined, fps=fps, codec=codec)
+        _store.upload([(joined, target)])
+    return how
 
 
 def join_videos(parts: list[Path], target: Path, *, fps: float, codec: str = "auto") -> str:
@@ -85,11 +125,29 @@ def join_videos(parts: list[Path], target: Path, *, fps: float, codec: str = "au
     return "re-encode"
 
 
-def _join_lines(parts: list[Path], target: Path) -> None:
+def _join_lines(parts: list[str], target: str) -> None:
+    if _store.is_remote(target):
+        texts = _store.read_many(parts)
+        _store.write_bytes(target, b"".join(texts[part] for part in parts if part in texts))
+        return
     with atomic_path(target) as temporary, open(temporary, "wb") as joined:
         for part in parts:
             with open(part, "rb") as handle:
                 shutil.copyfileobj(handle, joined)
+
+
+def _resumed_apart(finished: list[tuple[Unit, dict[str, Any]]], resumed: set[str], wall: float) -> dict[str, Any]:
+    """This run's frames and fps without the units an earlier run finished (``--resume``): those are
+    ``frames_resumed``, as a run without Ray reports the frames it kept."""
+    if not resumed:
+        return {}
+    new = [m for unit, m in finished if unit.key not in resumed]
+    kept = [m for unit, m in finished if unit.key in resumed]
+    frames = sum(m["frames"] for m in new)
+    busy = sum(m["seconds"] for m in new)
+    return {"frames": frames, "frames_resumed": sum(m["frames"] for m in kept),
+            "fps": round(frames / wall, 3) if wall > 0 else 0.0,
+            "worker_fps": round(frames / busy, 3) if busy > 0 else 0.0}
 
 
 def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: SegmentOptions,

@@ -1,8 +1,9 @@
 """The job as a list of units: chunks of image paths and frame ranges of videos, never pixels.
 
-A unit is small enough to pickle in a few hundred bytes (paths and integers), so the driver never
-decodes anything and the object store never holds a frame. Each unit writes its own outputs and a
-marker, so a unit is the grain of retry and of ``--resume``.
+A unit is small enough to pickle in a few hundred bytes (paths or URIs and integers), so the driver
+never decodes anything and Ray's object store never holds a frame. Each unit writes its own outputs
+and a marker, so a unit is the grain of retry and of ``--resume``. Locations are resolved on the
+driver first (:func:`edgeseg.scaleout._store.resolve`): a relative path means the user's folder.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgeseg.runtime import EdgesegError, SegmentOptions, VideoInfo, classify_source, frame_names
+from edgeseg.scaleout import _store
 
 log = logging.getLogger("edgeseg.scaleout")
 
@@ -76,11 +79,13 @@ def warm_frames(smooth: float) -> int:
 
 
 def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions = SegmentOptions(), chunk: int = 64,
-         range_frames: int = 256) -> tuple[list[Source], list[Unit]]:
+         range_frames: int = 256, probe: Callable[[str], VideoInfo] | None = None) -> tuple[list[Source], list[Unit]]:
     """Split ``sources`` into units. One SOURCE writes into ``out`` itself; several into ``out/<stem>/``.
 
-    ``options``: the frame selection (``stride``, ``start``, ``max_frames``, ``recursive``) and
-    ``smooth`` (how early each video range starts), as ``edgeseg segment`` means them.
+    ``sources`` and ``out``: paths (made absolute here) or object-store URIs. ``options``: the frame
+    selection (``stride``, ``start``, ``max_frames``, ``recursive``) and ``smooth`` (how early each
+    video range starts), as ``edgeseg segment`` means them. ``probe``: how a video in object storage
+    is measured (the driver asks a worker, which downloads it anyway); local videos are read here.
 
     Example::
 
@@ -88,14 +93,19 @@ def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions 
     """
     if chunk < 1 or range_frames < 1:
         raise EdgesegError(f"--chunk and --range-frames must be >= 1, got {chunk} and {range_frames}.")
-    sources = expand_videos(sources)
-    outs = _output_folders(sources, Path(out))
+    out = _store.resolve(out, what="--out")
+    sources = expand_videos([_store.resolve(s, what="SOURCE") for s in sources])
+    outs = _output_folders(sources, out)
     planned, units = [], []
     for number, (spec, folder) in enumerate(zip(sources, outs)):
-        kind, paths = classify_source(spec, recursive=options.recursive)
+        kind, paths = classify(spec, recursive=options.recursive)
         if kind == "video":
+            measure = probe if _store.is_remote(spec) else VideoInfo.from_video_path
+            if measure is None:
+                raise EdgesegError(f"plan() needs `probe` to measure the video `{spec}` in object storage.")
             try:
-                source, pieces = _video_units(number, spec, folder, options, range_frames, warm_frames(options.smooth))
+                source, pieces = _video_units(number, spec, folder, options, range_frames, warm_frames(options.smooth),
+                                              measure(spec))
             except EdgesegError as error:
                 if len(sources) == 1:
                     raise  # the job's only source: stop with its one line, as without Ray
@@ -105,9 +115,9 @@ def plan(sources: list[str], *, out: str | os.PathLike, options: SegmentOptions 
             chosen = paths[options.start::options.stride][:options.max_frames]
             root = spec if kind == "folder" else None
             # The whole source's names (as without Ray): two files with one stem keep their suffixes.
-            names = frame_names(paths, root)[options.start::options.stride][:options.max_frames]
+            names = _names(paths, root)[options.start::options.stride][:options.max_frames]
             source = Source(number, spec, kind, folder, len(chosen), 0.0)
-            pieces = [Unit(number, seq, "images", folder, index=i, paths=tuple(str(p) for p in chosen[i:i + chunk]),
+            pieces = [Unit(number, seq, "images", folder, index=i, paths=tuple(chosen[i:i + chunk]),
                            names=tuple(names[i:i + chunk]), root=root)
                       for seq, i in enumerate(range(0, len(chosen), chunk))]
         planned.append(source)
@@ -122,6 +132,9 @@ def expand_videos(sources: list[str]) -> list[str]:
     """
     expanded = []
     for spec in sources:
+        if _store.is_remote(spec):
+            expanded += _expand_stored_videos(spec)
+            continue
         path = Path(spec)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())
@@ -139,8 +152,7 @@ def expand_videos(sources: list[str]) -> list[str]:
 
 
 def _video_units(number: int, spec: str, folder: str, options: SegmentOptions, range_frames: int,
-                 warm: int) -> tuple[Source, list[Unit]]:
-    info = VideoInfo.from_video_path(spec)
+                 warm: int, info: VideoInfo) -> tuple[Source, list[Unit]]:
     wanted = range(options.start, info.frame_count, options.stride)[:options.max_frames]
     fps = info.fps / options.stride
     if not info.frame_count:
@@ -157,12 +169,86 @@ def _video_units(number: int, spec: str, folder: str, options: SegmentOptions, r
     return Source(number, spec, "video", folder, len(wanted), fps), units
 
 
-def _output_folders(sources: list[str], out: Path) -> list[str]:
+def _output_folders(sources: list[str], out: str) -> list[str]:
     if len(sources) == 1:
-        return [str(out)]
-    stems = [Path(s.rstrip("/\\")).stem or f"source{i}" for i, s in enumerate(sources)]
+        return [out]
+    stems = [Path(_store.name_of(s.rstrip("/\\"))).stem or f"source{i}" for i, s in enumerate(sources)]
     folders = []
     for i, stem in enumerate(stems):
         # Two sources with one stem (a/clip.mp4, b/clip.mp4) get their position appended.
-        folders.append(str(out / (stem if stems.count(stem) == 1 else f"{stem}-{i}")))
+        folders.append(_store.join(out, stem if stems.count(stem) == 1 else f"{stem}-{i}"))
     return folders
+
+
+# -- sources in object storage ----------------------------------------------------------------------
+# The runtime classifies local sources (classify_source, frame_names); these few functions do the same
+# for object-store URIs with the runtime's suffix rule, and are the only copy of it here. When the
+# runtime's one source module makes its suffix sets public, _media_kind becomes a lookup in them.
+
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm",
+                             ".pnm", ".jp2", ".sr", ".ras"})
+_VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
+                             ".gif"})
+
+
+def _media_kind(location: str, *, in_folder: bool = False) -> str | None:
+    """``image``, ``video`` or None, by suffix (in a folder a GIF is an image, alone a video; as the runtime)."""
+    suffix = PurePosixPath(_store.name_of(location)).suffix.lower()
+    if suffix in _IMAGE_SUFFIXES or (in_folder and suffix == ".gif"):
+        return "image"
+    return "video" if suffix in _VIDEO_SUFFIXES else None
+
+
+def classify(spec: str, *, recursive: bool = False) -> tuple[str, list[str]]:
+    """``(kind, image locations)`` of a resolved SOURCE: the runtime's :func:`classify_source` for a local
+    path, the same rule over an object store's listing for a URI."""
+    if not _store.is_remote(spec):
+        kind, paths = classify_source(spec, recursive=recursive)
+        return kind, [str(p) for p in paths]
+    try:
+        return _classify_stored(spec, recursive)
+    except EdgesegError:
+        raise
+    except OSError as error:
+        raise _store.storage_error(spec, error) from None
+
+
+def _classify_stored(spec: str, recursive: bool) -> tuple[str, list[str]]:
+    if any(ch in spec.split("://", 1)[1] for ch in "*?["):
+        matches = [m for m in _store.glob(spec) if _media_kind(m, in_folder=True)]
+        if not matches:
+            raise EdgesegError(f"Source `{spec}`: the pattern matches no image or video objects.")
+        return "glob", matches
+    if _store.is_folder(spec):
+        found = _store.find(spec, recursive=recursive)
+        chosen = [f for f in found if _media_kind(f, in_folder=True)]
+        if not chosen:
+            raise EdgesegError(f"Source `{spec}` holds no image objects ({len(found)} other object(s)). Pass a "
+                               f"prefix of images, an image, a video or a glob.")
+        return "folder", chosen
+    if not _store.exists(spec):
+        raise EdgesegError(f"Source `{spec}`: no such object (nor objects under it as a folder).")
+    if spec.lower().endswith(".txt"):
+        base = spec.rsplit("/", 1)[0]
+        lines = [ln.strip() for ln in _store.read_bytes(spec).decode("utf-8", "replace").splitlines()]
+        return "list", [ln if _store.scheme(ln) else _store.join(base, ln) for ln in lines if ln and not ln.startswith("#")]
+    return ("video", []) if _media_kind(spec) == "video" else ("image", [spec])
+
+
+def _expand_stored_videos(spec: str) -> list[str]:
+    kind, found = classify(spec)
+    if kind not in ("folder", "list"):
+        return [spec]
+    videos = [f for f in found if _media_kind(f) == "video"]
+    return videos if videos and len(videos) == len(found) else [spec]
+
+
+def _names(paths: list[str], root: str | None) -> list[str]:
+    """The runtime's output names (:func:`frame_names`) of local paths or of URIs (their keys under ``root``)."""
+    if not paths or not _store.is_remote(paths[0]):
+        return frame_names([Path(p) for p in paths], root)
+
+    def key(location: str) -> PurePosixPath:  # bucket/key: frame_names works on path parts, as for local files
+        return PurePosixPath(location.split("://", 1)[1])
+
+    return frame_names([key(p) for p in paths], key(root) if root else None)
