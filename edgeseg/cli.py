@@ -65,6 +65,7 @@ _EXTRA_OF_MODULE = {
     "tensorflow": "export", "keras": "export", "tf2onnx": "export", "h5py": "export",
     "onnx": "calibrate", "matplotlib": "calibrate", "onnxruntime": "cpu", "openvino": "openvino",
     "psutil": "bench", "ray": "ray", "prometheus_client": "serve", "imageio_ffmpeg": "cpu",
+    "fsspec": "ray", "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure",
 }
 # What a whole command needs, when the missing module is not one of the above.
 _EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",

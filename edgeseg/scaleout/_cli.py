@@ -12,6 +12,7 @@ up, outputs not where ``--out`` is, or the job stopped): the summary and the err
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -21,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster: storage, deadlines, fit (--ray only; see README \"Running on a cluster\")")
     group.add_argument("--memory-per-worker", type=float, default=0.0, metavar="GB",
                        help="--ray: memory each worker reserves on its node, checked before the job (default: 0, none)")
+    group.add_argument("--chunk", type=int, default=64, metavar="N",
+                       help="--ray: images per unit (the grain of scheduling, retry and --resume) (default: 64)")
+    group.add_argument("--range-frames", type=int, default=256, metavar="N",
+                       help="--ray: video frames per unit (default: 256)")
+    group.add_argument("--retries", type=int, default=3, metavar="N",
+                       help="--ray: a unit whose worker died, stalled or failed is tried again up to N times "
+                            "(default: 3)")
     group.add_argument("--pack", choices=("files", "zip"), default="files",
                        help="--ray: per-frame outputs as one file each (one machine's layout) or one ZIP per unit and "
                             "output (masks/<unit>.zip: far fewer objects in object storage) (default: files)")
@@ -43,6 +51,8 @@ def cluster_options(args: argparse.Namespace) -> Any:
     return ClusterOptions(address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                           gpus_per_worker=args.gpus_per_worker,
                           memory_per_worker_gb=getattr(args, "memory_per_worker", 0.0),
+                          chunk=getattr(args, "chunk", 64), range_frames=getattr(args, "range_frames", 256),
+                          retries=getattr(args, "retries", 3),
                           pack=getattr(args, "pack", "files"), unit_timeout=getattr(args, "unit_timeout", 300.0),
                           placement_timeout=getattr(args, "placement_timeout", 60.0),
                           autoscale=getattr(args, "autoscale", False), progress=progress)
@@ -66,6 +76,10 @@ def run_from_args(args: argparse.Namespace, *, options: Any, contract: dict[str,
     if live:
         raise EdgesegError(f"--{live[0].replace('_', '-')} is for live streams; --ray runs files (images and videos). "
                            "Drop one of them.")
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Ray colours what it prints itself (a "(raylet)" notice on stdout when a node loses a worker): plain text
+        # where the output is piped or logged. Read by Ray when it prints, so setting it here is enough.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     summary = segment_on_ray(sources, model=ModelSpec(args.model, contract=contract), out=args.out,
                              cluster=cluster_options(args), options=options)
     print(report(summary, out=args.out), file=sys.stderr)

@@ -124,7 +124,7 @@ def describe_nodes(nodes: list[dict[str, Any]]) -> str:
     return f"{len(nodes)} node(s): {cpus:g} CPU, {gpus:g} GPU, {memory:.1f} GiB"
 
 
-def shortfall(nodes: list[dict[str, Any]], need: Need, workers: int) -> str | None:
+def shortfall(nodes: list[dict[str, Any]], need: Need, workers: int, *, autoscale: bool = False) -> str | None:
     """None when ``workers`` fit the nodes, else one line: what is missing and how to fix it."""
     fits = room(nodes, need)
     if fits >= workers:
@@ -140,9 +140,10 @@ def shortfall(nodes: list[dict[str, Any]], need: Need, workers: int) -> str | No
         if asked > 0 and room(nodes, alone) < workers:
             limits.append(name)
     named = " and ".join(limits) or "resources on one node"
+    hint = "" if autoscale else ", or pass --autoscale if the cluster adds nodes on demand"
     return (f"--workers {workers} with {need.describe()} each do not fit this cluster: it holds {fits} such "
             f"worker(s) ({where}; a worker's {named} must be on one node). Pass --workers {fits or 1} or ask less "
-            "per worker, add nodes, or pass --autoscale if the cluster adds nodes on demand.")
+            f"per worker, or add nodes{hint}.")
 
 
 def check_fit(ray: Any, need: Need, workers: int, *, autoscale: bool, timeout: float,
@@ -172,7 +173,7 @@ def check_fit(ray: Any, need: Need, workers: int, *, autoscale: bool, timeout: f
             said = time.monotonic()
             log.warning("still waiting for nodes: %d of %d workers fit (%s), %.0f s left", room(nodes, need),
                         workers, describe_nodes(nodes), deadline - time.monotonic())
-    missing = shortfall(nodes, need, workers)
+    missing = shortfall(nodes, need, workers, autoscale=True)
     if missing is None:
         return nodes
     raise EdgesegError(f"no nodes came within --placement-timeout {timeout:g} s: {missing}")

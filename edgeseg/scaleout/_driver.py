@@ -136,7 +136,8 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     expanded = _storage_step(out, expand_videos, sources)
     stored_videos = [s for s in expanded if _store.is_remote(s) and _media_kind(s) == "video"]
     planned, units = ([], []) if stored_videos else _plan(expanded, out, options, cluster, probe=None)
-    _prepare_outs(out, _output_folders(expanded, out), options)
+    folders = _output_folders(expanded, out)
+    _prepare_outs(out, folders, options, clear=False)  # writable, and no run there unless --overwrite/--resume
     ray = _ray()
     started = time.perf_counter()
     joined = connect(ray, cluster.address)
@@ -147,6 +148,8 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
         need = Need(cluster.cpus_per_worker, cluster.gpus_per_worker, cluster.memory_per_worker_gb)
         check_fit(ray, need, cluster.workers, autoscale=cluster.autoscale, timeout=cluster.placement_timeout,
                   stop=stop)
+        if options.overwrite:  # only now: a job refused above leaves the earlier run as it was
+            _prepare_outs(out, folders, options, clear=True)
         pool = Pool(ray, spec, cluster, options, env=_store.forwarded_env() if _uses_store(spec, out, expanded) else {},
                     progress=_progress_mode(cluster, options))
         pool.start()
@@ -231,9 +234,9 @@ def _incomplete(unseen: list[Unit], gaps: dict[str, list[str]], pool: Pool, out:
         said.append(f"{len(gaps)} finished unit(s) name output files that are not in `{out}` ({_keys(list(gaps))}; "
                     f"first: {first}); --resume redoes them")
     if pool.lost:
-        key, reason = next(iter(pool.lost.items()))
+        reason = next(iter(pool.lost.values()))
         said.append(f"{len(pool.lost)} unit(s) gave up after {cluster.retries + 1} tries ({_keys(list(pool.lost))}; "
-                    f"{key}: {reason[:200]}); --resume tries them again")
+                    f"first: {reason[:200]}); --resume tries them again")
     if pool.stopped:
         said.append(f"the job stopped: {pool.stopped}")
     return "; ".join(said) + "." if said else None
@@ -325,25 +328,27 @@ def _finished_before(units: list[Unit]) -> dict[str, dict[str, Any]]:
     return {key: marker for key, marker in markers.items() if key not in gaps}
 
 
-def _prepare_outs(out: str, folders: list[str], options: SegmentOptions) -> None:
+def _prepare_outs(out: str, folders: list[str], options: SegmentOptions, *, clear: bool) -> None:
     """The single-machine --out rule for the job's folder and each source's: a folder holding a run
-    (its files, or this package's parts) is refused unless --overwrite (they are cleared) or --resume."""
+    (its files, or this package's parts) is refused unless --overwrite or --resume. ``clear``: apply
+    --overwrite (delete that run's files); without it, only check (writable, not refused)."""
     for folder in dict.fromkeys([out, *folders]):
         if _store.is_remote(folder):
-            _storage_step(folder, _prepare_stored_out, folder, options)
+            _storage_step(folder, _prepare_stored_out, folder, options, clear=clear)
             continue
         # The parts count as a run: an earlier job's must never be joined into this one's outputs.
         prepare_out(Path(folder), previous_run=lambda o: [o / name for name in (*RUN_FILES, WORK_DIR)],
-                    overwrite=options.overwrite, resume=options.resume)
+                    overwrite=options.overwrite and clear, resume=options.resume or (options.overwrite and not clear))
 
 
-def _prepare_stored_out(folder: str, options: SegmentOptions) -> None:
+def _prepare_stored_out(folder: str, options: SegmentOptions, *, clear: bool) -> None:
     """:func:`prepare_out` for an ``--out`` in object storage: the same rule, and a probe write."""
-    probe = _store.join(folder, ".edgeseg-write-test")
-    _store.write_bytes(probe, b"")
-    _store.remove([probe])
+    if not clear:
+        probe = _store.join(folder, ".edgeseg-write-test")
+        _store.write_bytes(probe, b"")
+        _store.remove([probe])
     previous = [_store.join(folder, name) for name in (*RUN_FILES, WORK_DIR) if _store.exists(_store.join(folder, name))]
-    if not previous or options.resume:
+    if not previous or options.resume or (options.overwrite and not clear):
         return
     if not options.overwrite:
         names = ", ".join(sorted(_store.name_of(p) for p in previous))

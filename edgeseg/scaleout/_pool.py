@@ -84,9 +84,7 @@ class SegmentWorker:
         self.seen = 0
         self.stop_event = threading.Event()
         self.messages: collections.deque[str] = collections.deque(maxlen=200)
-        self.origin: dict[str, str] = {}
-        handler = _Relay(self)
-        logging.getLogger("edgeseg").addHandler(handler)
+        logging.getLogger("edgeseg").addHandler(_Relay(self))
 
     def where(self) -> dict[str, Any]:
         import ray
@@ -151,7 +149,10 @@ class _Relay(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.worker.messages.append(record.getMessage())
+            message = record.getMessage()
+            for local, location in self.worker.activity.origin.items():  # name inputs as the user does
+                message = message.replace(local, location)
+            self.worker.messages.append(message)
         except Exception:  # noqa: BLE001 - a message that cannot be formatted is not worth failing a unit for
             pass
 

@@ -143,6 +143,7 @@ class Activity:
 
     def __init__(self) -> None:
         self.last = time.monotonic()
+        self.origin: dict[str, str] = {}  # this worker's copy of an input -> its URI (for what it says)
 
     def touch(self, *_: Any) -> None:
         self.last = time.monotonic()
@@ -248,6 +249,7 @@ def run_unit(unit: Unit, model: Model, options: SegmentOptions, *, worker: str =
         else:
             local, origin = _video_input(unit, inputs, activity)
         download_s = inputs.download_s - fetched_s
+        activity.origin = origin
         # Its own part folder, cleared on a retry; the job's --out rule was applied by the driver. The records
         # are always written: they count the unit's frames as they finish (the driver's progress).
         wanted = options.outputs if "jsonl" in options.outputs else (*options.outputs, "jsonl")

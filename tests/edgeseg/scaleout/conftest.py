@@ -45,6 +45,10 @@ class Cluster:
         """Another node (its own working folder and TMPDIR) in its own process group, for a test to kill."""
         return _start_node(self.gcs, self.root, cpus, name=f"node-{time.monotonic_ns()}", expect=_alive() + 1)
 
+    @staticmethod
+    def stop_node(node: subprocess.Popen) -> None:
+        stop_node(node)
+
 
 def _alive() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
@@ -65,12 +69,26 @@ def _start_node(gcs: str, root: Path, cpus: int, *, name: str, expect: int) -> s
     return node
 
 
+def node_processes(node: subprocess.Popen) -> list[int]:
+    """The processes of a node started here: its session (Ray gives each worker a process group of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == node.pid:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
 def stop_node(node: subprocess.Popen) -> None:
-    """End a node started here: its whole process group (raylet and workers), by the group's id."""
-    try:
-        os.killpg(node.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """End a node started here, as a machine that goes away: every process of its session, by id, at once."""
+    for pid in node_processes(node):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     node.wait(timeout=30)
 
 
@@ -167,7 +185,11 @@ def build_hanging_segmenter(path: Path, *, size: int = 32) -> Path:
         initializer=[numpy_helper.from_array(np.array(1.0, np.float32), "one")],
     )
     nodes = [
-        helper.make_node("Loop", ["steps", "true", "zero"], ["spun"], body=body),
+        # The loop starts from a value of the input, so no optimizer can run it ahead (constant folding would
+        # spin at session creation instead of at inference).
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+        helper.make_node("Mul", ["peak", "zero"], ["start"]),
+        helper.make_node("Loop", ["steps", "true", "start"], ["spun"], body=body),
         helper.make_node("Mul", ["spun", "zero"], ["nothing"]),
         helper.make_node("Add", ["image", "nothing"], ["scores"]),  # 3 channels: 3 classes, after the spin
     ]
