@@ -163,7 +163,9 @@ def check_fit(ray: Any, need: Need, workers: int, *, autoscale: bool, timeout: f
                 "%.0f s", room(nodes, need), workers, describe_nodes(nodes), timeout)
     deadline = time.monotonic() + timeout
     said = time.monotonic()
-    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+    while time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt  # Ctrl-C while waiting for nodes: nothing started, nothing to finish
         time.sleep(1.0)
         nodes = alive_nodes(ray)
         if shortfall(nodes, need, workers) is None:

@@ -143,14 +143,20 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     joined = connect(ray, cluster.address)
     start_s = time.perf_counter() - started
     pool: Pool | None = None
-    restore = stop_on_signals(stop, finishing="the units in flight")  # after ray.init, which installs its own
+    setup = time.perf_counter()
+    # After ray.init, which installs handlers of its own. A stop ends each worker's unit at its frames in flight:
+    # seconds, not a unit's minutes; those units are not done, and --resume runs them again.
+    restore = stop_on_signals(stop, finishing="the frames in flight on each worker (--resume redoes their units)")
     try:
         need = Need(cluster.cpus_per_worker, cluster.gpus_per_worker, cluster.memory_per_worker_gb)
         check_fit(ray, need, cluster.workers, autoscale=cluster.autoscale, timeout=cluster.placement_timeout,
                   stop=stop)
         if options.overwrite:  # only now: a job refused above leaves the earlier run as it was
             _prepare_outs(out, folders, options, clear=True)
-        pool = Pool(ray, spec, cluster, options, env=_store.forwarded_env() if _uses_store(spec, out, expanded) else {},
+        # A Ray this job started inherited this process's environment; a joined cluster gets the store settings
+        # with each worker (a runtime environment: fresh worker processes, about 2 s more per job start).
+        forward = _uses_store(spec, out, expanded) and not joined.started
+        pool = Pool(ray, spec, cluster, options, env=_store.forwarded_env() if forward else {},
                     progress=_progress_mode(cluster, options))
         pool.start()
         if stored_videos:
@@ -170,7 +176,7 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
         wall = time.perf_counter() - began
         _raise_if_stopped(pool, stopped_ok=True)
         return _finish(planned, units, todo, before, pool, out=out, spec=spec, local=local, options=options,
-                       cluster=cluster, joined=joined, wall=wall, start_s=start_s)
+                       cluster=cluster, joined=joined, wall=wall, start_s=start_s, setup_s=began - setup)
     finally:
         restore()
         if pool is not None:
@@ -181,7 +187,7 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
 
 def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: dict[str, dict[str, Any]], pool: Pool,
             *, out: str, spec: ModelSpec, local: dict[str, Any], options: SegmentOptions, cluster: ClusterOptions,
-            joined: Joined, wall: float, start_s: float) -> dict[str, Any]:
+            joined: Joined, wall: float, start_s: float, setup_s: float) -> dict[str, Any]:
     """Check every finished unit's outputs where the job's output lives, join, and write the summaries."""
     markers = _storage_step(out, read_markers, units)  # as this machine sees --out, not as the workers said
     gaps = _storage_step(out, missing_outputs, units, markers)
@@ -197,7 +203,8 @@ def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: 
         "address": cluster.address, "cluster": joined.gcs, "started_here": joined.started, "nodes": len(joined.nodes),
         "workers": cluster.workers, "cpus_per_worker": cluster.cpus_per_worker,
         "gpus_per_worker": cluster.gpus_per_worker, "memory_per_worker_gb": cluster.memory_per_worker_gb,
-        "pack": cluster.pack, "start_s": round(start_s, 3),
+        # Ray's own start (once per cluster) apart from this job's: fit check, workers started, videos probed.
+        "pack": cluster.pack, "start_s": round(start_s, 3), "setup_s": round(setup_s, 3),
         "workers_ready_s": round(pool.first_ready_s, 3) if pool.first_ready_s is not None else None,
         "units": len(units), "units_skipped": len(before), "units_retried": pool.retried,
         "units_timed_out": pool.timed_out, "units_lost": sorted(pool.lost), "units_unseen": [u.key for u in unseen],

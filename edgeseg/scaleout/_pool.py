@@ -46,7 +46,7 @@ from edgeseg.scaleout._worker import Activity, Inputs, count_lines, local_part, 
 log = logging.getLogger("edgeseg.scaleout")
 
 TICK_S = 0.25  # the driver's loop: how soon it sees a finished unit when nothing else happens
-POLL_S = 1.0  # how often a busy worker is asked how far its unit is
+WAIT_S = 1.0  # a busy worker answers a poll when its task ends, or after this long with how far it is
 STOP_GRACE_S = 10.0  # after Ctrl-C, how long workers get to end their unit before they are stopped hard
 LINES_EVERY_S = 10.0  # progress as log lines (stderr not a terminal): one line this often
 
@@ -63,10 +63,15 @@ class Probe:
 
 
 class SegmentWorker:
-    """One Ray actor: one model, a private temporary folder, and the unit (or probe) in hand.
+    """One Ray actor: one model, a private temporary folder, and the task (a unit or a probe) in hand.
 
-    ``run`` and ``probe`` do the work; ``progress`` answers while they do (the actor is threaded);
-    ``stop`` ends the unit in hand early (it is then not done, and writes no marker).
+    ``start`` begins a task on a thread of the actor's own and returns; ``poll`` waits up to ``wait``
+    seconds for it to end and says how far it is (frames finished, seconds since it last moved, the
+    worker's warnings) and, once it ended, its result; ``stop`` ends the unit in hand early (it is then
+    not done, and writes no marker). Every method returns within ``wait`` seconds, so a plain
+    one-call-at-a-time actor serves them all: Ray 2.60's threaded actors (``max_concurrency`` > 1)
+    crash at exit once a thread of theirs has used fsspec or the runtime's pipeline, and Ray reports
+    that crash on the driver's stdout as a failed worker.
     """
 
     def __init__(self, spec: Any, options: SegmentOptions, threads: int, name: str, pack: str) -> None:
@@ -83,6 +88,9 @@ class SegmentWorker:
         self.current: tuple[str, Any] | None = None  # (key, part folder or None)
         self.seen = 0
         self.stop_event = threading.Event()
+        self.ended = threading.Event()
+        self.ended.set()
+        self.result: tuple[str, Any] | None = None  # ("done" | "fatal" | "failed", marker, info or reason)
         self.messages: collections.deque[str] = collections.deque(maxlen=200)
         logging.getLogger("edgeseg").addHandler(_Relay(self))
 
@@ -91,43 +99,50 @@ class SegmentWorker:
 
         return {"node": ray.util.get_node_ip_address(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    def run(self, unit: Unit) -> dict[str, Any]:
-        self._begin(unit.key, local_part(unit, self.staging))
-        try:
-            marker = run_unit(unit, self.model, self.options, worker=self.name, pack=self.pack, inputs=self.inputs,
-                              staging=self.staging, activity=self.activity, stop=self.stop_event)
-        finally:
-            self.current = None
-        described = {key: marker[key] for key in ("engine", "provider", "precision") if key in marker}
-        return {**marker, "described": described}
-
-    def probe(self, task: Probe) -> VideoInfo | str:
-        self._begin(task.key, None)
-        try:
-            return probe_video(task.location, self.inputs)
-        except EdgesegError as error:
-            return str(error)
-        finally:
-            self.current = None
-
-    def _begin(self, key: str, part: Any) -> None:
+    def start(self, task: Unit | Probe) -> None:
+        part = local_part(task, self.staging) if isinstance(task, Unit) else None
         self.stop_event.clear()
         self.activity.touch()
-        self.seen = 0
-        self.current = (key, part)
+        self.seen, self.result, self.current = 0, None, (task.key, part)
+        self.ended.clear()
+        threading.Thread(target=self._work, args=(task,), name="edgeseg-task", daemon=True).start()
 
-    def progress(self) -> dict[str, Any]:
-        current = self.current
+    def _work(self, task: Unit | Probe) -> None:
+        try:
+            if isinstance(task, Probe):
+                try:
+                    result: tuple[str, Any] = ("done", probe_video(task.location, self.inputs))
+                except EdgesegError as error:  # a video no worker can open costs only its source
+                    result = ("done", str(error))
+            else:
+                marker = run_unit(task, self.model, self.options, worker=self.name, pack=self.pack,
+                                  inputs=self.inputs, staging=self.staging, activity=self.activity,
+                                  stop=self.stop_event)
+                described = {key: marker[key] for key in ("engine", "provider", "precision") if key in marker}
+                result = ("done", {**marker, "described": described})
+        except EdgesegError as error:  # a bad option, model or storage: every unit would fail alike
+            result = ("fatal", str(error))
+        except Exception as error:  # noqa: BLE001 - reported to the driver, which retries the unit elsewhere
+            result = ("failed", f"{type(error).__name__}: {_first_line(error)}")
+        self.current, self.result = None, result
+        self.ended.set()
+
+    def poll(self, wait: float) -> dict[str, Any]:
+        self.ended.wait(wait)
         messages = list(self.messages)
         self.messages.clear()
-        if current is None:
-            return {"key": None, "frames": 0, "idle_s": 0.0, "messages": messages}
-        key, part = current
-        frames = count_lines(part / "frames.jsonl") if part is not None else 0
-        if frames != self.seen:  # a frame finished: the unit moves
-            self.seen = frames
-            self.activity.touch()
-        return {"key": key, "frames": frames, "idle_s": self.activity.idle_s(), "messages": messages}
+        current = self.current
+        answer: dict[str, Any] = {"key": None, "frames": 0, "idle_s": 0.0, "messages": messages}
+        if current is not None:
+            key, part = current
+            frames = count_lines(part / "frames.jsonl") if part is not None else 0
+            if frames != self.seen:  # a frame finished: the unit moves
+                self.seen = frames
+                self.activity.touch()
+            answer.update(key=key, frames=frames, idle_s=self.activity.idle_s())
+        if self.ended.is_set() and self.result is not None:
+            answer["result"], self.result = self.result, None
+        return answer
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -158,9 +173,9 @@ class _Relay(logging.Handler):
 
 
 def worker_class(ray: Any) -> Any:
-    # Threaded: `progress` and `stop` answer while `run` works. No restarts and no task retries: a dead
-    # worker's unit goes back to the shared queue (Pool), never waits for the same actor to come back.
-    return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=4)(SegmentWorker)
+    # No restarts and no task retries: a dead worker's unit goes back to the shared queue (Pool), never waits
+    # for the same actor to come back.
+    return ray.remote(max_restarts=0, max_task_retries=0)(SegmentWorker)
 
 
 @dataclass
@@ -173,9 +188,7 @@ class _Slot:
     ready_ref: Any = None
     node: str = ""
     task: Unit | Probe | None = None
-    task_ref: Any = None
     poll_ref: Any = None
-    polled: float = 0.0
     active: float = 0.0  # driver clock: when the task in hand last moved
     frames: int = 0  # frames of the unit in hand counted into the progress so far
     last_source: int | None = None
@@ -367,7 +380,7 @@ class Pool:
         queue.clear()
         for slot in self.slots.values():
             if slot.busy:
-                slot.actor.stop.remote()
+                self._call(slot, slot.actor.stop.remote(), "call")
 
     def _top_up(self, queue: _Queue) -> None:
         # Replace workers that died or were stopped, while there is work they could take.
@@ -382,24 +395,25 @@ class Pool:
             if slot.busy or not len(queue):
                 continue
             task = queue.take(slot)
-            slot.task, slot.active, slot.frames, slot.polled = task, now, 0, now
+            slot.task, slot.active, slot.frames = task, now, 0
             if isinstance(task, Unit):
                 slot.last_source = task.source
                 if task.kind == "video" and _store.is_remote(task.video) and task.video not in slot.videos:
                     slot.videos.append(task.video)
-                slot.task_ref = slot.actor.run.remote(task)
             else:
                 slot.videos.append(task.location)
-                slot.task_ref = slot.actor.probe.remote(task)
-            self.refs[slot.task_ref] = (slot.name, "task")
+            self._call(slot, slot.actor.start.remote(task), "call")
+
+    def _call(self, slot: _Slot, ref: Any, what: str) -> None:
+        self.refs[ref] = (slot.name, what)
 
     def _poll(self) -> None:
-        now = time.monotonic()
+        # One poll in flight per busy worker, always: it returns the moment the task ends (no idle gap between
+        # units), else after WAIT_S with the frames finished so far.
         for slot in self.slots.values():
-            if slot.busy and slot.poll_ref is None and now - slot.polled >= POLL_S:
-                slot.poll_ref = slot.actor.progress.remote()
-                slot.polled = now
-                self.refs[slot.poll_ref] = (slot.name, "poll")
+            if slot.busy and slot.poll_ref is None:
+                slot.poll_ref = slot.actor.poll.remote(WAIT_S)
+                self._call(slot, slot.poll_ref, "poll")
 
     def _wait(self) -> None:
         if self.refs:
@@ -421,20 +435,20 @@ class Pool:
             if what == "ready":
                 self._became_ready(slot, ref)
             elif what == "poll":
-                self._polled(slot, ref)
+                self._polled(slot, ref, queue)
             else:
-                self._finished(slot, ref, queue)
+                self._called(slot, ref, queue)
 
     def _became_ready(self, slot: _Slot, ref: Any) -> None:
         try:
             where = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as error:
-            text = _first_line(error)
-            if "creation task" in str(error) or "__init__" in str(error):
+        except self.ray.exceptions.RayError as error:
+            setup = isinstance(error, self.ray.exceptions.RuntimeEnvSetupError)
+            if setup or "creation task" in str(error) or "__init__" in str(error):
                 # The model could not be opened there (or --model is not where that node looks).
                 self.fatal = EdgesegError(f"worker {slot.name} could not start: {_cause(error)}")
                 return
-            self._lost(slot, f"died while starting: {text}", queue=None)
+            self._lost(slot, f"died while starting: {_first_line(error)}", queue=None)
             return
         slot.ready_ref = None
         slot.node = where.get("node", "")
@@ -442,42 +456,43 @@ class Pool:
         if self.first_ready_s is None:
             self.first_ready_s = time.monotonic() - self._started
 
-    def _polled(self, slot: _Slot, ref: Any) -> None:
+    def _called(self, slot: _Slot, ref: Any, queue: _Queue) -> None:
+        """A call whose answer is nothing (start, stop): only its failure matters, a worker that is gone."""
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError as error:
+            self._lost(slot, _reason(error), queue=queue)
+
+    def _polled(self, slot: _Slot, ref: Any, queue: _Queue) -> None:
         slot.poll_ref = None
         try:
             answer = self.ray.get(ref)
-        except self.ray.exceptions.RayError:
-            return  # a dead worker: its task's answer says so
+        except self.ray.exceptions.RayError as error:  # the worker died, or Ray stopped it (memory): not trusted
+            self._lost(slot, _reason(error), queue=queue)
+            return
         for message in answer["messages"]:
             log.warning("%s", message)
-        if slot.task is None or answer["key"] != slot.task.key:
+        task = slot.task
+        if task is None:
             return
-        slot.active = max(slot.active, time.monotonic() - answer["idle_s"])
-        if isinstance(slot.task, Unit) and answer["frames"] > slot.frames and self._bar is not None:
-            self._bar.add(answer["frames"] - slot.frames)
-            slot.frames = answer["frames"]
+        if answer["key"] == task.key:
+            slot.active = max(slot.active, time.monotonic() - answer["idle_s"])
+            if isinstance(task, Unit) and answer["frames"] > slot.frames and self._bar is not None:
+                self._bar.add(answer["frames"] - slot.frames)
+                slot.frames = answer["frames"]
+        if "result" in answer:
+            slot.task = None
+            self._ended(slot, task, *answer["result"], queue=queue)
 
-    def _finished(self, slot: _Slot, ref: Any, queue: _Queue) -> None:
-        task, slot.task, slot.task_ref = slot.task, None, None
-        exceptions = self.ray.exceptions
-        try:
-            result = self.ray.get(ref)
-        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.ObjectLostError) as error:
-            self._lost(slot, _first_line(error), queue=queue, task=task)
-            return
-        except exceptions.RayTaskError as error:
-            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else error
-            if isinstance(cause, EdgesegError):
-                self.fatal = EdgesegError(str(cause))  # a bad option, model or storage: every unit would fail
-                return
-            self._failed(task, f"{type(cause).__name__}: {_first_line(cause)}", queue, slot)
-            return
-        if isinstance(task, Probe):
-            self.probed[task.location] = result
-            return
-        if result.get("interrupted"):
-            return  # stopped early: not done, --resume runs it again
-        self._count(slot, task, result)
+    def _ended(self, slot: _Slot, task: Unit | Probe, how: str, value: Any, *, queue: _Queue) -> None:
+        if how == "fatal":
+            self.fatal = EdgesegError(value)  # a bad option, model or storage: every unit would fail alike
+        elif how == "failed":
+            self._failed(task, value, queue, slot)
+        elif isinstance(task, Probe):
+            self.probed[task.location] = value
+        elif not value.get("interrupted"):  # stopped early: not done, --resume runs it again
+            self._count(slot, task, value)
 
     def _count(self, slot: _Slot, unit: Unit, marker: dict[str, Any]) -> None:
         self.done[unit.key] = marker
@@ -497,7 +512,7 @@ class Pool:
     def _lost(self, slot: _Slot, reason: str, *, queue: _Queue | None, task: Any = None) -> None:
         """A worker died (its process, or its node): its task goes back to the queue, a new worker is started."""
         task = task or slot.task
-        self._retire(slot, kill=False)
+        self._retire(slot, kill=True)  # gone already, or not to be trusted (Ray stopped it for memory)
         self.stats[slot.name].died = True
         if self._bar is not None and slot.frames:
             self._bar.add(-slot.frames)  # those frames were never published: they will be counted when redone
@@ -667,6 +682,10 @@ class _Progress:
 
 def _what(task: Any) -> str:
     return f"unit {task.key}" if isinstance(task, Unit) else task.key
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_first_line(error)}"
 
 
 def _first_line(error: BaseException) -> str:

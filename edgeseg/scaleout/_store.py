@@ -192,7 +192,35 @@ def download(location: str, target: str | os.PathLike, *, callback: Any = None) 
         fs.get_file(path, os.fspath(target), callback=callback)
 
 
-def upload(pairs: Iterable[tuple[str | os.PathLike, str]]) -> None:
+def download_many(pairs: list[tuple[str, str | os.PathLike]], *, callback: Any = None) -> list[str]:
+    """Copy several files to local paths (concurrent requests on object stores); returns the locations that
+    were not there (gone since they were listed)."""
+    if not pairs:
+        return []
+    if not is_remote(pairs[0][0]):
+        missing = []
+        for location, target in pairs:
+            try:
+                shutil.copyfile(location, target)
+            except FileNotFoundError:
+                missing.append(location)
+        return missing
+    fs, _ = filesystem(pairs[0][0])
+    try:
+        fs.get([_path(location) for location, _ in pairs], [os.fspath(target) for _, target in pairs],
+               **({"callback": callback} if callback is not None else {}))
+        return []
+    except FileNotFoundError:  # one is gone: fetch one by one to know which
+        missing = []
+        for location, target in pairs:
+            try:
+                fs.get_file(_path(location), os.fspath(target))
+            except FileNotFoundError:
+                missing.append(location)
+        return missing
+
+
+def upload(pairs: Iterable[tuple[str | os.PathLike, str]], *, callback: Any = None) -> None:
     """Local files to their locations: renames for local targets (atomic), batched PUTs for URIs."""
     pairs = [(os.fspath(local), target) for local, target in pairs]
     if not pairs:
@@ -207,7 +235,8 @@ def upload(pairs: Iterable[tuple[str | os.PathLike, str]]) -> None:
             os.replace(local, target)
         return
     fs, _ = filesystem(pairs[0][1])
-    fs.put([local for local, _ in pairs], [_path(target) for _, target in pairs])
+    fs.put([local for local, _ in pairs], [_path(target) for _, target in pairs],
+           **({"callback": callback} if callback is not None else {}))
 
 
 def remove(locations: list[str]) -> None:

@@ -180,11 +180,8 @@ class Inputs:
         folder.mkdir(parents=True)
         local = [str(folder / f"{i:06d}{Path(_store.name_of(p)).suffix}") for i, p in enumerate(unit.paths)]
         started = time.perf_counter()
-        for location, path in zip(unit.paths, local):
-            try:
-                _store.download(location, path, callback=_callback(activity))
-            except FileNotFoundError:
-                Path(path).write_bytes(b"")  # gone since the driver listed it: the runtime names it (empty file)
+        for gone in _store.download_many(list(zip(unit.paths, local)), callback=_callback(activity)):
+            Path(local[unit.paths.index(gone)]).write_bytes(b"")  # gone since it was listed: the runtime says so
         self.download_s += time.perf_counter() - started
         return local, dict(zip(local, unit.paths))
 
@@ -359,7 +356,7 @@ def _publish(unit: Unit, part: Path, pack: str, activity: Activity) -> dict[str,
         pairs += [(path, _store.join(part_location(unit), path.name)) for path in (part / "frames.jsonl",
                                                                                    part / "overlay.mp4")
                   if path.is_file()]
-    _store.upload(pairs)
+    _store.upload(pairs, callback=_callback(activity))
     activity.touch()
     return published
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +59,15 @@ def _alive() -> int:
 def _start_node(gcs: str, root: Path, cpus: int, *, name: str, expect: int) -> subprocess.Popen:
     folder = root / name
     (folder / "tmp").mkdir(parents=True)
+    # Ray's files of this node in a folder of its own: `ray start` writes the address it joined to
+    # <temp dir>/ray_current_cluster, which in the default /tmp/ray would redirect anyone's `ray.init("auto")`
+    # on this machine to this test's cluster. Short, because Ray's socket paths must fit in 107 bytes.
+    ray_dir = tempfile.mkdtemp(prefix="esray-", dir="/tmp")
     node = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={gcs}",
-                             f"--num-cpus={cpus}", "--block", "--disable-usage-stats"],
+                             f"--num-cpus={cpus}", "--block", "--disable-usage-stats", f"--temp-dir={ray_dir}"],
                             cwd=folder, env={**os.environ, "TMPDIR": str(folder / "tmp")}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node.ray_dir = ray_dir  # removed with the node
     deadline = time.monotonic() + 180
     while _alive() < expect:
         if node.poll() is not None or time.monotonic() > deadline:
@@ -90,6 +97,7 @@ def stop_node(node: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     node.wait(timeout=30)
+    shutil.rmtree(node.ray_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")

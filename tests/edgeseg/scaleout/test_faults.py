@@ -87,9 +87,10 @@ def test_a_folder_where_every_file_is_broken_exits_2_as_without_ray(cluster, che
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux's /proc/self/cwd to give each process "
                     "its own view of one path")
-def test_an_out_the_workers_do_not_share_is_not_called_done(cluster, inputs, check, tmp_path, monkeypatch, capsys):
+def test_an_out_or_source_the_workers_do_not_share_is_not_called_done(cluster, inputs, check, tmp_path, monkeypatch,
+                                                                      capsys):
     """``/proc/self/cwd/out`` is one absolute path that each process resolves in its own working folder: the
-    driver here, the head's workers in theirs, node B's in its own. Like an --out on each node's local disk."""
+    driver here, the head's workers in theirs, node B's in its own. Like a folder on each node's local disk."""
     _, images = inputs
     for folder in (cluster.head, cluster.node_b):
         shutil.rmtree(folder / "out", ignore_errors=True)
@@ -108,6 +109,13 @@ def test_an_out_the_workers_do_not_share_is_not_called_done(cluster, inputs, che
     # The masks are all there, on the workers' own disks: the two folders together hold the whole job.
     written = {**check.tree(cluster.head / "out", "masks"), **check.tree(cluster.node_b / "out", "masks")}
     assert len(written) == 7
+    # The same for inputs: a SOURCE the driver sees and the workers do not stops the job in one line, exit 2.
+    shutil.copytree(images, driver / "photos")
+    code = main(["segment", "/proc/self/cwd/photos", "--model", check.model, "--out", str(tmp_path / "in"),
+                 "--ray", "auto", "--workers", "1", "--no-progress"])
+    assert code == 2
+    (line,) = _error_lines(capsys)
+    assert "does not exist on node" in line and "though the driver found it" in line
 
 
 def test_a_unit_that_stops_moving_is_taken_back_and_the_job_ends(cluster, inputs, check, hanging_segmenter,
