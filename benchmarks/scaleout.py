@@ -155,6 +155,9 @@ def main() -> None:
     digests: dict[str, str] = {}
     busy: dict[str, list[float]] = {name: [] for name in runs}  # the slowest worker's seconds on its units
     ready: dict[str, list[float]] = {name: [] for name in runs}  # a job's wait for its first worker
+    # A job's phases: set-up (fit check, workers started, videos probed), units, and the rest (outputs
+    # checked where --out is, parts joined, summaries written).
+    phases: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     for repeat in range(args.repeats):
         for name, run in runs.items():
             out = work / f"{name}-{repeat}"
@@ -167,6 +170,9 @@ def main() -> None:
             if "workers" in summary:
                 busy[name].append(max(w["busy_s"] for w in summary["workers"].values() if w["units"]))
                 ready[name].append(summary["ray"]["workers_ready_s"])
+                setup, units = summary["ray"]["setup_s"], summary["wall_s"]
+                phases[name].append({"setup_s": setup, "units_s": units,
+                                     "check_join_s": round(walls[name][-1] - setup - units, 3)})
             print(f"{name:<22} repeat {repeat}: {walls[name][-1]:7.2f} s  {args.frames / walls[name][-1]:6.1f} fps",
                   flush=True)
     ray.shutdown()
@@ -186,6 +192,7 @@ def main() -> None:
                         "median_wall_s": round(statistics.median(values), 3),
                         "slowest_worker_busy_s": [round(v, 3) for v in busy[name]],
                         "workers_ready_s": [round(v, 3) for v in ready[name] if v is not None],
+                        "phases": phases[name],
                         "fps": round(args.frames / best[name], 2), "masks_sha256": digests[name]}
                  for name, values in walls.items()},
         "overhead_1_worker": round(best["ray-1-worker"] / best["no-ray"] - 1.0, 3),

@@ -19,7 +19,8 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cluster options beyond ``--ray/--workers/--cpus-per-worker/--gpus-per-worker`` (the runtime's)."""
-    group = parser.add_argument_group("cluster: storage, deadlines, fit (--ray only; see README \"Running on a cluster\")")
+    group = parser.add_argument_group(
+        "cluster: storage, deadlines, fit (--ray only; see README \"Running on a cluster\")")
     group.add_argument("--memory-per-worker", type=float, default=0.0, metavar="GB",
                        help="--ray: memory each worker reserves on its node, checked before the job (default: 0, none)")
     group.add_argument("--chunk", type=int, default=64, metavar="N",
@@ -36,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--ray: a unit that shows no progress (no frame finished, no byte moved) for S seconds has "
                             "its worker stopped and goes back to the queue (default: 300)")
     group.add_argument("--placement-timeout", type=float, default=60.0, metavar="S",
-                       help="--ray: with no worker alive for S seconds the job stops, finished units kept for --resume; "
-                            "with --autoscale also how long to wait for nodes before the job starts (default: 60)")
+                       help="--ray: with no worker alive for S seconds the job stops, finished units kept for "
+                            "--resume; with --autoscale also how long to wait for nodes before the job starts "
+                            "(default: 60)")
     group.add_argument("--autoscale", action="store_true",
                        help="--ray: the cluster adds nodes on demand: a job that does not fit yet asks for them and "
                             "waits (--placement-timeout) instead of being refused")
@@ -107,6 +109,6 @@ def report(summary: dict[str, Any], *, out: str) -> str:
         note = " (died)" if worker["died"] else ""
         lines.append(f"  {name} on {worker['node'] or '?'}: {worker['frames']} frame(s) in {worker['busy_s']:.1f} s "
                      f"busy: {worker['fps']:.1f} fps end to end, {worker['infer_fps']:.1f} fps inference alone{note}")
-    lines.append(f"engine {summary.get('engine', '?')} ({summary.get('provider', '')}, {summary.get('precision', '')}); "
-                 f"wrote {out.rstrip('/')}/summary.json")
+    engine = f"{summary.get('engine', '?')} ({summary.get('provider', '')}, {summary.get('precision', '')})"
+    lines.append(f"engine {engine}; wrote {out.rstrip('/')}/summary.json")
     return "\n".join(lines)

@@ -354,7 +354,8 @@ def _prepare_stored_out(folder: str, options: SegmentOptions, *, clear: bool) ->
         probe = _store.join(folder, ".edgeseg-write-test")
         _store.write_bytes(probe, b"")
         _store.remove([probe])
-    previous = [_store.join(folder, name) for name in (*RUN_FILES, WORK_DIR) if _store.exists(_store.join(folder, name))]
+    previous = [_store.join(folder, name) for name in (*RUN_FILES, WORK_DIR)]
+    previous = [location for location in previous if _store.exists(location)]
     if not previous or options.resume or (options.overwrite and not clear):
         return
     if not options.overwrite:

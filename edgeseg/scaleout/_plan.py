@@ -231,7 +231,8 @@ def _classify_stored(spec: str, recursive: bool) -> tuple[str, list[str]]:
     if spec.lower().endswith(".txt"):
         base = spec.rsplit("/", 1)[0]
         lines = [ln.strip() for ln in _store.read_bytes(spec).decode("utf-8", "replace").splitlines()]
-        return "list", [ln if _store.scheme(ln) else _store.join(base, ln) for ln in lines if ln and not ln.startswith("#")]
+        listed = [ln for ln in lines if ln and not ln.startswith("#")]
+        return "list", [ln if _store.scheme(ln) else _store.join(base, ln) for ln in listed]
     return ("video", []) if _media_kind(spec) == "video" else ("image", [spec])
 
 

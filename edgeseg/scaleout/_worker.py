@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,9 +288,9 @@ def _video_input(unit: Unit, inputs: Inputs, activity: Activity) -> tuple[str | 
 def _require_visible(unit: Unit, paths: list[str]) -> None:
     # The driver listed these files; a node that cannot see any of them does not share the storage.
     if paths and not any(os.path.exists(p) for p in paths):
-        raise EdgesegError(f"unit {unit.key}: its input `{paths[0]}` (and the unit's {len(paths) - 1} other(s)) does not "
-                           f"exist on node {_node()}, though the driver found it: SOURCE must be on storage every node "
-                           f"mounts at the same path, or in object storage (s3://, gs://, az://).")
+        raise EdgesegError(f"unit {unit.key}: its input `{paths[0]}` (and the unit's {len(paths) - 1} other(s)) does "
+                           f"not exist on node {_node()}, though the driver found it: SOURCE must be on storage every "
+                           "node mounts at the same path, or in object storage (s3://, gs://, az://).")
 
 
 def _callback(activity: Activity | None) -> Any:

@@ -36,7 +36,8 @@ def test_folder_equals_single_machine(cluster, inputs, check, tmp_path):
     assert (summary["frames"], summary["frames_failed"]) == (single["frames"], single["frames_failed"]) == (7, 1)
     assert summary["units"] == {"planned": 3, "finished": 3} and summary["ray"]["incomplete"] is None
     # Each unit is the runtime's own segment(): its batch rule and reporting, not a copy of them.
-    assert [summary[k] for k in ("batch", "precision", "engine")] == [single[k] for k in ("batch", "precision", "engine")]
+    keys = ("batch", "precision", "engine")
+    assert [summary[k] for k in keys] == [single[k] for k in keys]
     assert json.loads((tmp_path / "ray" / "summary.json").read_text())["workers"] == summary["workers"]
 
 
@@ -63,7 +64,8 @@ def test_smoothing_is_rebuilt_at_range_borders(cluster, inputs, check, tmp_path)
     video, _ = inputs
     _single(check, video, tmp_path / "one", smooth=0.5, outputs=("masks",))
     segment_on_ray([str(video)], model=check.model, out=tmp_path / "ray",
-                   cluster=ClusterOptions(workers=2, range_frames=8), options=SegmentOptions(outputs=("masks",), smooth=0.5))
+                   cluster=ClusterOptions(workers=2, range_frames=8),
+                   options=SegmentOptions(outputs=("masks",), smooth=0.5))
     ours, theirs = check.tree(tmp_path / "ray", "masks"), check.tree(tmp_path / "one", "masks")
     assert ours.keys() == theirs.keys()
     # Each range starts 14 frames early, so what it cannot see weighs 0.5**14 < 1e-4: a pixel may
@@ -147,5 +149,7 @@ def test_an_autoencoder_gets_the_runtimes_batch_rule_and_the_same_reconstruction
     assert summary["batch"] == single["batch"] == 64  # no --batch: the runtime's default for autoencoders
     assert check.tree(tmp_path / "ray", "reconstruction") == check.tree(tmp_path / "one", "reconstruction")
     assert len(check.tree(tmp_path / "ray", "reconstruction")) == 70
-    scores = [json.loads(line)["score"] for line in (tmp_path / "ray" / "frames.jsonl").read_text().splitlines()]
-    assert scores == [json.loads(line)["score"] for line in (tmp_path / "one" / "frames.jsonl").read_text().splitlines()]
+    def scores(folder):
+        return [json.loads(line)["score"] for line in (folder / "frames.jsonl").read_text().splitlines()]
+
+    assert scores(tmp_path / "ray") == scores(tmp_path / "one")

@@ -103,8 +103,8 @@ def test_resume_after_the_driver_was_killed_finishes_the_job_in_the_bucket(clust
     command = ["segment", "s3://media/clip.avi", "--model", "s3://media/model.onnx", "--out", "s3://media/runs/killed",
                "--range-frames", "10", "--no-progress"]
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    driver = subprocess.Popen([sys.executable, "-m", "edgeseg", *command, "--ray", cluster.gcs, "--workers", "1"], env=env,
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen([sys.executable, "-m", "edgeseg", *command, "--ray", cluster.gcs, "--workers", "1"],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not fs.glob("media/runs/killed/.scaleout/0000-*.json"):  # a unit's marker: the unit is done
