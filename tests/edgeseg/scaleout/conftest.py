@@ -41,15 +41,27 @@ class Cluster:
     gcs: str
     head: Path  # the head's working folder: where its workers' relative paths would land
     node_b: Path  # node B's working folder
-    root: Path
+    node: subprocess.Popen  # node B's `ray start --block`: its session holds the node's processes
 
-    def add_node(self, cpus: int = 1) -> subprocess.Popen:
-        """Another node (its own working folder and TMPDIR) in its own process group, for a test to kill."""
-        return _start_node(self.gcs, self.root, cpus, name=f"node-{time.monotonic_ns()}", expect=_alive() + 1)
+    def kill_node_b(self) -> None:
+        """Node B goes away as a machine does: every process at once. Only the package's last test may."""
+        stop_node(self.node)
 
-    @staticmethod
-    def stop_node(node: subprocess.Popen) -> None:
-        stop_node(node)
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kills_node_b: runs after every other test of the scale-out package")
+
+
+def pytest_collection_modifyitems(items):
+    # The test that kills node B runs after the package's other tests, which need it (and before any other
+    # package's, so that Ray stops once this package is done).
+    here = Path(__file__).parent
+    ours = [i for i, item in enumerate(items) if Path(str(item.path)).parent == here]
+    if not ours:
+        return
+    last = [items[i] for i in ours if items[i].get_closest_marker("kills_node_b")]
+    rest = [items[i] for i in ours if not items[i].get_closest_marker("kills_node_b")]
+    items[ours[0]:ours[-1] + 1] = rest + last
 
 
 def _alive() -> int:
@@ -115,7 +127,7 @@ def cluster(tmp_path_factory):
     gcs = ray.get_runtime_context().gcs_address
     node_b = _start_node(gcs, root, 1, name="node-b", expect=2)
     try:
-        yield Cluster(gcs, head, root / "node-b", root)
+        yield Cluster(gcs, head, root / "node-b", node_b)
     finally:
         ray.shutdown()
         stop_node(node_b)
