@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 infer = infer_only(model, video, min(args.frames, 150))
                 summary = segment(video, model=model, out=tmp / f"out{threads}_{repeat}", batch=args.batch)
                 runs[threads].append({**infer, "fps": summary["fps"], "stage_ms": summary["stage_ms"],
-                                      "frames": summary["frames"], "video_codec": summary["outputs"].get("video_codec")})
+                                      "frames": summary["frames"],
+                                      "video_codec": next(iter(summary["sources"].values()))["outputs"].get("video_codec")})
         for threads in counts:
             done = runs[threads]
             infer_fps = statistics.median(r["infer_fps"] for r in done)

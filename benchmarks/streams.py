@@ -63,7 +63,7 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 def streams_of(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())["streams"]
+    return json.loads((out / "summary.json").read_text())["sources"]
 
 
 def one_config(n: int, seconds: float, work: Path) -> dict:
@@ -79,7 +79,7 @@ def one_config(n: int, seconds: float, work: Path) -> dict:
             server.kill()
         reports = {name: r for out in outs for name, r in streams_of(out).items()}
         result[mode] = {name: {"fps": r["fps"], "latency_ms": r["latency_ms"], "frames": r["frames"],
-                               "dropped": r["dropped"]} for name, r in reports.items()}
+                               "dropped": r["stream"]["dropped"]} for name, r in reports.items()}
     return result
 
 
@@ -105,7 +105,8 @@ def soak(seconds: float, work: Path, out: Path, machine: str) -> dict:
             server.kill()
     report.update(growth_of(samples), finished=True, exit_code=run.returncode,
                   streams={k: {"frames": v["frames"], "fps": v["fps"], "latency_ms": v["latency_ms"],
-                               "dropped": v["dropped"], "reconnects": v["reconnects"], "stalls": v["stalls"]}
+                               "dropped": v["stream"]["dropped"], "reconnects": v["stream"]["reconnects"],
+                               "stalls": v["stream"]["stalls"]}
                            for k, v in streams_of(work / "soak").items()})
     write(out, report)
     return report

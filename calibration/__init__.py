@@ -5,8 +5,9 @@ Public names load lazily, so importing this package (the ``edgeseg`` command lin
 
 Example::
 
-    from edgeseg.calibration import QuantizeOptions, calibrate
-    report = calibrate("fcn8.onnx", "frames/", output="fcn8.int8.onnx", options=QuantizeOptions(method="entropy"))
+    from edgeseg.calibration import CalibrateOptions, QuantizeOptions, calibrate
+    options = CalibrateOptions(quantize=QuantizeOptions(method="entropy"), samples=64)
+    report = calibrate("fcn8.onnx", "frames/", output="fcn8.int8.onnx", options=options)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 # Public name -> module that defines it. onnx/onnxruntime load only when one is used.
 _PUBLIC = {
     "Budget": "edgeseg.calibration._calibrate",
+    "CalibrateOptions": "edgeseg.calibration._calibrate",
     "calibrate": "edgeseg.calibration._calibrate",
     "format_table": "edgeseg.calibration._calibrate",
     "write_chart": "edgeseg.calibration._calibrate",
@@ -31,6 +33,8 @@ _PUBLIC = {
     "CalibrationSet": "edgeseg.calibration._data",
     "load_calibration_set": "edgeseg.calibration._data",
     "cpu_int8_support": "edgeseg.calibration._measure",
+    "SegmentationScores": "edgeseg.calibration._measure",
+    "IGNORE": "edgeseg.calibration._data",
     "compute_flops": "edgeseg.calibration._measure",
     "count_flops": "edgeseg.calibration._flops",
 }

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import resource
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from edgeseg.runtime import default_threads
 from edgeseg.runtime.contract import Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import atomic_path, write_json_atomic
+from edgeseg.runtime.progress import Progress
 
 log = logging.getLogger("edgeseg.calibration")
 
@@ -39,6 +40,12 @@ log = logging.getLogger("edgeseg.calibration")
 # onnxruntime examples use 100-500 images for ImageNet classifiers, where a frame is one sample.)
 MIN_SAMPLES = 32
 MAX_CONTROL_STEPS = 16
+# Accuracy control holds out this share of the frames: the ranges come from the rest, and the drop it
+# controls and reports is measured on frames the ranges never saw (issue 24: on the calibration frames
+# themselves the figures flatter the file).
+HOLDOUT = 0.25
+# Below this FP32/INT8 agreement (without masks) the report warns: edgeseg's INT8 files are meant to keep it.
+MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -48,36 +55,100 @@ class Budget:
     max_drop: float
     max_steps: int = MAX_CONTROL_STEPS
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_drop, (int, float)) and math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise EdgesegError(f"--max-drop must be a number of points >= 0, got {self.max_drop!r}.")
+        if self.max_steps < 1:
+            raise EdgesegError(f"accuracy control needs max_steps >= 1, got {self.max_steps}.")
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """How :func:`calibrate` works, beside where it reads and writes the model.
+
+    ``quantize``: how to quantize (:class:`QuantizeOptions`). ``samples``: calibration frames, at most;
+    ``every``: take every K-th frame (None: spread ``samples`` over the whole source); ``chunk``: frames
+    per calibration step (memory grows with it, not with ``samples``). ``budget``: accuracy control
+    (None: off). ``report``/``chart``/``trt_table``: also write the JSON report, the SQNR chart PNG, a
+    TensorRT calibration table folder (None: not). ``threads``: intra-op threads of FP32 and INT8 alike
+    (None: the runtime's default). ``timing_rounds``: timed runs per model; ``sqnr_frames``: frames per
+    layer SQNR. ``progress``: a bar over the stages on a terminal, a line now and then when piped.
+    ``holdout``: the share of frames kept out of the ranges and used for the accuracy figures and accuracy
+    control (None: :data:`HOLDOUT` with a ``budget``, else 0: all frames calibrate and are measured).
+    ``trt_table``: the INT8 file's contract records where the table is, and ``--provider tensorrt`` uses it
+    (:mod:`edgeseg.runtime._tensorrt`).
+
+    Example::
+
+        CalibrateOptions(quantize=QuantizeOptions(method="entropy"), samples=64, budget=Budget(0.5))
+    """
+
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)
+    samples: int = 128
+    every: int | None = None
+    chunk: int = 8
+    budget: Budget | None = None
+    report: Path | None = None
+    chart: Path | None = None
+    trt_table: Path | None = None
+    threads: int | None = None
+    timing_rounds: int = 20
+    sqnr_frames: int = 8
+    progress: bool = False
+    holdout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.quantize, QuantizeOptions):
+            raise EdgesegError(f"CalibrateOptions.quantize takes a QuantizeOptions, got {type(self.quantize).__name__}.")
+        for name in ("samples", "chunk", "timing_rounds", "sqnr_frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                flag = {"samples": "--samples", "chunk": "--chunk", "timing_rounds": "--rounds"}.get(name, name)
+                raise EdgesegError(f"{flag} must be an integer >= 1, got {value!r}.")
+        if self.every is not None and (isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1):
+            raise EdgesegError(f"--every must be an integer >= 1, got {self.every!r}.")
+        if self.holdout is not None and (isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float))
+                                         or not 0.0 <= self.holdout < 1.0):
+            raise EdgesegError(f"--holdout must be a share in [0, 1), got {self.holdout!r}.")
+        for name in ("report", "chart", "trt_table"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
 
 def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str | os.PathLike,
-              masks: str | os.PathLike | None = None, options: QuantizeOptions = QuantizeOptions(),
-              samples: int = 128, every: int | None = None, chunk: int = 8, budget: Budget | None = None,
-              report: str | os.PathLike | None = None, chart: str | os.PathLike | None = None,
-              trt_table: str | os.PathLike | None = None, threads: int | None = None, timing_rounds: int = 20,
-              sqnr_frames: int = 8, progress: bool = False) -> dict:
+              masks: str | os.PathLike | None = None, options: CalibrateOptions = CalibrateOptions()) -> dict:
     """Quantize ``model`` to INT8 from calibration frames in ``data``; write ``output`` and return the report.
 
     Stages, each a function with typed results: collect ranges -> quantize -> measure (FP32 vs
     INT8 on the frames, against ``masks`` when given, and per-layer SQNR) -> accuracy control
-    (with ``budget``: lowest-SQNR layers back to float until the drop fits) -> time side by side
-    -> report. ``progress`` shows a bar on stderr over the stages.
+    (with ``options.budget``: lowest-SQNR layers back to float until the drop fits) -> time side by
+    side -> report. :class:`CalibrateOptions` holds every knob.
+
+    With ``options.holdout`` (by default a quarter of the frames under a ``budget``) the accuracy figures and
+    the control are measured on frames the ranges never saw.
 
     Example::
 
         report = calibrate("fcn8.onnx", "clips/street.mp4", output="fcn8.int8.onnx",
-                           options=QuantizeOptions(method="entropy"), samples=64)
+                           options=CalibrateOptions(quantize=QuantizeOptions(method="entropy"), samples=64))
         print(report["speedup"], report["miou_drop"])
     """
+    if not isinstance(options, CalibrateOptions):
+        raise EdgesegError(f"calibrate(options=...) takes a CalibrateOptions, got {type(options).__name__}: "
+                           "pass CalibrateOptions(quantize=QuantizeOptions(...)).")
     model, output = Path(model), Path(output)
-    _check_request(model=model, output=output, report=report, chart=chart, chunk=chunk,
-                   timing_rounds=timing_rounds, budget=budget)
+    budget = options.budget
+    holdout = options.holdout if options.holdout is not None else HOLDOUT if budget is not None else 0.0
+    _check_request(model=model, output=output, report=options.report, chart=options.chart)
     contract = _read_contract(model)
     peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
-    with _Progress(enabled=progress, stages=9 + (budget is not None)) as bar, \
+    with _Progress(enabled=options.progress, stages=9 + (budget is not None)) as bar, \
             tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
-            _read_frames(bar, data, contract, samples=samples, every=every, masks=masks) as frames:
+            _read_frames(bar, data, contract, samples=options.samples, every=options.every, masks=masks) as everything:
+        frames, held_out = everything.split(holdout) if holdout > 0 else (everything, everything)
         run = _Run(model=model, prepared=Path(tmp) / "prepared.onnx", work=Path(tmp), contract=contract,
-                   frames=frames, options=options, chunk=chunk, sqnr_frames=sqnr_frames, bar=bar)
+                   frames=frames, evaluation=held_out, options=options.quantize, chunk=options.chunk,
+                   sqnr_frames=options.sqnr_frames, bar=bar)
         with bar.stage("preparing the graph"):
             preprocess_for_quantization(model, run.prepared)
         peaks["prepare"] = _peak_mb()
@@ -93,23 +164,27 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
             control, candidate, measured = control_accuracy(run, ranges=ranges, default=default, measured=measured,
                                                               budget=budget)
         with bar.stage("timing FP32 and INT8 side by side"):
-            timings = _time(run, candidate=candidate, default=default, rounds=timing_rounds, threads=threads)
+            timings = _time(run, candidate=candidate, default=default, rounds=options.timing_rounds,
+                            threads=options.threads)
         peaks["timing"] = _peak_mb()
         with bar.stage("finding compute left in float"):
             floats = float_compute_of(run, candidate)
         with bar.stage("writing the INT8 model"):
+            trt_files = write_trt_table(ranges.tensors, options.trt_table) if options.trt_table else None
             _write_model(candidate, contract, output,
-                         calibration=_calibration_section(options, samples=len(frames), floats=floats,
-                                                             returned=candidate.returned))
-            trt_files = write_trt_table(ranges.tensors, Path(trt_table)) if trt_table else None
-        stats = frames.stats
-    result = build_report(contract=contract, options=options, stats=stats, measured=measured, timings=timings,
-                          floats=floats, control=control, output=output, trt_files=trt_files, threads=threads,
-                          peaks=peaks)
-    if chart:
-        result["chart"] = str(write_chart(result["layers"], Path(chart)))
-    if report:
-        write_json_atomic(report, result)
+                         calibration=_calibration_section(options.quantize, samples=len(frames), floats=floats,
+                                                             returned=candidate.returned,
+                                                             trt_table=_table_entry(options.trt_table, output)))
+        stats = everything.stats
+        evaluated_on = (f"{len(held_out)} held-out frames ({holdout:g} of {len(everything)}, spread evenly), "
+                        "not used for the ranges" if holdout > 0 else "the calibration frames")
+    result = build_report(contract=contract, options=options.quantize, stats=stats, measured=measured,
+                          timings=timings, floats=floats, control=control, output=output, trt_files=trt_files,
+                          threads=options.threads, peaks=peaks, evaluated_on=evaluated_on, calibrated_on=len(frames))
+    if options.chart:
+        result["chart"] = str(write_chart(result["layers"], options.chart))
+    if options.report:
+        write_json_atomic(options.report, result)
     return result
 
 
@@ -124,7 +199,8 @@ class _Run:
     prepared: Path
     work: Path
     contract: Contract
-    frames: CalibrationSet
+    frames: CalibrationSet  # the frames the ranges come from
+    evaluation: CalibrationSet  # the frames accuracy is measured and controlled on (held out, or the same)
     options: QuantizeOptions
     chunk: int
     sqnr_frames: int
@@ -231,15 +307,14 @@ def measure(run: _Run, candidate: Candidate) -> Measurement:
 
 
 def _compare(run: _Run, candidate: Candidate) -> _measure.Comparison:
-    return _measure.compare(make_session(run.model), make_session(candidate.path), run.frames, run.contract,
+    return _measure.compare(make_session(run.model), make_session(candidate.path), run.evaluation, run.contract,
                             chunk=run.chunk)
 
 
 def control_accuracy(run: _Run, *, ranges: Ranges, default: Candidate, measured: Measurement, budget: Budget
                      ) -> tuple[Control, Candidate, Measurement]:
     """Return the layers that add the most noise to float, one at a time, until the drop fits ``budget``."""
-    kind = run.contract.kind
-    start = drop = measured.comparison.drop(kind)
+    start = drop = measured.comparison.drop()
     ranking = [name for name, _ in _measure.worst_first(measured.layers, key="added_db")
                if name not in run.options.float_nodes and measured.layers[name]["op"] not in _measure.DATA_MOVEMENT]
     candidate, steps = default, []
@@ -250,7 +325,7 @@ def control_accuracy(run: _Run, *, ranges: Ranges, default: Candidate, measured:
             candidate = quantize_candidate(run, ranges=ranges, name=f"int8_step{step + 1}.onnx",
                                            returned=candidate.returned + (name,))
             comparison = _compare(run, candidate)
-            drop = comparison.drop(kind)
+            drop = comparison.drop()
             steps.append((name, drop))
             log.info("accuracy control: %s back to float -> drop %.3f", name, drop)
             measured = Measurement(comparison=comparison, layers=measured.layers)
@@ -284,9 +359,23 @@ def float_compute_of(run: _Run, candidate: Candidate) -> FloatCompute:
 
 
 def _calibration_section(options: QuantizeOptions, *, samples: int, floats: FloatCompute,
-                         returned: tuple[str, ...] = ()) -> dict:
-    return {"method": options.method, "samples": samples, "excluded_nodes": [*options.float_nodes, *returned],
-            "float_nodes": sorted(floats.nodes), **options.summary()}
+                         returned: tuple[str, ...] = (), trt_table: dict | None = None) -> dict:
+    section = {"method": options.method, "samples": samples, "excluded_nodes": [*options.float_nodes, *returned],
+               "float_nodes": sorted(floats.nodes), **options.summary()}
+    if trt_table:
+        section["trt_table"] = trt_table
+    return section
+
+
+def _table_entry(trt_table: str | os.PathLike | None, output: Path) -> dict | None:
+    """Where the INT8 file finds its TensorRT table: relative to the file (they move together), and its hash."""
+    from edgeseg.runtime.files import sha256_of
+
+    if not trt_table:
+        return None
+    folder = Path(trt_table)
+    return {"path": os.path.relpath(folder.resolve(), output.resolve().parent),
+            "sha256": sha256_of(folder / "calibration.flatbuffers")}
 
 
 def _write_model(candidate: Candidate, contract: Contract, output: Path, *, calibration: dict) -> None:
@@ -303,8 +392,9 @@ def _write_model(candidate: Candidate, contract: Contract, output: Path, *, cali
 
 def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameStats, measured: Measurement,
                  timings: Mapping[str, _measure.Timing], floats: FloatCompute, control: Control | None,
-                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float]) -> dict:
-    """The report dict (DESIGN.md's fields): JSON values only, no paths as objects and no private keys."""
+                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float],
+                 evaluated_on: str = "the calibration frames", calibrated_on: int | None = None) -> dict:
+    """The report dict (the calibrate report's fields): JSON values only, no paths as objects and no private keys."""
     comparison = measured.comparison
     fp32, int8 = _side(comparison.fp32, timings["fp32"]), _side(comparison.int8, timings["int8"])
     ranked = _measure.worst_first(measured.layers)
@@ -312,6 +402,7 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
     return {
         "model": contract.kind, "output": str(output),
         "method": options.method, "samples": stats.read, "options": options.summary(),
+        "target": {"cpu": options.target, "reduce_range": options.reduce_range, "rule": options.rule},
         "fp32": fp32, "int8": int8,
         "miou_drop": _difference(fp32["miou"], int8["miou"]),
         "per_class_iou_drop": ({k: _difference(v, int8["per_class_iou"][k]) for k, v in fp32["per_class_iou"].items()}
@@ -332,12 +423,14 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
         "accuracy_control": control.to_report(timings) if control else None,
         "frames": {"source": stats.source, "kind": stats.kind, "read": stats.read, "skipped": stats.skipped,
                    "masks": stats.masks, "thresholded_masks": stats.thresholded_masks,
-                   "median_autocorrelation": stats.median_autocorrelation, "evaluated_on": "the calibration frames"},
+                   "median_autocorrelation": stats.median_autocorrelation, "evaluated_on": evaluated_on,
+                   "calibrated_on": stats.read if calibrated_on is None else calibrated_on},
         "cpu": dict(zip(("int8_dot_product", "flags"), _measure.cpu_int8_support())),
         "peak_mb": _peak_mb(),
         "peak_mb_after": dict(peaks),
         "trt_table": trt_files,
-        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings),
+        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings,
+                                    agreement=comparison.agreement, masks=bool(comparison.fp32)),
     }
 
 
@@ -351,9 +444,14 @@ def _difference(before: float | None, after: float | None) -> float | None:
 
 
 def report_warnings(*, stats: FrameStats, floats: FloatCompute, options: QuantizeOptions,
-                    timings: Mapping[str, _measure.Timing]) -> list[str]:
-    """What limits the result: too few or too alike frames, masks thresholded, CPU, float compute, speed."""
+                    timings: Mapping[str, _measure.Timing], agreement: float | None = None,
+                    masks: bool = False) -> list[str]:
+    """What limits the result: too few or too alike frames, masks thresholded, CPU, float compute, speed,
+    and an agreement with FP32 below :data:`MIN_AGREEMENT` where there are no masks to judge by."""
     warnings = []
+    if agreement is not None and not masks and agreement < MIN_AGREEMENT:
+        warnings.append(f"FP32/INT8 pixel agreement is {100 * agreement:.2f}%, below {100 * MIN_AGREEMENT:g}%: "
+                        "return the worst layers to float with --max-drop 1, or calibrate on more varied frames.")
     if stats.skipped:
         warnings.append(f"{stats.skipped} calibration frame(s) were unreadable and skipped "
                         f"(first: {stats.skipped_reasons[0]}).")
@@ -395,17 +493,12 @@ def _float_warning(floats: FloatCompute, options: QuantizeOptions) -> str:
 # ---------------------------------------------------------------- checks before any work
 
 
-def _check_request(*, model: Path, output: Path, report, chart, chunk: int, timing_rounds: int,
-                   budget: Budget | None) -> None:
-    if chunk < 1 or timing_rounds < 1:
-        raise EdgesegError(f"--chunk and --rounds must be at least 1, got {chunk} and {timing_rounds}.")
+def _check_request(*, model: Path, output: Path, report: Path | None, chart: Path | None) -> None:
     if output.resolve() == model.resolve():
         raise EdgesegError(f"-o `{output}` would overwrite the FP32 model; pick another file name.")
     for flag, path in (("-o", output), ("--report", report), ("--chart", chart)):
         if path is not None and not Path(path).parent.is_dir():
             raise EdgesegError(f"{flag} `{path}`: folder `{Path(path).parent}` does not exist; create it first.")
-    if budget is not None and budget.max_drop < 0:
-        raise EdgesegError(f"--max-drop must be >= 0 points, got {budget.max_drop}.")
 
 
 def _read_contract(model: Path) -> Contract:
@@ -427,36 +520,26 @@ def _read_contract(model: Path) -> Contract:
 
 
 class _Progress:
-    """A tqdm bar on stderr over the stages (and one over frames in the long ones); silent when disabled."""
+    """The stages as one :class:`edgeseg.runtime.progress.Progress` (and one over frames in the long ones)."""
 
     def __init__(self, *, enabled: bool, stages: int):
         self.enabled = enabled
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=stages, unit="stage", file=sys.stderr, dynamic_ncols=True, desc="calibrate")
+        self._stages = Progress(stages, desc="calibrate", unit="stage", enabled=enabled)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.set_description(name)
+        self._stages.note(name)
         yield
-        if self._bar is not None:
-            self._bar.update(1)
+        self._stages.update(1, note=name)
 
-    def frames(self, total: int, name: str):
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, desc=name, leave=False,
-                    disable=not self.enabled)
+    def frames(self, total: int, name: str) -> Progress:
+        return Progress(total, desc=f"calibrate: {name}", unit="frame", enabled=self.enabled, leave=False)
 
     def __enter__(self) -> _Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._stages.close()
 
 
 def write_chart(layers: list[dict], path: Path, *, limit: int = 40) -> Path:
@@ -506,6 +589,9 @@ def format_table(report: dict) -> str:
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b:>9}  {c:>9}" for a, b, c in rows]
     lines.append(f"speedup {report['speedup']:.2f}x   method {report['method']}   samples {report['samples']}")
+    lines.append(f"INT8 rule: {report['target']['rule']}")
+    if report["frames"]["evaluated_on"] != "the calibration frames":
+        lines.append(f"accuracy measured on {report['frames']['evaluated_on']}")
     if report["agreement"] is not None:
         lines.append(f"pixel class agreement {pct(report['agreement'])}%   "
                      f"mean |p32-p8| {report['mean_abs_prob_diff']:.4f}")

@@ -20,6 +20,7 @@ from edgeseg.calibration._data import IGNORE, CalibrationSet
 from edgeseg.calibration._flops import count_flops
 from edgeseg.runtime.contract import Contract
 from edgeseg.runtime.postprocess import channels_last, class_ids
+from edgeseg.runtime.probe import sqnr_db
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Compute ops the CPU execution provider runs in int8 when wrapped in Q/DQ; the rest
@@ -35,7 +36,18 @@ _FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "ConvTranspose", "MatMul", "Fus
 
 
 @dataclass
-class _Scores:
+class SegmentationScores:
+    """A confusion matrix over class ids, and the scores from it: per-class IoU, mIoU, pixel accuracy.
+
+    Pixels whose truth is IGNORE (255: outside the frame, unlabelled) are left out. Calibration scores
+    FP32 and INT8 with it; ``edgeseg eval`` scores each deployed file.
+
+    Example::
+
+        scores = SegmentationScores(2); scores.add(truth, predicted)
+        scores.summary(("background", "cell"))   # {"miou", "pixel_acc", "per_class_iou"}
+    """
+
     classes: int
     confusion: np.ndarray | None = None
 
@@ -69,7 +81,7 @@ class Comparison:
     mean_abs_prob_diff: float | None = None
     reconstruction_mse: dict | None = None
 
-    def drop(self, kind: str) -> float:
+    def drop(self) -> float:
         """The accuracy lost, in points: mIoU (with masks), disagreement (without), MSE increase % (autoencoder)."""
         mse = self.reconstruction_mse
         if mse is not None and "fp32_power" in mse:  # an encoder: FP32-vs-INT8 noise over the code's power
@@ -89,7 +101,7 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
     if contract.kind in ("autoencoder", "encoder"):
         result.reconstruction_mse = _output_errors(fp32_session, int8_session, input_name, frames, chunk)
         return result
-    scores = {"fp32": _Scores(max(2, len(names))), "int8": _Scores(max(2, len(names)))}
+    scores = {"fp32": SegmentationScores(max(2, len(names))), "int8": SegmentationScores(max(2, len(names)))}
     agree = total = 0
     abs_diff = 0.0
     values = 0
@@ -101,7 +113,7 @@ def compare(fp32_session, int8_session, frames: CalibrationSet, contract: Contra
         agree += int((ca == cb).sum())
         total += ca.size
         if frames.masks is not None:
-            truth = np.asarray(frames.masks[start : start + len(batch)])
+            truth = frames.mask_batch(start, start + len(batch))
             scores["fp32"].add(truth, ca)
             scores["int8"].add(truth, cb)
     result.agreement = agree / max(1, total)
@@ -150,15 +162,6 @@ def _classes(output: np.ndarray, contract: Contract) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per-layer SQNR
-
-
-def sqnr_db(signal_power: float, noise_power: float) -> float:
-    """Signal-to-quantization-noise ratio in dB; 200 dB stands for "no measurable noise"."""
-    if noise_power <= 0.0:
-        return 200.0
-    if signal_power <= 0.0:
-        return -200.0
-    return float(10.0 * math.log10(signal_power / noise_power))
 
 
 def layer_sqnr(float_path: Path, qdq_path: Path, frames: CalibrationSet, work_dir: Path, *,

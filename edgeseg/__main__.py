@@ -1,22 +1,14 @@
+"""``python -m edgeseg``: the same entry as the ``edgeseg`` command (:func:`edgeseg.cli.run`)."""
+
 import signal
 import sys
 
-_received: list[int] = []
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    _received.append(signum)  # remembered: an extension that fails its import on it may hide the interrupt
-    raise KeyboardInterrupt
-
-
-for _sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(_sig, _on_signal)
+# Until the command line installs its own handler (its first step), SIGTERM interrupts as Ctrl-C does.
+signal.signal(signal.SIGTERM, signal.default_int_handler)
 try:
-    from edgeseg.cli import main
-except (KeyboardInterrupt, ImportError) as error:  # Ctrl-C while the command line loads: one line
-    if isinstance(error, ImportError) and not _received:
-        raise
+    from edgeseg.cli import run
+except KeyboardInterrupt:  # a signal in the few milliseconds before the command line's handler is in place
     sys.stderr.write("edgeseg: interrupted\n")
     sys.exit(130)
 
-sys.exit(main())
+run()

@@ -19,15 +19,18 @@ import warnings
 
 from edgeseg import __version__
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import check_extras, missing_message
 
 # Packages whose `_cli` module registers subcommands, in the order `edgeseg --help` lists them.
 # The `_cli` modules are the one sanctioned way in: argparse only at import, heavy imports inside handlers.
 _COMMAND_PACKAGES: tuple[str, ...] = (
     "edgeseg.export",
     "edgeseg.calibration",
-    "edgeseg.runtime",
+    "edgeseg.evaluate",
+    "edgeseg.segment",
     "edgeseg.bench",
     "edgeseg.tune",
+    "edgeseg.serve",
     "edgeseg.demo",
 )
 
@@ -54,36 +57,38 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for package in _COMMAND_PACKAGES:
         importlib.import_module(f"{package}._cli").register(subparsers)
-    # `segment --ray`'s cluster options beyond the four the runtime's parser defines belong to edgeseg.scaleout
-    # (argparse only at import, like the `_cli` modules); they join the runtime's `segment` command here.
-    importlib.import_module("edgeseg.scaleout._cli").add_arguments(subparsers.choices["segment"])
     return parser
 
 
-# The extra that brings each third-party package a command may import (pyproject.toml's extras).
-_EXTRA_OF_MODULE = {
-    "tensorflow": "export", "keras": "export", "tf2onnx": "export", "h5py": "export",
-    "onnx": "calibrate", "matplotlib": "calibrate", "onnxruntime": "cpu", "openvino": "openvino",
-    "psutil": "bench", "ray": "ray", "prometheus_client": "serve", "imageio_ffmpeg": "cpu",
-    "fsspec": "ray", "s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure",
+# The extras each command cannot start without (pyproject.toml's extras; the modules each brings are in
+# edgeseg.runtime.extras.EXTRAS). Checked before the command loads anything: a missing one is one line naming
+# every extra to install. `segment` needs none beyond the base install by itself: the engine it runs asks for its
+# own (onnxruntime or OpenVINO), as do --serve and --ray.
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("export",),
+    "export": ("export",),
+    "verify": ("cpu", "export"),
+    "calibrate": ("cpu", "calibrate"),
+    "eval": ("cpu", "calibrate"),
+    "bench": ("cpu", "bench"),
+    "tune": ("cpu",),
+    "demo": ("cpu", "export", "calibrate", "bench"),
+    "samples": ("cpu", "export", "calibrate"),
+    "serve": ("serve",),
 }
-# What a whole command needs, when the missing module is not one of the above.
-_EXTRA_OF_COMMAND = {"train": "export", "export": "export", "verify": "export", "calibrate": "calibrate",
-                     "bench": "bench", "demo": "cpu,export,calibrate,bench", "samples": "cpu,export,calibrate"}
 
 
 def missing_extra_message(command: str, error: ModuleNotFoundError) -> str:
-    """One line for a command whose optional dependency is not installed: which package, which extra.
+    """One line for a command whose optional dependency is not installed: which package, which extra
+    (of the extras the command uses, where one of them brings it).
 
     Example::
 
         missing_extra_message("export", ModuleNotFoundError(name="tf2onnx"))
         # "edgeseg export needs the `tf2onnx` package, which is not installed: pip install 'edgeseg[export]'"
     """
-    module = (error.name or "").split(".")[0] or "a package"
-    extra = _EXTRA_OF_MODULE.get(module) or _EXTRA_OF_COMMAND.get(command)
-    fix = f": pip install 'edgeseg[{extra}]'" if extra else " (it should come with edgeseg itself: reinstall edgeseg)"
-    return f"edgeseg {command} needs the `{module}` package, which is not installed{fix}"
+    return missing_message(error.name or "a package", purpose=f"edgeseg {command}",
+                           among=COMMAND_EXTRAS.get(command, ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         command = f"edgeseg {args.command}"
         _configure_logging(verbose=args.verbose, quiet=args.quiet)
+        check_extras(COMMAND_EXTRAS.get(args.command, ()), purpose=command)
         return int(args.func(args) or 0)
     except EdgesegError as error:
         if signals.interrupted(error):  # Ctrl-C while a module loaded, reported by its importer as "missing"
@@ -174,7 +180,7 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
         # Set before cv2 is imported (the handlers import it lazily); -v keeps them.
         os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-        if "cv2" in sys.modules:  # already loaded (edgeseg.runtime imports it): the variable came too late
+        if "cv2" in sys.modules:  # already loaded (by an embedding program): the variable came too late
             cv2 = sys.modules["cv2"]
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     for noisy in ("tensorflow", "tf2onnx", "absl", "h5py", "matplotlib", "PIL"):
@@ -190,3 +196,19 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
                     line: str | None = None) -> str:
     text = str(message)
     return f"{text}\n" if text.startswith("edgeseg") else f"warning: {text}\n"
+
+
+def run() -> None:
+    """The process entry of the ``edgeseg`` command and ``python -m edgeseg``: :func:`main`, then exit.
+
+    Why not simply ``sys.exit(main())``: every output is written and closed when ``main`` returns, but a
+    thread may still be blocked in native code (FFmpeg opening a camera that never answers, a huge image
+    decoding). Python's shutdown would wait on it or tear it down mid-call (``terminate called without an
+    active exception``, SIGABRT). So the process leaves at once in that case, with the command's code.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(thread is not threading.main_thread() and thread.is_alive() for thread in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)

@@ -67,16 +67,61 @@ def normalizes_itself(model: Any) -> bool:
 
 
 def refuse_unsupported(model: Any) -> None:
-    """One clear error for layers whose export is known to compute wrong numbers."""
+    """One clear error for models edgeseg cannot export right: a channels_first layer, an input that is not one image."""
     from edgeseg.export._graph import leaf_layers
 
     for _, layer in leaf_layers(model):
+        if getattr(layer, "data_format", None) == "channels_first":
+            # The contract, the runtime and the verifier read images as (H, W, C) inside the model; a channels_first
+            # model's (3, 96, 96) input reads as 3 rows of 96 pixels with 96 channels.
+            raise EdgesegError(
+                f"Cannot export layer `{layer.name}`: its data_format is 'channels_first'; edgeseg exports channels_last "
+                "models (the Keras default). Rebuild the model with data_format='channels_last' and copy the weights "
+                "over; for an NCHW ONNX input, export that with --nchw."
+            )
         # Dilated channels_last ones are rewritten to dilation 1 (_cuda_friendly); channels_first is not.
         if type(layer).__name__ == "Conv2DTranspose" and tuple(layer.dilation_rate) != (1, 1) and layer.data_format != "channels_last":
             raise EdgesegError(
                 f"Cannot export layer `{layer.name}`: a dilated Conv2DTranspose with data_format {layer.data_format!r} "
                 "converts to wrong ONNX pads; use data_format='channels_last' (the Keras default) or dilation_rate 1."
             )
+
+
+def output_names(model: Any) -> list[str]:
+    """The names of the model's outputs (the layers that produce them), in order."""
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(model.outputs):
+        return list(names)
+    return [t._keras_history[0].name for t in model.outputs]
+
+
+def select_outputs(model: Any, output: str | None) -> tuple[list[int], Any]:
+    """The Keras outputs to export and the model that computes just those: ``output`` names one (default:
+    the first), or ``all``.
+
+    A model with several outputs (a segmentation head and an edge head, say) is exported with the
+    head asked for; the contract describes the first exported output.
+    """
+    import keras
+
+    names = output_names(model)
+    shapes = ", ".join(f"`{n}` {tuple(t.shape)}" for n, t in zip(names, model.outputs))
+    if output == "all":
+        return list(range(len(names))), model
+    if output is None:
+        index = 0
+        if len(names) > 1:
+            log.warning("The model has %d outputs (%s); exporting the first, `%s`. Pass --output NAME for another, or "
+                        "--output all.", len(names), shapes, names[0])
+    elif output in names:
+        index = names.index(output)
+    else:
+        raise EdgesegError(f"--output {output!r}: the model has no output of that name; its outputs are {shapes} "
+                           "(or pass --output all).")
+    if len(names) == 1:
+        return [0], model
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return [index], keras.Model(inputs, model.outputs[index], name=model.name)
 
 
 def flat_spatial_shape(model: Any, height: int, width: int) -> tuple[int, int] | None:
@@ -104,10 +149,14 @@ def flat_spatial_shape(model: Any, height: int, width: int) -> tuple[int, int] |
 def smoke_run(model: Any, proto: Any, contract: Any, *, tolerance: float = 1e-3, seed: int = 0) -> float:
     """Run the converted file once with onnxruntime on a sample input and compare it with Keras.
 
-    Returns the max-abs difference; raises EdgesegError (so nothing is written) when the file
-    cannot run or computes something else.
+    ``model`` computes what the file should (all its outputs, in order). Returns the max-abs
+    difference; raises EdgesegError (so nothing is written) when the file cannot run or computes
+    something else. Where TensorFlow cannot compute a dilated Conv2DTranspose on this CPU, Keras'
+    side goes through the same dilation-1 rewrite the export uses.
     """
     import onnxruntime as ort
+
+    from edgeseg.export._cuda_friendly import reference_model
 
     rng = np.random.default_rng(seed)
     graph_input = proto.graph.input[0]
@@ -124,21 +173,29 @@ def smoke_run(model: Any, proto: Any, contract: Any, *, tolerance: float = 1e-3,
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        got = session.run([proto.graph.output[0].name], {graph_input.name: np.ascontiguousarray(feed)})[0]
+        outputs = session.run(None, {graph_input.name: np.ascontiguousarray(feed)})
     except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument types
         raise EdgesegError(
             f"The converted model does not run in onnxruntime, so nothing was written: {str(error).splitlines()[0]}"
         ) from None
-    expected = np.asarray(model(sample, training=False))
-    if got.size != expected.size:
-        raise EdgesegError(f"The converted model's output {got.shape} differs from Keras' {expected.shape}; nothing was written.")
-    if got.ndim == 4 and contract.input.layout == "NCHW" and got.shape != expected.shape:
-        got = got.transpose(0, 2, 3, 1)
-    diff = float(np.max(np.abs(got.reshape(expected.shape).astype(np.float64) - expected)))
-    scale = max(1.0, float(np.max(np.abs(expected))))
-    if not diff <= tolerance * scale:
-        raise EdgesegError(
-            f"The converted model computes other numbers than Keras (max-abs difference {diff:.3g} on a sample input); "
-            "nothing was written. Run `edgeseg verify` on a test export to find the layer."
-        )
-    return diff
+    size = (contract.input.height, contract.input.width) if contract.kind != "decoder" else None
+    reference, _ = reference_model(model, size=size)
+    expected_all = reference(sample, training=False)
+    expected_all = list(expected_all) if isinstance(expected_all, (list, tuple)) else [expected_all]
+    worst = 0.0
+    for got, expected in zip(outputs, expected_all):
+        expected = np.asarray(expected)
+        if got.size != expected.size:
+            raise EdgesegError(f"The converted model's output {got.shape} differs from Keras' {expected.shape}; "
+                               "nothing was written.")
+        if got.ndim == 4 and contract.input.layout == "NCHW" and got.shape != expected.shape:
+            got = got.transpose(0, 2, 3, 1)
+        diff = float(np.max(np.abs(got.reshape(expected.shape).astype(np.float64) - expected)))
+        scale = max(1.0, float(np.max(np.abs(expected))))
+        if not diff <= tolerance * scale:
+            raise EdgesegError(
+                f"The converted model computes other numbers than Keras (max-abs difference {diff:.3g} on a sample input); "
+                "nothing was written. Run `edgeseg verify` on a test export to find the layer."
+            )
+        worst = max(worst, diff)
+    return worst

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_json_atomic
+from edgeseg.export._tolerance import DEFAULT_SQNR_DB, DEFAULT_TOLERANCE
 
 log = logging.getLogger(__name__)
 
 VERIFY_CRASHED = 3  # distinct from 1 (a layer out of tolerance) and 2 (bad input)
+OUTPUT_ONLY = 4  # verify compared only the final output: nothing could be matched layer by layer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "edgeseg record inside the .keras file; the options below override them or supply them for a "
         ".keras made elsewhere.",
     )
-    export.add_argument("model", metavar="MODEL.keras", help="the Keras model file to export (a local .keras path)")
+    export.add_argument("model", metavar="MODEL.keras", help="the Keras model file to export (a local .keras path, or a "
+                        "legacy .h5 file; a SavedModel folder is refused with the fix)")
     export.add_argument("-o", dest="output", metavar="FILE", required=True, help="the .onnx file to write (written atomically)")
+    export.add_argument("--output", dest="head", metavar="NAME|all",
+                        help="which output of a model with several to export, by the name of the layer that makes it "
+                        "(default: the first), or `all` (the ONNX outputs then take the Keras names and the contract "
+                        "lists each)")
+    _loading_options(export)
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     export.add_argument(
         "--batch", default="dynamic", metavar="dynamic|N", help="batch size of the ONNX input: `dynamic` (default) or a fixed N"
@@ -42,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--random", type=int, default=4, metavar="N", help="with --verify and no --images: N seeded random inputs (default: 4)")
     export.add_argument("--report", metavar="FILE", help="with --verify: also write the verify report JSON here (default: none)")
     export.add_argument(
-        "--tolerance", type=float, default=1e-5, help="with --verify: max-abs error <= TOLERANCE x max(1, value range) (default: 1e-5)"
+        "--tolerance", type=float, default=None, help="with --verify: max-abs error <= TOLERANCE x max(peak |value|, "
+        "floor) (default: the model's precision's, see `edgeseg verify --help`)"
     )
     facts = export.add_argument_group("contract facts (default: the .keras file's edgeseg record)")
     facts.add_argument("--kind", choices=("segmentation", "autoencoder", "encoder", "decoder"), help="what the model is")
@@ -61,32 +71,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "verify",
         help="prove layer by layer that an ONNX export computes what Keras computes",
         description="Run the same inputs through the Keras model and its ONNX export and compare the outputs of "
-        "every layer it can match, listing those it cannot with the reason, and of the final output. Exit 0 when "
-        "all are within tolerance; 1 naming the first layer that is not; 2 when it cannot start (bad options, a "
-        "missing, damaged or non-ONNX/non-Keras file, an ONNX graph onnxruntime refuses to load); 3 when it started "
-        "but could not finish (onnxruntime failed running a file it had loaded, or a defect of verify). With "
-        "--report the JSON is written in every case: ok false, exit_code and error say why.",
+        "every layer call it can find for sure in the file (nested, shared and around keras.ops calls; by name, "
+        "shape and position), listing those it cannot with the reason, and of the final output. The ONNX side's "
+        "tensors are read from the engine that deploys the file (--engine, --precision). The bar: where the engine "
+        "computes the file as written (fp32), a layer passes when its max-abs error <= TOLERANCE x max(peak |value|, "
+        "floor), and where Keras and the file differ near that bar the layer is recomputed in float64 and the file "
+        "is judged against it; where the engine lowers the precision (bf16, fp16, int8), a layer passes when its SQNR "
+        "against Keras is at least the precision's --sqnr-* bar. Exit 0 when layers were compared and all pass; 1 "
+        "naming the first layer in graph order that does not; 2 when it cannot start (bad options, a missing, damaged "
+        "or non-ONNX/non-Keras file, an ONNX graph the engine refuses to load, an engine or precision this machine "
+        "cannot run, a missing extra such as TensorFlow); 3 when it started but could not finish (the engine failed "
+        "running a file it had loaded, or a defect of verify); 4 when no layer could be compared and only the final "
+        "output was (and it passes). With --report the JSON is written in every case: ok false, exit_code and error "
+        "say why.",
     )
-    verify.add_argument("model", metavar="MODEL.keras", help="the Keras model file (a local .keras path)")
+    verify.add_argument("model", metavar="MODEL.keras", help="the Keras model file (a local .keras or .h5 path)")
     verify.add_argument("onnx", metavar="M.onnx", help="its ONNX export (a local .onnx path made by `edgeseg export`)")
     source = verify.add_mutually_exclusive_group()
     source.add_argument("--images", metavar="DIR", help="a local folder of images, preprocessed as the ONNX contract says")
     source.add_argument("--random", type=int, default=4, metavar="N", help="N seeded random inputs when no --images (default: 4)")
     verify.add_argument(
-        "--layers", choices=("all", "transposed"), default="all", help="which layers to report: all inspected ones (default) or Conv2DTranspose only"
+        "--layers", choices=("all", "transposed"), default="all", help="which layers to report: every layer call (default) or Conv2DTranspose only"
     )
     verify.add_argument(
-        "--tolerance", type=float, default=1e-5, help="pass when max-abs error <= TOLERANCE x max(1, layer value range) (default: 1e-5)"
+        "--tolerance", type=float, default=None,
+        help="with --precision fp32 (the engine computes the file as written): pass when max-abs error <= TOLERANCE x "
+        "max(peak |value|, floor), the floor being the smallest normal number of the precision the model computes in "
+        f"(default: {DEFAULT_TOLERANCE['fp32']:g} for an fp32 model, {DEFAULT_TOLERANCE['fp16']:g} for mixed_float16, "
+        f"{DEFAULT_TOLERANCE['bf16']:g} for mixed_bfloat16)"
     )
+    verify.add_argument("--engine", choices=("auto", "onnxruntime", "openvino", "tensorrt"), default="auto",
+                        help="the engine the ONNX side runs on, with the settings it deploys with; each layer's tensor "
+                        "is read from that engine itself (onnxruntime fp32: from the graph as written, the output from "
+                        "the deployed session) (default: auto, what `edgeseg segment --engine auto` would run the file "
+                        "with: a tuning record, else OpenVINO on CPUs with bf16, else onnxruntime). A fallback (CPU for "
+                        "GPU, another precision) is refused, never reported as the asked-for engine")
+    verify.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default="auto",
+                        help="the precision the engine computes in (default: auto: int8 for an INT8 file, bf16 for "
+                        "OpenVINO on a CPU with bf16, else fp32). fp32 is judged by --tolerance, the others by SQNR")
+    for name, db in DEFAULT_SQNR_DB.items():
+        verify.add_argument(f"--sqnr-{name}", type=float, default=db, metavar="DB",
+                            help=f"{name}: pass when a layer's SQNR against Keras is at least DB dB (default: {db:g})")
     verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    _loading_options(verify)
     verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
     verify.set_defaults(func=_run_verify)
 
 
-def _run_export(args: argparse.Namespace) -> int:
+def _loading_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--custom-objects", metavar="MODULE",
+                        help="a .py file (or importable module) defining the model's custom layers; imported before "
+                        "loading, so its @keras.saving.register_keras_serializable classes are found (default: none)")
+    parser.add_argument("--unsafe-deserialization", action="store_true",
+                        help="let Keras run the Python code a Lambda layer stores in the file (Keras' safe_mode=False); "
+                        "only for files you trust (default: off)")
+
+
+def _check_paths(args: argparse.Namespace, *, onnx_in: str | None = None, onnx_out: str | None = None) -> None:
+    """What can be checked without TensorFlow, before it loads (5-20 s): the files and folders named."""
+    import os
+
+    from edgeseg.export._keras_file import check_model_path
+
+    check_model_path(args.model)
+    if args.custom_objects and args.custom_objects.endswith(".py") and not Path(args.custom_objects).is_file():
+        raise EdgesegError(f"--custom-objects `{args.custom_objects}`: no such file; pass the .py file that defines "
+                           "the model's custom layers.")
+    if onnx_in is not None:
+        from edgeseg.export._verify import check_onnx_path
+
+        check_onnx_path(onnx_in)
+    if onnx_out is not None:
+        parent = next((p for p in Path(onnx_out).absolute().parents if p.exists()), None)
+        if Path(onnx_out).is_dir() or parent is None or not os.access(parent, os.W_OK):
+            raise EdgesegError(f"Cannot write `{onnx_out}`: "
+                               + ("it is a folder" if Path(onnx_out).is_dir() else f"`{parent}` is not writable")
+                               + ". Choose a writable -o path.")
+
+
+def _load_tensorflow() -> None:
     from edgeseg.export import _patches
 
+    log.info("edgeseg: loading TensorFlow...")
     _patches.import_tensorflow_quietly()
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    _check_paths(args, onnx_out=args.output)
+    _load_tensorflow()
     from edgeseg.export._onnx import ContractFacts, VerifyRequest, export_model
 
     facts = ContractFacts(
@@ -114,6 +186,9 @@ def _run_export(args: argparse.Namespace) -> int:
         cuda_friendly=args.cuda_friendly,
         facts=facts,
         verify=request,
+        output=args.head,
+        custom_objects=args.custom_objects,
+        unsafe=args.unsafe_deserialization,
     )
     print(f"wrote {result.path} ({result.nodes} nodes, kind {result.contract.kind}"
           + (f", {result.rewritten} transposed conv(s) made CUDA-friendly" if args.cuda_friendly else "") + ")")
@@ -122,14 +197,31 @@ def _run_export(args: argparse.Namespace) -> int:
     print(result.report.table())
     if args.report:
         _write_json(Path(args.report), result.report.to_dict())
-    return 0 if result.report.ok else 1
+    return _verdict_code(result.report)
+
+
+def _verdict_code(report: Any) -> int:
+    if report.first_failure is not None:
+        log.error("verify: layer `%s` is out of tolerance", report.first_failure)
+        return 1
+    if report.output_only:
+        log.error("verify: no layer could be compared layer by layer; only the final output was (see not_compared)")
+        return OUTPUT_ONLY
+    return 0
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from edgeseg.export import _patches
-
-    _patches.import_tensorflow_quietly()
-    from edgeseg.export._verify import verify_files
+    try:
+        _check_paths(args, onnx_in=args.onnx)
+    except EdgesegError as error:
+        _verify_failed(args, 2, str(error))
+        raise
+    try:
+        _load_tensorflow()
+        from edgeseg.export._verify import verify_files
+    except ModuleNotFoundError as error:  # a runtime-only install: cli.main names the extra, exit 2
+        _verify_failed(args, 2, f"a package is not installed: {error.name}")
+        raise
 
     try:
         report = verify_files(
@@ -140,26 +232,32 @@ def _run_verify(args: argparse.Namespace) -> int:
             layers=args.layers,
             tolerance=args.tolerance,
             seed=args.seed,
+            engine=args.engine,
+            precision=args.precision,
+            sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB},
+            custom_objects=args.custom_objects,
+            unsafe=args.unsafe_deserialization,
         )
     except EdgesegError as error:  # bad options or an unreadable file: the user's to fix, exit 2
         _verify_failed(args, 2, str(error))
         raise
+    except ModuleNotFoundError as error:  # an extra is not installed: cli.main says which, in one line, exit 2
+        _verify_failed(args, 2, f"a package is not installed: {error.name}")
+        raise
     except Exception as error:  # started, could not finish: its own exit code, still a report
         line = f"{type(error).__name__}: {error}".splitlines()[0]
         _verify_failed(args, VERIFY_CRASHED, line)
-        if type(error).__module__.startswith("onnxruntime"):
-            log.error("verify could not finish: onnxruntime loaded `%s` but failed running it (%s); re-export the model.",
-                      args.onnx, line)
+        engine = type(error).__module__.split(".")[0]
+        if engine in ("onnxruntime", "openvino"):
+            log.error("verify could not finish: %s loaded `%s` but failed running it (%s); re-export the model.",
+                      engine, args.onnx, line)
         else:
             log.error("verify could not finish (%s); this is a bug in edgeseg verify, not a divergence.", line)
         return VERIFY_CRASHED
     if args.report:
         _write_json(Path(args.report), report.to_dict())
     print(report.table())
-    if not report.ok:
-        log.error("verify: layer `%s` is out of tolerance", report.first_failure)
-        return 1
-    return 0
+    return _verdict_code(report)
 
 
 def _verify_failed(args: argparse.Namespace, code: int, reason: str) -> None:
@@ -200,13 +298,6 @@ def _classes(text: str | None) -> tuple[str, ...] | None:
             raise EdgesegError(f"--classes needs at least one class, got {text!r}.")
         return ("background", *(f"class{i}" for i in range(1, count)))
     return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -289,17 +380,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as -8,0, got {text!r}") from None
 
 
-def _trainer(data: str):
+def _trainer(data: str, *, segmentation: bool = False):
     # Check what the user typed before TensorFlow takes seconds to load and --out is created.
     if data != "keras" and not all(Path(part).exists() for part in str(data).split(",")):
         raise EdgesegError(f"--data `{data}`: no such file or folder. Pass a local dataset (see --help).")
+    if segmentation:  # the layout is known from names alone: a folder that cannot be read is refused now
+        from edgeseg.runtime.datasets import segmentation_layout
+
+        segmentation_layout(data)
     from edgeseg.export import _patches
 
     _patches.import_tensorflow_quietly()
-    try:
-        from edgeseg.export import _train
-    except ImportError as error:
-        raise EdgesegError(f"edgeseg train needs TensorFlow ({error}): pip install 'edgeseg[export]'") from None
+    from edgeseg.export import _train  # a missing extra: the command line names it (edgeseg.cli.COMMAND_EXTRAS)
+
     return _train
 
 
@@ -313,7 +406,7 @@ def _run_cae(args: argparse.Namespace) -> int:
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data).train_fcn8(
+    summary = _trainer(args.data, segmentation=True).train_fcn8(
         data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
         input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
         freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,

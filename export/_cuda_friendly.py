@@ -20,7 +20,9 @@ convolution when no crop is needed), so verification compares it with the origin
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,16 +64,64 @@ def exportable(model: Any, *, size: tuple[int, int] | None = None) -> tuple[Any,
     return _rewrite(model, cuda=False, size=size)
 
 
-def _rewrite(model: Any, *, cuda: bool, size: tuple[int, int] | None) -> tuple[Any, int]:
+def is_dilated_transpose(layer: Any) -> bool:
+    """A channels_last Conv2DTranspose with a dilation above 1 (the layers the rewrite spreads)."""
+    return type(layer).__name__ == "Conv2DTranspose" and layer.data_format == "channels_last" \
+        and tuple(layer.dilation_rate) != (1, 1)
+
+
+@functools.cache
+def tensorflow_computes_dilated_transpose() -> bool:
+    """Whether TensorFlow on this machine computes a dilated Conv2DTranspose itself.
+
+    Its CPU kernel for Conv2DBackpropInput refuses dilation > 1 ("Current CPU implementations do
+    not yet support dilation rates larger than 1") unless oneDNN takes the op: TensorFlow 2.21 on
+    an AVX2 machine, or anywhere with TF_ENABLE_ONEDNN_OPTS=0 (issue 24). Asked once per process.
+    """
     import keras
 
-    if not any(needs_rewrite(layer, cuda=cuda) for _, layer in leaf_layers(model)):
+    layer = keras.layers.Conv2DTranspose(1, 2, dilation_rate=2)
+    try:
+        layer(np.zeros((1, 3, 3, 1), np.float32))
+    except Exception as error:  # TensorFlow's InvalidArgumentError; anything else is not this question
+        if "dilation" not in str(error):
+            raise
+        return False
+    return True
+
+
+def reference_model(model: Any, *, size: tuple[int, int] | None = None, force: bool = False) -> tuple[Any, tuple[str, ...]]:
+    """``model`` as Keras can compute it here: its dilated Conv2DTranspose layers through the dilation-1 rewrite
+    the export uses when TensorFlow cannot compute them (or always, with ``force``).
+
+    Returns the model and the names of the layers computed through the rewrite (empty: ``model`` itself).
+
+    Example::
+
+        reference, rewritten = reference_model(model)
+        expected = reference(x)   # Keras' numbers, on any x86-64 CPU
+    """
+    names = tuple(layer.name for _, layer in leaf_layers(model) if is_dilated_transpose(layer))
+    if not names or (not force and tensorflow_computes_dilated_transpose()):
+        return model, ()
+    rewritten, _ = _rewrite(model, cuda=False, size=size, only=is_dilated_transpose)
+    return rewritten, names
+
+
+def _rewrite(model: Any, *, cuda: bool, size: tuple[int, int] | None,
+             only: Callable[[Any], bool] | None = None) -> tuple[Any, int]:
+    import keras
+
+    def wanted(layer: Any) -> bool:
+        return needs_rewrite(layer, cuda=cuda) and (only is None or only(layer))
+
+    if not any(wanted(layer) for _, layer in leaf_layers(model)):
         return model, 0
     rewritten = 0
 
     def hook(layer: Any, args: tuple, kwargs: dict, path: tuple[str, ...]) -> Any:
         nonlocal rewritten
-        if not needs_rewrite(layer, cuda=cuda):
+        if not wanted(layer):
             return layer(*args, **kwargs)
         rewritten += 1
         return _as_valid(layer, args[0])
@@ -79,6 +129,15 @@ def _rewrite(model: Any, *, cuda: bool, size: tuple[int, int] | None) -> tuple[A
     inputs = [keras.Input(batch_shape=_fixed(tuple(t.shape), size), dtype=t.dtype, name=f"input_{i}")
               for i, t in enumerate(model.inputs)]
     outputs = walk(model, inputs, hook)
+    names = [layer.name for _, layer in leaf_layers(model)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        # The rewritten model is flat, and one model cannot hold two layers of one name.
+        raise EdgesegError(
+            f"Cannot rewrite the transposed convolutions of model `{model.name}` for export: its sub-models both hold "
+            f"a layer named `{repeated[0]}`, and the rewritten model is flat. Give those layers distinct names"
+            + (" (or export without --cuda-friendly)." if cuda else ".")
+        )
     flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
     log.info("rewrote %d Conv2DTranspose layer(s) into VALID + Cropping2D", rewritten)
     return flat, rewritten

@@ -1,8 +1,9 @@
 """Walking a Keras model layer by layer, nested sub-models flattened.
 
-Verification needs every inspected layer's output as a tensor of one flat graph, and the
-CUDA-friendly rewrite needs to swap layers while keeping the rest. Both re-run the model's
-graph on fresh symbolic inputs, calling each leaf layer through a hook.
+Verification needs every layer call's output, and the CUDA-friendly rewrite needs to swap layers
+while keeping the rest. Both re-run the model's graph, calling each leaf layer (and each
+``keras.ops`` operation between layers) through a hook: verification on real tensors, the
+rewrite on fresh symbolic inputs.
 """
 
 from __future__ import annotations
@@ -10,21 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# Layer classes whose outputs verification compares, by Keras class name (the issue's list:
-# convolutions, transposed convolutions, croppings, additions and activations).
-INSPECTED_TYPES = frozenset(
-    {"Conv2D", "Conv2DTranspose", "Cropping2D", "Add", "Activation", "ReLU", "Softmax", "LeakyReLU", "ELU", "PReLU",
-     "SeparableConv2D", "DepthwiseConv2D", "BatchNormalization", "UpSampling2D", "Concatenate", "Multiply",
-     "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "Rescaling", "Normalization", "Resizing", "Dense"}
-)
-TRANSPOSED_TYPES = frozenset({"Conv2DTranspose"})
-
 # hook(layer, args, kwargs, path) -> outputs; path is the tuple of enclosing sub-model names.
 LayerHook = Callable[[Any, tuple, dict, tuple[str, ...]], Any]
 
 
 def walk(model: Any, inputs: Sequence[Any], hook: LayerHook, *, path: tuple[str, ...] = ()) -> Any:
-    """Re-run ``model`` on ``inputs`` (symbolic tensors), calling ``hook`` for every leaf layer.
+    """Re-run ``model`` on ``inputs`` (symbolic or real tensors), calling ``hook`` for every leaf layer.
 
     Sub-models (functional or Sequential) are entered, not called, so the result is one flat
     graph whose layers are the original layer objects (or whatever ``hook`` returns).

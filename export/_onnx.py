@@ -58,11 +58,14 @@ class ExportResult:
 
 @dataclass(frozen=True)
 class VerifyRequest:
-    """Verification to run before an export is written (``edgeseg export --verify``)."""
+    """Verification to run before an export is written (``edgeseg export --verify``).
+
+    ``tolerance`` None: the default bar of the precision the model computes in.
+    """
 
     images: Path | None = None
     random: int = 4
-    tolerance: float = 1e-5
+    tolerance: float | None = None
     seed: int = 0
 
 
@@ -113,6 +116,11 @@ def to_onnx(
     # Calling the model inside a functional wrapper is also what makes Sequential models
     # convertible (tf2onnx fails on a bare Sequential: KeyError 'keras_tensor_N', issue 2448).
     output = model(image)
+    if len(model.outputs) > 1:
+        # Each output gets its Keras name (both would be named after the wrapped model, and collide).
+        from edgeseg.export._checks import output_names
+
+        output = [keras.layers.Identity(name=name)(tensor) for name, tensor in zip(output_names(model), output)]
     flat = flat_spatial_shape(model, shape[0], shape[1]) if len(shape) == 3 else None
     if flat is not None:
         # A flat (N, H*W, C) output (Reshape + softmax): the file outputs (N, H, W, C), the same numbers
@@ -202,7 +210,7 @@ def build_contract(
     the model (then the contract's own scale/mean/std are the identity, so nothing is applied twice).
     A decoder's latent code shape goes into the contract's ``latent`` field.
     """
-    from edgeseg.export._checks import check_classes, normalizes_itself
+    from edgeseg.export._checks import check_classes
 
     record = dict(record or {})
     kind = facts.kind or record.get("kind")
@@ -210,12 +218,13 @@ def build_contract(
         raise EdgesegError(
             f"The .keras file has no edgeseg record, so the model's kind is unknown; pass --kind ({'|'.join(KINDS)})."
         )
-    raw_input = _input_facts(model, record, facts, kind)
-    if not record and normalizes_itself(model) and facts.scale is None and facts.mean is None and facts.std is None:
-        # The model rescales/normalizes its own input: the runtime must hand it raw 0..255 pixels.
-        raw_input.update(scale=1.0, mean=[0.0], std=[1.0])
-        log.warning("The model normalizes its own input (a Rescaling/Normalization layer): the contract feeds it "
-                    "raw 0..255 pixels (scale 1, mean 0, std 1); pass --scale/--mean/--std to override.")
+    raw = None
+    if not record and kind != "decoder" and facts.scale is None and facts.mean is None and facts.std is None:
+        raw = _takes_raw_pixels(model)
+    raw_input = _input_facts(model, record, facts, kind, raw=raw is not None)
+    if raw is not None:
+        log.warning("The model takes raw 0..255 pixels (%s): the contract feeds them as they are (scale 1, mean 0, "
+                    "std 1); pass --scale/--mean/--std to override.", raw)
     raw_input["layout"] = layout
     # The ONNX input's name: a decoder's takes a latent code, every other model an image.
     raw_input["name"] = "latent" if kind == "decoder" else INPUT_NAME
@@ -237,9 +246,25 @@ def build_contract(
     return Contract.from_dict(data, origin="export")
 
 
-def _input_facts(model: Any, record: Mapping[str, Any], facts: ContractFacts, kind: str) -> dict[str, Any]:
-    """The contract's input section: the record, the model's own shape, then the options."""
+def _takes_raw_pixels(model: Any) -> str | None:
+    """Why the model wants raw 0..255 pixels (an integer input, or a Rescaling/Normalization layer inside), or None."""
+    import keras
+
+    from edgeseg.export._checks import normalizes_itself
+
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    if "int" in dtype:
+        return f"its input is {dtype}"
+    if normalizes_itself(model):
+        return "a Rescaling/Normalization layer inside normalizes them"
+    return None
+
+
+def _input_facts(model: Any, record: Mapping[str, Any], facts: ContractFacts, kind: str, *, raw: bool = False) -> dict[str, Any]:
+    """The contract's input section: the record, the model's own shape, then the options (``raw``: pixels as they are)."""
     raw_input = dict(record.get("input") or {})
+    if raw:
+        raw_input.update(scale=1.0, mean=[0.0], std=[1.0])
     if facts.height is not None:
         raw_input["height"], raw_input["width"] = facts.height, facts.width
     # A decoder's input is the latent code; its contract input describes the image it makes.
@@ -318,8 +343,16 @@ def export_model(
     cuda_friendly: bool = False,
     facts: ContractFacts = ContractFacts(),
     verify: VerifyRequest | None = None,
+    output: str | None = None,
+    custom_objects: str | None = None,
+    unsafe: bool = False,
 ) -> ExportResult:
-    """Export a ``.keras`` file to ONNX with the contract inside; optionally verify first.
+    """Export a ``.keras`` (or legacy ``.h5``) file to ONNX with the contract inside; optionally verify first.
+
+    ``output``: which of several Keras outputs to export, by name (default: the first), or
+    ``all`` (the ONNX outputs are then named after the Keras ones, and the contract's
+    ``source.outputs`` names each). ``custom_objects``: the module defining the model's custom
+    layers; ``unsafe``: allow the Python code of Lambda layers (see ``load_model``).
 
     With ``verify``, the export is checked layer by layer before it is written, the summary
     goes into the contract's ``verified``, and the file is written even when a layer fails
@@ -330,21 +363,24 @@ def export_model(
         result = export_model("runs/fcn8/model.keras", "fcn8.onnx", verify=VerifyRequest(random=2))
         print(result.contract.output.classes, result.report.ok)
     """
-    from edgeseg.export._checks import refuse_unsupported, smoke_run
+    from edgeseg.export._checks import output_names, refuse_unsupported, select_outputs, smoke_run
     from edgeseg.export._cuda_friendly import cuda_friendly as rewrite
     from edgeseg.export._keras_file import load_model
 
     progress(f"loading {model_path}")
-    model, record = load_model(model_path)
+    model, record = load_model(model_path, custom_objects=custom_objects, unsafe=unsafe)
+    refuse_unsupported(model)
+    heads, chosen = select_outputs(model, output)
+    names = [output_names(model)[k] for k in heads]
     source = source_versions(
-        keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch, cuda_friendly=cuda_friendly
+        keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch,
+        cuda_friendly=cuda_friendly, keras_outputs=heads,
     )
     # The contract first: a missing fact fails here, before the slow conversion.
-    contract = build_contract(model, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
-    refuse_unsupported(model)
+    contract = build_contract(chosen, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
     progress("converting to ONNX")
     size = (contract.input.height, contract.input.width)
-    exported, rewritten = rewrite(model, size=size) if cuda_friendly else (model, 0)
+    exported, rewritten = rewrite(chosen, size=size) if cuda_friendly else (chosen, 0)
     proto = to_onnx(
         exported,
         height=contract.input.height,
@@ -354,9 +390,13 @@ def export_model(
         nchw=nchw,
         input_name=contract.input.name,
     )
+    if len(heads) > 1:
+        source = {**contract.source, "outputs": [{"name": o.name, "keras_output": name}
+                                                 for o, name in zip(proto.graph.output, names)]}
+        contract = contract.replace(source=source)
     contract = contract.replace(output={"name": proto.graph.output[0].name})
     progress("running the ONNX file once and comparing it with Keras")
-    smoke_run(model, proto, contract)
+    smoke_run(chosen, proto, contract)
     report = None
     if verify is not None:
         from edgeseg.export._verify import verify_models
@@ -386,6 +426,12 @@ def _final_activation(model: Any) -> str:
     if not leaves:
         return "none"
     last = leaves[-1][1]
+    tensor = model.outputs[0]
+    while getattr(tensor, "_keras_history", None) is not None:  # the layer that makes the (first) output
+        last = tensor._keras_history[0]
+        if not hasattr(last, "outputs") or not last.outputs:
+            break
+        tensor = last.outputs[0]  # a nested model: its own output layer
     name = type(last).__name__.lower()
     if name == "softmax":
         return "softmax"

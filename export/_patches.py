@@ -18,9 +18,12 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 import warnings
+
+log = logging.getLogger("edgeseg.export")
 
 
 @functools.cache
@@ -38,10 +41,15 @@ def apply() -> None:
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow once with its native start-up lines silenced; idempotent.
 
-    Errors are not hidden: a broken install fails again, audibly, at the caller's own import.
-    Set TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's lines.
+    Every command that loads TensorFlow loads it here first (train, export, verify, the demo, bench
+    exporting a .keras), so this is where the one line "loading TensorFlow" is said: it takes 10-40 s
+    on a small CPU, silent otherwise. Errors are not hidden: a broken install fails again, audibly, at
+    the caller's own import. Set TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's lines.
     """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or importlib.util.find_spec("tensorflow") is None:
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    log.info("loading TensorFlow (10-40 s on a small CPU)...")
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the lines TensorFlow does filter
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

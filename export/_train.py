@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from edgeseg.export._models import build_cae, build_fcn8
 from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec, default_palette
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_json_atomic
+from edgeseg.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,8 @@ def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, ve
         raise EdgesegError(f"--epochs must be at least 1, got {epochs}.")
     history: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "best_epoch": None, "best_val_loss": None}
 
-    bar = _epoch_bar(epochs, enabled=verbose > 0)
+    # A bar over the epochs on a terminal; piped, the epoch lines below are the progress (no extra lines).
+    bar = Progress(epochs, desc="train", unit="epoch", enabled=verbose > 0, every=None)
 
     class Checkpoint(keras.callbacks.Callback):
         # Keras' ModelCheckpoint cannot add our record to the archive; this saves through save_model.
@@ -230,28 +231,17 @@ def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, ve
                 # One line per epoch, in one place (Keras' own lines are off): what a log file keeps.
                 line = (f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  val_loss {logs['val_loss']:.4f}"
                         f"  {note.strip()}  ({seconds:.1f} s)").replace("   ", "  ")
-                bar.write(line) if bar is not None else log.info("%s", line)
-                if bar is not None:
-                    bar.update(1)
+                log.info("%s", line)
+            bar.update(1)
             _write_history(out, history)
 
     try:
         model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, shuffle=True,
                   verbose=0, callbacks=[Checkpoint()])
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     model.set_weights(Checkpoint.best_weights)  # pictures and sub-models show the saved (best) epoch
     return history
-
-
-def _epoch_bar(epochs: int, *, enabled: bool):
-    # A bar over epochs where a person watches (a terminal); plain lines in logs and pipes.
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
 
 def _prepare(out, seed: int) -> Path:

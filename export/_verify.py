@@ -1,43 +1,60 @@
 """Layer-by-layer parity between a Keras model and its ONNX export.
 
-Both sides run the same inputs. On the Keras side the model's graph is re-run flat (nested
-sub-models entered) with every inspected layer's output kept. On the ONNX side the exported
-file itself is run with extra graph outputs: each Keras layer's tensor is found by name, since
-every node tf2onnx writes is named ``[edgeseg/]<model>/<layer>/<op>`` (with Keras' ``_1``
-scope suffixes). So a file altered after export fails here, and the report names the layer.
+:func:`verify_models` is its stages, each a function with a typed result:
+
+1. **reference**: Keras as TensorFlow can compute it here (a dilated Conv2DTranspose through the
+   dilation-1 rewrite the export uses, where TensorFlow's CPU kernel refuses it) and the bar
+   (:mod:`edgeseg.export._tolerance`): relative to each layer's peak at the precision the model
+   computes in where the engine runs the file as written (fp32), SQNR where it lowers the
+   precision (bf16, fp16, int8);
+2. **trace**: the first input run call by call (:mod:`edgeseg.export._trace`): every layer call,
+   nested, shared or around ``keras.ops`` calls, with its output and position;
+3. **match**: each call's ONNX tensor, found for sure by name, shape and position, or listed as
+   not compared with the reason (:mod:`edgeseg.export._match`);
+4. **compare**: every input through both sides; the ONNX side's values come from one function,
+   :func:`edgeseg.export._tensors.onnx_tensors`, read from the engine that deploys the file
+   (:mod:`edgeseg.runtime.probe`: onnxruntime, OpenVINO or TensorRT, at its precision);
+5. **settle**: under the relative rule, a layer near the bar is recomputed in float64, and the
+   verdict is the file's error against that, with which side was closer;
+6. **report**: counts of compared / not compared / output-only, the bar, the reference, the
+   engine that ran, the first divergence in graph order and the layers ranked worst first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.export._graph import INSPECTED_TYPES, TRANSPOSED_TYPES, walk
+from edgeseg.export._tolerance import NEAR, Bar, Errors, badness, bar_for, judge
 from edgeseg.runtime import preprocess, read_image
 from edgeseg.runtime.contract import Contract, InputSpec
-from edgeseg.runtime.postprocess import class_ids
 from edgeseg.runtime.errors import BadInputError, EdgesegError
+from edgeseg.runtime.postprocess import class_ids
+from edgeseg.runtime.probe import resolve_target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 1e-5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
-_INSERTED = re.compile(r"__\d+(:\d+)?$")  # nodes tf2onnx adds (layout transposes, reshapes)
-AMBIGUOUS = ""  # a layer whose ONNX scope cannot be told apart from another layer's
 _NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"})
+LAYER_CHOICES = ("all", "transposed")
 
 
 @dataclass(frozen=True)
 class LayerCheck:
-    """One layer's comparison (DESIGN.md's report fields)."""
+    """One compared layer call (DESIGN.md's report fields, plus how it was found and what it was judged against).
+
+    ``max_abs_err``/``max_rel_err``/``sqnr_db`` are the file (as the engine computed it) against
+    Keras; ``ok`` is judged against ``reference``: Keras, or float64 where Keras and the file
+    differed near a relative bar (then ``float64`` holds both sides' relative errors against it
+    and which was closer).
+    """
 
     name: str
     type: str
@@ -45,6 +62,16 @@ class LayerCheck:
     max_abs_err: float
     max_rel_err: float
     ok: bool
+    found: str = "name"
+    reference: str = "keras"
+    float64: dict[str, Any] | None = None
+    sqnr_db: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {**dataclasses.asdict(self), "shape": list(self.shape)}
+        if self.float64 is None:
+            del data["float64"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -53,11 +80,43 @@ class VerifyReport:
 
     ok: bool
     first_failure: str | None
-    tolerance: float
+    bar: Bar
     inputs: dict[str, Any]
     layers: tuple[LayerCheck, ...]
     output: dict[str, Any]
-    not_compared: tuple[dict[str, str], ...] = ()  # {"name", "type", "reason"} per layer verify could not check
+    not_compared: tuple[dict[str, str], ...] = ()  # {"name", "type", "reason"} per layer call verify could not check
+    layers_total: int = 0
+    operations: int = 0  # keras.ops calls between layers (not layers: counted, not compared)
+    reference: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # what ran: engine, device, precision, detail, why (probe.Ran)
+    ranked: tuple[dict[str, Any], ...] = ()  # compared layers, worst first: {"name", "sqnr_db", "max_rel_err", "ok"}
+    instrumentation: dict[str, Any] = field(default_factory=dict)  # probed vs deployed compile (probe.Instrumentation)
+
+    @property
+    def tolerance(self) -> float | None:
+        return self.bar.tolerance
+
+    @property
+    def compared(self) -> int:
+        return len(self.layers)
+
+    @property
+    def output_only(self) -> bool:
+        """Nothing could be compared layer by layer: only the final output was."""
+        return not self.layers
+
+    def verdict(self) -> str:
+        counts = f"{self.compared} of {self.layers_total} layers compared, {len(self.not_compared)} not compared"
+        if self.operations:
+            counts += f" ({self.operations} keras.ops call(s) between layers are not layers)"
+        if self.first_failure is not None:
+            return f"FIRST FAILURE: {self.first_failure}; {counts}"
+        if self.output_only and not self.layers_total:
+            return "OUTPUT ONLY: no layer call of the kind asked for; the final output is within tolerance"
+        if self.output_only:
+            return (f"OUTPUT ONLY: nothing could be compared layer by layer ({self.layers_total} layers, none found for "
+                    "sure in the ONNX file); the final output is within tolerance")
+        return f"{counts}; all compared layers within tolerance"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,45 +124,61 @@ class VerifyReport:
             "first_failure": self.first_failure,
             "tolerance": self.tolerance,
             "inputs": dict(self.inputs),
-            "layers": [{**vars(check), "shape": list(check.shape)} for check in self.layers],
+            "layers": [check.to_dict() for check in self.layers],
             "output": dict(self.output),
             "not_compared": [dict(item) for item in self.not_compared],
+            "compared": self.compared,
+            "layers_total": self.layers_total,
+            "operations": self.operations,
+            "output_only": self.output_only,
+            "precision": self.bar.precision,
+            "bar": self.bar.to_dict(),
+            "reference": dict(self.reference),
+            "verdict": self.verdict(),
+            "engine": dict(self.engine),
+            "ranked": [dict(item) for item in self.ranked],
+            "instrumentation": dict(self.instrumentation),
         }
 
     def summary(self) -> dict[str, Any]:
         """The contract's ``verified`` section."""
         errors = [c.max_abs_err for c in self.layers] + [self.output.get("max_abs_err", 0.0)]
-        return {"max_abs_err": float(max(errors)), "layers_checked": len(self.layers), "ok": self.ok}
+        return {"max_abs_err": float(max(errors)), "layers_checked": self.compared, "layers_total": self.layers_total,
+                "ok": self.ok, "output_only": self.output_only, "precision": self.bar.precision}
 
     def table(self) -> str:
-        width = max([len("layer")] + [len(c.name) for c in self.layers])
-        rows = [f"{'layer':<{width}}  {'type':<16} {'shape':<18} {'max_abs_err':>11} {'max_rel_err':>11}  ok"]
+        names = [c.name for c in self.layers] + [item["name"] for item in self.not_compared]
+        width = max([len("layer")] + [len(n) for n in names])
+        rows = [f"{'layer':<{width}}  {'type':<18} {'shape':<14} {'max_abs_err':>11} {'max_rel_err':>11} {'sqnr_db':>7}  ok"]
         for c in self.layers:
             shape = "x".join(str(d) for d in c.shape)
             mark = "ok" if c.ok else "FAIL"
-            rows.append(f"{c.name:<{width}}  {c.type:<16} {shape:<18} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g}  {mark}")
+            if c.float64 is not None:
+                mark += f" (float64: file {c.float64['file_rel_err']:.2g}, Keras {c.float64['keras_rel_err']:.2g})"
+            sqnr = c.sqnr_db if c.sqnr_db is not None else float("nan")
+            rows.append(f"{c.name:<{width}}  {c.type:<18} {shape:<14} {c.max_abs_err:>11.3g} {c.max_rel_err:>11.3g} "
+                        f"{sqnr:>7.1f}  {mark}")
         for item in self.not_compared:
-            rows.append(f"{item['name']:<{width}}  {item['type']:<16} not compared: {item['reason']}")
-        out = f"output: max_abs_err {self.output['max_abs_err']:.3g}"
+            rows.append(f"{item['name']:<{width}}  {item['type']:<18} not compared: {item['reason']}")
+        out = f"output: max_abs_err {self.output['max_abs_err']:.3g}, max_rel_err {self.output['max_rel_err']:.3g}"
         if self.output.get("argmax_agreement") is not None:
             out += f", argmax agreement {self.output['argmax_agreement']:.6f}"
-        verdict = "all layers within tolerance" if self.ok else f"FIRST FAILURE: {self.first_failure}"
         inputs = f"inputs: {self.inputs['count']} {self.inputs['kind']}"
         if self.inputs.get("skipped"):
             inputs += f" ({self.inputs['skipped']} unreadable, skipped)"
-        return "\n".join([*rows, out, f"{inputs}; tolerance {self.tolerance:g} x max(1, range); {verdict}"])
-
-
-@dataclass(frozen=True)
-class _Probe:
-    """A Keras layer whose output is compared: report name, class, sub-model path, output."""
-
-    name: str
-    type: str
-    layer_name: str
-    path: tuple[str, ...]
-    tensor: Any
-    producer: str | None  # report name of the layer feeding it (for layers ONNX folds away)
+        reference = f"reference: {self.reference.get('keras', 'Keras')}"
+        if self.reference.get("float64"):
+            reference += f"; float64 for {len(self.reference['float64'])} layer(s) near the bar"
+        if self.reference.get("note"):
+            reference += f"; {self.reference['note']}"
+        lines = [*rows, out, f"{inputs}; bar {self.bar.describe()}; {reference}"]
+        if self.engine:
+            lines.append(f"engine: {self.engine['engine']} on {self.engine['device']}, {self.engine['precision']} "
+                         f"({self.engine['detail']})")
+        if self.instrumentation and not self.instrumentation.get("same_as_deployed", True):
+            lines.append(f"note: with the layers read out the engine computed the output differently (max-abs "
+                         f"{self.instrumentation['max_abs_diff']:.3g}); the output above is the deployed one's")
+        return "\n".join([*lines, f"verdict: {self.verdict()}"])
 
 
 def verify_files(
@@ -113,15 +188,27 @@ def verify_files(
     images: str | os.PathLike | None = None,
     random: int = 4,
     layers: str = "all",
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     seed: int = 0,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+    sqnr: dict[str, float] | None = None,
+    custom_objects: str | None = None,
+    unsafe: bool = False,
 ) -> VerifyReport:
     """Compare ``keras_path`` with its export ``onnx_path`` layer by layer.
+
+    ``engine``/``precision``: where the ONNX side runs (:mod:`edgeseg.runtime.probe`); ``auto`` is what
+    ``--engine auto`` runs the file with. The bar (:func:`edgeseg.export._tolerance.bar_for`): at fp32,
+    ``tolerance`` relative to each layer's peak (None: the default of the precision the model computes
+    in); at bf16/fp16/int8, ``sqnr`` dB per precision (None: the defaults). ``custom_objects`` and
+    ``unsafe`` load the Keras file as ``edgeseg export`` did.
 
     Example::
 
         report = verify_files("model.keras", "model.onnx", images="frames/")
         print(report.table()); assert report.ok, report.first_failure
+        report = verify_files("model.keras", "model.int8.onnx", engine="openvino", precision="int8")
     """
     from edgeseg.export._keras_file import load_model
     from edgeseg.runtime.files import sha256_of
@@ -132,33 +219,15 @@ def verify_files(
         raise EdgesegError(
             f"Cannot verify `{onnx_path}`: it carries no edgeseg contract. Export it with `edgeseg export` first."
         )
-    model, _ = load_model(keras_path)
+    model, _ = load_model(keras_path, custom_objects=custom_objects, unsafe=unsafe)
     recorded = contract.source.get("keras_sha256")
-    if recorded and recorded != sha256_of(keras_path):
-        log.warning("`%s` was exported from a different .keras file (sha256 %s...); comparing anyway.", onnx_path, recorded[:12])
+    if recorded and Path(keras_path).is_file() and recorded != sha256_of(keras_path):
+        log.warning("`%s` was exported from a different Keras file (sha256 %s...); comparing anyway.", onnx_path, recorded[:12])
+    target = resolve_target(onnx_path, engine=engine, precision=precision)
     return verify_models(
-        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed
+        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed,
+        engine=target.engine, precision=target.precision, sqnr=sqnr, onnx_path=onnx_path, why=target.why,
     )
-
-
-def load_onnx(path: str | os.PathLike) -> Any:
-    """Read an ONNX file; anything else is one clear error."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgesegError(f"Cannot read model `{path}`: no such file.")
-    with open(path, "rb") as stream:
-        head = stream.read(4)
-    if head.startswith(b"PK"):
-        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (got a ZIP archive, such as a .keras file).")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as error:  # protobuf raises DecodeError and others for non-ONNX bytes
-        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file ({type(error).__name__}).") from None
-    if not proto.graph.node:
-        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (no graph inside).")
-    return proto
 
 
 def verify_models(
@@ -169,458 +238,438 @@ def verify_models(
     images: str | os.PathLike | None = None,
     random: int = 4,
     layers: str = "all",
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     seed: int = 0,
+    engine: str = "onnxruntime",
+    precision: str = "fp32",
+    sqnr: dict[str, float] | None = None,
+    onnx_path: str | os.PathLike | None = None,
+    why: str = "asked for",
 ) -> VerifyReport:
     """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``).
 
     Inputs are the images in ``images`` (through ``contract``'s preprocessing; unreadable ones
     are skipped and counted) or ``random`` seeded random ones. Raises ``EdgesegError`` when the
-    ONNX graph does not come from ``model`` (a layer missing, a shape that fits neither layout).
+    ONNX file does not come from ``model`` (another input or output shape); a file in which no
+    layer can be found for sure is compared by its output only (``report.output_only``).
+    ``engine``/``precision``/``tolerance``/``sqnr`` as :func:`verify_files` (no ``auto`` here);
+    ``onnx_path``: ``proto``'s file, read by engines that take files (OpenVINO, TensorRT), and
+    ``why``: how the engine was chosen, for the report.
 
     Example::
 
         report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
         print(report.table())
     """
-    _check_options(layers=layers, tolerance=tolerance)
-    sides, not_compared = _instrument(model, proto, contract)
-    inputs = _inputs(model, contract, images=images, random=random, seed=seed)
-    tally = _compare_all(inputs, sides=sides, contract=contract)
-    wanted = TRANSPOSED_TYPES if layers == "transposed" else INSPECTED_TYPES
-    checks = _layer_checks(sides.probes, tally, wanted=wanted, tolerance=tolerance)
-    not_compared += _unmatched(sides.probes, tally, wanted=wanted)
-    if layers == "all":
-        not_compared += _without_rule(sides.everyone)
-    output, output_ok = _output_summary(tally, tolerance=tolerance)
-    first = next((c.name for c in checks if not c.ok), None)
-    if first is None and not output_ok:
-        first = "output"
-    return VerifyReport(
-        ok=first is None,
-        first_failure=first,
-        tolerance=tolerance,
-        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
-        layers=tuple(checks),
-        output=output,
-        not_compared=tuple(not_compared),
-    )
-
-
-def _check_options(*, layers: str, tolerance: float) -> None:
-    if layers not in ("all", "transposed"):
+    if layers not in LAYER_CHOICES:
         raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
-    if not tolerance > 0:
-        raise EdgesegError(f"--tolerance must be a positive number, got {tolerance!r}.")
+    runs_on = _Engine(engine=engine, precision=precision, path=onnx_path, why=why)
+    reference = _reference(model, contract, precision=precision, tolerance=tolerance, sqnr=sqnr)
+    _check_same_model(model, contract)
+    inputs = _inputs(model, contract, images=images, random=random, seed=seed)
+    traced = _trace(reference, inputs, layers=layers, heads=list(contract.source.get("keras_outputs") or [0]))
+    sides = _match(traced, proto, contract, runs_on=runs_on)
+    tally = _compare_all(inputs, reference=reference, traced=traced, sides=sides, contract=contract)
+    settled = _settle(reference, inputs, traced=traced, sides=sides, tally=tally)
+    return _report(reference, inputs, traced=traced, sides=sides, tally=tally, settled=settled)
 
 
-def _without_rule(everyone: dict[str, _Probe]) -> list[dict[str, str]]:
-    return [{"name": p.name, "type": p.type, "reason": "verify has no rule for this layer type"}
-            for p in everyone.values() if p.type not in INSPECTED_TYPES]
+# -- 1. reference --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """What the file is compared with: Keras as it computes here, and the bar of its precision."""
+
+    original: Any
+    keras: Any  # the model Keras runs (the original, or its dilation-1 rewrite)
+    rewritten: tuple[str, ...]  # layers computed through the rewrite
+    bar: Bar
+    precision_why: str
+    size: tuple[int, int] | None
+
+
+def _reference(model: Any, contract: Contract, *, precision: str, tolerance: float | None,
+               sqnr: dict[str, float] | None) -> _Reference:
+    """Keras as it computes here, and the bar: ``precision`` is the engine's, the model's own comes from its policy."""
+    from edgeseg.export._cuda_friendly import reference_model
+    from edgeseg.export._trace import compute_dtype
+
+    dtype = compute_dtype(model)
+    computes = {"float16": "fp16", "bfloat16": "bf16"}.get(dtype, "fp32")
+    bar = bar_for(precision, model=computes, tolerance=tolerance, sqnr=sqnr)
+    if tolerance is not None and not bar.relative:  # said once, never silently dropped
+        log.warning("--tolerance applies where the engine computes the file as written (fp32); %s is judged by SQNR "
+                    "(--sqnr-%s).", bar.precision, bar.precision)
+    why = f"the model computes in {dtype}"
+    if not bar.relative:
+        why += f"; the engine computes in {bar.precision}: judged by SQNR"
+    elif computes != "fp32":
+        why += " (mixed precision): judged at its precision"
+    size = (contract.input.height, contract.input.width) if contract.kind != "decoder" else None
+    keras_model, rewritten = reference_model(model, size=size)
+    if rewritten:
+        log.warning("TensorFlow on this CPU cannot compute a dilated Conv2DTranspose; verify computes %s through the "
+                    "dilation-1 rewrite the export uses.", ", ".join(f"`{n}`" for n in rewritten))
+    return _Reference(original=model, keras=keras_model, rewritten=rewritten, bar=bar, precision_why=why, size=size)
+
+
+def _check_same_model(model: Any, contract: Contract) -> None:
+    """One clear error when the ONNX file's input cannot be ``model``'s."""
+    if contract.kind == "decoder":
+        return
+    keras_shape = tuple(model.inputs[0].shape[1:])
+    expected = (contract.input.height, contract.input.width, contract.input.channels)
+    if len(keras_shape) == 3 and any(k is not None and k != e for k, e in zip(keras_shape, expected)):
+        raise EdgesegError(
+            f"The ONNX file does not come from this Keras model: the model takes {(None, *keras_shape)} but the file's "
+            f"contract says {contract.input.height}x{contract.input.width}x{contract.input.channels}."
+        )
+
+
+# -- 2. trace ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Traced:
+    """The first input run call by call, and which calls the report is about."""
+
+    trace: Any  # edgeseg.export._trace.Trace
+    first: dict[int, np.ndarray]  # every call's output on the first input
+    first_outputs: list[np.ndarray]
+    wanted: list[int]  # the layer calls to compare, in graph order
+    types: dict[int, str]  # report type per wanted call (the original layer's class)
+    operations: int
+
+
+def _trace(reference: _Reference, inputs: _Inputs, *, layers: str, heads: list[int]) -> _Traced:
+    from edgeseg.export._graph import leaf_layers
+    from edgeseg.export._trace import INPUT, trace_model
+
+    trace, first, outputs = trace_model(reference.keras, inputs.batches[0])
+    original = {layer.name: type(layer).__name__ for _, layer in leaf_layers(reference.original)}
+    # Only what the exported outputs are computed from is in the file (one head of several, say).
+    exported = set()
+    for k in heads:
+        if 0 <= k < len(trace.outputs) and trace.outputs[k] != INPUT:
+            exported |= {trace.outputs[k], *trace.ancestors(trace.outputs[k])}
+    wanted, types = [], {}
+    for call in trace.calls:
+        if not call.layer or call.layer_name not in original or call.index not in exported:
+            continue  # a keras.ops call, a layer the dilation-1 rewrite added, or one of a head not exported
+        kind = original[call.layer_name]
+        if layers == "transposed" and kind != "Conv2DTranspose":
+            continue
+        wanted.append(call.index)
+        types[call.index] = kind
+    operations = sum(1 for call in trace.calls if not call.layer and call.index in exported)
+    return _Traced(trace=trace, first=first, first_outputs=outputs, wanted=wanted, types=types, operations=operations)
+
+
+# -- 3. match ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """Where the ONNX side runs: engine and precision (resolved), the file engines read, and why these."""
+
+    engine: str
+    precision: str
+    path: str | os.PathLike | None
+    why: str
+
+    def tensors(self, proto: Any, names: Sequence[str], feeds: Iterator[np.ndarray]) -> Any:
+        """:func:`edgeseg.export._tensors.onnx_tensors` on this engine: the file where there is one, else ``proto``."""
+        from edgeseg.export._tensors import onnx_tensors
+
+        model = self.path if self.path is not None else proto
+        return onnx_tensors(model, names, feeds, engine=self.engine, precision=self.precision, proto=proto)
 
 
 @dataclass(frozen=True)
 class _Sides:
-    """Both sides ready to run the same input: Keras re-run flat, ONNX with every probe as an output."""
+    """Each wanted call's ONNX tensor (or why none), the graph's outputs, how to feed the graph and where it runs."""
 
-    probes: list[_Probe]  # inspected layers in graph order, the model's output ("<output>") last
-    everyone: dict[str, _Probe]  # every leaf layer call by report name
-    keras_model: Any
-    session: Any
-    onnx_names: list[str]  # the ONNX tensor of each probe
-    layouts: dict[str, str]  # each probe's ONNX layout, as far as it could be followed
-    unmatched: dict[str, str]  # probes no ONNX tensor was found for, with the reason
-    input_name: str
+    proto: Any
+    tensors: dict[int, str]  # call -> ONNX tensor, for calls found
+    how: dict[int, str]
+    reasons: dict[int, str]  # call -> why not compared
+    heads: list[tuple[str, int]]  # (ONNX output, index of the Keras output it is)
+    layouts: dict[str, str]
     fixed_batch: int | None
     nchw: bool
+    runs_on: _Engine
 
 
-def _instrument(model: Any, proto: Any, contract: Contract) -> tuple[_Sides, list[dict[str, str]]]:
-    """Both sides, and the layers the Keras side could not probe (listed as not compared)."""
-    probes, everyone, probe_model, not_compared = _probes_or_output(model, contract)
-    session, onnx_names, layouts, unmatched = _onnx_probe(proto, probes, everyone, contract)
-    sides = _Sides(probes=probes, everyone=everyone, keras_model=probe_model, session=session,
-                   onnx_names=onnx_names, layouts=layouts, unmatched=unmatched,
-                   input_name=proto.graph.input[0].name, fixed_batch=_fixed_batch(proto),
-                   nchw=contract.input.layout == "NCHW")
-    return sides, not_compared
+def _match(traced: _Traced, proto: Any, contract: Contract, *, runs_on: _Engine) -> _Sides:
+    from edgeseg.export._match import match_calls
+
+    found = match_calls(proto, traced.trace, wanted=traced.wanted)
+    tensors = {i: f.tensor for i, f in found.items() if f.tensor is not None}
+    outputs = [o.name for o in proto.graph.output]
+    keras_outputs = contract.source.get("keras_outputs") or [0]
+    if len(keras_outputs) != len(outputs) or any(not 0 <= k < len(traced.first_outputs) for k in keras_outputs):
+        raise EdgesegError(
+            f"The ONNX file does not come from this Keras model: it has {len(outputs)} output(s) for Keras outputs "
+            f"{keras_outputs}, and the model has {len(traced.first_outputs)}."
+        )
+    return _Sides(proto=proto, tensors=tensors, how={i: f.how for i, f in found.items() if f.tensor is not None},
+                  reasons={i: f.reason for i, f in found.items() if f.tensor is None},
+                  heads=list(zip(outputs, keras_outputs)),
+                  layouts=_propagate_layouts(proto.graph, contract.input.layout), fixed_batch=_fixed_batch(proto),
+                  nchw=contract.input.layout == "NCHW", runs_on=runs_on)
+
+
+# -- 4. compare ----------------------------------------------------------------------------
 
 
 @dataclass
 class _Tally:
-    """Running comparison over all inputs: per-probe errors and the output's argmax agreement."""
+    """Running comparison over all inputs: file against Keras per call and per output, argmax agreement."""
 
-    stats: dict[str, _Stats]
-    unmatched: dict[str, str]  # probes not compared, with the reason (grows when an ONNX shape fits neither layout)
+    layers: dict[int, Errors]
+    outputs: list[Errors]
+    late_reasons: dict[int, str] = field(default_factory=dict)  # shapes that differed on the values
     agree: int = 0
     pixels: int = 0
+    ran: Any = None  # edgeseg.runtime.probe.Ran: the engine, device and precision that computed the file's side
+    instrumentation: Any = None  # edgeseg.runtime.probe.Instrumentation
+
+    def compared(self) -> list[int]:
+        return [i for i in self.layers if i not in self.late_reasons]
 
 
-def _compare_all(inputs: _Inputs, *, sides: _Sides, contract: Contract) -> _Tally:
-    # The last probe is the model's output.
-    tally = _Tally(stats={p.name: _Stats() for p in sides.probes}, unmatched=dict(sides.unmatched))
-    log.info("edgeseg verify: %d input(s), layer by layer", inputs.count)
-    bar = _bar(inputs.count)
+def _feeds(inputs: _Inputs, sides: _Sides) -> Iterator[np.ndarray]:
+    # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
+    # a fixed-batch export gets that input repeated to its batch size.
     for batch in inputs.batches:
-        if bar is not None:
-            bar.update(1)
-        keras_out, onnx_out = _compare_one(batch, sides=sides, tally=tally)
-        if contract.kind == "segmentation":
-            same = class_ids(keras_out, contract) == class_ids(onnx_out, contract)
-            tally.agree += int(np.count_nonzero(same))
-            tally.pixels += int(same.size)
-    if bar is not None:
-        bar.close()
+        n = batch.shape[0]
+        feed = np.repeat(batch, sides.fixed_batch, axis=0) if sides.fixed_batch not in (None, n) else batch
+        yield np.ascontiguousarray(feed.transpose(0, 3, 1, 2) if sides.nchw and feed.ndim == 4 else feed)
+
+
+def _keras_runs(reference: _Reference, inputs: _Inputs, traced: _Traced, wanted: Sequence[int]) -> Iterator[tuple[dict[int, np.ndarray], list[np.ndarray]]]:
+    """Keras' values of the ``wanted`` calls and its outputs, input by input (the first from the trace)."""
+    from edgeseg.export._trace import call_values
+
+    yield {i: traced.first[i] for i in wanted if i in traced.first}, traced.first_outputs
+    names = {traced.trace.calls[i].name: i for i in wanted}
+    for batch in inputs.batches[1:]:
+        values, outputs = call_values(reference.keras, batch, names=list(names))
+        yield {names[n]: v for n, v in values.items()}, outputs
+
+
+def _compare_all(inputs: _Inputs, *, reference: _Reference, traced: _Traced, sides: _Sides, contract: Contract) -> _Tally:
+    names = [*sides.tensors.values(), *(name for name, _ in sides.heads)]
+    tensors = sides.runs_on.tensors(sides.proto, names, _feeds(inputs, sides))
+    tally = _Tally(layers={i: Errors() for i in sides.tensors}, outputs=[Errors() for _ in sides.heads],
+                   ran=tensors.ran, instrumentation=tensors.instrumentation)
+    log.info("edgeseg verify: %d input(s), layer by layer, on %s", inputs.count, tensors.ran.describe())
+    bar = _bar(inputs.count)
+    runs = zip(_keras_runs(reference, inputs, traced, list(sides.tensors)), tensors, inputs.batches)
+    for (keras_values, keras_outputs), onnx_values, batch in runs:
+        bar.update(1)
+        n = batch.shape[0]
+        for index, tensor in sides.tensors.items():
+            if index in tally.late_reasons:
+                continue
+            expected = keras_values[index]
+            got = onnx_values[tensor][:n]
+            try:
+                got = _to_nhwc(got, expected.shape, sides.layouts.get(tensor, "?"))
+            except ValueError:
+                tally.late_reasons[index] = (f"shape differs: its ONNX tensor `{tensor}` is {got.shape[1:]}, "
+                                             f"Keras {expected.shape[1:]}")
+                continue
+            tally.layers[index].add(expected, got)
+        for head, (name, k) in enumerate(sides.heads):
+            expected = keras_outputs[k]
+            try:
+                got = _to_nhwc(onnx_values[name][:n], expected.shape, sides.layouts.get(name, "?"))
+            except ValueError:
+                raise EdgesegError(
+                    f"The ONNX file does not come from this Keras model: its output `{name}` is "
+                    f"{onnx_values[name].shape[1:]}, the model's {expected.shape[1:]}."
+                ) from None
+            tally.outputs[head].add(expected, got)
+            if head == 0 and contract.kind == "segmentation":
+                same = class_ids(expected, contract) == class_ids(got, contract)
+                tally.agree += int(np.count_nonzero(same))
+                tally.pixels += int(same.size)
+    bar.close()
+    tensors.close()
     return tally
 
 
-def _compare_one(batch: np.ndarray, *, sides: _Sides, tally: _Tally) -> tuple[np.ndarray, np.ndarray]:
-    """Run one input on both sides and add every probe's error; returns the final outputs (Keras, ONNX NHWC)."""
-    # One input at a time (intermediate outputs of a full-size FCN-8 take ~150 MB per image);
-    # a fixed-batch export gets that input repeated to its batch size.
-    n = batch.shape[0]
-    feed = np.repeat(batch, sides.fixed_batch, axis=0) if sides.fixed_batch not in (None, n) else batch
-    expected = [np.asarray(a)[:n] for a in _as_list(sides.keras_model(feed, training=False))]
-    onnx_feed = feed.transpose(0, 3, 1, 2) if sides.nchw and feed.ndim == 4 else feed
-    got = _run(sides.session, sides.onnx_names, sides.input_name, np.ascontiguousarray(onnx_feed))
-    for probe, keras_out, onnx_out in zip(sides.probes, expected, got):
-        if probe.name in tally.unmatched:
-            continue
-        try:
-            onnx_out = _to_nhwc(onnx_out[:n], keras_out.shape, sides.layouts[probe.name], probe.name)
-        except EdgesegError:
-            if probe.name == "<output>":
-                raise
-            tally.unmatched[probe.name] = f"its ONNX tensor has shape {onnx_out.shape[1:]}, Keras {keras_out.shape[1:]}"
-            continue
-        tally.stats[probe.name].add(keras_out, onnx_out)
-    return keras_out, onnx_out
+# -- 5. settle -----------------------------------------------------------------------------
 
 
-def _layer_checks(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str], tolerance: float) -> list[LayerCheck]:
-    """One check per compared layer of the wanted types (the model's output is reported apart)."""
-    checks = []
-    for probe in probes:
-        if probe.type not in wanted or probe.name == "<output>" or probe.name in tally.unmatched:
-            continue
-        s = tally.stats[probe.name]
-        scale = max(1.0, s.range)
-        checks.append(
-            LayerCheck(
-                name=probe.name,
-                type=probe.type,
-                shape=tuple(int(d) for d in probe.tensor.shape[1:]),
-                max_abs_err=float(s.max_abs),
-                max_rel_err=float(s.max_abs / s.range) if s.range > 0 else float(s.max_abs),
-                ok=bool(s.max_abs <= tolerance * scale),
-            )
-        )
-    return checks
+@dataclass(frozen=True)
+class _Settled:
+    """Both sides against float64 for the layers (and outputs) whose file-vs-Keras error was near the bar."""
+
+    file: dict[int, Errors] = field(default_factory=dict)
+    keras: dict[int, Errors] = field(default_factory=dict)
+    file_heads: dict[int, Errors] = field(default_factory=dict)
+    keras_heads: dict[int, Errors] = field(default_factory=dict)
+    note: str = ""
 
 
-def _unmatched(probes: list[_Probe], tally: _Tally, *, wanted: frozenset[str]) -> list[dict[str, str]]:
-    """The layers of the wanted types no ONNX tensor could be compared with, and why."""
-    return [{"name": p.name, "type": p.type, "reason": tally.unmatched[p.name]}
-            for p in probes if p.type in wanted and p.name != "<output>" and p.name in tally.unmatched]
+def _settle(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _Sides, tally: _Tally) -> _Settled:
+    """Recompute the layers near the bar in float64: who is off, Keras or the file?
 
+    Near means a file-vs-Keras error above ``NEAR`` of the bar. Both float32 sides round; where
+    they differ by about the bar, the exact value tells whether the file is wrong or Keras is
+    less exact than the file (GroupNormalization's variance: Keras 8.5e-5 off, the file 2.6e-5).
+    Under the SQNR rule the engine's own rounding dwarfs Keras' float32 error: nothing to settle.
+    """
+    from edgeseg.export._cuda_friendly import reference_model
+    from edgeseg.export._trace import call_values, float64_copy
 
-def _output_summary(tally: _Tally, *, tolerance: float) -> tuple[dict[str, Any], bool]:
-    final = tally.stats["<output>"]
-    output_ok = final.max_abs <= tolerance * max(1.0, final.range)
-    agreement = tally.agree / tally.pixels if tally.pixels else None
-    return {"max_abs_err": float(final.max_abs), "argmax_agreement": agreement}, output_ok
-
-
-def _run(session: Any, names: list[str], input_name: str, feed: np.ndarray) -> list[np.ndarray]:
-    # A probe of a layer ONNX folded away may be the graph input itself, which is not an output.
-    wanted = [n for n in dict.fromkeys(names) if n != input_name]
-    values = dict(zip(wanted, session.run(wanted, {input_name: feed})))
-    values[input_name] = feed
-    return [values[n] for n in names]
-
-
-def _bar(count: int) -> Any:
-    # A bar where a person watches (stderr is a terminal); logs and pipes get the one line above.
-    import sys
-
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=count, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _probes_or_output(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str, _Probe], Any, list[dict[str, str]]]:
-    """The layer probes; when the Keras graph cannot be re-run layer by layer, the final output alone."""
-    import keras
-
+    bar = reference.bar
+    if not bar.relative:
+        return _Settled()
+    near = [i for i in tally.compared() if tally.layers[i].relative(bar.floor) >= NEAR * bar.tolerance]
+    heads = [h for h, errors in enumerate(tally.outputs) if errors.relative(bar.floor) >= NEAR * bar.tolerance]
+    if not near and not heads:
+        return _Settled()
+    log.info("edgeseg verify: %d layer(s) near the bar, recomputing them in float64", len(near) + len(heads))
+    settled = _Settled(file={i: Errors() for i in near}, keras={i: Errors() for i in near},
+                       file_heads={h: Errors() for h in heads}, keras_heads={h: Errors() for h in heads})
+    names = {traced.trace.calls[i].name: i for i in near}
     try:
-        probes, everyone, probe_model = _keras_probe(model, contract)
-        return probes, everyone, probe_model, []
-    except EdgesegError:
-        raise
-    except Exception as error:  # Keras ops used as functions and others the layer walk cannot re-run
-        reason = f"the Keras graph cannot be re-run layer by layer ({type(error).__name__}: {error})".splitlines()[0]
-    from edgeseg.export._graph import leaf_layers
-
-    shape = _input_shape(model, contract)
-    image = keras.Input(shape=shape, name="image")
-    final = _flat(model(image))[0]
-    skipped = [{"name": layer.name, "type": type(layer).__name__, "reason": reason} for _, layer in leaf_layers(model)]
-    probe = _Probe("<output>", "output", "", (), final, None)
-    return [probe], {}, keras.Model(image, [final]), skipped
-
-
-def _input_shape(model: Any, contract: Contract) -> tuple[Any, ...]:
-    shape = list(model.inputs[0].shape[1:])
-    if len(shape) == 3 and contract.kind != "decoder":
-        shape[0] = shape[0] or contract.input.height
-        shape[1] = shape[1] or contract.input.width
-    return tuple(shape)
-
-
-class _Stats:
-    """Running max-abs error and the Keras value range of one tensor over all inputs."""
-
-    def __init__(self) -> None:
-        self.max_abs, self.low, self.high = 0.0, math.inf, -math.inf
-
-    def add(self, expected: np.ndarray, got: np.ndarray) -> None:
-        diff = np.abs(expected.astype(np.float64) - got.astype(np.float64))
-        self.max_abs = max(self.max_abs, float(np.nanmax(diff)) if diff.size else 0.0)
-        if np.isnan(diff).any():
-            self.max_abs = math.inf
-        self.low, self.high = min(self.low, float(expected.min())), max(self.high, float(expected.max()))
-
-    @property
-    def range(self) -> float:
-        return max(0.0, self.high - self.low)
+        # TensorFlow has no float64 kernel for a dilated transposed convolution anywhere: always the rewrite.
+        base, _ = reference_model(reference.original, size=reference.size, force=True)
+        exact, _ = float64_copy(base)
+        wanted = [sides.tensors[i] for i in near] + [sides.heads[h][0] for h in heads]
+        tensors = sides.runs_on.tensors(sides.proto, wanted, _feeds(inputs, sides))
+        runs = zip(_keras_runs(reference, inputs, traced, near), tensors, inputs.batches)
+        for (keras_values, keras_outputs), onnx_values, batch in runs:
+            values, outputs = call_values(exact, batch, names=list(names))
+            n = batch.shape[0]
+            for name, index in names.items():
+                tensor = sides.tensors[index]
+                settled.file[index].add(values[name], _to_nhwc(onnx_values[tensor][:n], values[name].shape,
+                                                                sides.layouts.get(tensor, "?")))
+                settled.keras[index].add(values[name], keras_values[index])
+            for h in heads:
+                name, k = sides.heads[h]
+                settled.file_heads[h].add(outputs[k], _to_nhwc(onnx_values[name][:n], outputs[k].shape,
+                                                               sides.layouts.get(name, "?")))
+                settled.keras_heads[h].add(outputs[k], keras_outputs[k])
+        tensors.close()
+    except Exception as error:  # noqa: BLE001 - float64 is a second opinion: without it the verdict is against Keras
+        note = f"no float64 reference ({type(error).__name__}: {error})".splitlines()[0]
+        log.warning("edgeseg verify: %s; layers near the bar are judged against Keras' float32.", note)
+        return _Settled(note=note)
+    return settled
 
 
-def _keras_probe(model: Any, contract: Contract) -> tuple[list[_Probe], dict[str, _Probe], Any]:
-    """Every inspected layer's output (graph order) plus the final output, as one flat Keras model.
-
-    Also returns every leaf layer call by report name: non-inspected layers stay known as
-    producers for inspected layers that ONNX folds away.
-    """
-    import keras
-
-    image = keras.Input(shape=_input_shape(model, contract), name="image")
-    names = _report_names(model)
-    producers: dict[int, str] = {}
-    probes: list[_Probe] = []
-
-    def hook(layer: Any, args: tuple, kwargs: dict, path: tuple[str, ...]) -> Any:
-        out = layer(*args, **kwargs)
-        name = names[(path, layer.name)]
-        feeding = next((producers[id(a)] for a in _flat(args) if id(a) in producers), None)
-        for tensor in _flat(out):
-            producers[id(tensor)] = name
-        probes.append(_Probe(name, type(layer).__name__, layer.name, path, out, feeding))
-        return out
-
-    final = walk(model, [image], hook)
-    final = _flat(final)[0]
-    kept = [p for p in probes if p.type in INSPECTED_TYPES]
-    probes_out = [*kept, _Probe("<output>", "output", "", (), final, None)]
-    probe_model = keras.Model(image, [p.tensor for p in probes_out])
-    return probes_out, {p.name: p for p in probes}, probe_model
+# -- 6. report -----------------------------------------------------------------------------
 
 
-def _report_names(model: Any) -> dict[tuple[tuple[str, ...], str], str]:
-    from edgeseg.export._graph import leaf_layers
+def _report(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _Sides, tally: _Tally,
+            settled: _Settled) -> VerifyReport:
+    bar = reference.bar
+    calls = traced.trace.calls
+    checks, not_compared, worse = [], [], {}
+    for index in traced.wanted:
+        call, kind = calls[index], traced.types[index]
+        if index not in sides.tensors or index in tally.late_reasons:
+            reason = tally.late_reasons.get(index) or sides.reasons.get(index, "not found")
+            not_compared.append({"name": call.name, "type": kind, "reason": reason})
+            continue
+        errors = tally.layers[index]
+        ok, judged, float64 = _judged(errors, settled.file.get(index), settled.keras.get(index), bar)
+        checks.append(LayerCheck(name=call.name, type=kind, shape=tuple(call.shape or ()), max_abs_err=errors.max_abs,
+                                 max_rel_err=errors.relative(bar.floor), ok=ok, found=sides.how[index], reference=judged,
+                                 float64=float64, sqnr_db=errors.sqnr_db))
+        # Ranked by what the verdict was made on: the file's error against float64 where it was recomputed.
+        worse[call.name] = badness(settled.file.get(index) or errors, bar)
+    heads = []
+    for h, (name, k) in enumerate(sides.heads):
+        errors = tally.outputs[h]
+        ok, judged, float64 = _judged(errors, settled.file_heads.get(h), settled.keras_heads.get(h), bar)
+        head = {"name": name, "keras_output": k, "max_abs_err": errors.max_abs, "max_rel_err": errors.relative(bar.floor),
+                "sqnr_db": errors.sqnr_db, "ok": ok, "reference": judged}
+        if float64 is not None:
+            head["float64"] = float64
+        heads.append(head)
+    output = {**{key: value for key, value in heads[0].items() if key not in ("name", "keras_output")},
+              "argmax_agreement": tally.agree / tally.pixels if tally.pixels else None}
+    if len(heads) > 1:
+        output["heads"] = heads
+    first = next((c.name for c in checks if not c.ok), None)
+    if first is None and not all(head["ok"] for head in heads):
+        first = "output"
+    described = {
+        "keras": f"Keras' own outputs ({reference.precision_why})",
+        "float64": [c.name for c in checks if c.reference == "float64"],
+    }
+    notes = []
+    if reference.rewritten:
+        described["rewritten"] = list(reference.rewritten)
+        notes.append("TensorFlow on this CPU cannot compute a dilated Conv2DTranspose: "
+                     f"{', '.join(reference.rewritten)} computed through the dilation-1 rewrite the export uses")
+    if settled.note:
+        notes.append(settled.note)
+    if notes:
+        described["note"] = "; ".join(notes)
+    return VerifyReport(
+        ok=first is None and bool(checks),
+        first_failure=first,
+        bar=bar,
+        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
+        layers=tuple(checks),
+        output=output,
+        not_compared=tuple(not_compared),
+        layers_total=len(traced.wanted),
+        operations=traced.operations,
+        reference=described,
+        engine={**tally.ran.to_dict(), "why": sides.runs_on.why},
+        ranked=tuple({"name": c.name, "sqnr_db": c.sqnr_db, "max_rel_err": c.max_rel_err, "ok": c.ok}
+                     for c in sorted(checks, key=lambda c: -worse[c.name])),
+        instrumentation=tally.instrumentation.to_dict(),
+    )
 
-    leaves = leaf_layers(model)
-    counts: dict[str, int] = {}
-    for _, layer in leaves:
-        counts[layer.name] = counts.get(layer.name, 0) + 1
-    # Keras names; a name two sub-models share is qualified by its sub-model path.
-    return {(p, l.name): l.name if counts[l.name] == 1 else "/".join((*p, l.name)) for p, l in leaves}
+
+def _judged(errors: Errors, file: Errors | None, keras: Errors | None, bar: Bar) -> tuple[bool, str, dict[str, Any] | None]:
+    """The verdict of one tensor: against float64 where it was recomputed (the file's own error), else against Keras."""
+    if file is None or keras is None:
+        return judge(errors, bar), "keras", None
+    f, k = file.relative(bar.floor), keras.relative(bar.floor)
+    closer = "file" if f < k else "keras" if k < f else "same"
+    return judge(file, bar, keras=keras), "float64", {"file_rel_err": f, "keras_rel_err": k, "closer": closer}
 
 
-def _onnx_probe(
-    proto: Any, probes: list[_Probe], everyone: dict[str, _Probe], contract: Contract
-) -> tuple[Any, list[str], dict[str, str], dict[str, str]]:
-    """An onnxruntime session on ``proto`` with each probe's tensor as an extra output.
-
-    Also returns the probes no ONNX tensor could be found for, with the reason (listed as not compared).
-    """
-    graph = proto.graph
-    scope_tensor = _layer_tensors(graph, list(everyone.values())) if everyone else {}
-    if scope_tensor is None:
-        raise EdgesegError(
-            "The ONNX file does not come from this Keras model: none of its nodes carry the model's layer names "
-            "(was it made by `edgeseg export` from this .keras file?)."
-        )
-    graph_input = graph.input[0].name
-    names, layouts = [], _propagate_layouts(graph, contract.input.layout)
-    chosen: dict[str, str] = {}
-    unmatched: dict[str, str] = {}
-    for probe in probes:
-        if probe.name == "<output>":
-            tensor = graph.output[0].name
-        else:
-            tensor, reason = _probe_tensor(probe, scope_tensor=scope_tensor, everyone=everyone, graph_input=graph_input)
-            if reason is not None:
-                unmatched[probe.name] = reason
-        names.append(tensor)
-        chosen[probe.name] = layouts.get(tensor, "?")
-    session = _session_with_outputs(proto, names)
-    chosen["<output>"] = layouts.get(graph.output[0].name, "?")
-    return session, names, chosen, unmatched
+# -- helpers -------------------------------------------------------------------------------
 
 
-def _probe_tensor(probe: _Probe, *, scope_tensor: dict[str, str], everyone: dict[str, _Probe],
-                  graph_input: str) -> tuple[str, str | None]:
-    """The ONNX tensor holding ``probe``'s output, and why it cannot be compared (None when it can).
-
-    A probe that cannot be compared gets the graph input as a placeholder tensor.
-    """
-    tensor = scope_tensor.get(probe.name)
-    reason = None
-    if tensor == AMBIGUOUS:
-        reason = "its ONNX nodes cannot be told apart from another layer's (same name scope)"
-        tensor = graph_input
-    cursor = probe
-    while tensor is None and cursor is not None:
-        if cursor.type in ("Conv2D", "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "Dense"):
-            # A layer with weights cannot be folded away: its nodes were renamed or merged.
-            return graph_input, f"no ONNX node carries the name of layer `{cursor.name}`"
-        # A layer ONNX folded away (a zero crop, a linear activation) outputs its input.
-        upstream = cursor.producer
-        tensor = graph_input if upstream is None else scope_tensor.get(upstream)
-        cursor = everyone.get(upstream) if upstream is not None else None
-    return tensor, reason
+def check_onnx_path(path: str | os.PathLike) -> Path:
+    """The cheap checks of an ONNX path (no onnx, no TensorFlow needed): it exists and is not a ZIP archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"Cannot read model `{path}`: no such file.")
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if head.startswith(b"PK"):
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (got a ZIP archive, such as a .keras file).")
+    return path
 
 
-def _session_with_outputs(proto: Any, names: list[str]) -> Any:
-    """An onnxruntime session on a copy of ``proto`` with ``names`` added as graph outputs, run as written."""
+def load_onnx(path: str | os.PathLike) -> Any:
+    """Read an ONNX file; anything else is one clear error."""
     import onnx
-    import onnxruntime as ort
 
-    instrumented = onnx.ModelProto()
-    instrumented.CopyFrom(proto)
-    graph_input = proto.graph.input[0].name
-    present = {o.name for o in instrumented.graph.output}
-    for tensor in dict.fromkeys(names):
-        if tensor not in present and tensor != graph_input:
-            instrumented.graph.output.append(onnx.ValueInfoProto(name=tensor))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the graph as written
-    options.log_severity_level = 4  # a failure is reported once, by verify, in one line
+    path = check_onnx_path(path)
     try:
-        return ort.InferenceSession(instrumented.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise EdgesegError(f"onnxruntime cannot load the ONNX file: {error}".splitlines()[0]) from None
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError and others for non-ONNX bytes
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file ({type(error).__name__}).") from None
+    if not proto.graph.node:
+        raise EdgesegError(f"Cannot read model `{path}`: not an ONNX file (no graph inside).")
+    return proto
 
-
-def _layer_tensors(graph: Any, layers: list[_Probe]) -> dict[str, str] | None:
-    """Report name -> the ONNX tensor holding that layer's output (the last node of its scope).
-
-    TensorFlow uniquifies name scopes while tracing, so layer ``conv2d`` may appear as scope
-    ``conv2d_1`` and layer ``conv2d_1`` as ``conv2d_1_2``. A scope matches a layer when it is the
-    layer's name, optionally followed by ``_<digits>``; ambiguities are settled by elimination
-    (a layer has one scope), then by order of appearance.
-    """
-    last_node, options = _scopes(graph, layers)
-    assigned = _assign_scopes(options)
-    found = {name: last_node.get(scope, AMBIGUOUS) for name, scope in assigned.items()}
-    return found or None
-
-
-def _scopes(graph: Any, layers: list[_Probe]) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Per layer scope in the graph: the output of its last node, and the report names it may be (best first)."""
-    by_name: dict[str, list[_Probe]] = {}
-    order = {id(layer): i for i, layer in enumerate(layers)}
-    for layer in layers:
-        by_name.setdefault(layer.layer_name, []).append(layer)
-    last_node: dict[str, str] = {}  # scope path -> output of its last node
-    options: dict[str, list[str]] = {}  # scope path -> candidate report names
-    for node in graph.node:
-        parts = node.name.split("/")
-        if len(parts) < 2 or _INSERTED.search(node.name):
-            continue
-        depth, names = _layer_scope(parts, by_name)
-        if not names:
-            continue
-        scope = "/".join(parts[: depth + 1])
-        last_node[scope] = node.output[0]
-        if scope not in options:
-            held = [c for c in names if all(any(_matches(q, m) for q in parts[:depth]) for m in c.path)]
-            options[scope] = [c.name for c in sorted(held or names, key=lambda c: order[id(c)])]
-    return last_node, options
-
-
-def _layer_scope(parts: list[str], by_name: dict[str, list[_Probe]]) -> tuple[int, list[_Probe]]:
-    """The depth of the innermost layer scope in a node's name parts, and the layers it may be ([] for none)."""
-    for depth in range(len(parts) - 2, -1, -1):
-        names = _scope_candidates(parts[depth], by_name)
-        if not names:
-            continue
-        while depth > 0 and _scope_candidates(parts[depth - 1], by_name):
-            # An op scope named like a layer (SeparableConv2D's `separable_conv2d`) sits inside the
-            # layer's own scope: the outer one of a run of matching scopes is the layer.
-            depth -= 1
-            names = _scope_candidates(parts[depth], by_name)
-        return depth, names
-    return 0, []
-
-
-def _assign_scopes(options: dict[str, list[str]]) -> dict[str, str]:
-    """Report name -> scope: by elimination (a layer has one scope), TensorFlow's suffix rule, then order."""
-    assigned: dict[str, str] = {}
-    pending = dict(options)
-    while pending:
-        progress = False
-        for scope, names in list(pending.items()):
-            free = [n for n in names if n not in assigned]
-            if len(free) <= 1:
-                if free:
-                    assigned[free[0]] = scope
-                del pending[scope]
-                progress = True
-        if not progress and _pair_by_one_suffix(pending, assigned):
-            continue
-        if not progress:  # several scopes share candidates: pair them up in order of appearance
-            scope = next(iter(pending))
-            free = [n for n in pending.pop(scope) if n not in assigned]
-            assigned[free[0]] = scope
-    return assigned
-
-
-def _pair_by_one_suffix(pending: dict[str, list[str]], assigned: dict[str, str]) -> bool:
-    """Settle shared candidates by TensorFlow's rule: a traced layer's scope is its name plus one `_<n>`.
-
-    Scope `bn_1` is layer `bn` and scope `bn_1_2` layer `bn_1`, whatever order the nodes come in,
-    so repeated and rewritten exports pair the same way. Returns whether anything was paired.
-    """
-    paired = False
-    for scope, names in list(pending.items()):
-        base = re.fullmatch(r"(.+)_\d+", scope.rsplit("/", 1)[-1])
-        name = next((n for n in names if base and n.rsplit("/", 1)[-1] == base.group(1) and n not in assigned), None)
-        if name is not None:
-            assigned[name] = scope
-            del pending[scope]
-            paired = True
-    return paired
-
-
-def _scope_candidates(part: str, by_name: dict[str, list[_Probe]]) -> list[_Probe]:
-    # A scope `a_b_1_2` may be layer `a_b_1_2`, `a_b_1` or `a_b` (each a name plus `_<digits>`).
-    found = list(by_name.get(part, ()))
-    base = part
-    while (match := re.fullmatch(r"(.+)_\d+", base)) is not None:
-        base = match.group(1)
-        found += by_name.get(base, ())
-    return found
-
-
-def _matches(scope: str, name: str) -> bool:
-    return scope == name or re.fullmatch(re.escape(name) + r"(_\d+)+", scope) is not None
 
 
 def _propagate_layouts(graph: Any, input_layout: str) -> dict[str, str]:
@@ -643,14 +692,14 @@ def _propagate_layouts(graph: Any, input_layout: str) -> dict[str, str]:
     return layout
 
 
-def _to_nhwc(array: np.ndarray, keras_shape: tuple[int, ...], layout: str, name: str) -> np.ndarray:
-    """The ONNX tensor in Keras' channels-last layout, or an error if its shape fits neither."""
+def _to_nhwc(array: np.ndarray, keras_shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """The ONNX value in Keras' channels-last layout; ValueError when its shape fits neither layout."""
     keras_shape = tuple(keras_shape)
     if array.ndim == 4 and len(keras_shape) == 3 and array.size == int(np.prod(keras_shape)):
         return array.reshape(keras_shape)  # a flat (N, H*W, C) output the export made (N, H, W, C)
-    if array.ndim != 4:
+    if array.ndim != 4 or len(keras_shape) != 4:
         if array.shape != keras_shape:
-            raise _mismatch(name, keras_shape, array.shape)
+            raise ValueError(f"{array.shape} is not {keras_shape}")
         return array
     as_nhwc = array.shape == keras_shape
     as_nchw = array.shape == (keras_shape[0], keras_shape[3], keras_shape[1], keras_shape[2])
@@ -658,14 +707,7 @@ def _to_nhwc(array: np.ndarray, keras_shape: tuple[int, ...], layout: str, name:
         return array.transpose(0, 2, 3, 1)
     if as_nhwc:
         return array
-    raise _mismatch(name, keras_shape, array.shape)
-
-
-def _mismatch(name: str, keras_shape: Sequence[int], onnx_shape: Sequence[int]) -> EdgesegError:
-    return EdgesegError(
-        f"The ONNX file does not come from this Keras model: layer `{name}` is {tuple(keras_shape)} in Keras "
-        f"but {tuple(onnx_shape)} in ONNX."
-    )
+    raise ValueError(f"{array.shape} fits neither layout of {keras_shape}")
 
 
 def _fixed_batch(proto: Any) -> int | None:
@@ -723,9 +765,8 @@ def _image_inputs(folder: Path, *, nhwc: InputSpec) -> _Inputs:
     return _Inputs(batches=batches, kind="images", skipped=skipped)
 
 
-def _flat(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _flat(v)]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flat(v)]
-    return [value]
+def _bar(count: int) -> Any:
+    # A bar where a person watches (stderr is a terminal); logs and pipes get the one line above.
+    from edgeseg.runtime.progress import Progress
+
+    return Progress(count, desc="verify", unit="input", leave=False, every=None)

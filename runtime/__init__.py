@@ -4,127 +4,106 @@ What other packages and apps use, each concept once:
 
 - errors (:mod:`edgeseg.runtime.errors`): :class:`EdgesegError` stops a run, :class:`BadInputError` costs one item;
 - the contract (:mod:`edgeseg.runtime.contract`): :class:`Contract`, read from a file by :meth:`Contract.from_onnx`;
+- the model file (:class:`ModelFile`): one read of an ONNX file (metadata, contract, lazy sha256) that
+  :class:`Model`, the tuning records and the pipeline share;
 - preprocessing: :func:`preprocess` and its parts :func:`fit`, :func:`normalize`, :func:`denormalize`, :func:`restore`;
 - post-processing (:mod:`edgeseg.runtime.postprocess`): class ids, probabilities, reconstruction and scores;
 - files (:mod:`edgeseg.runtime.files`): the one atomic writer and :func:`sha256_of`;
+- images in memory: :func:`decode_image` (bytes, with :func:`read_image`'s checks), :func:`encode_mask_png`, :func:`decode_mask_png`;
+- :class:`Client`: a running ``edgeseg serve`` called like a :class:`Model` (standard library only);
+- HTTP (:mod:`edgeseg.runtime.http`): :class:`~edgeseg.runtime.http.HttpServer`, an ASGI app on uvicorn in a thread;
 - datasets (:mod:`edgeseg.runtime.datasets`): MNIST IDX/.npz, the course's .npy pair, image/mask folders;
-- frames and sources, sinks, engines, :class:`Model` and :func:`segment`;
+- optional dependencies (:mod:`edgeseg.runtime.extras`): which extra brings which module, every install hint;
+- progress (:mod:`edgeseg.runtime.progress`): a bar on a terminal, a log line now and then when piped;
+- probe (:mod:`edgeseg.runtime.probe`): tensors read from inside the deployed engine at its precision (verify judges them);
+- frames and sources (:class:`Source`, one opener for what the user typed), sinks, engines (:data:`ENGINES`),
+  :class:`Model`;
+- :func:`segment`: one loop for one source or many; its records (:mod:`edgeseg.runtime.records`, schema 2);
+- from masks to decisions: :class:`Zone`, :class:`Rule`, :class:`Event`, :class:`Decisions` (zones, rules, events,
+  event sinks, clips: :mod:`edgeseg.runtime.decisions`) and the vector forms of a mask (:mod:`edgeseg.runtime.vectors`);
 - engine choice: :func:`choose_config` reads ``edgeseg tune``'s records (:class:`EngineConfig`), else a heuristic.
 
-onnxruntime itself is imported only when a session is built, so the contract and preprocessing
-helpers work (and the ``edgeseg`` command line starts) without it.
+Names load lazily, on first use (``from edgeseg.runtime import Model`` imports the model's modules then):
+``import edgeseg.runtime`` and ``import edgeseg.runtime.errors`` load neither NumPy, OpenCV nor onnxruntime,
+so the ``edgeseg`` command line starts at once.
 """
 
-from edgeseg.runtime._frames import (Frame, VideoInfo, classify_source, frame_names, image_frames, open_source, read_image,
-                                     video_frames)
-from edgeseg.runtime._fused import fast_path, fuse_class_ids
-from edgeseg.runtime._model import Model, resolve_engine
-from edgeseg.runtime._outdir import prepare_out
-from edgeseg.runtime._signals import stop_on_signals
-from edgeseg.runtime._multistream import StreamOptions, StreamResult, StreamSpec, parse_sources, run_streams
-from edgeseg.runtime._pipeline import RUN_FILES, SegmentOptions, Source, open_model, segment, stage_table
-from edgeseg.runtime._preprocess import Geometry, denormalize, fit, normalize, preprocess, preprocess_batch, restore
-from edgeseg.runtime._render import Palette, heatmap, overlay
-from edgeseg.runtime._session import ProviderFallbackWarning, default_threads, make_session
-from edgeseg.runtime._sinks import (FrameSink, JsonlSink, MaskSink, Outcome, OverlayImageSink, OverlayVideoSink,
-                                    ReconstructionSink, RecordSink, VideoSink, read_mask_png, write_mask_png)
-from edgeseg.runtime._streams import LiveSource, is_live
-from edgeseg.runtime._openvino import openvino_available
-from edgeseg.runtime._tuning import (
-    BARS,
-    RECORD_VERSION,
-    EngineConfig,
-    cache_dir,
-    choose_config,
-    cpu_flags,
-    find_record,
-    heuristic_config,
-    machine_fingerprint,
-    pick,
-    record_path,
-)
-from edgeseg.runtime.contract import METADATA_KEY, Contract, InputSpec, OutputSpec, default_palette, write_contract
-from edgeseg.runtime.errors import BadInputError, EdgesegError
-from edgeseg.runtime.files import atomic_path, sha256_of, write_bytes_atomic, write_json_atomic, write_text_atomic
-from edgeseg.runtime.postprocess import ReconstructionResult, SegmentationResult
+from __future__ import annotations
 
-__all__ = [
-    "fast_path",
-    "fuse_class_ids",
-    "RecordSink",
-    "ReconstructionSink",
-    "OverlayVideoSink",
-    "OverlayImageSink",
-    "Outcome",
-    "MaskSink",
-    "FrameSink",
-    "open_model",
-    "frame_names",
-    "RUN_FILES",
-    "Source",
-    "SegmentOptions",
-    "BARS",
-    "RECORD_VERSION",
-    "EngineConfig",
-    "cache_dir",
-    "choose_config",
-    "cpu_flags",
-    "find_record",
-    "openvino_available",
-    "pick",
-    "heuristic_config",
-    "machine_fingerprint",
-    "record_path",
-    "METADATA_KEY",
-    "BadInputError",
-    "Contract",
-    "EdgesegError",
-    "Frame",
-    "Geometry",
-    "InputSpec",
-    "JsonlSink",
-    "LiveSource",
-    "Model",
-    "OutputSpec",
-    "Palette",
-    "ProviderFallbackWarning",
-    "ReconstructionResult",
-    "SegmentationResult",
-    "StreamOptions",
-    "StreamResult",
-    "StreamSpec",
-    "VideoInfo",
-    "VideoSink",
-    "atomic_path",
-    "classify_source",
-    "default_palette",
-    "default_threads",
-    "denormalize",
-    "fit",
-    "heatmap",
-    "image_frames",
-    "is_live",
-    "make_session",
-    "normalize",
-    "open_source",
-    "overlay",
-    "parse_sources",
-    "prepare_out",
-    "preprocess",
-    "preprocess_batch",
-    "read_image",
-    "read_mask_png",
-    "resolve_engine",
-    "restore",
-    "run_streams",
-    "segment",
-    "sha256_of",
-    "stage_table",
-    "stop_on_signals",
-    "video_frames",
-    "write_bytes_atomic",
-    "write_contract",
-    "write_json_atomic",
-    "write_mask_png",
-    "write_text_atomic",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it (under edgeseg.runtime). One table: add a name here, and it is
+# importable from edgeseg.runtime, listed in __all__, and loaded only when used.
+_PUBLIC = {
+    # errors, the contract, files
+    "EdgesegError": "errors", "BadInputError": "errors",
+    "Contract": "contract", "InputSpec": "contract", "OutputSpec": "contract", "METADATA_KEY": "contract",
+    "default_palette": "contract", "write_contract": "contract",
+    "atomic_path": "files", "sha256_of": "files", "write_bytes_atomic": "files", "write_json_atomic": "files",
+    "write_text_atomic": "files",
+    "Progress": "progress",
+    # the model file, the model, its engines
+    "ModelFile": "_modelfile",
+    "Model": "_model",
+    "ENGINES": "_engines", "Engine": "_engines", "EngineConfig": "_engines", "cpu_flags": "_engines",
+    "heuristic_config": "_engines", "openvino_available": "_engines", "resolve_engine": "_engines",
+    "require_gpu_fp16": "_engines",
+    "ProviderFallbackWarning": "_session", "default_threads": "_session", "make_session": "_session",
+    "fast_path": "_fused", "fuse_class_ids": "_fused",
+    # engine choice from edgeseg tune's records
+    "BARS": "_tuning", "RECORD_VERSION": "_tuning", "cache_dir": "_tuning", "choose_config": "_tuning",
+    "find_record": "_tuning", "machine_fingerprint": "_tuning", "pick": "_tuning", "record_path": "_tuning",
+    # pixels in and out
+    "Geometry": "_preprocess", "denormalize": "_preprocess", "fit": "_preprocess", "normalize": "_preprocess",
+    "preprocess": "_preprocess", "preprocess_batch": "_preprocess", "restore": "_preprocess",
+    "ReconstructionResult": "postprocess", "SegmentationResult": "postprocess",
+    "Palette": "_render", "heatmap": "_render", "overlay": "_render",
+    # frames and sources
+    "Frame": "_frames", "VideoInfo": "_frames", "frame_names": "_frames", "image_frames": "_frames",
+    "read_image": "_frames", "video_frames": "_frames", "display_path": "_frames", "IMAGE_SUFFIXES": "_frames",
+    "VIDEO_SUFFIXES": "_frames", "FOLDER_IMAGE_SUFFIXES": "_frames",
+    "Source": "_sources", "Entry": "_sources", "classify_source": "_sources", "open_source": "_sources",
+    "open_sources": "_sources", "expand": "_sources", "read_list": "_sources", "split_name": "_sources",
+    "unique_names": "_sources",
+    "LiveSource": "_streams", "is_live": "_streams",
+    # sinks
+    "FrameSink": "_sinks", "JsonlSink": "_sinks", "MaskSink": "_sinks", "Outcome": "_sinks",
+    "OverlayImageSink": "_sinks", "OverlayVideoSink": "_sinks", "ReconstructionSink": "_sinks",
+    "RecordSink": "_sinks", "SegmentClock": "_sinks", "VectorSink": "_sinks", "VideoSink": "_sinks",
+    "read_mask_png": "_sinks", "write_mask_png": "_sinks",
+    # from masks to decisions: zones, rules, events (segment(..., zones="zones.json", on_event=...))
+    "Zone": "zones", "Rule": "events", "Event": "events", "Decisions": "decisions", "load_decisions": "decisions",
+    # the segment pipeline, one source or many
+    "SegmentOptions": "_options",
+    "RUN_FILES": "_pipeline", "FRAME_FOLDERS": "_pipeline", "AUTOENCODER_BATCH": "_pipeline",
+    "open_model": "_pipeline", "segment": "_pipeline",
+    "run_streams": "_pipeline", "stage_table": "_pipeline", "model_precision": "_pipeline",
+    "FrameResult": "_writer", "StreamResult": "_pipeline",
+    "prepare_out": "_outdir", "stop_on_signals": "_signals",
+    # images in memory, and a running edgeseg serve called like a Model
+    "decode_image": "_imagebytes", "encode_mask_png": "_imagebytes", "decode_mask_png": "_imagebytes",
+    "Client": "client",
+}
+
+# The public modules, reachable as attributes too (``edgeseg.runtime.postprocess.class_ids``), as when this
+# package imported them all.
+_MODULES = ("errors", "contract", "files", "postprocess", "datasets", "extras", "progress", "records", "http",
+            "client", "probe", "zones", "vectors", "events", "decisions")
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"edgeseg.runtime.{name}")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeseg.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgeseg.runtime.{module}"), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

@@ -1,7 +1,7 @@
 """Frames and the finite sources that yield them: one image, a folder, a glob, a list file, a video.
 
 A source is any iterable of :class:`Frame`. Each kind of source is a plain generator function;
-:func:`open_source` picks one from what the user typed. A file that cannot be read becomes a
+the runtime's source module picks one from what the user typed. A file that cannot be read becomes a
 frame with ``image=None`` and ``error`` set, so it costs that item and the run goes on.
 Live sources (cameras, stream URLs) live in the runtime's stream module.
 """
@@ -10,31 +10,38 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import glob as globlib
-import itertools
+import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
-from edgeseg.runtime._imageheader import Reader, header_size, jpeg_layout
+from edgeseg.runtime._imageheader import Header, Reader, jpeg_layout, read_header
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger("edgeseg.runtime")
 
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2", ".sr", ".ras"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm", ".pam", ".pfm", ".hdr",
+     ".jp2", ".j2k", ".sr", ".ras"}
 )
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".gif"})
 # In a folder a GIF is an image (its first frame); given alone as SOURCE it is a video.
 FOLDER_IMAGE_SUFFIXES = IMAGE_SUFFIXES | {".gif"}
-# Larger images are refused per item rather than decoded into gigabytes (OpenCV's own cap is 2**30).
+# Larger images are refused per item rather than decoded into gigabytes.
 DEFAULT_MAX_PIXELS = 100_000_000
+# The decode-time limit in force, the most pixels OpenCV decodes in this process: OpenCV's own check backs the
+# header check. edgeseg's package sets OPENCV_IO_MAX_IMAGE_PIXELS to DEFAULT_MAX_PIXELS before cv2 loads.
+_DECODE_LIMIT = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "").strip()
+DECODE_MAX_PIXELS = int(_DECODE_LIMIT) if _DECODE_LIMIT.isdigit() else 1 << 30
+# The largest file an image of max_pixels needs: 16 bytes a pixel (float32 RGBA, uncompressed) plus metadata.
+_MAX_BYTES_PER_PIXEL = 16
+_MAX_METADATA_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -84,32 +91,49 @@ class VideoInfo:
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image file as OpenCV would (alpha and 16-bit kept), or raise BadInputError saying why.
 
-    The size is read from the header first (every accepted format), so a huge image is refused
-    before anything is decoded. The bytes go to OpenCV, never the path: OpenCV crashes on names
-    that are not valid UTF-8.
+    Only a regular file is opened (a FIFO, a device, a socket or a folder is named and refused, also
+    behind a symlink), and never more than its size is read. The size is read from the header first
+    (every accepted format; a file whose format has no known header, or whose header cannot be read,
+    is refused), so a huge image is refused before anything is decoded; OpenCV's own limit backs that
+    check (``OPENCV_IO_MAX_IMAGE_PIXELS``, see :data:`DECODE_MAX_PIXELS`). The bytes go to OpenCV,
+    never the path: OpenCV crashes on names that are not valid UTF-8.
 
     Example::
 
         image = read_image("scans/cell_01.tif", max_pixels=50_000_000)
     """
     path = Path(path)
-    if path.is_dir():
-        raise BadInputError("a folder, not an image file")
-    if path.suffix.lower() in VIDEO_SUFFIXES - FOLDER_IMAGE_SUFFIXES:
-        raise BadInputError("a video file, not an image: segment it on its own (pass it as SOURCE)")
+    with _open_regular(path, what="an image file") as (handle, size):
+        if path.suffix.lower() in VIDEO_SUFFIXES - FOLDER_IMAGE_SUFFIXES:
+            raise BadInputError("a video file, not an image: segment it on its own (pass it as SOURCE)")
+        if size == 0:
+            raise BadInputError("empty file (0 bytes)")
+        limit = max_pixels * _MAX_BYTES_PER_PIXEL + _MAX_METADATA_BYTES
+        if size > limit:
+            raise BadInputError(f"file too large for an image of at most {max_pixels} pixels ({size} bytes > {limit})")
+        header = read_header(_file_reader(handle, size))
+        _check_header(header, max_pixels)
+        data = _read_all(handle, size)
+    return decode_checked(data, header=header, max_pixels=max_pixels)
+
+
+def decode_checked(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, header: Header | None = None) -> np.ndarray:
+    """Decode image bytes with every check :func:`read_image` makes (the one checked decoder, for files and for
+    bytes that never touch a file): the size from the header first (refused above ``max_pixels`` or OpenCV's
+    own limit, or when the header gives none), a truncated JPEG refused, the decoded size checked again.
+    ``header``: the header already read (``read_header``), else it is read from ``data``.
+
+    Example::
+
+        image = decode_checked(request_body, max_pixels=25_000_000)
+    """
+    if header is None:
+        header = read_header(lambda offset, count: data[offset: offset + max(count, 0)])
+    _check_header(header, max_pixels)
+    if header.format == "JPEG":
+        _check_jpeg_complete(data)
     try:
-        with open(path, "rb") as handle:
-            read = _file_reader(handle)
-            if not read(0, 1):
-                raise BadInputError("empty file (0 bytes)")
-            _check_size(header_size(read), max_pixels)
-            data = np.frombuffer(read(0, -1), np.uint8)
-    except OSError as error:
-        raise BadInputError(f"unreadable file ({error.strerror or error})") from None
-    if data[:2].tobytes() == b"\xff\xd8":
-        _check_jpeg_complete(data.tobytes())
-    try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # OpenCV asserts on some damaged headers instead of returning None
         image = None
     if image is None:
@@ -118,12 +142,92 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     return image
 
 
-def _file_reader(handle: Any) -> Reader:
-    def read(offset: int, size: int) -> bytes:
-        handle.seek(offset)
-        return handle.read(size)
+def _check_header(header: Header, max_pixels: int) -> None:
+    if header.size is None:
+        where = f"{header.format}: " if header.format else ""
+        raise BadInputError(f"not a decodable image ({where}{header.problem}; nothing was decoded)")
+    width, height = header.size
+    _check_size(header.size, max_pixels)
+    if width * height > DECODE_MAX_PIXELS:
+        raise BadInputError(f"image too large for OpenCV in this process ({width}x{height} > "
+                            f"OPENCV_IO_MAX_IMAGE_PIXELS={DECODE_MAX_PIXELS}; set it before edgeseg is imported)")
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path, *, what: str) -> Iterator[tuple[int, int]]:
+    """``(descriptor, size)`` of a regular file, or BadInputError naming what ``path`` is instead.
+
+    The type is checked before opening (opening a FIFO waits for a writer; reading a device such as
+    /dev/zero never ends) and again on the opened descriptor, which is opened non-blocking, so a file
+    swapped for a FIFO in between cannot hang the run either.
+    """
+    try:
+        kind = _not_regular(os.stat(path).st_mode, path)
+        if kind is not None:
+            raise BadInputError(f"{kind}, not {what}: only regular files are read")
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise BadInputError(f"unreadable file ({error.strerror or error})") from None
+    try:
+        info = os.fstat(handle)
+        kind = _not_regular(info.st_mode, path)
+        if kind is not None:
+            raise BadInputError(f"{kind}, not {what}: only regular files are read")
+        yield handle, info.st_size
+    except OSError as error:
+        raise BadInputError(f"unreadable file ({error.strerror or error})") from None
+    finally:
+        os.close(handle)
+
+
+def _not_regular(mode: int, path: Path) -> str | None:
+    """What a file that is not a regular file is, in words (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        try:  # a folder the user cannot list loses everything in it: say so
+            os.close(os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)))
+        except OSError as error:
+            return f"a folder that cannot be read ({error.strerror or error}; the files in it were not listed)"
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def _file_reader(handle: int, size: int) -> Reader:
+    def read(offset: int, count: int) -> bytes:
+        count = min(count, size - offset)  # never past the size the file had when opened
+        if count <= 0:
+            return b""
+        chunks, done = [], 0
+        while done < count:
+            chunk = os.pread(handle, count - done, offset + done)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            done += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     return read
+
+
+def _read_all(handle: int, size: int) -> bytearray:
+    """Exactly ``size`` bytes from the start of the file (the size it had when opened), into one buffer."""
+    data = bytearray(size)
+    view, done = memoryview(data), 0
+    while done < size:
+        count = os.preadv(handle, [view[done:]], done)
+        if count == 0:
+            raise BadInputError(f"unreadable file (it shrank while being read: {done} of {size} bytes)")
+        done += count
+    return data
 
 
 def _check_size(size: tuple[int, int] | None, max_pixels: int) -> None:
@@ -179,12 +283,21 @@ def opencv_path(path: str | os.PathLike) -> Iterator[str]:
         yield link
 
 
+# An output is ``<folder>/<frame name>.png`` (masks, overlays), written through a temporary name: a name
+# component longer than this is cut and given a hash of the whole (NAME_MAX is 255 bytes on ext4/xfs/tmpfs).
+MAX_NAME_BYTES = 200
+_HASH_CHARS = 16
+
+
 def frame_names(paths: Sequence[Path], root: str | os.PathLike | None = None) -> list[str]:
     """The output name of each input: its stem (its path under ``root`` without the suffix).
 
     When two inputs would share a name (``a.jpg`` and ``a.png``), both keep their suffix
     (``a.jpg``, ``a.png``, so masks/a.jpg.png), and a name still taken gets ``~2``, ``~3``...
-    Bytes that are not UTF-8 become ``\\xNN`` escapes, as in :func:`display_path`.
+    Bytes that are not UTF-8 become ``\\xNN`` escapes, as in :func:`display_path`. Each part of a
+    name longer than :data:`MAX_NAME_BYTES` (200) UTF-8 bytes is cut and ends in ``~`` and 16 hex
+    digits of the SHA-256 of the whole part (:func:`bounded_name`), so every output name fits in a
+    file name (255 bytes) and the same input always gets the same name.
 
     Example::
 
@@ -193,13 +306,37 @@ def frame_names(paths: Sequence[Path], root: str | os.PathLike | None = None) ->
     relative = [_relative(path, root) for path in paths]
     stems = [display_path(rel.with_suffix("").as_posix() if rel.suffix else rel.as_posix()) for rel in relative]
     counts = collections.Counter(stems)
-    names = [display_path(rel.as_posix()) if counts[stem] > 1 else stem for rel, stem in zip(relative, stems)]
+    names = [bounded_name(display_path(rel.as_posix()) if counts[stem] > 1 else stem)
+             for rel, stem in zip(relative, stems)]
     taken: collections.Counter[str] = collections.Counter()
     unique = []
     for name in names:
         taken[name] += 1
         unique.append(name if taken[name] == 1 else f"{name}~{taken[name]}")
     return unique
+
+
+def bounded_name(name: str) -> str:
+    """``name`` with every ``/``-separated part cut to at most :data:`MAX_NAME_BYTES` UTF-8 bytes.
+
+    A part that is too long keeps its beginning (whole characters) and ends in ``~`` and the first 16
+    hex digits of the SHA-256 of the whole part: stable across runs and machines, distinct for
+    distinct parts.
+
+    Example::
+
+        bounded_name("x" * 300)   # 'xxx...x~0d4e2ca9e9cbced7': 183 x, then the hash (200 bytes)
+    """
+    return "/".join(_bounded_part(part) for part in name.split("/"))
+
+
+def _bounded_part(part: str) -> str:
+    data = part.encode("utf-8", "surrogateescape")
+    if len(data) <= MAX_NAME_BYTES:
+        return part
+    digest = hashlib.sha256(data).hexdigest()[:_HASH_CHARS]
+    head = data[: MAX_NAME_BYTES - 1 - _HASH_CHARS].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
 
 
 def _relative(path: Path, root: str | os.PathLike | None) -> Path:
@@ -231,28 +368,64 @@ def image_frames(paths: Iterable[str | os.PathLike], *, root: str | os.PathLike 
 
 def folder_paths(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
     """What a folder source holds, sorted by path: every image file, and every item that looks like
-    one but is not (a folder named ``x.jpg``, a video file), so that it gets a record saying why.
+    one but is not (a folder named ``x.jpg``, a video file, a FIFO or a device named ``x.png``), so that
+    it gets a record saying why. With ``recursive``, a subfolder that cannot be listed is such an item
+    too (its record says its files were not read); symlinked subfolders are not followed (no loops).
 
-    Other files (no image suffix) are named in the log. A folder with nothing to process raises
-    EdgesegError: a run of zero frames is never a success.
+    Other files (no image suffix) are named in the log. A folder that cannot be listed, or with nothing
+    to process, raises EdgesegError: a run of zero frames is never a success.
     """
     folder = Path(folder)
+    shown = display_path(folder)
     if not folder.is_dir():
-        raise EdgesegError(f"Cannot read folder `{display_path(folder)}`: not a directory.")
-    candidates = list(folder.rglob("*") if recursive else folder.iterdir())
-    entries = [p for p in candidates if p.is_file() or p.is_symlink() or (not recursive and p.is_dir())]
-    chosen = sorted(p for p in entries if _is_folder_item(p))
-    ignored = sorted(p for p in entries if not p.is_dir() and not _is_folder_item(p))
+        raise EdgesegError(f"Cannot read folder `{shown}`: not a directory.")
+    chosen: list[Path] = []
+    ignored: list[Path] = []
+    links: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = [(Path(entry.path), _entry_is_dir(entry), entry.is_symlink()) for entry in listing]
+        except OSError as error:
+            if current == folder:
+                raise EdgesegError(f"Cannot read folder `{shown}`: {error.strerror or error}. Check its permissions "
+                                   "(it needs read and execute), or pass the images in it another way.") from None
+            chosen.append(current)  # a subfolder we cannot list: one record names it, nothing vanishes silently
+            continue
+        for path, is_dir, is_link in entries:
+            if is_dir and recursive:
+                if is_link:
+                    links.append(path)
+                else:
+                    pending.append(path)
+            elif _is_folder_item(path):
+                chosen.append(path)
+            elif not is_dir:
+                ignored.append(path)
+    chosen.sort()
     if ignored:
-        shown = ", ".join(display_path(p.name) for p in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-        log.info("%s: ignoring %d file(s) without an image or video suffix (%s)", display_path(folder),
-                 len(ignored), shown)
+        ignored.sort()
+        names = ", ".join(display_path(p.name) for p in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log.info("%s: ignoring %d file(s) without an image or video suffix (%s)", shown, len(ignored), names)
+    if links:
+        links.sort()
+        names = ", ".join(display_path(p.name) for p in links[:5]) + (", ..." if len(links) > 5 else "")
+        log.info("%s: not following %d symlinked folder(s) (%s)", shown, len(links), names)
     if not chosen:
         raise EdgesegError(
-            f"Source `{display_path(folder)}` is a folder with no image files in it ({len(ignored)} other file(s)). "
+            f"Source `{shown}` is a folder with no image files in it ({len(ignored)} other file(s)). "
             f"Pass a folder of images ({', '.join(sorted(FOLDER_IMAGE_SUFFIXES))}), an image, a video or a glob."
         )
     return chosen
+
+
+def _entry_is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows a symlink: a link to a folder is a folder
+    except OSError:
+        return False
 
 
 def _is_folder_item(path: Path) -> bool:
@@ -270,7 +443,7 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
     """
     capture = _open_video(path)
     info = VideoInfo._from_capture(capture)
-    stem, source = display_path(Path(path).stem), display_path(path)
+    stem, source = bounded_name(display_path(Path(path).stem)), display_path(path)
     try:
         index, yielded = 0, 0
         if seek and start > 0:
@@ -314,58 +487,15 @@ def video_frames(path: str | os.PathLike, *, stride: int = 1, start: int = 0,
         capture.release()
 
 
-def open_source(spec: str | os.PathLike, *, stride: int = 1, start: int = 0, max_frames: int | None = None,
-                recursive: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
-    """Frames from a path the user typed: an image, a folder, a glob, a ``.txt`` list of paths, or a video.
-
-    Example::
-
-        for frame in open_source("scans/", recursive=True):
-            if frame.ok:
-                print(frame.name, frame.image.shape)
-    """
-    if stride < 1 or start < 0 or (max_frames is not None and max_frames < 0):
-        raise EdgesegError(f"Frame selection needs stride >= 1, start >= 0, max_frames >= 0; got {stride}, {start}, {max_frames}.")
-    kind, paths = classify_source(spec, recursive=recursive)
-    if kind == "video":
-        return video_frames(spec, stride=stride, start=start, max_frames=max_frames)
-    root = spec if kind == "folder" else None
-    names = itertools.islice(frame_names(paths, root), start, None, stride)
-    frames = image_frames(itertools.islice(paths, start, None, stride), root=root, max_pixels=max_pixels, names=names)
-    return itertools.islice(frames, max_frames)
-
-
-def classify_source(spec: str | os.PathLike, *, recursive: bool = False) -> tuple[str, list[Path]]:
-    """``(kind, image_paths)`` for a finite source; kind is image, folder, glob, list or video."""
-    text = os.fsdecode(spec) if isinstance(spec, bytes) else str(spec)
-    path = Path(text)
-    if path.is_dir():
-        return "folder", folder_paths(path, recursive=recursive)
-    if any(ch in text for ch in "*?[") and not path.exists():
-        # A folder the pattern matches by an image suffix (x.jpg/) is kept, to be named with its reason.
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file() or _is_folder_item(Path(p)))
-        if not matches:
-            raise EdgesegError(f"Source `{display_path(text)}`: the pattern matches no files.")
-        return "glob", matches
-    if not path.exists():
-        raise EdgesegError(f"Source `{display_path(text)}`: no such file or folder.")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        base = path.parent
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
-        paths = [Path(ln) if Path(ln).is_absolute() else base / ln for ln in lines if ln and not ln.startswith("#")]
-        return "list", paths
-    if suffix in VIDEO_SUFFIXES:
-        return "video", []
-    return "image", [path]
-
-
 def _open_video(path: str | os.PathLike) -> cv2.VideoCapture:
     shown = display_path(path)
-    if Path(path).is_dir():
-        raise EdgesegError(f"Cannot open video `{shown}`: it is a folder.")
-    if not Path(path).is_file():
-        raise EdgesegError(f"Cannot open video `{shown}`: no such file.")
+    try:
+        kind = _not_regular(os.stat(path).st_mode, Path(path))
+    except OSError as error:
+        reason = "no such file" if isinstance(error, FileNotFoundError) else (error.strerror or str(error)).lower()
+        raise EdgesegError(f"Cannot open video `{shown}`: {reason}.") from None
+    if kind is not None:  # FFmpeg would wait forever on a FIFO and read a device without end
+        raise EdgesegError(f"Cannot open video `{shown}`: it is {kind}, not a regular file.")
     # FFmpeg holds the file open once it is opened, so the symlink of opencv_path may go at once.
     with opencv_path(path) as name:
         capture = cv2.VideoCapture(name)

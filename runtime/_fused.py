@@ -17,6 +17,7 @@ import numpy as np
 from edgeseg.runtime import postprocess as post
 from edgeseg.runtime.contract import Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 from edgeseg.runtime.files import atomic_path
 
 
@@ -38,11 +39,8 @@ def fuse_class_ids(path: str | os.PathLike, out: str | os.PathLike | None = None
         fast = fuse_class_ids("fcn8.onnx")           # fcn8.fast.onnx
         mask = Model(fast)(image).mask                # the same mask as Model("fcn8.onnx")(image).mask
     """
-    try:
-        import onnx
-        from onnx import TensorProto, helper
-    except ImportError:
-        raise EdgesegError("making a fast file needs the onnx package: pip install onnx.") from None
+    onnx = require("onnx", purpose="making a fast file", among=("calibrate",))
+    from onnx import TensorProto, helper
     path = Path(path)
     contract = Contract.from_onnx(path, origin=f"model `{path}`")
     if contract is None or contract.kind != "segmentation":

@@ -17,23 +17,26 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeseg.runtime.contract import METADATA_KEY, Contract
 from edgeseg.runtime.errors import BadInputError, EdgesegError
-from edgeseg.runtime._frames import Frame, open_source
+from edgeseg.runtime._engines import EngineConfig, check_engine
+from edgeseg.runtime._frames import Frame
+from edgeseg.runtime._sources import open_source
+from edgeseg.runtime._modelfile import ModelFile
 from edgeseg.runtime import postprocess as post
 from edgeseg.runtime._preprocess import Geometry, preprocess_batch
 from edgeseg.runtime.postprocess import Result, SegmentationResult
-from edgeseg.runtime._session import CUDA, check_model_file, make_session
-from edgeseg.runtime._tuning import EngineConfig, choose_config, heuristic_config
+from edgeseg.runtime._session import CUDA, make_session
+from edgeseg.runtime._tuning import choose_config
 
 log = logging.getLogger("edgeseg.runtime")
 
-ENGINES = ("onnxruntime", "openvino", "auto")
+# The kinds whose frames the runtime can turn into results; an encoder or decoder half runs raw (Model.run).
+FRAME_KINDS = ("segmentation", "autoencoder")
 
 
 class Model:
@@ -51,10 +54,12 @@ class Model:
     this machine"): OpenVINO bf16 ran FCN-8 4.9x onnxruntime FP32 on the AMX machine at 99.97% agreement;
     on an AVX2-only CPU the heuristic keeps onnxruntime, the faster there.
     ``provider`` and ``optimization`` are onnxruntime's (see :func:`make_session`); ``precision`` is
-    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``; so is ``throughput``
+    OpenVINO's: ``auto`` (its default, bf16 where the CPU has it) or ``f32``, or ``fp16``: onnxruntime on the
+    GPU (CUDA, or TensorRT with ``provider="tensorrt"``), refused in one line where there is none; so is ``throughput``
     (several streams, each batch split across them: for batched files, not live sources). ``threads`` goes to
     either engine (None: each engine's measured default). ``engine`` and ``precision`` say what
-    really runs (``precision`` is ``fp32`` for onnxruntime).
+    really runs (``precision`` is ``fp32`` for onnxruntime). ``file`` is the :class:`ModelFile` that runs (under
+    ``auto``, maybe the tuning record's INT8 or fused file): ``model.file.quantized``, ``model.file.sha256``.
 
     Example::
 
@@ -67,70 +72,97 @@ class Model:
                  optimization: str = "all", contract: Contract | Mapping[str, Any] | None = None,
                  engine: str | None = None, precision: str = "auto", throughput: bool = False,
                  bar: str = "exact", tuning_cache: str | os.PathLike | None = None, strict: bool = False) -> None:
-        self.path = Path(path)
         # None: "auto" as the default; its choice is logged at debug level (it is in the summary), an asked-for
         # "auto" at info level.
-        named, engine = engine is not None, engine or "auto"
-        self._arguments = (str(self.path), provider, threads, optimization, contract, engine, precision, throughput,
+        named, engine = engine is not None, check_engine(engine or "auto")
+        self._arguments = (str(path), provider, threads, optimization, contract, engine, precision, throughput,
                            bar, tuning_cache, strict)
-        if engine not in ENGINES:
-            raise EdgesegError(f"Unknown engine {engine!r}: expected one of {', '.join(ENGINES)}.")
+        if precision == "fp16":  # the GPU's half precision: onnxruntime's CUDA or TensorRT provider, never the CPU
+            if engine == "openvino" or provider == "cpu":
+                raise EdgesegError(f"precision 'fp16' is the GPU path (onnxruntime CUDA or TensorRT), not engine "
+                                   f"{engine!r} with provider {provider!r}; on the CPU use precision 'bf16' (OpenVINO) "
+                                   "or the default.")
+            named, engine, provider = True, "onnxruntime", "cuda" if provider == "auto" else provider
+        # The one read of the file (head, metadata, graph names): every check below and the engines use it.
+        self.file = ModelFile.read(path)
         self.config = EngineConfig(engine=engine, precision=precision, threads=threads, throughput=throughput)
         self.choice_reason = f"engine={engine!r} asked for"
         if engine == "auto":
-            check_model_file(self.path)
-            self.config, self.choice_reason, int8 = _auto_config(self.path, provider=provider, optimization=optimization,
-                                                                 strict=strict, bar=bar, cache=tuning_cache,
-                                                                 default=not named)
-            self.path = Path(int8) if int8 else self.path
+            self.config, self.choice_reason, other = _auto_config(
+                self.file, provider=provider, optimization=optimization, strict=strict, bar=bar, cache=tuning_cache,
+                default=not named)
+            if other:  # the tuning record's INT8 or fused file
+                self.file = ModelFile.read(other)
             # What the caller named explicitly wins over the record's or the heuristic's choice.
             self.config = dataclasses.replace(
                 self.config, threads=threads if threads is not None else self.config.threads,
                 throughput=throughput or self.config.throughput,
                 precision=precision if precision != "auto" and self.config.engine == "openvino" else self.config.precision)
-            log.log(logging.INFO if named else logging.DEBUG, "%s: engine auto runs %s (%s)", self.path.name,
+            log.log(logging.INFO if named else logging.DEBUG, "%s: engine auto runs %s (%s)", self.file.path.name,
                     self.config.describe(), self.choice_reason)
             engine, precision = self.config.engine, self.config.precision
             threads, throughput = self.config.threads, self.config.throughput
+            provider = "cuda" if precision == "fp16" and provider == "auto" else provider  # a record's GPU fp16
             precision = "auto" if engine == "onnxruntime" and precision == "f32" else precision
+        self.path = self.file.path
         self.engine = engine
+        # The contract before the engine: a missing or malformed one is refused before seconds of compiling.
+        self.contract = _resolve_contract(self.file, contract)
+        self.kind = self.contract.kind
         self.session: Any = None
         self._openvino: Any = None
         if self.engine == "openvino":
             from edgeseg.runtime._openvino import OpenVinoEngine
 
-            check_model_file(self.path)
-            self._openvino = OpenVinoEngine(self.path, precision=precision, threads=threads, throughput=throughput)
+            self._openvino = OpenVinoEngine(self.file, precision=precision, threads=threads, throughput=throughput)
             if named:  # the default engine's choice is in the summary; an asked-for engine says what it compiled
                 log.info("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self._openvino.precision,
                          self._openvino.streams)
             self.providers: tuple[str, ...] = ("OpenVINO:CPU",)
             self.precision = self._openvino.precision
             self.streams = self._openvino.streams
-            inputs = self._openvino.inputs
-            output_names = self._openvino.outputs
+            inputs, outputs = self._openvino.inputs, self._openvino.outputs
         else:
-            if precision != "auto":
+            if precision not in ("auto", "fp16"):
                 raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
-                                   "fp32 (use engine='openvino', or leave precision at 'auto').")
-            self.session = make_session(self.path, provider=provider, threads=threads, optimization=optimization,
-                                        strict=strict)
+                                   "fp32, or fp16 on a GPU (use engine='openvino', precision 'fp16', or leave it at "
+                                   "'auto').")
+            self.session = make_session(self.file, provider=provider, threads=threads, optimization=optimization,
+                                        strict=strict, fp16=precision == "fp16")
             self.providers = tuple(self.session.get_providers())
-            self.precision = "fp32"
+            self.precision = "fp16" if precision == "fp16" else "fp32"
             self.streams = 1
-            inputs = [(i.name, i.shape) for i in self.session.get_inputs()]
-            output_names = [o.name for o in self.session.get_outputs()]
-        self.contract = _resolve_contract(self.path, contract)
+            inputs, outputs = _ports(self.session.get_inputs(), self.path), _ports(self.session.get_outputs(), self.path)
         names = [name for name, _ in inputs]
         self.input_name = self.contract.input.name if self.contract.input.name in names else names[0]
         self._input_index = names.index(self.input_name)
-        self.output_name = output_names[0]
-        if self.contract.kind in ("segmentation", "autoencoder"):  # an encoder/decoder half may take vectors
+        self.output_name = outputs[0][0]
+        if self.kind in FRAME_KINDS:  # an encoder/decoder half may take vectors
             self._check_input_shape(dict(inputs)[self.input_name])
+            self._check_output_shape(*outputs[0])
+        # A fixed-batch export (`export --batch N`) takes exactly N frames: `run` pads a short batch and drops
+        # the padding, and the batch to feed (config.batch, which segment uses) becomes N.
+        first = list(dict(inputs)[self.input_name])[:1]
+        self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
+        if self.fixed_batch and self.fixed_batch > 1 and self.config.batch == 1:
+            self.config = dataclasses.replace(self.config, batch=self.fixed_batch)
         self._uses_cuda = CUDA in self.providers
         # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
         self.mask_dtype = post.mask_dtype(self.contract)
-        self.kind = self.contract.kind
+
+    def check_frames(self) -> None:
+        """Raise EdgesegError unless this model turns frames into results (a segmentation model or a whole
+        autoencoder): what a pipeline calls at load, so an encoder half is refused before its first frame.
+
+        Example::
+
+            Model("encoder.onnx").check_frames()   # EdgesegError: ... an 'encoder' model ...
+        """
+        if self.kind not in FRAME_KINDS:
+            raise EdgesegError(
+                f"model `{self.path}` is an {self.kind!r} model; frames go through segmentation and autoencoder "
+                "models. Run the whole autoencoder, or use Model.run for raw outputs."
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickles as its constructor arguments: a worker process (multiprocessing, Ray) rebuilds
@@ -176,12 +208,24 @@ class Model:
         A model whose output does not hold one result per input frame raises EdgesegError.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        output = self._run(batch)
+        fixed = self.fixed_batch
+        if fixed is not None and len(batch) != fixed:
+            output = np.concatenate([self._run_padded(batch[start:start + fixed], fixed)
+                                     for start in range(0, len(batch), fixed)])
+        else:
+            output = self._run(batch)
         if np.ndim(output) == 0 or output.shape[0] != batch.shape[0]:
             got = "a scalar" if np.ndim(output) == 0 else f"{output.shape[0]} (shape {list(output.shape)})"
             raise EdgesegError(f"model `{self.path}` returned {got} result(s) for a batch of {batch.shape[0]} frames: "
                                "its output's first axis must be the batch. Fix the model, or run with --batch 1.")
         return output
+
+    def _run_padded(self, part: np.ndarray, size: int) -> np.ndarray:
+        # The last frame repeated (values the model has seen, unlike zeros); its results are dropped.
+        count = len(part)
+        if count < size:
+            part = np.concatenate([part, np.repeat(part[-1:], size - count, axis=0)])
+        return self._run(part)[:count]
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._openvino is not None:
@@ -220,11 +264,7 @@ class Model:
 
         ``model_input`` (the preprocessed item) is needed for autoencoders' error maps.
         """
-        if self.kind not in ("segmentation", "autoencoder"):
-            raise EdgesegError(
-                f"model `{self.path}` is an {self.kind!r} model; frames go through segmentation and autoencoder "
-                "models. Run the whole autoencoder, or use Model.run for raw outputs."
-            )
+        self.check_frames()
         output = self.channels_last(output)
         if self.kind == "autoencoder":
             if model_input is None:
@@ -239,6 +279,7 @@ class Model:
 
         ``activated``: the scores are already probabilities (e.g. temporally smoothed ones).
         """
+        self.check_frames()
         return self._named(post.segmentation, scores, geometry, self.contract, with_probabilities=probabilities,
                            activated=activated)
 
@@ -268,6 +309,25 @@ class Model:
                     "(input.layout/height/width/channels)."
                 )
 
+    def _check_output_shape(self, name: str, shape: Sequence[Any]) -> None:
+        # Found at load, not at the first frame: a run that fails there has already claimed its --out.
+        contract = self.contract
+        if contract.kind != "segmentation" or contract.output.fused == "class_ids" or len(shape) != 4:
+            return
+        classes = contract.num_classes
+
+        def fits(channels: Any) -> bool:
+            return not isinstance(channels, int) or channels == classes or (channels == 1 and classes == 2)
+
+        # postprocess.channels_last takes the class axis from the layout, or whichever axis fits: refuse only
+        # when neither can hold the contract's classes.
+        if not fits(shape[-1]) and not fits(shape[1]):
+            got = shape[-1] if contract.input.layout == "NHWC" else shape[1]
+            raise EdgesegError(
+                f"model `{self.path}`: its output `{name}` has {got} channels (shape {list(shape)}), but the contract "
+                f"names {classes} classes ({', '.join(contract.output.classes)}). Fix the contract's output.classes "
+                "(re-export with --classes), or pass the model this contract was written for.")
+
 
 def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
              contract: Contract | Mapping[str, Any] | None, engine: str | None = None,
@@ -278,7 +338,17 @@ def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
                  strict=strict)
 
 
-def _auto_config(path: Path, *, provider: str, optimization: str, strict: bool, bar: str,
+def _ports(ports: Sequence[Any], path: os.PathLike) -> list[tuple[str, list[Any]]]:
+    # (name, shape) of onnxruntime's inputs or outputs; ModelFile.read refused names that are not UTF-8, which
+    # the binding cannot decode (a UnicodeDecodeError, not an error naming the model).
+    try:
+        return [(port.name, port.shape) for port in ports]
+    except UnicodeDecodeError as error:
+        raise EdgesegError(f"Cannot read model `{path}`: a tensor name is not UTF-8 text ({error}). Re-export the "
+                           "model with UTF-8 names.") from None
+
+
+def _auto_config(file: ModelFile, *, provider: str, optimization: str, strict: bool, bar: str,
                  cache: str | os.PathLike | None, default: bool) -> tuple[EngineConfig, str, str | None]:
     # At the default engine, a named onnxruntime knob (its execution provider, graph optimization level, strict
     # GPU placement) is a choice of onnxruntime, not traded for another engine; engine="auto" asked for
@@ -288,32 +358,17 @@ def _auto_config(path: Path, *, provider: str, optimization: str, strict: bool, 
     if named and default:
         return EngineConfig(), f"{', '.join(named)} asked for: onnxruntime's knob(s)", None
     try:
-        stored = Contract.from_onnx(path, origin=f"model `{path}`")
-    except EdgesegError:  # a broken file or contract: the engine and the contract reader say so below, as always
-        stored = None
-    return choose_config(path, bar=bar, cache=cache, provider=provider, kind=stored.kind if stored else None)
+        kind = file.contract.kind if file.contract is not None else None
+    except EdgesegError:  # a broken contract: the contract reader says so below, as always
+        kind = None
+    return choose_config(file, bar=bar, cache=cache, provider=provider, kind=kind)
 
 
-def resolve_engine(engine: str, *, provider: str = "auto") -> str:
-    """The engine ``engine`` means without a tuning record: ``auto`` is :func:`heuristic_config`'s
-    choice (OpenVINO on a bf16 CPU with OpenVINO installed and no CUDA, else onnxruntime).
-
-    Example::
-
-        resolve_engine("auto", provider="cuda")  # "onnxruntime"
-    """
-    if engine not in ENGINES:
-        raise EdgesegError(f"Unknown engine {engine!r}: expected one of {', '.join(ENGINES)}.")
-    if engine != "auto":
-        return engine
-    return heuristic_config(provider=provider)[0].engine
-
-
-def _resolve_contract(path: Path, given: Contract | Mapping[str, Any] | None) -> Contract:
+def _resolve_contract(file: ModelFile, given: Contract | Mapping[str, Any] | None) -> Contract:
     if isinstance(given, Contract):
         return given
-    origin = f"model `{path}`"
-    stored = Contract.from_onnx(path, origin=origin)
+    origin = f"model `{file.path}`"
+    stored = file.contract
     if given is None:
         if stored is None:
             raise EdgesegError(

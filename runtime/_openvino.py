@@ -10,30 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime._tuning import cpu_flags
-from edgeseg.runtime.contract import read_onnx_metadata
+from edgeseg.runtime._engines import BF16_FLAGS, ENGINES, cpu_flags
+from edgeseg.runtime._modelfile import ModelFile
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 
 log = logging.getLogger("edgeseg.runtime")
 
-PRECISIONS = ("auto", "f32", "bf16")
-MISSING = ("engine 'openvino' needs the openvino package, which is not installed: "
-           "pip install 'edgeseg[openvino]' (or use --engine onnxruntime).")
-
-
-def openvino_available() -> bool:
-    """True when ``import openvino`` would succeed (without importing it)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except ValueError:  # sys.modules["openvino"] is None: imports of it are blocked
-        return False
+PRECISIONS = ENGINES["openvino"].precisions
 
 
 class OpenVinoEngine:
@@ -54,25 +42,19 @@ class OpenVinoEngine:
         print(engine.precision)               # "bf16" on AMX CPUs
     """
 
-    def __init__(self, path: str | os.PathLike, *, precision: str = "auto", threads: int | None = None,
+    def __init__(self, path: str | os.PathLike | ModelFile, *, precision: str = "auto", threads: int | None = None,
                  throughput: bool = False) -> None:
         if precision not in PRECISIONS:
             raise EdgesegError(f"Unknown precision {precision!r} for engine 'openvino': expected one of "
                                f"{', '.join(PRECISIONS)} (auto: OpenVINO's default, bf16 where the CPU has it).")
-        if precision == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
+        if precision == "bf16" and not cpu_flags() & BF16_FLAGS:
             raise EdgesegError("precision 'bf16' needs a CPU with AMX or AVX512-BF16, and this one has neither; "
                                "use precision 'auto' (f32 here).")
-        try:
-            import openvino as ov
-        except ImportError:
-            raise EdgesegError(MISSING) from None
-        self.path = Path(path)
-        try:  # a file that is no protobuf at all: say so before OpenVINO tries every other frontend on it (noisily)
-            read_onnx_metadata(self.path)
-        except EdgesegError as error:
-            reason = str(error).split(": ", 1)[-1].split(". Pass")[0]
-            raise EdgesegError(f"Cannot read model `{self.path}`: not a valid ONNX model ({reason}). "
-                               "Pass an .onnx file written by `edgeseg export`.") from None
+        ov = require("openvino", purpose="engine 'openvino'", fix="or use --engine onnxruntime")
+        # A file that is no protobuf at all is refused by the read, before OpenVINO tries every other frontend
+        # on it (noisily); a path given as a ModelFile was read already.
+        file = path if isinstance(path, ModelFile) else ModelFile.read(path)
+        self.path = file.path
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))
@@ -90,12 +72,13 @@ class OpenVinoEngine:
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
         self._compiled = core.compile_model(model, "CPU", config)
         self.streams = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if throughput else 1
-        hint = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        base = "bf16" if "bf16" in hint or "bfloat16" in hint else "f16" if "f16" in hint else "f32"
-        # INT8 QDQ files run int8 convolutions whatever the hint; the hint covers the rest.
-        self.precision = f"int8+{base}" if self.quantized else base
-        self.inputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.inputs]
-        self.outputs = [port.get_any_name() for port in self._compiled.outputs]
+        self.precision = compiled_precision(self._compiled, quantized=self.quantized)
+        try:
+            self.inputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.inputs]
+            self.outputs = [(port.get_any_name(), _shape(port.get_partial_shape())) for port in self._compiled.outputs]
+        except UnicodeDecodeError as error:  # ModelFile.read refuses these names; a graph OpenVINO changed may not
+            raise EdgesegError(f"Cannot read model `{self.path}`: a tensor name is not UTF-8 text ({error}). "
+                               "Re-export the model with UTF-8 names.") from None
         self._local = threading.local()
         log.debug("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self.precision, self.streams)
 
@@ -115,6 +98,14 @@ class OpenVinoEngine:
             request.wait()
             outputs.append(request.get_output_tensor(0).data.copy())
         return np.concatenate(outputs)
+
+
+def compiled_precision(compiled: Any, *, quantized: bool) -> str:
+    """What a compiled model computes in, read back from OpenVINO: ``f32``, ``bf16``, ``f16``, or ``int8+<that>``."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    base = "bf16" if "bf16" in hint or "bfloat16" in hint else "f16" if "f16" in hint else "f32"
+    # INT8 QDQ files run int8 convolutions whatever the hint; the hint covers the rest.
+    return f"int8+{base}" if quantized else base
 
 
 def _shape(partial: Any) -> list[int | str]:

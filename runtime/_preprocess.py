@@ -2,7 +2,7 @@
 
 Training, verification, calibration and inference all call :func:`preprocess`, so the model sees
 the same numbers everywhere. Frames come as OpenCV gives them: BGR, BGRA or grayscale, 8 or 16
-bit, any size; the result is a float32 batch in the model's layout.
+bit or floating point (0..1), any size; the result is a float32 batch in the model's layout.
 """
 
 from __future__ import annotations
@@ -36,15 +36,32 @@ class Geometry:
 def to_bgr8(image: np.ndarray) -> np.ndarray:
     """Any OpenCV image as 8-bit BGR or 8-bit single-channel gray (H, W).
 
-    16-bit images are scaled to 0..255 (divided by 257); BGRA drops alpha; (H, W, 1) becomes (H, W).
+    The contract's ``scale`` applies to 8-bit pixels (0..255), so every depth is brought to that range
+    first, by a fixed rule that never looks at the image's own statistics:
+
+    - 16-bit (uint16): divided by 257 (65535 -> 255);
+    - floating point (float TIFF, Radiance HDR, PFM, OpenEXR): the usual 0..1 convention, multiplied by
+      255 and rounded; values outside 0..1 are clipped (HDR highlights saturate) and NaN becomes 0;
+    - other integer depths (int8, int16, int32) have no agreed range and are refused (BadInputError).
+
+    BGRA drops alpha; (H, W, 1) becomes (H, W).
+
+    Example::
+
+        to_bgr8(np.full((2, 2, 3), 0.5, np.float32))[0, 0]   # array([128, 128, 128], dtype=uint8)
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
         shape = getattr(image, "shape", None)
         raise BadInputError(f"not an image: expected an (H, W) or (H, W, C) array, got shape {shape}")
     if image.dtype == np.uint16:
         image = cv2.convertScaleAbs(image, alpha=1.0 / 257.0)
+    elif image.dtype.kind == "f":
+        # fmax drops NaN (to 0) where clip would keep it; inf saturates like any value past 1.
+        scaled = np.multiply(image, np.float32(255.0), dtype=np.float32)
+        image = np.rint(np.minimum(np.fmax(scaled, 0.0), 255.0)).astype(np.uint8)
     elif image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
+        raise BadInputError(f"{image.dtype} pixels have no agreed range: convert the image to 8- or 16-bit unsigned "
+                            "integers, or to floating point in 0..1")
     if image.ndim == 3:
         channels = image.shape[2]
         if channels == 1:

@@ -1,6 +1,7 @@
 """``--serve PORT``: a live page of every stream's newest overlay, ``/metrics`` and ``/health``.
 
-Standard library HTTP server (one thread per client) in a daemon thread. Each stream's newest
+On the project's one HTTP layer (:mod:`edgeseg.runtime.http`: Starlette on uvicorn, in a background
+thread, closed within a bound; the ``serve`` extra), as ``edgeseg serve`` is. Each stream's newest
 overlay is at ``/snapshot/<name>.jpg`` (one JPEG) and ``/stream/<name>.mjpg`` (multipart MJPEG,
 for VLC, ffplay or a browser tab). The page is a few lines of HTML and plain script (no build
 step, no CDN) that reloads each tile from its snapshot as soon as the last one has loaded: every
@@ -18,14 +19,13 @@ import html
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import cv2
 import numpy as np
 
-from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import require
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -68,58 +68,132 @@ class Board:
 
 
 class LiveServer:
-    """Serves one run (a ``_MultiRun``) on ``host:port``; ``start()`` then ``close()``."""
+    """Serves one run (the pipeline's ``Run``) on ``host:port`` through the project's one HTTP layer
+    (:class:`edgeseg.runtime.http.HttpServer`: Starlette on uvicorn); ``start()`` then ``close()``."""
 
     def __init__(self, run: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        try:
-            from prometheus_client import CollectorRegistry
-        except ImportError:
-            raise EdgesegError("--serve needs prometheus_client: pip install 'edgeseg[serve]'") from None
+        require("prometheus_client", purpose="--serve (the live page's /metrics)")
+        from prometheus_client import CollectorRegistry
+
+        from edgeseg.runtime.http import HttpServer
+
         self.run = run
-        self.board = Board([stream.name for stream in run.streams])
-        run.board = self.board
+        self.board = Board([source.name for source in run.sources])
+        run.listeners.append(self._publish)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(run))
-        try:
-            self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        except OSError as error:
-            raise EdgesegError(f"--serve: cannot listen on {host}:{port}: {error.strerror or error}. "
-                               "Pick another port (0: any free one).") from None
-        self.httpd.daemon_threads = True
-        self.url = f"http://{host}:{self.httpd.server_address[1]}/"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="edgeseg-serve", daemon=True)
+        if getattr(run, "decisions", None) is not None:  # --zones: zone fractions and event counts, read at scrape
+            from edgeseg.runtime.decisions import register_metrics
+
+            register_metrics(self.registry, run.decisions)
+        self.http = HttpServer(self._app(), host=host, port=port, drain=0.5, name="edgeseg-live-page")
+        self.url = self.http.url
+
+    def _publish(self, result: Any) -> None:
+        if result.picture is not None:
+            self.board.publish(result.stream, result.picture)
 
     def start(self) -> LiveServer:
-        self._thread.start()
+        self.http.start()
         return self
 
     def close(self) -> None:
-        self.board.close()  # wakes the MJPEG viewers, which then end their responses
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.board.close()  # wakes the MJPEG viewers, whose responses then end within the drain
+        self.http.close()
 
     def page(self) -> bytes:
         def tile(name: str) -> str:
             url, text = html.escape(quote(name)), html.escape(name)
             return (f'<figure><img src="/snapshot/{url}.jpg" data-snapshot="/snapshot/{url}.jpg" alt="{text}">'
                     f'<figcaption>{text} <span id="s-{text}"></span> '
-                    f'<a href="/stream/{url}.mjpg">MJPEG</a></figcaption></figure>')
+                    f'<a href="/stream/{url}.mjpg">MJPEG</a><ul class="events" id="e-{text}"></ul></figcaption>'
+                    '</figure>')
 
         tiles = "\n".join(tile(name) for name in self.board.names)
         return _PAGE.replace("{tiles}", tiles).encode()
 
     def health(self) -> tuple[int, bytes]:
-        states = {stream.name: stream.state for stream in self.run.streams}
-        bad = sum(state in ("failed", "gave_up") for state in states.values())
-        status = "ok" if bad == 0 else ("failed" if bad == len(states) else "degraded")
-        body = json.dumps({"status": status, "streams": states}).encode()
+        """``ok`` while every source delivers (or has ended well), ``degraded`` while some are down or failed,
+        ``failed`` (HTTP 503) while none delivers: all failed, or every stream reconnecting at once. With
+        --zones rules, ``events``: each source's active events (what the page lists under its tile)."""
+        states = {source.name: source.state for source in self.run.sources}
+        down = sum(state not in ("reading", "done") for state in states.values())
+        status = "ok" if down == 0 else ("failed" if down == len(states) else "degraded")
+        answer: dict[str, Any] = {"status": status, "sources": states, "streams": states}
+        decisions = getattr(self.run, "decisions", None)
+        if decisions is not None and decisions.rules:
+            answer["events"] = {name: [{"id": event.id, "rule": event.rule, "zone": event.zone,
+                                        "class": event.class_name, "start": round(event.start, 3)}
+                                       for event in decisions.active(name)] for name in states}
+        body = json.dumps(answer).encode()
         return (503 if status == "failed" else 200), body
 
     def metrics(self) -> bytes:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+    def _app(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import PlainTextResponse, Response, StreamingResponse
+        from starlette.routing import Route
+
+        board = self.board
+        nocache = {"Cache-Control": "no-store"}
+
+        async def page(_request: Any) -> Response:
+            return Response(self.page(), media_type="text/html; charset=utf-8", headers=nocache)
+
+        async def metrics(_request: Any) -> Response:
+            return Response(await run_in_threadpool(self.metrics), media_type="text/plain; version=0.0.4; charset=utf-8",
+                            headers=nocache)
+
+        async def health(_request: Any) -> Response:
+            code, body = self.health()
+            return Response(body, status_code=code, media_type="application/json", headers=nocache)
+
+        def unknown(name: str) -> Response:
+            return PlainTextResponse(f"no stream named {name!r}\n", status_code=404, headers=nocache)
+
+        async def snapshot(request: Any) -> Response:
+            name = request.path_params["name"]
+            if name not in board.names:
+                return unknown(name)
+            jpeg = await run_in_threadpool(board.latest, name, timeout=2.0)
+            if jpeg is None:
+                return PlainTextResponse(f"no overlay from {name!r} yet: try again in a moment\n", status_code=503,
+                                         headers=nocache)
+            return Response(jpeg, media_type="image/jpeg", headers=nocache)
+
+        async def stream(request: Any) -> Response:
+            name = request.path_params["name"]
+            if name not in board.names:
+                return unknown(name)
+
+            async def parts():
+                # Each part ends with the next boundary: browsers show a part only once its end is seen, so the
+                # newest frame shows at once, and a stream that has ended still shows its last frame.
+                yield f"--{_BOUNDARY}\r\n".encode()
+                seq = 0
+                while not board.closed:
+                    got = await run_in_threadpool(board.wait, name, seq, 0.5)
+                    if got is None:
+                        continue
+                    seq, jpeg = got
+                    yield (f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg
+                           + f"\r\n--{_BOUNDARY}\r\n".encode())
+
+            return StreamingResponse(parts(), media_type=f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+                                     headers=nocache)
+
+        async def not_found(_request: Any, _error: Exception) -> Response:
+            return PlainTextResponse("not found: try /, /metrics or /health\n", status_code=404)
+
+        return Starlette(routes=[Route("/", page), Route("/index.html", page), Route("/metrics", metrics),
+                                 Route("/health", health), Route("/snapshot/{name}.jpg", snapshot),
+                                 Route("/stream/{name}.mjpg", stream)],
+                         exception_handlers={404: not_found})
 
 
 class _Collector:
@@ -135,99 +209,33 @@ class _Collector:
         frames = CounterMetricFamily("edgeseg_stream_frames", "Frames segmented", labels=labels)
         failed = CounterMetricFamily("edgeseg_stream_frames_failed", "Frames that could not be segmented", labels=labels)
         grabbed = CounterMetricFamily("edgeseg_stream_grabbed", "Frames read from the live source", labels=labels)
-        dropped = CounterMetricFamily("edgeseg_stream_dropped", "Live frames replaced by a newer one", labels=labels)
+        dropped = CounterMetricFamily("edgeseg_stream_dropped", "Live frames replaced by a newer one or dropped late",
+                                      labels=labels)
         reconnects = CounterMetricFamily("edgeseg_stream_reconnects", "Reconnections", labels=labels)
         stalls = CounterMetricFamily("edgeseg_stream_stalls", "Stalls (no frame for --stall-timeout)", labels=labels)
         nan = CounterMetricFamily("edgeseg_stream_frames_nan", "Frames whose model output held a NaN", labels=labels)
         up = GaugeMetricFamily("edgeseg_stream_up", "1 while the stream delivers frames", labels=labels)
         latency = GaugeMetricFamily("edgeseg_stream_latency_seconds", "Capture-to-result latency, recent frames",
                                     labels=["stream", "quantile"])
-        for stream in self.run.streams:
-            name = [stream.name]
-            frames.add_metric(name, stream.done)
-            failed.add_metric(name, stream.failed)
-            nan.add_metric(name, stream.nan)
-            up.add_metric(name, 1.0 if stream.state == "reading" else 0.0)
-            if stream.live is not None:
-                stats = stream.live.stats
+        for source in self.run.sources:
+            name = [source.name]
+            frames.add_metric(name, source.done)
+            failed.add_metric(name, source.failed)
+            nan.add_metric(name, source.nan)
+            up.add_metric(name, 1.0 if source.state == "reading" else 0.0)
+            if source.live is not None:
+                stats = source.live.stats
                 grabbed.add_metric(name, stats.grabbed)
-                dropped.add_metric(name, stats.dropped + stats.unread)
+                dropped.add_metric(name, stats.dropped + stats.unread + source.late)
                 reconnects.add_metric(name, stats.reconnects)
                 stalls.add_metric(name, stats.stalls)
-            recent = np.array(stream.latencies) if stream.latencies else None
+            recent = np.array(source.latencies) if source.latencies else None
             for q in (0.5, 0.95):
                 value = float(np.quantile(recent, q)) / 1000 if recent is not None else float("nan")
-                latency.add_metric([stream.name, str(q)], value)
-        batches = CounterMetricFamily("edgeseg_inference_batches", "Cross-stream inference calls")
+                latency.add_metric([source.name, str(q)], value)
+        batches = CounterMetricFamily("edgeseg_inference_batches", "Inference calls (one takes a frame of every stream)")
         batches.add_metric([], self.run.batches)
         yield from (frames, failed, nan, grabbed, dropped, reconnects, stalls, up, latency, batches)
-
-
-def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
-            path = self.path.split("?", 1)[0]
-            if path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", server.page())
-            elif path == "/metrics":
-                self._send(200, "text/plain; version=0.0.4; charset=utf-8", server.metrics())
-            elif path == "/health":
-                code, body = server.health()
-                self._send(code, "application/json", body)
-            elif path.startswith("/stream/") and path.endswith(".mjpg"):
-                self._mjpeg(unquote(path[len("/stream/"):-len(".mjpg")]))
-            elif path.startswith("/snapshot/") and path.endswith(".jpg"):
-                self._snapshot(unquote(path[len("/snapshot/"):-len(".jpg")]))
-            else:
-                self._send(404, "text/plain", b"not found: try /, /metrics or /health\n")
-
-        def _snapshot(self, name: str) -> None:
-            if name not in server.board.names:
-                self._send(404, "text/plain", f"no stream named {name!r}\n".encode())
-                return
-            jpeg = server.board.latest(name, timeout=2.0)
-            if jpeg is None:
-                self._send(503, "text/plain", f"no overlay from {name!r} yet: try again in a moment\n".encode())
-            else:
-                self._send(200, "image/jpeg", jpeg)
-
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _mjpeg(self, name: str) -> None:
-            board = server.board
-            if name not in board.names:
-                self._send(404, "text/plain", f"no stream named {name!r}\n".encode())
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            seq = 0
-            try:
-                # Each part ends with the next boundary: browsers show a part only once its end is seen, so
-                # the newest frame shows at once, and a stream that has ended still shows its last frame.
-                self.wfile.write(f"--{_BOUNDARY}\r\n".encode())
-                while not board.closed:
-                    got = board.wait(name, seq, timeout=0.5)
-                    if got is None:
-                        continue
-                    seq, jpeg = got
-                    self.wfile.write(f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                                     + jpeg + f"\r\n--{_BOUNDARY}\r\n".encode())
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the viewer went away
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the standard library's name)
-            log.debug("serve: " + format, *args)
-
-    return Handler
 
 
 _PAGE = """<!doctype html>
@@ -238,6 +246,7 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #111; color: 
 main { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem; }
 figure { margin: 0; } img { width: 100%; image-rendering: pixelated; background: #222; min-height: 120px; }
 a { color: #8cf; }
+ul.events { margin: 0.3rem 0 0; padding-left: 1.2rem; color: #f66; }
 </style></head>
 <body><h1>edgeseg live</h1>
 <p>Newest overlay of each stream (MJPEG link for VLC). <a href="/metrics">metrics</a> &middot; <a href="/health">health</a></p>
@@ -245,13 +254,23 @@ a { color: #8cf; }
 {tiles}
 </main>
 <script>
-// The state of each stream beside its name, refreshed every 2 s (plain fetch, nothing to build).
+// The state of each stream beside its name and its active events under it (--zones rules), refreshed every
+// 2 s (plain fetch, nothing to build).
 async function refresh() {
   try {
     const health = await (await fetch('/health')).json();
     for (const [name, state] of Object.entries(health.streams)) {
       const el = document.getElementById('s-' + name);
       if (el) el.textContent = '(' + state + ')';
+    }
+    for (const [name, events] of Object.entries(health.events || {})) {
+      const list = document.getElementById('e-' + name);
+      if (!list) continue;
+      list.replaceChildren(...events.map((e) => {
+        const item = document.createElement('li');
+        item.textContent = e.rule + ': ' + e['class'] + ' in ' + e.zone + ' since ' + e.start + ' s';
+        return item;
+      }));
     }
   } catch (e) {}
 }

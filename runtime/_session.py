@@ -12,7 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from edgeseg.runtime._modelfile import ModelFile
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.extras import install_hint, require
 
 log = logging.getLogger("edgeseg.runtime")
 
@@ -43,7 +45,7 @@ def default_threads() -> int:
     return cores if cores <= 2 else cores - 1
 
 
-def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None,
+def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto", threads: int | None = None,
                  optimization: str = "all", strict: bool = False, fp16: bool = False,
                  engine_cache: str | os.PathLike | None = None) -> Any:
     """Build an ``onnxruntime.InferenceSession`` for ``path`` with the providers and options asked for.
@@ -56,7 +58,12 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
     ``strict``: fail at session creation if any node would run on the CPU instead of the GPU
     (onnxruntime's ``session.disable_cpu_ep_fallback``); with ``provider="cpu"`` it changes nothing.
     ``fp16``: the GPU's half-precision path (TensorRT's FP16 kernels, or for CUDA the model's
-    weights and compute converted to float16 with float32 inputs and outputs kept).
+    weights and compute converted to float16 with float32 inputs and outputs kept); refused in one
+    line where onnxruntime has no such GPU provider (never run as something else on the CPU).
+    With ``provider="tensorrt"`` an INT8 file runs int8: its own symmetric scales, or the calibration
+    table ``calibrate --trt-table`` recorded in its contract (:func:`edgeseg.runtime._tensorrt.tensorrt_plan`).
+    ``path`` may be a :class:`ModelFile` already read (``Model`` passes one), else the file is read and
+    checked first.
 
     Example::
 
@@ -69,12 +76,9 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
         raise EdgesegError(f"Unknown optimization level {optimization!r}: expected one of {', '.join(OPTIMIZATIONS)}.")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
         raise EdgesegError(f"`threads` must be an integer >= 0 (0: onnxruntime's default), got {threads!r}.")
-    path = Path(path)
-    check_model_file(path)
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise EdgesegError("edgeseg's runtime needs onnxruntime: pip install 'edgeseg[cpu]' (or 'edgeseg[gpu]').") from None
+    file = path if isinstance(path, ModelFile) else ModelFile.read(path)
+    path = file.path
+    ort = require("onnxruntime", purpose="edgeseg's runtime (engine onnxruntime)", fix="or 'edgeseg[gpu]' for CUDA")
     available = ort.get_available_providers()
     _check_gpu_request(provider, strict=strict, fp16=fp16, available=available)
 
@@ -94,25 +98,33 @@ def make_session(path: str | os.PathLike, *, provider: str = "auto", threads: in
 
     wants_cuda = provider in ("cuda", "tensorrt") or (provider == "auto" and CUDA in available)
     requested: list[Any] = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
+    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else _loadable(path)
     if provider == "tensorrt":
-        requested.insert(0, (TENSORRT, _tensorrt_options(fp16=fp16, engine_cache=engine_cache)))
+        from edgeseg.runtime._tensorrt import tensorrt_plan
+
+        plan = tensorrt_plan(path, fp16=fp16, engine_cache=engine_cache)
+        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        requested.insert(0, (TENSORRT, plan.options))
+        model = plan.model
+        log.info("%s: TensorRT %s%s", path.name, plan.precision, f" ({plan.notes[0]})" if plan.notes else "")
     strict = strict and CUDA in requested  # on the CPU there is nothing to fall back from
     if strict:
         # onnxruntime refuses the CPU provider listed next to this option: the GPU providers alone.
         requested.remove(CPU)
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else str(path)
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=requested)
+        # On the CPU alone onnxruntime's "fallback" retries the same provider after printing four lines to stdout.
+        session = ort.InferenceSession(model, sess_options=options, providers=requested,
+                                       enable_fallback=int(requested != [CPU]))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... classes
         if strict:
             raise EdgesegError(f"provider={provider!r} with strict: `{path.name}` cannot run wholly on the GPU "
                                f"(onnxruntime says: {_one_line(error)}). Export it with --cuda-friendly, or "
                                "drop --strict to let those nodes run on the CPU.") from None
-        raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(path, error)}") from None
+        raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(error)}") from None
     used = session.get_providers()
     if wants_cuda and CUDA not in used:
-        reason = ("this onnxruntime build has no CUDA provider (install onnxruntime-gpu: pip install 'edgeseg[gpu]')"
+        reason = (f"this onnxruntime build has no CUDA provider (install onnxruntime-gpu: {install_hint('gpu')})"
                   if CUDA not in available else "the CUDA provider failed to start (check the CUDA/cuDNN libraries)")
         warnings.warn(
             f"edgeseg: provider={provider!r} asked for CUDA, but `{path.name}` runs on the CPU: {reason}.",
@@ -129,28 +141,23 @@ def _check_gpu_request(provider: str, *, strict: bool, fp16: bool, available: li
         raise EdgesegError(f"fp16 is the GPU path (provider 'cuda' or 'tensorrt'), got provider={provider!r}; "
                            "on the CPU use engine 'openvino' (bf16 where the CPU has it).")
     missing = CUDA if provider == "cuda" else TENSORRT if provider == "tensorrt" else None
+    if fp16 and missing not in available:
+        # Not a warning and a CPU run: an fp16 request answered with fp32 numbers would be a silent fallback.
+        raise EdgesegError(f"fp16 runs on an NVIDIA GPU ({missing}), and this onnxruntime has "
+                           f"{', '.join(available)} only: install onnxruntime-gpu ({install_hint('gpu')}) on a "
+                           "machine with a GPU; on this CPU use --precision bf16 (engine openvino, CPUs with "
+                           "AVX512-BF16/AMX) or the default fp32.")
     if strict and missing and missing not in available:
         raise EdgesegError(f"provider={provider!r} with strict: this onnxruntime build has no {missing} "
-                           f"(it has {', '.join(available)}); install onnxruntime-gpu (pip install 'edgeseg[gpu]') "
+                           f"(it has {', '.join(available)}); install onnxruntime-gpu ({install_hint('gpu')}) "
                            "on a machine with a GPU, or drop --strict.")
-
-
-def _tensorrt_options(*, fp16: bool, engine_cache: str | os.PathLike | None) -> dict[str, Any]:
-    # Building a TensorRT engine takes minutes; the cache makes it a one-time cost per model and GPU.
-    if engine_cache is None:
-        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        engine_cache = Path(base) / "edgeseg" / "tensorrt"
-    Path(engine_cache).mkdir(parents=True, exist_ok=True)
-    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_cache), "trt_fp16_enable": fp16}
 
 
 def _fp16_model(path: Path) -> bytes:
     """The model with float16 weights and compute, float32 inputs and outputs (CUDA's FP16 path)."""
-    try:
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError:
-        raise EdgesegError("fp16 needs the onnx package: pip install onnx (it comes with 'edgeseg[gpu]').") from None
+    onnx = require("onnx", purpose="fp16 on CUDA (the model is converted)", among=("calibrate",))
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
     return convert_float_to_float16(onnx.load(str(path)), keep_io_types=True).SerializeToString()
 
 
@@ -159,26 +166,25 @@ def _one_line(error: Exception) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def check_model_file(path: Path) -> None:
-    if not path.exists():
-        raise EdgesegError(f"Cannot read model `{path}`: no such file. Pass the path of an .onnx file.")
-    if path.is_dir():
-        raise EdgesegError(f"Cannot read model `{path}`: it is a folder. Pass the path of an .onnx file.")
+def _loadable(path: Path) -> str | bytes:
+    """What onnxruntime can open: the path, or the file's bytes when the path is not UTF-8.
+
+    onnxruntime's Python binding passes the path on as UTF-8: a name with other bytes (allowed on Linux)
+    fails as "not a valid ONNX model", which it is not. The bytes load the same graph (a model whose
+    weights live in external files cannot find them this way; onnxruntime then names the missing file).
+    """
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError as error:
-        raise EdgesegError(f"Cannot read model `{path}`: {error.strerror or error}.") from None
-    if head.startswith(b"PK"):
-        raise EdgesegError(
-            f"Cannot read model `{path}`: not an ONNX file (got a ZIP archive, e.g. a .keras model). "
-            "Export it first: edgeseg export MODEL.keras -o M.onnx."
-        )
-    if not head:
-        raise EdgesegError(f"Cannot read model `{path}`: empty file (0 bytes). Pass an exported .onnx file.")
+        os.fsencode(path).decode("utf-8")
+        return str(path)
+    except UnicodeDecodeError:
+        log.debug("%r: the path is not UTF-8; onnxruntime reads the model from memory", path)
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise EdgesegError(f"Cannot read model `{path}`: {error.strerror or error}.") from None
 
 
-def _describe_load_error(path: Path, error: Exception) -> str:
+def _describe_load_error(error: Exception) -> str:
     text = " ".join(str(error).split())
     if len(text) > 200:
         text = text[:200] + "..."

@@ -7,7 +7,7 @@ back to the heuristic of :func:`heuristic_config`.
 
 Example::
 
-    config, why = choose_config("fcn8.onnx")          # what Model(engine="auto") runs
+    config, why, _ = choose_config("fcn8.onnx")       # what Model(engine="auto") runs
     print(config.describe(), "-", why)
 """
 
@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeseg.runtime._engines import EngineConfig, cpu_flags, heuristic_config
+from edgeseg.runtime._modelfile import ModelFile, sha256_cached
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime.files import sha256_of
 
 RECORD_VERSION = 1
 # Share of mask pixels that must agree with the FP32 reference: exact (the default) and fast.
@@ -33,35 +33,6 @@ KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
 LIBRARIES = ("onnxruntime", "openvino", "numpy")
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    """One way to run a model: engine, precision, threads (None: the engine's default), batch, mode.
-
-    ``file`` is ``fp32`` (the model given) or ``int8`` (the record's INT8 file); ``fused``: that file with
-    the class-id rule in its graph (:func:`edgeseg.runtime.fuse_class_ids`; the record keeps where).
-    """
-
-    engine: str = "onnxruntime"
-    precision: str = "auto"
-    threads: int | None = None
-    batch: int = 1
-    throughput: bool = False
-    file: str = "fp32"
-    fused: bool = False
-
-    def describe(self) -> str:
-        """A short human label, e.g. ``openvino bf16, 2 thread(s), batch 4, throughput``."""
-        precision = "int8 file" if self.file == "int8" else "fp32" if self.engine == "onnxruntime" else self.precision
-        threads = "default threads" if self.threads is None else f"{self.threads} thread(s)"
-        mode = "throughput" if self.throughput else "latency"
-        fused = ", fused class ids" if self.fused else ""
-        return f"{self.engine} {precision}, {threads}, batch {self.batch}, {mode}{fused}"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-
-
 def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     """Where tuning records live: ``cache`` if given, else ``$XDG_CACHE_HOME/edgeseg/tuning``
     (``~/.cache/edgeseg/tuning`` when XDG_CACHE_HOME is unset)."""
@@ -69,17 +40,6 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
         return Path(cache)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "edgeseg" / "tuning"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def machine_fingerprint() -> dict[str, Any]:
@@ -104,34 +64,56 @@ def record_path(model_sha256: str, fingerprint: dict[str, Any], cache: str | os.
     return cache_dir(cache) / f"{model_sha256[:16]}-{fingerprint_key(fingerprint)}.json"
 
 
-def find_record(model: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> dict[str, Any] | None:
+def find_record(model: str | os.PathLike | ModelFile, *, cache: str | os.PathLike | None = None
+                ) -> dict[str, Any] | None:
     """The tuning record for this model file on this machine, or None (none, or made elsewhere).
 
     The record's contents are checked, not only its name: a file copied from another machine
-    or made for another model is not used.
+    or made for another model is not used. The model is hashed only when a record of this machine
+    may be its own (same size, or a record that does not say): with no record here, finding none
+    costs a folder listing, not a read of the whole file (1-2 s for a 512 MB model).
     """
-    sha = sha256_of(model)
+    file = model if isinstance(model, ModelFile) else ModelFile.read(model)
+    try:
+        records = [path for path in cache_dir(cache).iterdir() if path.suffix == ".json"]
+    except OSError:  # no cache folder yet: no record
+        return None
+    if not records:  # the usual first run: not even the machine's fingerprint is needed
+        return None
     fingerprint = machine_fingerprint()
+    suffix = f"-{fingerprint_key(fingerprint)}.json"
+    if not any(_may_be_for(path, file.size) for path in records if path.name.endswith(suffix)):
+        return None
+    sha = file.sha256
     path = record_path(sha, fingerprint, cache)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if (record.get("version") != RECORD_VERSION or record.get("model_sha256") != sha
+    if (not isinstance(record, dict) or record.get("version") != RECORD_VERSION or record.get("model_sha256") != sha
             or record.get("fingerprint") != fingerprint):
         return None
     record["path"] = str(path)
     return record
 
 
-def choose_config(model: str | os.PathLike, *, bar: str = "exact", cache: str | os.PathLike | None = None,
+def _may_be_for(record: Path, size: int) -> bool:
+    # Records name the model's size (``model_bytes``); an older one that does not may be for any file.
+    try:
+        stored = json.loads(record.read_text()).get("model_bytes")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stored is None or stored == size
+
+
+def choose_config(model: str | os.PathLike | ModelFile, *, bar: str = "exact", cache: str | os.PathLike | None = None,
                   provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str, str | None]:
     """``(config, why, int8_file)``: what ``engine="auto"`` runs for ``model`` here, and why.
 
     A matching record's fastest configuration at or above ``bar`` (``exact`` >= 99.9% mask
     agreement with FP32, ``fast`` >= 99%) wins; ``int8_file`` is set when that configuration runs
-    another file than ``model``: the record's INT8 file, or a fused file (each only while unchanged). Else :func:`heuristic_config` (``kind``: the
-    contract's, which the heuristic weighs).
+    another file than ``model``: the record's INT8 file, or a fused file (each only while unchanged). Else
+    :func:`heuristic_config` (``kind``: the contract's, which the heuristic weighs).
 
     Example::
 
@@ -170,45 +152,10 @@ def pick(record: dict[str, Any], bar: str) -> tuple[dict[str, Any], str | None] 
     return None
 
 
-def heuristic_config(*, provider: str = "auto", kind: str | None = None) -> tuple[EngineConfig, str]:
-    """The choice without a measurement, from what was measured on two machines (issue 14):
-
-    - CUDA asked for, or onnxruntime has it (``provider="auto"``): onnxruntime (a GPU beats any CPU engine);
-    - a CPU with bf16 (AMX or AVX512-BF16) and OpenVINO installed: OpenVINO at its default precision,
-      bf16 (5x onnxruntime FP32 on FCN-8, 99.99% of mask pixels unchanged);
-    - otherwise onnxruntime FP32: on an AVX2-only CPU OpenVINO computes f32 and ran slower than a
-      plain onnxruntime loop (7.5-9.8 against 12.0 fps);
-    - an autoencoder (``kind``): onnxruntime, whatever the CPU: the CAE's 4.4 MFLOP per image costs less
-      than a call, and onnxruntime's calls are cheaper (6,200-8,100 images/s inside segment against
-      OpenVINO's 1,200-5,100, edgeseg/bench/_worker.py).
-    """
-    if provider == "cuda" or (provider == "auto" and _ort_has_cuda()):
-        return EngineConfig(), "heuristic: CUDA -> onnxruntime"
-    if kind == "autoencoder":
-        return EngineConfig(), "heuristic: an autoencoder (per-call cost rules) -> onnxruntime"
-    from edgeseg.runtime._openvino import openvino_available
-
-    bf16 = cpu_flags() & {"amx_bf16", "avx512_bf16"}
-    if bf16 and openvino_available():
-        return (EngineConfig(engine="openvino", precision="auto"),
-                f"heuristic: the CPU has {'/'.join(sorted(bf16))} and OpenVINO is installed -> OpenVINO bf16")
-    if not bf16:
-        return EngineConfig(), "heuristic: no bf16 in this CPU -> onnxruntime fp32"
-    return EngineConfig(), "heuristic: OpenVINO is not installed -> onnxruntime fp32"
-
-
 def _usable(entry: dict[str, Any] | None) -> str | None:
     if not entry or not Path(entry["path"]).is_file():
         return None
-    return entry["path"] if sha256_of(entry["path"]) == entry["sha256"] else None
-
-
-def _ort_has_cuda() -> bool:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return entry["path"] if sha256_cached(entry["path"]) == entry["sha256"] else None
 
 
 def _cpu_model() -> str:
@@ -236,7 +183,3 @@ def _version(module: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return None
 
-
-def record_dict(config: EngineConfig) -> dict[str, Any]:
-    """A configuration as JSON-ready data (what records store)."""
-    return asdict(config)

@@ -1,7 +1,7 @@
 """The contract every edgeseg ONNX file carries: how to preprocess its input, what its output means.
 
 The exporter writes it into the ONNX file's ``metadata_props`` under the key ``edgeseg``, as one
-JSON object (DESIGN.md). The runtime and the calibrator read it from there, so deployment cannot
+JSON object (docs/architecture.md). The runtime and the calibrator read it from there, so deployment cannot
 preprocess differently from training. This module needs neither ``onnx`` nor ``onnxruntime``:
 it works on plain dicts, JSON text and ``ModelProto``-like objects.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ ACTIVATIONS = ("softmax", "sigmoid", "none")
 FUSED = ("none", "class_ids")
 # A model input larger than this is refused when the contract is read: 8192x8192 is already a 768 MB RGB float tensor.
 MAX_INPUT_PIXELS = 8192 * 8192
+# A contract is a few levels deep; deeper JSON is refused before Python's recursion limit turns it into a traceback.
+MAX_NESTING = 32
 
 # Colours for class masks and overlays when a model names none (class 0 is background: black).
 DEFAULT_PALETTE = (
@@ -83,7 +86,7 @@ class InputSpec:
                 f"but input.channels={self.channels}."
             )
         for key in ("mean", "std"):
-            values = tuple(float(v) for v in getattr(self, key))
+            values = tuple(_number(f"input.{key}", v) for v in getattr(self, key))
             if len(values) not in (1, self.channels):
                 raise EdgesegError(
                     f"Contract key `input.{key}` needs 1 or {self.channels} values, got {len(values)}."
@@ -91,7 +94,10 @@ class InputSpec:
             object.__setattr__(self, key, values)
         if any(s == 0 for s in self.std):
             raise EdgesegError("Contract key `input.std` must not contain 0.")
-        object.__setattr__(self, "scale", float(self.scale))
+        scale = _number("input.scale", self.scale)
+        if scale == 0:
+            raise EdgesegError("Contract key `input.scale` (--scale) must not be 0: every pixel would become the mean.")
+        object.__setattr__(self, "scale", scale)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,10 @@ class Contract:
         """Build and validate a contract; a missing or wrong key raises an error naming it."""
         if not isinstance(data, Mapping):
             raise EdgesegError(f"{origin}: the contract must be a JSON object, got {type(data).__name__}.")
+        deep = _too_deep(data, MAX_NESTING)
+        if deep is not None:
+            raise EdgesegError(f"{origin}: contract key `{deep}` is nested more than {MAX_NESTING} levels deep; "
+                               "a contract is a few levels of objects and lists. Re-export the model.")
         fmt = data.get("format", FORMAT_VERSION)
         if fmt != FORMAT_VERSION:
             raise EdgesegError(
@@ -253,6 +263,10 @@ class Contract:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise EdgesegError(f"{origin}: the `{METADATA_KEY}` metadata is not valid JSON ({error}).") from None
+        except RecursionError:  # the parser recurses per level: thousands of [[[ exhaust the stack
+            raise EdgesegError(f"{origin}: the `{METADATA_KEY}` metadata is nested too deep for Python's JSON parser "
+                               f"(a contract is at most {MAX_NESTING} levels of objects and lists). Re-export the "
+                               "model.") from None
         return cls.from_dict(data, origin=origin)
 
 
@@ -262,72 +276,12 @@ def metadata_of(model_proto: Any) -> dict[str, str]:
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, read from its protobuf wire format without loading the graph.
+    """``metadata_props`` of an ONNX file, read from its protobuf wire format without loading the graph (the
+    runtime's one reader of ONNX files, :class:`edgeseg.runtime.ModelFile`, reads them once; the weights are
+    skipped). A file that is not an ONNX file raises EdgesegError naming it."""
+    from edgeseg.runtime._modelfile import ModelFile  # ModelFile parses contracts with this module: import late
 
-    An ONNX file is a ``ModelProto``; its metadata are field 14, each a message of key (1) and
-    value (2). Every other top-level field is skipped by its length, so the weights are never read.
-    A file that is not a protobuf raises EdgesegError naming it.
-    """
-    from edgeseg.runtime.errors import EdgesegError as _Error
-
-    metadata: dict[str, str] = {}
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            while handle.tell() < size:
-                key = _varint(handle)
-                field_number, wire_type = key >> 3, key & 7
-                if wire_type == 0:
-                    _varint(handle)
-                elif wire_type == 1:
-                    handle.seek(8, os.SEEK_CUR)
-                elif wire_type == 5:
-                    handle.seek(4, os.SEEK_CUR)
-                elif wire_type == 2:
-                    length = _varint(handle)
-                    if handle.tell() + length > size:
-                        raise ValueError("a field runs past the end of the file")
-                    if field_number == 14:
-                        entry = _fields(handle.read(length))
-                        metadata[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
-                    else:
-                        handle.seek(length, os.SEEK_CUR)
-                else:
-                    raise ValueError(f"wire type {wire_type} is not used by ONNX files")
-    except OSError as error:
-        raise _Error(f"Cannot read model `{path}`: {error.strerror or error}.") from None
-    except (ValueError, EOFError) as error:
-        raise _Error(f"Cannot read model `{path}`: not an ONNX file ({error}). Pass an .onnx file written by "
-                     "`edgeseg export`.") from None
-    return metadata
-
-
-def _varint(handle: Any) -> int:
-    result, shift = 0, 0
-    while True:
-        byte = handle.read(1)
-        if not byte:
-            raise EOFError("the file ends inside a field")
-        result |= (byte[0] & 0x7F) << shift
-        if not byte[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("a malformed varint")
-
-
-def _fields(data: bytes) -> dict[int, bytes]:
-    # The length-delimited fields of one small message (a metadata entry): {field number: bytes}.
-    import io
-
-    stream, found = io.BytesIO(data), {}
-    while stream.tell() < len(data):
-        key = _varint(stream)
-        if key & 7 != 2:
-            raise ValueError("a metadata entry holds a field that is not a string")
-        length = _varint(stream)
-        found[key >> 3] = stream.read(length)
-    return found
+    return dict(ModelFile.read(path).metadata)
 
 
 def write_contract(model_proto: Any, contract: Contract) -> None:
@@ -349,6 +303,38 @@ def _known(spec: type, data: dict[str, Any]) -> dict[str, Any]:
         if key in kept and not isinstance(kept[key], Sequence):
             kept[key] = (kept[key],)
     return kept
+
+
+def _number(key: str, value: Any) -> float:
+    """A finite float, or EdgesegError naming the key (NaN or infinity would make every input NaN)."""
+    flag = {"input.scale": "--scale", "input.mean": "--mean", "input.std": "--std"}.get(key)
+    named = f"`{key}` ({flag})" if flag else f"`{key}`"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise EdgesegError(f"Contract key {named} must hold numbers, got {_shown(value)}.")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise EdgesegError(f"Contract key {named} must hold numbers, got {_shown(value)}.") from None
+    if not math.isfinite(number):
+        raise EdgesegError(f"Contract key {named} must hold finite numbers, got {value!r}.")
+    return number
+
+
+def _too_deep(value: Any, limit: int) -> str | None:
+    """The dotted key where ``value`` nests more than ``limit`` containers deep, or None (no recursion)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+        else:
+            continue
+        if depth >= limit:
+            return where[:60] + ("..." if len(where) > 60 else "")
+        stack.extend((child, key, depth + 1) for child, key in children)
+    return None
 
 
 def _shown(value: Any) -> str:

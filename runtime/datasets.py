@@ -16,20 +16,20 @@ import gzip
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgeseg.runtime._frames import read_image
+from edgeseg.runtime._frames import IMAGE_SUFFIXES, read_image
 from edgeseg.runtime._preprocess import fit, normalize
 from edgeseg.runtime.contract import InputSpec, default_palette
 from edgeseg.runtime.errors import BadInputError, EdgesegError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MNIST_SPEC = InputSpec(height=28, width=28, channels=1, color="GRAY", scale=1.0 / 255.0, mean=(0.0,), std=(1.0,))
 
 
@@ -165,8 +165,6 @@ def load_segmentation(
     spec: InputSpec,
     classes: int = 2,
     palette: tuple[tuple[int, int, int], ...] | None = None,
-    samples: int = 64,
-    seed: int = 0,
 ) -> SegmentationSet:
     """Load a segmentation set preprocessed by ``spec``.
 
@@ -179,24 +177,39 @@ def load_segmentation(
 
         data = load_segmentation("data/membrane", spec=InputSpec(224, 224, 3), classes=2)
     """
+    layout = segmentation_layout(source)
+    if layout[0] == "folders":
+        return _from_folders(layout[1], spec, classes, palette or default_palette(classes))
+    return _from_npy(layout[1], layout[2], spec, classes)
+
+
+def segmentation_layout(source: str | os.PathLike | None) -> tuple[str, Path, Path]:
+    """How :func:`load_segmentation` will read ``source``, decided from names alone (nothing is loaded):
+    ``("folders", images/ and masks/'s parent, same)`` or ``("npy", images.npy, labels.npy)``. A source it
+    cannot read raises EdgesegError saying what was expected, so a command can refuse it before slow work.
+
+    Example::
+
+        segmentation_layout("samples/scenes")   # ("folders", Path("samples/scenes"), Path("samples/scenes"))
+    """
     if source is None:
         raise EdgesegError("No segmentation data given: pass --data (a folder with images/ + masks/, or the course's "
                            ".npy pair). `edgeseg samples --no-models` writes a labelled set to samples/scenes.")
     text = str(source)
     if "," in text:
         first, second = (Path(p) for p in text.split(",", 1))
-        return _from_npy(first, second, spec, classes)
+        return "npy", first, second
     path = Path(source)
     if not path.is_dir():
         raise EdgesegError(f"Segmentation data `{path}` not found: expected a folder with images/ and masks/, or the .npy pair.")
     if (path / "images").is_dir() and (path / "masks").is_dir():
-        return _from_folders(path, spec, classes, palette or default_palette(classes))
+        return "folders", path, path
     arrays = sorted(path.glob("*.npy"))
     if len(arrays) == 2:
         labels = [p for p in arrays if any(k in p.stem.lower() for k in ("label", "mask")) or p.stem.lower().startswith("y")]
         if len(labels) == 1:
             images = next(p for p in arrays if p != labels[0])
-            return _from_npy(images, labels[0], spec, classes)
+            return "npy", images, labels[0]
     raise EdgesegError(
         f"`{path}` holds neither images/ + masks/ folders nor the course's .npy pair "
         f"(found {[p.name for p in arrays]}); expected e.g. images.npy + labels.npy."
@@ -228,32 +241,16 @@ def _from_npy(images_path: Path, labels_path: Path, spec: InputSpec, classes: in
 
 
 def _from_folders(root: Path, spec: InputSpec, classes: int, palette) -> SegmentationSet:
-    def by_stem(folder: Path) -> dict[str, Path]:
-        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-
-    images, masks = by_stem(root / "images"), by_stem(root / "masks")
     skipped, frames, truths, names = [], [], [], []
     thresholded = 0
-    for stem in sorted(set(images) | set(masks)):
-        try:
-            if stem not in masks:
-                raise BadInputError(f"{images[stem]}: unpaired image (no masks/{stem}.*)")
-            if stem not in images:
-                raise BadInputError(f"{masks[stem]}: unpaired mask (no images/{stem}.*)")
-            image = _read(images[stem])
-            mask, blurred = read_mask(masks[stem], classes, palette)
-            if image.shape[:2] != mask.shape[:2]:
-                raise BadInputError(
-                    f"{masks[stem]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}"
-                )
-        except BadInputError as error:
-            log.warning("skipped %s", error)
-            skipped.append(str(error))
+    for pair in labelled_pairs(root / "images", root / "masks", classes=classes, palette=palette):
+        if pair.error is not None:
+            skipped.append(pair.error)
             continue
-        thresholded += blurred
-        frames.append(image)
-        truths.append(mask)
-        names.append(stem)
+        thresholded += pair.thresholded
+        frames.append(pair.image)
+        truths.append(pair.mask)
+        names.append(pair.name)
     notices = []
     if thresholded:
         notices.append(f"{thresholded} binary mask(s) had values between 0 and 255 (JPEG edges?): thresholded at 128")
@@ -261,6 +258,55 @@ def _from_folders(root: Path, spec: InputSpec, classes: int, palette) -> Segment
     if not frames:
         raise EdgesegError(f"No usable image/mask pairs in `{root}` ({len(skipped)} skipped; see the lines above).")
     return _finish(frames, truths, names, spec, tuple(skipped), tuple(notices))
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image and its mask (class ids, same size) as stored, or the one-line reason the pair is unusable."""
+
+    name: str
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    thresholded: int = 0  # 1 when a 0/255 mask had in-between (JPEG edge) values, thresholded at 128
+    error: str | None = None
+
+
+def labelled_pairs(images: str | os.PathLike, masks: str | os.PathLike, *, classes: int,
+                   palette: tuple[tuple[int, int, int], ...] | None = None) -> Iterator[LabelledImage]:
+    """Images and masks paired by file stem, at their own size, read by :func:`read_mask`'s rules.
+
+    An unpaired file, an unreadable one or a mask of another size is yielded with ``error`` set (and
+    logged in one line), so the caller counts it and goes on. Training and ``edgeseg eval`` read here.
+
+    Example::
+
+        for pair in labelled_pairs("data/images", "data/masks", classes=2):
+            if pair.error is None:
+                ...  # pair.image (BGR), pair.mask (class ids)
+    """
+    def by_stem(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise EdgesegError(f"`{folder}` is not a folder: expected image files named like their masks.")
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    image_files, mask_files = by_stem(Path(images)), by_stem(Path(masks))
+    palette = palette or default_palette(classes)
+    for stem in sorted(set(image_files) | set(mask_files)):
+        try:
+            if stem not in mask_files:
+                raise BadInputError(f"{image_files[stem]}: unpaired image (no masks/{stem}.*)")
+            if stem not in image_files:
+                raise BadInputError(f"{mask_files[stem]}: unpaired mask (no images/{stem}.*)")
+            image = _read(image_files[stem])
+            mask, blurred = read_mask(mask_files[stem], classes, palette)
+            if image.shape[:2] != mask.shape[:2]:
+                raise BadInputError(f"{mask_files[stem]}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                    f"{image.shape[1]}x{image.shape[0]}")
+        except BadInputError as error:
+            log.warning("skipped %s", error)
+            yield LabelledImage(name=stem, error=str(error))
+            continue
+        yield LabelledImage(name=stem, image=image, mask=mask, thresholded=blurred)
 
 
 def _read(path: Path) -> np.ndarray:

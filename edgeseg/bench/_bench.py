@@ -23,19 +23,22 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.bench._worker import KERAS_RUNNERS
 from edgeseg.runtime.errors import EdgesegError
+from edgeseg.runtime.progress import Progress
 
 log = logging.getLogger("edgeseg.bench")
 
 RUNNERS = (
     "keras-predict", "keras-predict-1", "keras-call", "ort-plain", "opencv-dnn", "openvino", "openvino-f32",
-    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast",
+    "openvino-int8", "edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16",
 )
+GPU_RUNNERS = ("edgeseg-fp16",)  # the runtime in fp16 on onnxruntime's CUDA provider: --precision fp16 adds it
 # What runs when no --runners are given, by the model's kind. Segmentation's keras-predict is one
 # frame per call already; an autoencoder's runs Keras' default batch (32) and keras-predict-1 one image per call.
 DEFAULT_RUNNERS = {
-    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1"),
-    "autoencoder": RUNNERS,
+    "segmentation": tuple(r for r in RUNNERS if r != "keras-predict-1" and r not in GPU_RUNNERS),
+    "autoencoder": tuple(r for r in RUNNERS if r not in GPU_RUNNERS),
 }
 # Runners whose efficiency is measured against the INT8 ceiling rather than the FP32 one.
 INT8_RUNNERS = ("edgeseg-int8", "openvino-int8")
@@ -43,6 +46,8 @@ BASELINE = "ort-plain"
 FAST_AGREEMENT_BAR = 0.99  # edgeseg-fast may trade exactness for speed only down to this share of agreeing pixels
 FAST_MAX_DROP = 100 * (1 - FAST_AGREEMENT_BAR) / 2  # points of disagreement calibration may spend (see prepare_models)
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
+# Said before a run that loads TensorFlow in its own process: otherwise that is a silent 10-40 s.
+_LOADS_TF = " - loads TensorFlow, 10-40 s"
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,16 @@ class BenchConfig:
     threads: int | None = None
     work_dir: Path | None = None
     measure_ceiling: bool = True
+    progress: bool = True  # a bar on a terminal, a line every 15 s when piped (edgeseg.runtime.progress)
+    precision: str = "auto"  # "fp16": also run edgeseg-fp16 (the GPU path); refused where onnxruntime has no CUDA
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            from edgeseg.runtime import require_gpu_fp16
+
+            require_gpu_fp16("bench --precision fp16")
         unknown = [r for r in self.runners or () if r not in RUNNERS]
         if unknown:
             raise EdgesegError(
@@ -87,7 +100,7 @@ def schedule(runners: Sequence[str], repeats: int) -> list[tuple[int, str]]:
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Run the benchmark; returns the report (DESIGN.md's bench fields, plus the details).
+    """Run the benchmark; returns the report (the bench report's fields, plus the details).
 
     Example::
 
@@ -105,10 +118,15 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         raise EdgesegError(f"bench runs segmentation and autoencoder models; `{config.model}` is an {kind!r} model "
                            "(its contract's kind). Pass the whole model.")
     selected = config.runners or DEFAULT_RUNNERS[kind]
+    if config.precision == "fp16" and "edgeseg-fp16" not in selected:
+        selected = (*selected, "edgeseg-fp16")
     flops = count_flops(config.model)["total"]
+    if config.measure_ceiling:
+        log.info("bench: measuring this machine's matmul ceiling")
     ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
 
     reference_runner = "keras-call" if config.keras else "ort-plain"
+    log.info("bench: the reference run (%s)%s", reference_runner, _LOADS_TF if reference_runner in KERAS_RUNNERS else "")
     reference = run_worker(_job(config, reference_runner, work / "reference", kind), work / "reference")
     if "skipped" in reference and reference_runner == "keras-call":
         log.warning("bench: the Keras reference cannot run (%s); comparing masks with FP32 onnxruntime instead",
@@ -119,19 +137,24 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         raise EdgesegError(f"bench: the reference run ({reference_runner}) could not run: {reference['skipped']}.")
 
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in selected}
-    for repeat, runner in schedule(selected, config.repeats):
-        if runs[runner] and "skipped" in runs[runner][0]:
-            continue  # a runner that cannot run here will not run on the next round either
-        out = work / f"{runner}.{repeat}"
-        log.info("bench: round %d/%d %s", repeat + 1, config.repeats, runner)
-        result = run_worker(_job(config, runner, out, kind), out)
-        if "skipped" in result:
-            log.warning("bench: %s skipped: %s", runner, result["skipped"])
-        elif kind == "autoencoder":
-            result.update(reconstruction_agreement(Path(result["masks"]), Path(reference["masks"])))
-        else:
-            result["agreement"] = mask_agreement(Path(result["masks"]), Path(reference["masks"]))
-        runs[runner].append(result)
+    order = schedule(selected, config.repeats)
+    with Progress(len(order), desc="edgeseg bench", unit="run", enabled=config.progress) as progress:
+        for repeat, runner in order:
+            if runs[runner] and "skipped" in runs[runner][0]:
+                progress.update(note=f"{runner} skipped")
+                continue  # a runner that cannot run here will not run on the next round either
+            out = work / f"{runner}.{repeat}"
+            progress.note(f"round {repeat + 1}/{config.repeats} {runner}"
+                          + (_LOADS_TF if runner in KERAS_RUNNERS and not runs[runner] else ""))
+            result = run_worker(_job(config, runner, out, kind), out)
+            if "skipped" in result:
+                log.warning("bench: %s skipped: %s", runner, result["skipped"])
+            elif kind == "autoencoder":
+                result.update(reconstruction_agreement(Path(result["masks"]), Path(reference["masks"])))
+            else:
+                result["agreement"] = mask_agreement(Path(result["masks"]), Path(reference["masks"]))
+            runs[runner].append(result)
+            progress.update(note=f"round {repeat + 1}/{config.repeats} {runner}")
 
     runners = {name: summarize(name, results, flops=flops, ceiling=ceiling) for name, results in runs.items()}
     fast = next((r.get("config") for r in runs.get("edgeseg-fast", []) if "config" in r), None)
@@ -396,12 +419,13 @@ def prepare_models(*, model: Path, keras: Path | None, int8: Path | None, source
     if int8 is None:
         int8 = work / f"{model.stem}.int8.onnx"
         try:
-            from edgeseg.calibration import Budget, calibrate
+            from edgeseg.calibration import Budget, CalibrateOptions, calibrate
 
             # Accuracy control is part of how the INT8 file is made: the worst-SQNR layers go back to float
-            # until FP32/INT8 disagreement on the calibration frames is at most half of edgeseg-fast's 1% allowance
-            # (held-out frames and OpenVINO's own kernels spend some of the rest).
-            calibrate(onnx_path, source, output=int8, report=work / "calibrate.json", budget=Budget(FAST_MAX_DROP))
+            # until FP32/INT8 disagreement on the frames held out from the ranges (calibrate's --holdout) is at most
+            # half of edgeseg-fast's 1% allowance (other frames and OpenVINO's own kernels spend some of the rest).
+            calibrate(onnx_path, source, output=int8,
+                      options=CalibrateOptions(report=work / "calibrate.json", budget=Budget(FAST_MAX_DROP)))
             notes.append(f"calibrated {int8} on {source}")
         except EdgesegError as error:
             # The FP32 runners are still worth running; the INT8 ones report why they were skipped.

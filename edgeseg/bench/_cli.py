@@ -8,8 +8,11 @@ from pathlib import Path
 _RUNNER_HELP = (
     "comma-separated runners (default: all that apply to the model's kind): keras-predict (autoencoders: Keras' "
     "default batch of 32), keras-predict-1 (autoencoders: one image per call), keras-call, ort-plain, opencv-dnn, openvino, "
-    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg, edgeseg-int8, edgeseg-fast (the fastest "
-    "configuration edgeseg offers here with >= 99%% agreement: OpenVINO bf16, batched); one that cannot run here is reported as skipped with the reason"
+    "openvino-f32, openvino-int8 (OpenVINO on the --int8 file), edgeseg (the runtime at its defaults, as "
+    "`edgeseg segment` runs), edgeseg-int8 (the same on the --int8 file), edgeseg-fast (the fastest configuration "
+    "edgeseg offers here with >= 99%% agreement: OpenVINO on the --int8 file, or on the FP32 file at its default "
+    "precision (bf16 where the CPU has it) without one, batch 4, throughput, class ids fused into the graph; "
+    "autoencoders: onnxruntime as edgeseg); one that cannot run here is reported as skipped with the reason"
 )
 
 
@@ -43,10 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per runner (default 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for every runner (default: each library's own default)")
-    parser.add_argument("--json", required=True, type=Path, help="write the report (B.json) here")
-    parser.add_argument("--markdown", type=Path, default=None, help="also write the markdown table here (default: none)")
+    parser.add_argument("--json", required=True, type=Path, metavar="FILE",
+                        help="write the JSON report here (e.g. bench.json)")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                        help="also write the markdown table here (default: none)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep each run's masks and results here (default: a new temp folder)")
+    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
+                        help="fp16: also run edgeseg-fp16, the runtime in fp16 on onnxruntime's CUDA provider; refused "
+                             "in one line where onnxruntime has no CUDA (default: auto, each runner's own precision)")
     parser.add_argument("--no-ceiling", action="store_true",
                         help="skip measuring the matmul ceiling (efficiency is then not reported)")
     parser.set_defaults(func=_run)
@@ -65,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         model=models.onnx, keras=models.keras, int8=models.int8, source=args.source, runners=runners,
         frames=args.frames, repeats=args.repeats, threads=args.threads, work_dir=work,
-        measure_ceiling=not args.no_ceiling,
+        measure_ceiling=not args.no_ceiling, progress=not args.quiet, precision=args.precision,
     )
     report = run_bench(config)
     report["notes"] = models.notes

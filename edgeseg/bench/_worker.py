@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.runtime.extras import installed, missing_message
+
 STAGES = ("decode", "preprocess", "infer", "postprocess", "write")
 
 # Runners that need TensorFlow; the orchestrator skips them where it is absent.
 KERAS_RUNNERS = ("keras-predict", "keras-predict-1", "keras-call")
-EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast")
-ENGINE_RUNNERS = ("ort-plain", "opencv-dnn", "openvino", "openvino-f32", "openvino-int8")
+EDGESEG_RUNNERS = ("edgeseg", "edgeseg-int8", "edgeseg-fast", "edgeseg-fp16")
 
 
 class Skip(Exception):
@@ -74,7 +75,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return _run_autoencoder_peer(runner, job, contract)
     if runner == "keras-predict-1":
         raise Skip("segmentation's keras-predict already runs one frame at a time")
-    infer, precision = _open_engine(runner, job, contract)
+    infer, precision = _open_engine(runner, job)
     return {**run_loop(job, contract, infer), "precision": precision}
 
 
@@ -92,7 +93,7 @@ def _run_autoencoder_peer(runner: str, job: dict[str, Any], contract) -> dict[st
     # overhead (~50 ms) would otherwise dominate, and users hand predict() whole arrays.
     batch = {"keras-predict-1": 1, "keras-predict": KERAS_PREDICT_CHUNK}.get(runner, AUTOENCODER_BATCH)
     frames = min(job["frames"], ONE_AT_A_TIME_CAP) if runner == "keras-predict-1" else job["frames"]
-    infer, precision = _open_engine("keras-predict" if runner == "keras-predict-1" else runner, job, contract)
+    infer, precision = _open_engine("keras-predict" if runner == "keras-predict-1" else runner, job)
     return {**run_loop_batched(job, contract, infer, batch=batch, frames=frames), "precision": precision,
             "batch": batch}
 
@@ -245,7 +246,7 @@ def mask_name(frame_name: str) -> str:
     return frame_name.replace("/", "__")
 
 
-def _open_engine(runner: str, job: dict[str, Any], contract) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def _open_engine(runner: str, job: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """``(infer, precision)``: the engine as a function of a batch, and the precision it computes in."""
     threads = job.get("threads")
     if runner in KERAS_RUNNERS:
@@ -278,7 +279,7 @@ def _open_engine(runner: str, job: dict[str, Any], contract) -> tuple[Callable[[
         try:
             import openvino as ov
         except ImportError:
-            raise Skip("openvino is not installed (pip install 'edgeseg[bench]')") from None
+            raise Skip(missing_message("openvino", purpose=runner, among=("bench",))) from None
         config: dict[str, Any] = {}
         if runner == "openvino-f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
@@ -298,10 +299,8 @@ def _open_keras(runner: str, keras_path: str | None, threads: int | None) -> Cal
         raise Skip("no Keras model given (pass --keras M.keras)")
     if threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
-    try:
-        import keras  # noqa: F401
-    except ImportError:
-        raise Skip("TensorFlow/Keras is not installed (pip install 'edgeseg[export]')") from None
+    if not installed("keras"):  # looked up, not imported: load_model below imports it the one way export does
+        raise Skip(missing_message("keras", purpose=runner, among=("export",)))
     from edgeseg.export import load_model
 
     model, _ = load_model(keras_path)
@@ -327,10 +326,10 @@ FAST = {"file": "int8", "engine": "openvino", "precision": "auto", "batch": 4, "
 # Autoencoders (the 4.4 MFLOP CAE): onnxruntime FP32 at batch 32 inferred 6,200-8,100 images/s inside
 # segment, OpenVINO 3,300-5,100 (latency hint) and 1,200-3,200 (throughput), batches 32/64/256 alike
 # or worse (2,000 digits, 2 rounds, load 1-4.5): for a model this small the per-call cost rules, so
-# the fastest configuration is the plain one, and edgeseg-fast equals edgeseg here.
-FAST_AUTOENCODER = {"file": "fp32", "engine": "onnxruntime", "precision": "auto", "batch": 32, "throughput": False,
+# the fastest configuration is the plain one, and edgeseg-fast equals edgeseg here: onnxruntime at
+# segment's own batch for autoencoders (batch None: segment's choice, 64).
+FAST_AUTOENCODER = {"file": "fp32", "engine": "onnxruntime", "precision": "auto", "batch": None, "throughput": False,
                     "fused": False}
-EDGESEG_AUTOENCODER_BATCH = 32
 
 
 def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
@@ -346,8 +345,9 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     model_path = job["int8"] if runner == "edgeseg-int8" else job["model"]
     if runner == "edgeseg-int8" and not model_path:
         raise Skip("no INT8 model given (pass --int8 M.int8.onnx, or a .keras --model to calibrate one)")
-    # None: segment's own choice, as a user gets it (the `edgeseg tune` record's batch under engine auto, else 1).
-    batch: int | None = EDGESEG_AUTOENCODER_BATCH if autoencoder else None
+    # None: segment's own choice, as a user gets it (the `edgeseg tune` record's batch under engine auto, else 1;
+    # 64 for autoencoders).
+    batch: int | None = None
     config: dict[str, Any] = {}
     if runner == "edgeseg-fast":
         config = dict(FAST_AUTOENCODER if autoencoder else FAST)
@@ -365,6 +365,11 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         except Exception as error:  # noqa: BLE001 - e.g. openvino missing: the runner is skipped, saying why
             raise Skip(str(error)) from None
         batch = config["batch"]
+    elif runner == "edgeseg-fp16":  # onnxruntime's CUDA provider in fp16 (the contract's I/O stays float32)
+        try:
+            model = Model(model_path, precision="fp16", threads=job.get("threads"))
+        except Exception as error:  # noqa: BLE001 - no GPU here: the runner is skipped, saying why
+            raise Skip(str(error)) from None
     else:
         model = Model(model_path, threads=job.get("threads"))
     out = Path(job["out"])
@@ -387,7 +392,7 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
         "precision": summary.get("precision", "fp32"),
         "batch": ran,
         "inflight": int(summary.get("inflight", 1)),
-        "config": config or {"file": "int8" if runner == "edgeseg-int8" else model.config.file, "engine": model.engine,
+        "config": {**config, "batch": ran} if config else {"file": "int8" if runner == "edgeseg-int8" else model.config.file, "engine": model.engine,
                              "precision": model.precision, "batch": ran, "threads": job.get("threads"),
                              "choice": model.choice_reason},
     }

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from edgeseg.demo._demo import run_demo
 
-    runner = run_demo(args.out, quick=args.quick, mnist=args.data, seed=args.seed)
+    runner = run_demo(args.out, quick=args.quick, mnist=args.data, seed=args.seed, progress=not args.quiet)
     return _finish(runner, args.out / "report.html")
 
 
@@ -67,7 +67,8 @@ def _run_samples(args: argparse.Namespace) -> int:
     config = replace(SAMPLE_MODELS, samples=spec, seed=args.seed, mnist=args.data)
     # Training scenes are regenerated from the seed whenever needed: not worth committing.
     with tempfile.TemporaryDirectory(prefix="edgeseg-train-") as train_root:
-        runner = run_chain(args.out / "models", config, data_root=args.out, train_root=Path(train_root), stages="models")
+        runner = run_chain(args.out / "models", config, data_root=args.out, train_root=Path(train_root), stages="models",
+                           progress=not args.quiet)
     return _finish(runner, None)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import write_json_atomic, write_text_atomic
+from edgeseg.runtime.progress import Progress
 from edgeseg.sampledata import QUICK_SPEC, SampleData, SampleSpec, make_sample_data, make_scene_set
 
 log = logging.getLogger("edgeseg.demo")
@@ -81,10 +82,12 @@ class StepFailed(Exception):
 
 @dataclass
 class Runner:
-    """Runs named steps in order, times them, logs progress, and never lets one failure stop the rest."""
+    """Runs named steps in order, times them, logs each outcome in one line, and never lets one failure stop
+    the rest. ``progress``: the display over the steps (a bar on a terminal, a line now and then when piped)."""
 
     total: int
     results: list[StepResult] = field(default_factory=list)
+    progress: Progress | None = None
 
     def step(self, name: str, title: str, work: Callable[[], str | None], *, needs: Sequence[str] = ()) -> bool:
         """Run ``work`` unless a needed step did not succeed; True if it succeeded."""
@@ -94,7 +97,8 @@ class Runner:
         if missing:
             result = StepResult(name, title, "skipped", detail=f"needs step(s) that did not succeed: {', '.join(missing)}")
         else:
-            log.info("%s ...", prefix)
+            if self.progress is not None:
+                self.progress.note(title)
             started = time.perf_counter()
             try:
                 detail = work() or ""
@@ -109,6 +113,8 @@ class Runner:
         timing = f" in {result.seconds:.1f} s" if result.status != "skipped" else ""
         log.log(level, "%s: %s%s%s", prefix, result.status.upper(), timing, f" - {result.detail}" if result.detail else "")
         self.results.append(result)
+        if self.progress is not None:
+            self.progress.update(note=title)
         return result.status == "ok"
 
     def ok(self, name: str) -> bool:
@@ -120,19 +126,23 @@ class Runner:
 
 
 def run_chain(out: Path, config: DemoConfig, *, data_root: Path | None = None, train_root: Path | None = None,
-              stages: str = "demo") -> Runner:
+              stages: str = "demo", progress: bool = True) -> Runner:
     """Run the chain into ``out``. ``stages``: ``demo`` (everything) or ``models`` (data, train, slim, export, verify).
 
     ``data_root`` is where the sample inputs go (default ``out/data``); ``train_root`` where the
-    training scenes go (default ``out/data/train``).
+    training scenes go (default ``out/data/train``). ``progress``: a bar over the steps on a terminal, a
+    line every 15 s when piped (each step's outcome is logged either way).
     """
     data = SampleData.at(data_root or out / "data")
     chain = _Chain(out=out, config=config, data=data, train_data=train_root or data.root / "train")
     demo = stages == "demo"
-    runner = Runner(total=14 if demo else 9)
-    chain.models(runner, slim=not demo)
-    if demo:
-        chain.deploy(runner)
+    total = 14 if demo else 9
+    with Progress(total, desc="edgeseg demo" if demo else "edgeseg samples", unit="step", enabled=progress) as shown:
+        runner = Runner(total=total, progress=shown)
+        chain.models(runner, slim=not demo)
+        if demo:
+            chain.deploy(runner)
+    runner.progress = None
     return runner
 
 
@@ -187,8 +197,8 @@ class _Chain:
         def report() -> str:
             from edgeseg.demo._report import write_report
 
-            return str(write_report(self.out, runner.results + [StepResult("report", "write report.html", "ok")],
-                                    config=self.config))
+            return str(write_report(self.out, runner.results, config=self.config,
+                                    running=StepResult("report", "write report.html", "ok")))
 
         runner.step("report", "write report.html", report)
 
@@ -217,12 +227,12 @@ class _Chain:
         return _history_line(self.cae / "history.json")
 
     def calibrate(self) -> str:
-        from edgeseg.calibration import calibrate
+        from edgeseg.calibration import CalibrateOptions, calibrate
 
+        options = CalibrateOptions(report=self.fcn / "calibrate.json", chart=self.fcn / "calibrate.png",
+                                   samples=self.config.calibrate_samples, timing_rounds=self.config.calibrate_rounds)
         report = calibrate(self.fcn / "model.onnx", self.data.scenes / "images", masks=self.data.scenes / "masks",
-                           output=self.fcn / "model.int8.onnx", report=self.fcn / "calibrate.json",
-                           chart=self.fcn / "calibrate.png", samples=self.config.calibrate_samples,
-                           timing_rounds=self.config.calibrate_rounds)
+                           output=self.fcn / "model.int8.onnx", options=options)
         return (f"mIoU FP32 {report['fp32']['miou']:.3f} -> INT8 {report['int8']['miou']:.3f}, "
                 f"agreement {report['agreement']:.3f}, speedup {report['speedup']:.2f}x")
 
@@ -310,7 +320,7 @@ def _quiet_tensorflow():
 
 
 def run_demo(out: str | os.PathLike, *, quick: bool = False, mnist: str | os.PathLike | None = None,
-             seed: int = 0) -> Runner:
+             seed: int = 0, progress: bool = True) -> Runner:
     """Train, export, verify, calibrate, segment and benchmark on generated data; write ``out/report.html``.
 
     Example::
@@ -326,4 +336,4 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, mnist: str | os.Pat
         raise EdgesegError(f"--data `{config.mnist}` not found: expected a folder of MNIST IDX .gz files or an .npz.")
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_tensorflow():
-        return run_chain(out, config)
+        return run_chain(out, config, progress=progress)

@@ -6,9 +6,11 @@ so it shows what actually ran; a section whose step did not run says so instead 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,26 +39,29 @@ dt{font-weight:600;margin-top:.4em} dd{margin-left:1em} code{background:#f3f3f3;
 """
 
 
-def write_report(out: str | os.PathLike, results: Sequence[Any], *, config: Any = None) -> Path:
+def write_report(out: str | os.PathLike, results: Sequence[Any], *, config: Any = None, running: Any = None) -> Path:
     """Write ``out/report.html`` for a demo folder; ``results`` are the steps' :class:`StepResult` s.
+
+    ``running``: the step that writes this page, shown last in the steps table with the time the page
+    took up to that table (the table is made last, so its own step is not shown as 0.0 s).
 
     Example::
 
         write_report("edgeseg-demo", runner.results)
     """
+    started = time.perf_counter()
     out = Path(out)
-    page = _Page(out, {r.name: r for r in results})
+    page = _Page(out, {r.name: r for r in [*results, *([running] if running is not None else [])]})
+    sections = [page.training(), page.verification(), page.int8(), page.segmentation(), page.bench()]
+    if running is not None:
+        results = [*results, dataclasses.replace(running, seconds=time.perf_counter() - started)]
     body = [
         "<h1>edgeseg demo</h1>",
         f"<p>{'Quick run (tiny models, 1 epoch: the pictures show that every step works, not good models)' if getattr(config, 'quick', False) else 'Full run'}: "
         "every step of the chain on generated data, offline. Each section comes from the files in this folder.</p>",
         _GLOSSARY,
         page.steps(results),
-        page.training(),
-        page.verification(),
-        page.int8(),
-        page.segmentation(),
-        page.bench(),
+        *sections,
     ]
     text = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>edgeseg demo</title>"

@@ -1,9 +1,11 @@
 """Sample inputs, made deterministically: a scene video, a scene folder with bad files, digits.
 
-Everything comes from a seed, offline, with NumPy and OpenCV only (the scenes from
-``edgeseg.sampledata._scenes``), so ``edgeseg samples`` rebuilds the repository's ``samples/``
-folder and ``edgeseg demo`` builds the same kind of inputs in its own folder. Same seed, same
-pixels, same masks.
+Everything comes from a seed, offline, with NumPy (the scenes from ``edgeseg.sampledata._scenes``,
+the digits from ``edgeseg.sampledata._digits``; OpenCV only writes the files), so ``edgeseg samples``
+rebuilds the repository's ``samples/`` folder and ``edgeseg demo`` builds the same kind of inputs in
+its own folder. Same seed, same pixels, same masks, same digits, under any OpenCV and NumPy the pins
+allow (checked under OpenCV 4.9, 4.14 and 5.1 with NumPy 1.26, 2.2 and 2.4). The files' bytes also
+depend on their encoders: PNG and .npz on zlib, the MJPG video on OpenCV's JPEG encoder.
 
 Layout of a sample folder (names are fixed; the demo and the tests rely on them)::
 
@@ -16,6 +18,7 @@ Layout of a sample folder (names are fixed; the demo and the tests rely on them)
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import zipfile
@@ -30,16 +33,15 @@ from edgeseg.runtime.files import atomic_path
 
 log = logging.getLogger("edgeseg.samples")
 
-# The Hershey fonts that look like handwriting or plain print; all ship with OpenCV.
-_DIGIT_FONTS = (
-    cv2.FONT_HERSHEY_SIMPLEX,
-    cv2.FONT_HERSHEY_DUPLEX,
-    cv2.FONT_HERSHEY_COMPLEX,
-    cv2.FONT_HERSHEY_TRIPLEX,
-    cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
-    cv2.FONT_HERSHEY_PLAIN,
-)
 BAD_FILES = ("empty.png", "truncated.jpg", "notes.png")
+# A 16x16 grey gradient as a JPEG (quality 75, encoded once by OpenCV 5.1's libjpeg-turbo), 356 bytes.
+_GRADIENT_JPEG = (
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAx"
+    "NDQ0Hyc5PTgyPC4zNDL/wAALCAAQABABAREA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUF"
+    "BAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVW"
+    "V1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi"
+    "4+Tl5ufo6erx8vP09fb3+Pn6/9oACAEBAAA/APN/B3/LOvoDwd/yzr5/8Hf8s6+gPB3/ACzr/9k="
+)
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,10 @@ def add_bad_files(folder: str | os.PathLike) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     empty, truncated, notes = (folder / name for name in BAD_FILES)
     empty.write_bytes(b"")
-    # A real JPEG cut in half: the header parses, the picture does not.
-    gradient = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))
-    ok, encoded = cv2.imencode(".jpg", gradient, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise EdgesegError("OpenCV could not encode a JPEG; this OpenCV build lacks libjpeg.")
-    truncated.write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    # A real JPEG cut in half: the header parses, the picture does not. Its bytes are stored, not encoded here:
+    # another libjpeg would give other bytes.
+    jpeg = base64.b64decode(_GRADIENT_JPEG)
+    truncated.write_bytes(jpeg[: len(jpeg) // 2])
     notes.write_text("This is not an image: edgeseg must skip it, log one line and go on.\n", encoding="utf-8")
     return [empty, truncated, notes]
 
@@ -167,35 +167,20 @@ def add_bad_files(folder: str | os.PathLike) -> list[Path]:
 def make_digits(count: int, *, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """MNIST-like digits: ``(images, labels)``, uint8 ``(count, size, size)`` white on black, uint8 labels.
 
-    Each digit is drawn with a Hershey font at a random scale and thickness, then rotated
-    (+-15 degrees), shifted (+-2 px) and slightly blurred, like pen strokes in MNIST.
+    Each digit is drawn in one of two stroke styles with a random pen width, height, slant, rotation
+    (+-15 degrees) and shift (+-2 px), centred by its centre of mass and softened, like pen strokes in
+    MNIST. Integer arithmetic only (``edgeseg.sampledata._digits``): the same bytes under any NumPy and
+    OpenCV.
 
     Example::
 
         images, labels = make_digits(1000, seed=0)
     """
+    from edgeseg.sampledata._digits import draw_digits
+
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=count).astype(np.uint8)
-    images = np.zeros((count, size, size), np.uint8)
-    big = size * 4  # draw at 4x and shrink: smoother strokes than drawing at 28 px
-    for i, label in enumerate(labels):
-        font = _DIGIT_FONTS[int(rng.integers(len(_DIGIT_FONTS)))]
-        thickness = int(rng.integers(6, 13))
-        canvas = np.zeros((big, big), np.uint8)
-        text = str(int(label))
-        scale = 1.0
-        (w, h), _ = cv2.getTextSize(text, font, scale, thickness)
-        scale = float(rng.uniform(0.6, 0.72)) * big / max(w, h)
-        cv2.putText(canvas, text, (big // 4, big * 3 // 4), font, scale, 255, thickness, cv2.LINE_AA)
-        # Centre the ink by its centre of mass, as MNIST does, then rotate and shift a little.
-        moments = cv2.moments(canvas, binaryImage=False)
-        centre = (moments["m10"] / max(moments["m00"], 1.0), moments["m01"] / max(moments["m00"], 1.0))
-        angle = float(rng.uniform(-15, 15))
-        matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
-        matrix[:, 2] += np.array([big / 2 - centre[0], big / 2 - centre[1]]) + rng.uniform(-2, 2, size=2) * 4
-        canvas = cv2.warpAffine(canvas, matrix, (big, big), flags=cv2.INTER_LINEAR, borderValue=0)
-        images[i] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    return images, labels
+    return draw_digits(labels, rng, size=size), labels
 
 
 def write_digits(path: str | os.PathLike, *, train: int, test: int, seed: int = 0) -> Path:

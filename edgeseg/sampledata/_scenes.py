@@ -1,8 +1,10 @@
 """Synthetic segmentation scenes: shapes on textured backgrounds, with exact class masks.
 
-Deterministic (same seed, same pixels) and offline, so tests, calibration, benchmarks and the
-demo have images and ground truth without shipping data. NumPy and OpenCV only: the runtime uses
-it, and the runtime never imports TensorFlow.
+Deterministic (same seed, same pixels, under any OpenCV and NumPy the pins allow) and offline, so
+tests, calibration, benchmarks and the demo have images and ground truth without shipping data.
+Everything a pixel depends on is computed here with NumPy, in integers or float64 (OpenCV's cubic
+resize, HSV conversion and polygon filling each changed between 4.9 and 5.x); OpenCV only writes
+the files (PNG is lossless; the video is MJPG, lossy, and compared loosely).
 
 Class 0 is background; classes 1..N-1 are shapes (circles, rectangles, triangles, ellipses),
 each class with its own hue so a small network can learn them.
@@ -41,10 +43,20 @@ class _Shape:
 
 
 def class_color(class_id: int, classes: int) -> tuple[int, int, int]:
-    """The BGR base colour shapes of ``class_id`` get (hues spread evenly over the classes)."""
+    """The BGR base colour shapes of ``class_id`` get (hues spread evenly over the classes).
+
+    OpenCV's HSV -> BGR (hue in 0..179, saturation 200, value 220) computed in float64 here: OpenCV's own
+    conversion rounds differently from one release to the next (4.9 and 5.1 disagree on 15 of 180 hues).
+    """
     hue = int(180 * (class_id - 1) / max(1, classes - 1))
-    hsv = np.uint8([[[hue, 200, 220]]])
-    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+    sector_float = hue / 30.0
+    sector = math.floor(sector_float)
+    fraction, sector = sector_float - sector, sector % 6
+    saturation, value = 200 / 255.0, 220 / 255.0
+    p, q = value * (1 - saturation), value * (1 - saturation * fraction)
+    t = value * (1 - saturation * (1 - fraction))
+    red, green, blue = ((value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q))[sector]
+    return tuple(int(round(channel * 255)) for channel in (blue, green, red))
 
 
 def make_scene(
@@ -176,13 +188,31 @@ def _advance(shape: _Shape, steps: int, height: int, width: int) -> _Shape:
 
 
 def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    # Smooth low-frequency noise plus faint stripes: enough texture that "not flat" != "object".
+    # Smooth low-frequency noise plus faint stripes: enough texture that "not flat" != "object". Float64 NumPy
+    # only (OpenCV's cubic resize of float32 images changed between releases): the same pixels everywhere.
     coarse = rng.uniform(60, 150, size=(max(2, height // 24), max(2, width // 24), 3)).astype(np.float32)
-    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    rows, cols = _cubic_matrix(coarse.shape[0], height), _cubic_matrix(coarse.shape[1], width)
+    smooth = np.einsum("yi,ijc,xj->yxc", rows, coarse.astype(np.float64), cols)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     period, theta = rng.uniform(8, 24), rng.uniform(0, math.pi)
     stripes = 12 * np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period)
     return np.clip(smooth + stripes[:, :, None], 0, 255).astype(np.uint8)
+
+
+def _cubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``(size_out, size_in)`` weights of bicubic upsampling as OpenCV's INTER_CUBIC places it: pixel centres,
+    a = -0.75, edge pixels repeated."""
+    position = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    left = np.floor(position).astype(np.int64)
+    t, a = position - left, -0.75
+    weights = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+               ((a + 2) * t - (a + 3)) * t * t + 1,
+               ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1]
+    weights.append(1 - weights[0] - weights[1] - weights[2])
+    matrix = np.zeros((size_out, size_in))
+    for k, weight in enumerate(weights):
+        np.add.at(matrix, (np.arange(size_out), np.clip(left + k - 1, 0, size_in - 1)), weight)
+    return matrix
 
 
 def _render(background: np.ndarray, shapes: list[_Shape], grain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,18 +226,29 @@ def _render(background: np.ndarray, shapes: list[_Shape], grain: np.ndarray) -> 
 
 
 def _draw(canvas: np.ndarray, shape: _Shape, value: tuple[int, int, int] | int) -> None:
-    # LINE_8 everywhere (no anti-aliasing), so the mask is exactly the pixels the shape covers.
-    centre = (int(round(shape.x)), int(round(shape.y)))
-    r = shape.radius
+    # The pixels a shape covers, decided per pixel by an exact rule (integers, or float64 far from any
+    # boundary case): the mask is exactly the pixels the image's shape covers. OpenCV's fillPoly changed its
+    # edge rule between 4.9 and 5.x, so it is not used.
+    height, width = canvas.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width]
+    cx, cy, r = int(round(shape.x)), int(round(shape.y)), shape.radius
     if shape.kind == "circle":
-        cv2.circle(canvas, centre, int(round(r)), value, -1, cv2.LINE_8)
+        radius = int(round(r))
+        inside = (xs - cx) ** 2 + (ys - cy) ** 2 <= radius * radius
     elif shape.kind == "ellipse":
-        cv2.ellipse(canvas, centre, (int(round(r)), int(round(r * 0.55))), shape.angle, 0, 360, value, -1, cv2.LINE_8)
+        a, b = int(round(r)), int(round(r * 0.55))
+        angle = math.radians(shape.angle)
+        u = (xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)
+        v = (ys - cy) * math.cos(angle) - (xs - cx) * math.sin(angle)
+        inside = u * u * (b * b) + v * v * (a * a) <= (a * b) ** 2
     else:
         corners = 4 if shape.kind == "rectangle" else 3
         angles = [math.radians(shape.angle) + 2 * math.pi * k / corners for k in range(corners)]
-        points = np.array([[shape.x + r * math.cos(a), shape.y + r * math.sin(a)] for a in angles])
-        cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], value, cv2.LINE_8)
+        points = [(int(round(shape.x + r * math.cos(t))), int(round(shape.y + r * math.sin(t)))) for t in angles]
+        inside = np.ones((height, width), bool)
+        for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]):  # convex, corners in order: one side of each edge
+            inside &= (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0) >= 0
+    canvas[inside] = value
 
 
 def _rng(rng_or_seed: np.random.Generator | int) -> np.random.Generator:

@@ -14,8 +14,7 @@ Example::
     segment_on_ray(["clip.mp4"], model="fcn8.onnx", out="runs/clip", cluster=ClusterOptions(workers=2))
 """
 
-from edgeseg.scaleout._cli import add_arguments, run_from_args
-from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, segment_on_ray
+from edgeseg.scaleout._driver import ClusterOptions, ModelSpec, describe_job, segment_on_ray
 from edgeseg.scaleout._merge import join_videos
 from edgeseg.scaleout._plan import Source, Unit, plan, warm_frames
 from edgeseg.scaleout._worker import PACKS, read_markers, run_unit, unit_source
@@ -26,11 +25,10 @@ __all__ = [
     "PACKS",
     "Source",
     "Unit",
-    "add_arguments",
+    "describe_job",
     "join_videos",
     "plan",
     "read_markers",
-    "run_from_args",
     "run_unit",
     "unit_source",
     "segment_on_ray",

@@ -29,19 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, VideoInfo, open_model, prepare_out,
-                             stop_on_signals)
+from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, VideoInfo, is_live, open_model,
+                             prepare_out, records, split_name, stop_on_signals)
 from edgeseg.scaleout import _store
 from edgeseg.scaleout._cluster import Joined, Need, check_fit, connect
 from edgeseg.scaleout._merge import merge_source
-from edgeseg.scaleout._plan import Source, Unit, _media_kind, _output_folders, expand_videos, plan
+from edgeseg.scaleout._plan import Placed, Source, Unit, layout, media_kind, plan
 from edgeseg.scaleout._pool import Pool
 from edgeseg.scaleout._worker import PACKS, WORK_DIR, missing_outputs, read_markers
 
 log = logging.getLogger("edgeseg.scaleout")
-
-PROGRESS = ("auto", "bar", "lines", "off")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -67,8 +64,8 @@ class ClusterOptions:
     ``unit_timeout``: seconds a unit may show no progress before its worker is stopped and the unit
     goes back to the queue. ``placement_timeout``: seconds the job waits with no live worker (or, with
     ``autoscale``, for nodes before it starts) before it stops. ``pack``: ``files`` (one file per
-    frame, one machine's layout) or ``zip`` (one archive per unit and output). ``progress``: ``bar``,
-    ``lines`` (a log line every 10 s), ``off``, or ``auto`` (a bar when the options ask for progress).
+    frame, one machine's layout) or ``zip`` (one archive per unit and output). Progress (frames, as the
+    runtime's :class:`Progress` shows it) follows the job's ``SegmentOptions.progress``.
 
     Example::
 
@@ -87,7 +84,6 @@ class ClusterOptions:
     placement_timeout: float = 60.0
     autoscale: bool = False
     pack: str = "files"
-    progress: str = "auto"
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.memory_per_worker_gb < 0:
@@ -102,8 +98,6 @@ class ClusterOptions:
                                f"and {self.placement_timeout}.")
         if self.pack not in PACKS:
             raise EdgesegError(f"--pack must be one of {', '.join(PACKS)}, got {self.pack!r}.")
-        if self.progress not in PROGRESS:
-            raise EdgesegError(f"progress must be one of {', '.join(PROGRESS)}, got {self.progress!r}.")
 
 
 def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, out: str | os.PathLike,
@@ -127,16 +121,16 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     spec = model if isinstance(model, ModelSpec) else ModelSpec(str(model))
     spec = dataclasses.replace(spec, path=_store.resolve(spec.path, what="--model"))
     out = _store.resolve(out, what="--out")
-    sources = [_store.resolve(s, what="SOURCE") for s in sources]
+    sources = [_resolve_source(s) for s in sources]
     if not sources:
         raise EdgesegError("no SOURCE given: pass images, folders, globs, .txt lists or videos (or --source PATH).")
     stop = stop or threading.Event()
     local = _check_model(spec, options)
     cluster = _same_grain(cluster, out, options)
-    expanded = _storage_step(out, expand_videos, sources)
-    stored_videos = [s for s in expanded if _store.is_remote(s) and _media_kind(s) == "video"]
-    planned, units = ([], []) if stored_videos else _plan(expanded, out, options, cluster, probe=None)
-    folders = _output_folders(expanded, out)
+    placed = _storage_step(out, layout, sources, out=out, recursive=options.recursive)
+    stored_videos = [p.spec for p in placed if _store.is_remote(p.spec) and media_kind(p.spec) == "video"]
+    planned, units = ([], []) if stored_videos else _plan(sources, placed, out, options, cluster, probe=None)
+    folders = [p.folder for p in placed]
     _prepare_outs(out, folders, options, clear=False)  # writable, and no run there unless --overwrite/--resume
     ray = _ray()
     started = time.perf_counter()
@@ -155,14 +149,14 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
             _prepare_outs(out, folders, options, clear=True)
         # A Ray this job started inherited this process's environment; a joined cluster gets the store settings
         # with each worker (a runtime environment: fresh worker processes, about 2 s more per job start).
-        forward = _uses_store(spec, out, expanded) and not joined.started
+        forward = _uses_store(spec, out, [p.spec for p in placed]) and not joined.started
         pool = Pool(ray, spec, cluster, options, env=_store.forwarded_env() if forward else {},
-                    progress=_progress_mode(cluster, options))
+                    progress=options.progress)
         pool.start()
         if stored_videos:
             infos = pool.probe(stored_videos, stop=stop)
             _raise_if_stopped(pool)
-            planned, units = _plan(expanded, out, options, cluster, probe=lambda url: _probed(infos, url))
+            planned, units = _plan(sources, placed, out, options, cluster, probe=lambda url: _probed(infos, url))
         _storage_step(out, _store.write_bytes, _store.join(out, WORK_DIR, "plan.json"), json.dumps(
             {"chunk": cluster.chunk, "range_frames": cluster.range_frames, "pack": cluster.pack}).encode())
         before = _finished_before(units) if options.resume else {}
@@ -188,7 +182,8 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
 def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: dict[str, dict[str, Any]], pool: Pool,
             *, out: str, spec: ModelSpec, local: dict[str, Any], options: SegmentOptions, cluster: ClusterOptions,
             joined: Joined, wall: float, start_s: float, setup_s: float) -> dict[str, Any]:
-    """Check every finished unit's outputs where the job's output lives, join, and write the summaries."""
+    """Check every finished unit's outputs where the job's output lives, join, and write summary.json
+    (the runtime's schema: each source's report merged from its units' by :func:`records.merge_reports`)."""
     markers = _storage_step(out, read_markers, units)  # as this machine sees --out, not as the workers said
     gaps = _storage_step(out, missing_outputs, units, markers)
     unseen = [u for u in todo if u.key in pool.done and u.key not in markers]
@@ -196,9 +191,18 @@ def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: 
     if incomplete:
         log.error("%s", incomplete)
     complete = {key: m for key, m in markers.items() if key not in gaps}
-    info = {"model": spec.path, "kind": local["kind"], "engine": pool.described.get("engine", local["engine"]),
-            "provider": pool.described.get("provider", ""),
-            "precision": pool.described.get("precision", local["precision"])}
+    join = pool.join_stored if _store.is_remote(out) else None
+    reports = {s.name: merge_source(s, [u for u in units if u.source == s.number], options, kind=local["kind"],
+                                    wall=wall, interrupted=pool.interrupted, markers=complete, resumed=set(before),
+                                    join_stored=join) for s in planned}
+    for source in planned:  # where each source's outputs are, relative to --out, as one machine says it
+        reports[source.name]["folder"] = _store.relative(source.out, out)
+    engine = {"model": spec.path, "kind": local["kind"], "engine": pool.described.get("engine", local["engine"]),
+              "engine_choice": local["engine_choice"], "provider": pool.described.get("provider", ""),
+              "providers": [pool.described.get("provider", "")],
+              "precision": pool.described.get("precision", local["precision"]), "engine_streams": local["streams"],
+              "batch": max((m["batch"] for m in complete.values()), default=1), "inflight": 1,
+              "smooth": options.smooth}
     extra = {"workers": pool.worker_stats(), "ray": {
         "address": cluster.address, "cluster": joined.gcs, "started_here": joined.started, "nodes": len(joined.nodes),
         "workers": cluster.workers, "cpus_per_worker": cluster.cpus_per_worker,
@@ -209,21 +213,46 @@ def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: 
         "units": len(units), "units_skipped": len(before), "units_retried": pool.retried,
         "units_timed_out": pool.timed_out, "units_lost": sorted(pool.lost), "units_unseen": [u.key for u in unseen],
         "units_incomplete": sorted(gaps), "stopped": pool.stopped, "incomplete": incomplete}}
-    join = pool.join_stored if _store.is_remote(out) else None
-    summaries = [merge_source(s, [u for u in units if u.source == s.number], options, model=info, wall=wall,
-                              interrupted=pool.interrupted, extra=extra, markers=complete, resumed=set(before),
-                              join_stored=join) for s in planned]
-    if len(summaries) == 1:
-        return summaries[0]
-    job = {"sources": [{"source": s["source"], "out": p.out, "frames": s["frames"],
-                        "frames_failed": s["frames_failed"], "error": p.error} for s, p in zip(summaries, planned)],
-           "frames": sum(s["frames"] for s in summaries), "frames_failed": sum(s["frames_failed"] for s in summaries),
-           "wall_s": round(wall, 3), "interrupted": pool.interrupted, **info, **extra}
-    if before:
-        job["frames_resumed"] = sum(s.get("frames_resumed", 0) for s in summaries)
-    job["fps"] = round(job["frames"] / wall, 3) if wall > 0 else 0.0
-    _store.write_bytes(_store.join(out, "summary.json"), (json.dumps(job, indent=2) + "\n").encode())
-    return job
+    # This run's inference calls only: the units --resume kept were an earlier run's work.
+    new = [m for key, m in complete.items() if key not in before]
+    calls = {"batches": sum(m["batches"] for m in new), "batched_frames": sum(m["frames"] for m in new),
+             "infer_seconds": sum(m["infer_seconds"] for m in new)}
+    summary = records.run_summary(engine, reports, wall_s=wall, calls=calls, interrupted=pool.interrupted, error=None,
+                                  extra=extra)
+    _store.write_bytes(_store.join(out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def describe_job(summary: dict[str, Any], *, out: str) -> str:
+    """What a person reads at the end of a ``--ray`` job: frames (resumed apart), wall time and fps, each
+    worker's own fps, Ray's start apart.
+
+    Example::
+
+        print(describe_job(segment_on_ray(["clip.mp4"], model="fcn8.onnx", out="runs/clip"), out="runs/clip"))
+    """
+    ray = summary["ray"]
+    resumed = f", {summary['frames_resumed']} kept from the earlier run" if summary.get("frames_resumed") else ""
+    lines = [f"{summary['frames']} frame(s) done, {summary['frames_failed']} failed{resumed}; "
+             f"{summary['fps']:.2f} fps over {summary['wall_s']:.1f} s on {len(summary.get('workers', {}))} worker(s) "
+             f"(Ray {'started' if ray['started_here'] else 'joined'} in {ray['start_s']:.1f} s, apart)"]
+    for name, worker in sorted(summary.get("workers", {}).items()):
+        note = " (died)" if worker["died"] else ""
+        lines.append(f"  {name} on {worker['node'] or '?'}: {worker['frames']} frame(s) in {worker['busy_s']:.1f} s "
+                     f"busy: {worker['fps']:.1f} fps end to end, {worker['infer_fps']:.1f} fps inference alone{note}")
+    engine = f"{summary.get('engine', '?')} ({summary.get('provider', '')}, {summary.get('precision', '')})"
+    lines.append(f"engine {engine}; wrote {out.rstrip('/')}/summary.json")
+    return "\n".join(lines)
+
+
+def _resolve_source(text: str | os.PathLike) -> str:
+    """A SOURCE as every node must read it (:func:`_store.resolve`), its ``name=`` kept; a live one refused."""
+    entry = split_name(os.fspath(text))
+    if is_live(entry.spec):
+        raise EdgesegError(f"`{entry.spec}` is a live source; --ray runs files (images and videos) on a cluster: run "
+                           "live sources without --ray.")
+    resolved = _store.resolve(entry.spec, what="SOURCE")
+    return f"{entry.name}={resolved}" if entry.name else resolved
 
 
 def _incomplete(unseen: list[Unit], gaps: dict[str, list[str]], pool: Pool, out: str,
@@ -267,10 +296,10 @@ def _probed(infos: dict[str, VideoInfo | str], location: str) -> VideoInfo:
     return info
 
 
-def _plan(sources: list[str], out: str, options: SegmentOptions, cluster: ClusterOptions,
+def _plan(sources: list[str], placed: list[Placed], out: str, options: SegmentOptions, cluster: ClusterOptions,
           probe: Any) -> tuple[list[Source], list[Unit]]:
     return _storage_step(out, plan, sources, out=out, options=options, chunk=cluster.chunk,
-                         range_frames=cluster.range_frames, probe=probe)
+                         range_frames=cluster.range_frames, probe=probe, placed=placed)
 
 
 def _storage_step(where: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -292,17 +321,12 @@ def _check_model(spec: ModelSpec, options: SegmentOptions) -> dict[str, Any]:
             path = os.path.join(folder, _store.name_of(spec.path))
             _storage_step(spec.path, _store.download, spec.path, path)
         model = spec.open(cpu, threads=1, path=path)
-        return {"kind": model.kind, "engine": model.engine, "precision": model.precision}
+        return {"kind": model.kind, "engine": model.engine, "precision": model.precision,
+                "engine_choice": model.choice_reason, "streams": model.streams}
 
 
 def _uses_store(spec: ModelSpec, out: str, sources: list[str]) -> bool:
     return any(_store.is_remote(x) for x in (spec.path, out, *sources))
-
-
-def _progress_mode(cluster: ClusterOptions, options: SegmentOptions) -> str:
-    if cluster.progress != "auto":
-        return cluster.progress
-    return "bar" if options.progress else "off"
 
 
 def _ray() -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 import cv2
 
-from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path
+from edgeseg.runtime import EdgesegError, SegmentOptions, VideoSink, atomic_path, records
 from edgeseg.scaleout import _store
 from edgeseg.scaleout._plan import Source, Unit
 from edgeseg.scaleout._worker import part_location, read_markers
@@ -29,28 +29,29 @@ from edgeseg.scaleout._worker import part_location, read_markers
 VideoJoiner = Callable[[list[str], str, float, str], str]
 
 
-def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, model: dict[str, Any],
-                 wall: float, interrupted: bool, extra: dict[str, Any] | None = None,
-                 markers: dict[str, dict[str, Any]] | None = None, resumed: set[str] = frozenset(),
+def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, kind: str, wall: float,
+                 interrupted: bool, markers: dict[str, dict[str, Any]] | None = None, resumed: set[str] = frozenset(),
                  join_stored: VideoJoiner | None = None) -> dict[str, Any]:
-    """Write ``frames.jsonl``, ``overlay.mp4`` and ``summary.json`` of one source from its finished units.
+    """Write ``frames.jsonl`` and the overlay video of one source from its finished units; return its report
+    for ``summary.json`` (the runtime's records.SOURCE_FIELDS: the same as a run on one machine).
 
     ``markers``: the finished units' markers by key (default: read now); ``resumed``: the keys of units an
-    earlier run finished (counted apart from this run's work); ``join_stored``: how overlay parts in
-    object storage are joined (a worker's :func:`join_stored_videos`; required for an ``--out`` URI).
+    earlier run finished (their frames are ``frames_resumed``, apart from this run's work); ``join_stored``:
+    how overlay parts in object storage are joined (a worker's :func:`join_stored_videos`; required for an
+    ``--out`` URI).
     """
     out = source.out
     ordered = sorted(units, key=lambda u: u.seq)
     markers = read_markers(ordered) if markers is None else markers
     finished = [(unit, markers[unit.key]) for unit in ordered if unit.key in markers]
-    outputs: dict[str, Any] = {"summary": "summary.json"}
+    outputs: dict[str, Any] = {}
     if "jsonl" in options.outputs:
         _join_lines([_store.join(part_location(unit), m["outputs"]["jsonl"]) for unit, m in finished],
                     _store.join(out, "frames.jsonl"))
         outputs["jsonl"] = "frames.jsonl"
-    if model["kind"] == "segmentation" and "masks" in options.outputs:
+    if kind == "segmentation" and "masks" in options.outputs:
         outputs["masks"] = "masks/"
-    if model["kind"] == "autoencoder" and "reconstruction" in options.outputs:
+    if kind == "autoencoder" and "reconstruction" in options.outputs:
         outputs["reconstruction"] = "reconstruction/"
     videos = [(unit, m["outputs"]) for unit, m in finished if m["outputs"].get("video_frames")]
     parts = [_store.join(part_location(unit), video["video"]) for unit, video in videos]
@@ -61,18 +62,15 @@ def merge_source(source: Source, units: list[Unit], options: SegmentOptions, *, 
         if _store.is_remote(out):
             if join_stored is None:
                 raise EdgesegError("merge_source() needs `join_stored` to join overlay parts in object storage.")
-            how = join_stored(parts, target, source.fps, options.codec)
+            join_stored(parts, target, source.fps, options.codec)
         else:
-            how = join_videos([Path(p) for p in parts], Path(target), fps=source.fps, codec=options.codec)
-        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames, video_join=how)
+            join_videos([Path(p) for p in parts], Path(target), fps=source.fps, codec=options.codec)
+        outputs.update(video="overlay.mp4", video_codec=codec, video_frames=frames)
     elif "overlay" in options.outputs and source.kind != "video":
         outputs["overlay"] = "overlay/"
     if finished and finished[0][1].get("pack", "files") != "files":
         outputs["pack"] = finished[0][1]["pack"]  # per-frame files packed: one archive per unit and output
-    summary = {**_summary(source, finished, len(ordered), options, model, wall, interrupted, outputs),
-               **_resumed_apart(finished, resumed, wall), **(extra or {})}
-    _store.write_bytes(_store.join(out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
-    return summary
+    return _report(source, finished, len(ordered), wall, interrupted, outputs, resumed)
 
 
 def join_stored_videos(parts: list[str], target: str, fps: float, codec: str = "auto") -> str:
@@ -136,44 +134,26 @@ def _join_lines(parts: list[str], target: str) -> None:
                 shutil.copyfileobj(handle, joined)
 
 
-def _resumed_apart(finished: list[tuple[Unit, dict[str, Any]]], resumed: set[str], wall: float) -> dict[str, Any]:
-    """This run's frames and fps without the units an earlier run finished (``--resume``): those are
-    ``frames_resumed``, as a run without Ray reports the frames it kept."""
-    if not resumed:
-        return {}
-    new = [m for unit, m in finished if unit.key not in resumed]
-    kept = [m for unit, m in finished if unit.key in resumed]
-    frames = sum(m["frames"] for m in new)
-    busy = sum(m["seconds"] for m in new)
-    return {"frames": frames, "frames_resumed": sum(m["frames"] for m in kept),
-            "fps": round(frames / wall, 3) if wall > 0 else 0.0,
-            "worker_fps": round(frames / busy, 3) if busy > 0 else 0.0}
+def _report(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, wall: float,
+            interrupted: bool, outputs: dict[str, Any], resumed: set[str]) -> dict[str, Any]:
+    # A unit --resume kept counts as frames_resumed, never as this run's frames (nor in its fps, stages, latency):
+    # as a run without Ray reports the frames it kept.
+    parts = [_as_resumed(m["report"]) if unit.key in resumed else m["report"] for unit, m in finished]
+    if parts:
+        report = records.merge_reports(parts, wall_s=wall)
+    else:
+        where = {"source": source.spec, "kind": source.kind, "folder": None, "state": "done"}
+        report = records.source_report(where, records.Tally(), error=None, wall_s=wall, latencies=[], stage_total={},
+                                       outputs={}, stream=None)
+    done = len(finished) == planned
+    state = "failed" if source.error else ("done" if done else ("stopped" if interrupted else "failed"))
+    report.update(source=source.spec, kind=source.kind, state=state, outputs=outputs,
+                  error=source.error or report["error"], units={"planned": planned, "finished": len(finished)})
+    if source.error:
+        report.update(frames_failed=report["frames_failed"] + 1, first_failure=report["first_failure"] or source.error)
+    return report
 
 
-def _summary(source: Source, finished: list[tuple[Unit, dict[str, Any]]], planned: int, options: SegmentOptions,
-             model: dict[str, Any], wall: float, interrupted: bool, outputs: dict[str, Any]) -> dict[str, Any]:
-    done = sum(m["frames"] for _, m in finished)
-    failed = sum(m["frames_failed"] for _, m in finished) + (1 if source.error else 0)
-    # A unit's stage_ms are per frame (its runtime summary's): weigh them by its frames.
-    stages = finished[0][1]["stage_ms"].keys() if finished else ()
-    stage_total = {stage: sum(m["stage_ms"].get(stage, 0.0) * m["frames"] for _, m in finished) for stage in stages}
-    busy = sum(m["seconds"] for _, m in finished)
-    first_failure = source.error or next((m["first_failure"] for _, m in finished if m.get("first_failure")), None)
-    return {
-        "source": source.spec,
-        "source_kind": source.kind,
-        "error": source.error,
-        **model,
-        "frames": done,
-        "frames_failed": failed,
-        "first_failure": first_failure,
-        "fps": round(done / wall, 3) if wall > 0 else 0.0,
-        "worker_fps": round(done / busy, 3) if busy > 0 else 0.0,
-        "wall_s": round(wall, 3),
-        "batch": finished[0][1]["batch"] if finished else options.batch,  # the runtime's batch rule chose it
-        "smooth": options.smooth,
-        "interrupted": interrupted,
-        "units": {"planned": planned, "finished": len(finished)},
-        "stage_ms": {stage: round(total / max(done, 1), 3) for stage, total in stage_total.items()},
-        "outputs": outputs,
-    }
+def _as_resumed(report: dict[str, Any]) -> dict[str, Any]:
+    """A kept unit's report as this run sees it: its frames are resumed ones; no time of this run's."""
+    return {**report, "frames": 0, "frames_resumed": report["frames_resumed"] + report["frames"]}

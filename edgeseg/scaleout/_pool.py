@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -272,11 +271,11 @@ class Pool:
     """
 
     def __init__(self, ray: Any, spec: Any, cluster: Any, options: SegmentOptions, *, env: dict[str, str],
-                 progress: str = "off") -> None:
+                 progress: bool = False) -> None:
         self.ray, self.spec, self.cluster, self.options = ray, spec, cluster, options
         self.need = Need(cluster.cpus_per_worker, cluster.gpus_per_worker, cluster.memory_per_worker_gb)
         self.env = env
-        self.progress_mode = progress
+        self.progress = progress
         self.actor_class = worker_class(ray)
         self.slots: dict[str, _Slot] = {}
         self.refs: dict[Any, tuple[str, str]] = {}  # object ref -> (worker name, what it answers)
@@ -345,7 +344,7 @@ class Pool:
 
     def run(self, units: list[Unit], *, stop: threading.Event) -> None:
         """Run ``units`` until each is done or given up, the job is stopped, or no worker can go on."""
-        self._bar = _Progress(self.progress_mode, sum(u.frames for u in units))
+        self._bar = _Progress(self.progress, sum(u.frames for u in units))
         try:
             self._loop(_Queue(units), stop, total=len(units))
         finally:
@@ -634,50 +633,31 @@ class Pool:
 
 
 class _Progress:
-    """Frames done, as a bar on a terminal or as a log line every 10 s when stderr is piped."""
+    """Frames done, shown by the runtime's one :class:`Progress` (a bar on a terminal, a log line every
+    ``LINES_EVERY_S`` when stderr is piped), with the recent rate and the busy workers as its note."""
 
-    def __init__(self, mode: str, total: int) -> None:
-        self.mode, self.total = mode, total
-        self.done = 0
-        self.started = self.said = time.monotonic()
-        self.window: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
-        self.bar = None
-        if mode == "bar":
-            from tqdm import tqdm
+    def __init__(self, enabled: bool, total: int) -> None:
+        from edgeseg.runtime.progress import Progress
 
-            self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr)
-        elif mode == "lines":
-            log.info("frames: 0/%d", total)
+        self.shown = Progress(total, desc="edgeseg segment --ray", unit="frame", enabled=enabled, every=LINES_EVERY_S)
+        self.total = total
+        self.window: collections.deque[tuple[float, int]] = collections.deque([(time.monotonic(), 0)])
 
     def add(self, frames: int) -> None:
-        self.done += frames
-        if self.bar is not None:
-            self.bar.update(frames)
+        self.shown.update(frames)  # negative: frames of a unit taken back, counted again when it is redone
 
     def tick(self, busy: int, alive: int) -> None:
         now = time.monotonic()
-        self.window.append((now, self.done))
+        self.window.append((now, self.shown.done))
         while len(self.window) > 2 and now - self.window[0][0] > 30:
             self.window.popleft()
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"workers {busy}/{alive} busy", refresh=False)
-        elif self.mode == "lines" and now - self.said >= LINES_EVERY_S:
-            self.said = now
-            log.info("%s", self.line(busy, alive))
-
-    def line(self, busy: int, alive: int) -> str:
         (t0, f0), (t1, f1) = self.window[0], self.window[-1]
         fps = (f1 - f0) / (t1 - t0) if t1 > t0 else 0.0
-        left = f" about {(self.total - self.done) / fps:.0f} s left," if fps > 0 else ""
-        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        return f"frames: {self.done}/{self.total}{share}, {fps:.1f} fps,{left} workers {busy}/{alive} busy"
+        left = f", about {(self.total - self.shown.done) / fps:.0f} s left" if fps > 0 else ""
+        self.shown.update(0, note=f"{fps:.1f} fps{left}, workers {busy}/{alive} busy")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.mode == "lines":
-            elapsed = time.monotonic() - self.started
-            log.info("frames: %d/%d in %.1f s", self.done, self.total, elapsed)
+        self.shown.close()
 
 
 def _what(task: Any) -> str:

@@ -70,6 +70,19 @@ def join(location: str, *parts: str) -> str:
     return os.path.join(location, *parts)
 
 
+def relative(location: str, base: str) -> str:
+    """``location`` relative to ``base`` (a folder above it), with ``/``; ``.`` for ``base`` itself.
+
+    Example::
+
+        relative("s3://bucket/job/clip", "s3://bucket/job")   # 'clip'
+    """
+    if is_remote(location):
+        rest = location.rstrip("/")[len(base.rstrip("/")):].strip("/")
+        return rest or "."
+    return Path(os.path.relpath(location, base)).as_posix()
+
+
 def name_of(location: str) -> str:
     """The last part of a location (a file's name, a folder's name)."""
     return location.rstrip("/").rsplit("/", 1)[-1]

@@ -131,9 +131,9 @@ def unit_source(unit: Unit, local: list[str] | str | None = None) -> Source:
     if unit.kind == "images":
         paths = list(local) if local is not None else list(unit.paths)
         return Source.images(paths, root=unit.root if local is None else None, names=list(unit.names),
-                             first=unit.index)
+                             first=unit.index, name=unit.name or "images")
     return Source.video_range(local or unit.video, start=unit.first, count=unit.count, stride=unit.stride,
-                              lead=unit.warm)
+                              lead=unit.warm, name=unit.name or None)
 
 
 class Activity:
@@ -257,19 +257,23 @@ def run_unit(unit: Unit, model: Model, options: SegmentOptions, *, worker: str =
                 inputs.done_with(unit)
         if summary["interrupted"]:
             return {"key": unit.key, "interrupted": True}
+        (report,) = summary["sources"].values()  # the part's own source report (records.SOURCE_FIELDS)
         first_failure = summary["first_failure"]
         if origin:
             first_failure = _name_sources(part / "frames.jsonl", origin, first_failure)
+            report = {**report, "first_failure": first_failure}
         upload_started = time.perf_counter()
         published = _publish(unit, part, pack, activity)
         marker = {"key": unit.key, "frames_expected": unit.frames, "frames": summary["frames"],
                   "frames_failed": summary["frames_failed"], "first_failure": first_failure,
                   "seconds": round(time.perf_counter() - started, 3), "segment_s": summary["wall_s"],
-                  "infer_fps": summary.get("infer_fps", 0.0), "worker": worker, "node": _node(), "pid": os.getpid(),
-                  "stage_ms": summary["stage_ms"], "pack": pack, "published": published,
+                  "infer_fps": summary["infer_fps"], "worker": worker, "node": _node(), "pid": os.getpid(),
+                  "report": report, "batches": summary["batches"],
+                  "infer_seconds": summary["frames"] / summary["infer_fps"] if summary["infer_fps"] else 0.0,
+                  "pack": pack, "published": published,
                   "io_s": {"download": round(download_s, 3), "upload": round(time.perf_counter() - upload_started, 3)},
-                  "outputs": {k: v for k, v in summary["outputs"].items() if k in ("jsonl", "video", "video_codec",
-                                                                                   "video_frames")},
+                  "outputs": {k: v for k, v in report["outputs"].items() if k in ("jsonl", "video", "video_codec",
+                                                                                  "video_frames")},
                   **{key: summary[key] for key in ("batch", "engine", "provider", "precision")}}
         _store.write_bytes(marker_location(unit), (json.dumps(marker, indent=2) + "\n").encode())
         if remote_out:
@@ -319,8 +323,8 @@ def _name_sources(jsonl: Path, origin: dict[str, str], first_failure: str | None
     lines = []
     for line in jsonl.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record.get("source") in origin:
-            record["source"] = origin[record["source"]]
+        if record.get("file") in origin:  # schema 2: `file` names the input
+            record["file"] = origin[record["file"]]
         lines.append(json.dumps(record))
     jsonl.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     if first_failure:

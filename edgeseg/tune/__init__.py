@@ -1,7 +1,7 @@
 """``edgeseg tune``: measure which engine configuration runs a model fastest on this machine.
 
 The measuring side; the runtime reads the records it writes (``Model(engine="auto")``,
-:func:`edgeseg.runtime.choose_config`).
+:func:`edgeseg.runtime.choose_config`). Public names load lazily, so ``edgeseg --help`` loads no NumPy.
 
 Example::
 
@@ -10,6 +10,19 @@ Example::
     print(record["choice"]["exact"])
 """
 
-from edgeseg.tune._tune import TuneOptions, candidate_configs, tune
+from __future__ import annotations
 
-__all__ = ["TuneOptions", "candidate_configs", "tune"]
+import importlib
+from typing import Any
+
+# Public name -> module that defines it.
+_PUBLIC = {name: "edgeseg.tune._tune" for name in ("TuneOptions", "candidate_configs", "tune")}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeseg.tune' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Measure candidate configurations of MODEL on this machine (engine onnxruntime/openvino x precision "
             "f32, bf16 where the CPU has it, int8 with --int8 x threads x batch x latency/throughput), each "
-            "with its mask agreement against FP32 onnxruntime, within --seconds; write a tuning record (machine "
+            "with its mask agreement against FP32 onnxruntime, within --seconds (the engine the heuristic would "
+            "pick here first: what does not fit the budget is listed as not measured); write a tuning record (machine "
             "fingerprint, model sha256) to the cache. `edgeseg segment --engine auto` and Model(engine='auto') "
             "then run the fastest configuration at the exact bar (>= 99.9% agreement), or the fast bar "
             "(>= 99%) where asked."
@@ -31,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="report the choice at the fast bar (>= 99%% agreement) instead of exact (>= 99.9%%); "
                              "the record holds both")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--precision", choices=("auto", "fp16"), default="auto",
+                        help="fp16: measure onnxruntime in fp16 on the GPU next to its fp32 (CUDA); refused in one line "
+                             "where onnxruntime has no CUDA (default: auto, the CPU engines' precisions)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress display (default: a bar on a terminal, a line every 15 s when piped)")
     parser.set_defaults(func=_run)
 
 
@@ -40,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     from edgeseg.tune import TuneOptions, tune
 
     options = TuneOptions(int8=args.int8, source=args.source, seconds=args.seconds, cache=args.cache,
-                          frames=args.frames, progress=not args.no_progress)
+                          frames=args.frames, progress=not args.no_progress and not args.quiet,
+                          precision=args.precision)
     record = tune(args.model, options)
     print(f"{'fps':>8}  {'agreement':>9}  configuration")
     for candidate in record["candidates"]:
@@ -49,6 +55,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{'-':>8}  {'-':>9}  {config}: {candidate.get('skipped', 'not measured')}")
         else:
             print(f"{candidate['fps']:8.2f}  {100 * candidate['agreement']:8.2f}%  {config}")
+    total, measured = len(record["candidates"]), record["measured"]
+    left = f"; {total - measured} not measured: raise --seconds (now {args.seconds:g}) to measure them" if measured < total else ""
+    print(f"measured {measured} of {total} candidates, the likeliest winners first{left}")
     bar = "fast" if args.fast else "exact"
     choice = record["choice"][bar]
     label = EngineConfig.from_dict(choice).describe() if choice else "none passed the bar (the heuristic runs)"

@@ -23,20 +23,23 @@ import numpy as np
 
 from edgeseg.runtime import (
     BARS,
+    ENGINES,
     RECORD_VERSION,
     Contract,
     EdgesegError,
     EngineConfig,
     Model,
+    ModelFile,
     cpu_flags,
+    heuristic_config,
     machine_fingerprint,
     open_source,
-    openvino_available,
     pick,
     record_path,
-    sha256_of,
+    require_gpu_fp16,
     write_json_atomic,
 )
+from edgeseg.runtime.progress import Progress
 
 log = logging.getLogger("edgeseg.tune")
 
@@ -56,12 +59,20 @@ class TuneOptions:
     frames: int = 8
     batches: tuple[int, ...] = (1, 4)
     threads: tuple[int, ...] | None = None
-    engines: tuple[str, ...] = ("onnxruntime", "openvino")
+    engines: tuple[str, ...] = tuple(ENGINES)
     progress: bool = True
+    precision: str = "auto"  # "fp16": the candidates are onnxruntime fp16 on the GPU (refused without CUDA)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp16"):
+            raise EdgesegError(f"--precision must be auto or fp16, got {self.precision!r}.")
+        if self.precision == "fp16":
+            require_gpu_fp16("tune --precision fp16")
         if self.seconds <= 0 or self.frames < 1:
             raise EdgesegError(f"--seconds must be > 0 and frames >= 1, got {self.seconds} and {self.frames}.")
+        unknown = [engine for engine in self.engines if engine not in ENGINES]
+        if unknown:
+            raise EdgesegError(f"Unknown engine(s) {', '.join(unknown)}: expected some of {', '.join(ENGINES)}.")
         if self.int8 is not None and not Path(self.int8).is_file():
             raise EdgesegError(f"--int8 `{self.int8}`: no such file. Pass a model made by `edgeseg calibrate`.")
 
@@ -70,35 +81,46 @@ REFERENCE = EngineConfig()  # onnxruntime FP32, default threads, batch 1: what e
 
 
 def candidate_configs(options: TuneOptions, *, cores: int, bf16: bool, openvino: bool,
-                      fused: bool = False) -> list[EngineConfig]:
-    """The configurations to try, the reference first, then the likeliest winners (the budget may end early).
+                      fused: bool = False, first: str = "onnxruntime") -> list[EngineConfig]:
+    """The configurations to try: the reference first, then ``first``'s (the engine the heuristic would pick
+    here, the likeliest winner), then the other engines' (the budget may end before the last ones).
 
-    ``fused``: also try OpenVINO's batched throughput configurations on the file with the class-id rule in
-    its graph (segmentation models; benchmarks/fast_mode.py measured it 1.0-1.45x the unfused file).
+    Each engine of :data:`edgeseg.runtime.ENGINES` contributes its precisions (bf16 only where the CPU has it)
+    x batches x threads; an engine with streams of its own (OpenVINO) runs batches in throughput mode and
+    tries other thread counts at batch 1. ``fused``: also the file with the class-id rule in its graph, for
+    engines where it pays (segmentation models; benchmarks/fast_mode.py measured it 1.0-1.45x on OpenVINO).
 
     Example::
 
-        candidate_configs(TuneOptions(), cores=2, bf16=True, openvino=True)[0]  # the FP32 reference
+        candidate_configs(TuneOptions(), cores=2, bf16=True, openvino=True, first="openvino")[:2]
+        # [the FP32 onnxruntime reference, openvino bf16 batch 1]
     """
     threads: tuple[int | None, ...] = (None, *sorted({t for t in options.threads or (1, cores) if t != cores}))
     files = ("fp32", "int8") if options.int8 else ("fp32",)
-    found: list[EngineConfig] = [REFERENCE]
-    if openvino and "openvino" in options.engines:
-        precisions = ("bf16", "f32") if bf16 else ("f32",)
+    found: dict[str, list[EngineConfig]] = {}
+    for name, engine in ENGINES.items():
+        if name not in options.engines or (name == "openvino" and not openvino):
+            continue
+        configs = found.setdefault(name, [])
         for file in files:
-            for precision in precisions if file == "fp32" else ("auto",):
-                for batch in options.batches:
-                    found.append(EngineConfig("openvino", precision, None, batch, batch > 1, file))
-                    if fused and batch > 1:
-                        found.append(EngineConfig("openvino", precision, None, batch, True, file, fused=True))
-                found += [EngineConfig("openvino", precision, t, 1, False, file) for t in threads if t is not None]
-    if "onnxruntime" in options.engines:
-        for file in files:
-            found += [EngineConfig("onnxruntime", "auto", t, b, False, file) for t in threads for b in options.batches]
-    unique: list[EngineConfig] = []
-    for config in found:
+            for precision in engine.measured_precisions(bf16=bf16) if file == "fp32" else ("auto",):
+                if engine.throughput:
+                    for batch in options.batches:
+                        configs.append(EngineConfig(name, precision, None, batch, batch > 1, file))
+                        if fused and engine.fused and batch > 1:
+                            configs.append(EngineConfig(name, precision, None, batch, True, file, fused=True))
+                    configs += [EngineConfig(name, precision, t, 1, False, file) for t in threads if t is not None]
+                else:
+                    configs += [EngineConfig(name, precision, t, b, False, file) for t in threads for b in options.batches]
+    order = sorted(found, key=lambda name: name != first)
+    unique: list[EngineConfig] = [REFERENCE]
+    for config in (config for name in order for config in found[name]):
         if config not in unique:
             unique.append(config)
+    if options.precision != "auto":  # a GPU precision (fp16) on the FP32 file, next to the GPU's fp32 configurations
+        gpu = [EngineConfig(name, options.precision, None, b, False, "fp32") for name, engine in ENGINES.items()
+               if name in options.engines and options.precision in engine.gpu_precisions for b in options.batches]
+        unique = [REFERENCE, *gpu, *(c for c in unique[1:] if ENGINES[c.engine].gpu_precisions)]
     return unique
 
 
@@ -116,15 +138,16 @@ def tune(model: str | os.PathLike, options: TuneOptions = TuneOptions()) -> dict
 
     fingerprint = machine_fingerprint()
     segmentation = reference.kind == "segmentation"
+    likely = heuristic_config(kind=reference.kind)[0].engine  # what engine="auto" runs without a record
     configs = candidate_configs(options, cores=fingerprint["cores"], bf16=bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
-                                openvino=openvino_available(), fused=segmentation)
-    path = record_path(sha256_of(model), fingerprint, options.cache)
+                                openvino=ENGINES["openvino"].available(), fused=segmentation, first=likely)
+    path = record_path(reference.file.sha256, fingerprint, options.cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     files = _files(model, options, path, fused=segmentation and any(c.fused for c in configs))
     results = _measure_all(files, options, configs, images, masks=segmentation)
-    fused = {file: {"path": str(where.resolve()), "sha256": sha256_of(where)} for (file, is_fused), where in files.items()
-             if is_fused}
-    record = _record(model, options, fingerprint, results, len(images), fused=fused)
+    fused = {file: {"path": str(where.resolve()), "sha256": ModelFile.read(where).sha256}
+             for (file, is_fused), where in files.items() if is_fused}
+    record = _record(reference.file, options, fingerprint, results, len(images), fused=fused)
     write_json_atomic(path, record)
     return {**record, "path": str(path)}
 
@@ -145,21 +168,19 @@ def _files(model: Path, options: TuneOptions, record: Path, *, fused: bool) -> d
 def _measure_all(files: dict[tuple[str, bool], Path], options: TuneOptions, configs: Sequence[EngineConfig],
                  images: list[np.ndarray], *, masks: bool) -> list[dict[str, Any]]:
     deadline = time.perf_counter() + options.seconds
-    bar = _bar(len(configs), enabled=options.progress)
     # Each engine logs what it compiled; here that is one line per candidate across the bar: keep warnings only.
     runtime_log = logging.getLogger("edgeseg.runtime")
     level = runtime_log.level
     runtime_log.setLevel(max(level, logging.WARNING))
     try:
-        return _measure_each(files, options, configs, images, masks=masks, deadline=deadline, bar=bar)
+        with Progress(len(configs), desc="edgeseg tune", unit="config", enabled=options.progress) as progress:
+            return _measure_each(files, configs, images, masks=masks, deadline=deadline, progress=progress)
     finally:
         runtime_log.setLevel(level)
-        if bar is not None:
-            bar.close()
 
 
-def _measure_each(files: dict[tuple[str, bool], Path], options: TuneOptions, configs: Sequence[EngineConfig], images: list[np.ndarray], *,
-                  masks: bool, deadline: float, bar: Any) -> list[dict[str, Any]]:
+def _measure_each(files: dict[tuple[str, bool], Path], configs: Sequence[EngineConfig], images: list[np.ndarray], *,
+                  masks: bool, deadline: float, progress: Progress) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     reference_outputs = None
     for index, config in enumerate(configs):
@@ -175,9 +196,7 @@ def _measure_each(files: dict[tuple[str, bool], Path], options: TuneOptions, con
             if outputs is not None:
                 result["agreement"] = _agreement(outputs, reference_outputs, masks=masks)
             results.append(result)
-        if bar is not None:
-            bar.set_postfix_str(config.describe(), refresh=False)
-            bar.update(1)
+        progress.update(note=config.describe())
     return results
 
 
@@ -218,14 +237,15 @@ def _agreement(outputs: list[np.ndarray], reference: list[np.ndarray], *, masks:
     return same / total if total else 0.0
 
 
-def _record(model: Path, options: TuneOptions, fingerprint: dict[str, Any], results: list[dict[str, Any]],
+def _record(model: ModelFile, options: TuneOptions, fingerprint: dict[str, Any], results: list[dict[str, Any]],
             frames: int, *, fused: dict[str, dict[str, str]]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "version": RECORD_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": str(model.resolve()),
-        "model_sha256": sha256_of(model),
-        "int8": ({"path": str(Path(options.int8).resolve()), "sha256": sha256_of(options.int8)}
+        "model": str(model.path.resolve()),
+        "model_sha256": model.sha256,
+        "model_bytes": model.size,  # lets Model(engine="auto") skip hashing files no record here can be for
+        "int8": ({"path": str(Path(options.int8).resolve()), "sha256": ModelFile.read(options.int8).sha256}
                  if options.int8 else None),
         "fingerprint": fingerprint,
         "seconds": options.seconds,
@@ -234,6 +254,7 @@ def _record(model: Path, options: TuneOptions, fingerprint: dict[str, Any], resu
         "reference": REFERENCE.describe(),
         "bars": BARS,
         "candidates": sorted(results, key=lambda r: -(r["fps"] or 0.0)),
+        "measured": sum(1 for r in results if r["fps"] is not None),  # of len(candidates); the rest: skipped, why
         "fused": fused,  # file -> the fused copy tune made and measured beside this record
     }
     record["choice"] = {}
@@ -265,12 +286,3 @@ def _generated_frames(count: int, contract: Contract) -> list[np.ndarray]:
                                classes=max(2, contract.num_classes), seed=0)
         return [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
 
-
-def _bar(total: int, *, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="config", dynamic_ncols=True, file=sys.stderr, desc="edgeseg tune")

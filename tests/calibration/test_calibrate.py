@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgeseg.calibration import Budget, QuantizeOptions, calibrate, compute_flops, cpu_int8_support
+from edgeseg.calibration import Budget, CalibrateOptions, QuantizeOptions, calibrate, compute_flops, cpu_int8_support
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import RangeCollector, preprocess_for_quantization
 from edgeseg.runtime.contract import Contract
@@ -21,6 +21,8 @@ from edgeseg.runtime.errors import EdgesegError
 REPORT_FIELDS = {"method", "samples", "fp32", "int8", "miou_drop", "agreement", "speedup", "sqnr_db",
                  "float_nodes", "peak_mb", "warnings", "mean_abs_prob_diff", "layers", "float_compute"}
 SIDE_FIELDS = {"miou", "pixel_acc", "per_class_iou", "ms_per_frame", "fps"}
+
+FAST = CalibrateOptions(timing_rounds=1, sqnr_frames=1)
 
 
 def _ops(path):
@@ -36,8 +38,8 @@ def _probabilities(path, batch):
 def test_every_method_writes_an_int8_model_close_to_fp32_with_its_contract(kit, tmp_path, seg_model, method):
     frames = kit.write_frames(tmp_path / "f", 10, masks=tmp_path / "m")
     out = tmp_path / "int8.onnx"
-    report = calibrate(seg_model, frames, output=out, masks=tmp_path / "m", samples=10, chunk=3,
-                       options=QuantizeOptions(method=method, percentile=99.9), timing_rounds=2, sqnr_frames=2)
+    report = calibrate(seg_model, frames, output=out, masks=tmp_path / "m", options=CalibrateOptions(
+        samples=10, chunk=3, quantize=QuantizeOptions(method=method, percentile=99.9), timing_rounds=2, sqnr_frames=2))
     ops = _ops(out)
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 3
     contract = Contract.from_onnx(onnx.load(str(out)))
@@ -56,8 +58,8 @@ def test_every_method_writes_an_int8_model_close_to_fp32_with_its_contract(kit, 
 def test_report_has_the_design_fields_and_is_written(kit, tmp_path, seg_model):
     frames = kit.write_frames(tmp_path / "f", 6, masks=tmp_path / "m")
     report_path, chart = tmp_path / "r.json", tmp_path / "sqnr.png"
-    returned = calibrate(seg_model, frames, output=tmp_path / "q.onnx", masks=tmp_path / "m", report=report_path,
-                         chart=chart, trt_table=tmp_path / "trt", timing_rounds=2, sqnr_frames=2)
+    returned = calibrate(seg_model, frames, output=tmp_path / "q.onnx", masks=tmp_path / "m", options=CalibrateOptions(
+        report=report_path, chart=chart, trt_table=tmp_path / "trt", timing_rounds=2, sqnr_frames=2))
     report = json.loads(report_path.read_text())
     assert REPORT_FIELDS <= set(report) and report == json.loads(json.dumps(returned))
     assert SIDE_FIELDS <= set(report["fp32"]) and SIDE_FIELDS <= set(report["int8"])
@@ -118,7 +120,8 @@ def test_chunked_calibration_matches_one_pass(kit, tmp_path, seg_model, method):
 def test_accuracy_control_returns_lowest_sqnr_layers_to_float(kit, tmp_path, seg_model):
     frames = kit.write_frames(tmp_path / "f", 8)
     out = tmp_path / "q.onnx"
-    report = calibrate(seg_model, frames, output=out, budget=Budget(max_drop=0.0), timing_rounds=2, sqnr_frames=2)
+    report = calibrate(seg_model, frames, output=out,
+                       options=CalibrateOptions(budget=Budget(max_drop=0.0), timing_rounds=2, sqnr_frames=2))
     control = report["accuracy_control"]
     assert control["drop_before"] > 0.0, "the tiny model must disagree somewhere for this test to mean anything"
     assert control["returned"] and control["returned"][0] == next(iter(control["steps"]))["returned"]
@@ -134,19 +137,19 @@ def test_accuracy_control_returns_lowest_sqnr_layers_to_float(kit, tmp_path, seg
 
 def test_float_nodes_and_op_types_stay_float(kit, tmp_path, seg_model):
     frames = kit.write_frames(tmp_path / "f", 6)
-    report = calibrate(seg_model, frames, output=tmp_path / "q.onnx", timing_rounds=1, sqnr_frames=1,
-                       options=QuantizeOptions(float_nodes=("conv2",), symmetric_activations=True))
+    report = calibrate(seg_model, frames, output=tmp_path / "q.onnx", options=CalibrateOptions(
+        timing_rounds=1, sqnr_frames=1, quantize=QuantizeOptions(float_nodes=("conv2",), symmetric_activations=True)))
     assert set(report["float_nodes"]) == {"conv2", "up"}
     assert report["float_compute"]["nodes"]["conv2"]["reason"] == "kept in float"
-    report = calibrate(seg_model, frames, output=tmp_path / "q2.onnx", timing_rounds=1, sqnr_frames=1,
-                       options=QuantizeOptions(float_op_types=("Conv", "ConvTranspose")))
+    report = calibrate(seg_model, frames, output=tmp_path / "q2.onnx", options=CalibrateOptions(
+        timing_rounds=1, sqnr_frames=1, quantize=QuantizeOptions(float_op_types=("Conv", "ConvTranspose"))))
     assert set(report["float_nodes"]) == {"conv1", "conv2", "up", "score"}
 
 
 def test_autoencoder_reports_reconstruction_error(kit, tmp_path):
     model = kit.autoencoder_model(tmp_path / "cae.onnx")
     frames = kit.write_frames(tmp_path / "f", 6, size=16)
-    report = calibrate(model, frames, output=tmp_path / "q.onnx", timing_rounds=1, sqnr_frames=1)
+    report = calibrate(model, frames, output=tmp_path / "q.onnx", options=FAST)
     mse = report["reconstruction_mse"]
     assert set(mse) == {"fp32", "int8", "fp32_vs_int8"} and mse["fp32"] > 0
     assert mse["fp32_vs_int8"] < 0.1 * mse["fp32"]
@@ -157,7 +160,7 @@ def test_bad_models_are_refused(kit, tmp_path, seg_model):
     bare = kit.segmentation_model(tmp_path / "bare.onnx", contract=False)
     with pytest.raises(EdgesegError, match="no edgeseg contract"):
         calibrate(bare, frames, output=tmp_path / "q.onnx")
-    calibrate(seg_model, frames, output=tmp_path / "q.onnx", timing_rounds=1, sqnr_frames=1)
+    calibrate(seg_model, frames, output=tmp_path / "q.onnx", options=FAST)
     with pytest.raises(EdgesegError, match="already quantized"):
         calibrate(tmp_path / "q.onnx", frames, output=tmp_path / "qq.onnx")
     (tmp_path / "zip.onnx").write_bytes(b"PK\x03\x04 not onnx")
@@ -165,8 +168,17 @@ def test_bad_models_are_refused(kit, tmp_path, seg_model):
         calibrate(tmp_path / "zip.onnx", frames, output=tmp_path / "qq.onnx")
     with pytest.raises(EdgesegError, match="overwrite"):
         calibrate(seg_model, frames, output=seg_model)
+    with pytest.raises(EdgesegError, match="takes a CalibrateOptions"):
+        calibrate(seg_model, frames, output=tmp_path / "q4.onnx", options=QuantizeOptions())  # the old signature
+    with pytest.raises(EdgesegError, match="--chunk must be an integer >= 1"):
+        CalibrateOptions(chunk=0)
+    for share in (1.0, -0.1, True):
+        with pytest.raises(EdgesegError, match=r"--holdout must be a share in \[0, 1\)"):
+            CalibrateOptions(holdout=share)
+    with pytest.raises(EdgesegError, match="--max-drop"):
+        Budget(float("nan"))
     with pytest.raises(EdgesegError, match="--report .*does not exist"):
-        calibrate(seg_model, frames, output=tmp_path / "q3.onnx", report=tmp_path / "no" / "r.json")
+        calibrate(seg_model, frames, output=tmp_path / "q3.onnx", options=CalibrateOptions(report=tmp_path / "no" / "r.json"))
 
 
 def test_cpu_flags_decide_the_int8_warning():
@@ -206,6 +218,8 @@ def test_cli_end_to_end_with_jpeg_0_255_masks_and_bad_input_exit_2(kit, tmp_path
     assert Contract.from_onnx(out).calibration["samples"] == 6
     assert (tmp_path / "r.sqnr.png").is_file()
     assert "collecting ranges" not in done.stderr  # stderr is a pipe here: no progress bar
+    # It says where it wrote, every file.
+    assert f"wrote INT8 model {out}, report {report}, SQNR chart {tmp_path / 'r.sqnr.png'}" in done.stdout
 
     (tmp_path / "empty").mkdir()
     failed = _cli(seg_model, "--data", tmp_path / "empty", "-o", tmp_path / "x.onnx")
@@ -219,7 +233,8 @@ def test_importing_is_light_and_calibrating_never_loads_tensorflow(kit, tmp_path
         "import sys\n"
         "import edgeseg.calibration as c\n"
         "assert not {'onnx', 'onnxruntime', 'tensorflow'} & set(sys.modules), 'import is not lazy'\n"
-        f"c.calibrate({str(seg_model)!r}, {str(frames)!r}, output={str(tmp_path / 'q.onnx')!r}, timing_rounds=1, sqnr_frames=1)\n"
+        f"c.calibrate({str(seg_model)!r}, {str(frames)!r}, output={str(tmp_path / 'q.onnx')!r}, "
+        "options=c.CalibrateOptions(timing_rounds=1, sqnr_frames=1))\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -233,8 +248,8 @@ def test_activation_type_follows_the_cpu_unless_chosen(kit, tmp_path, seg_model)
     frames = kit.write_frames(tmp_path / "f", 4)
     for activations, dtype in (("int8", np.int8), ("uint8", np.uint8)):
         out = tmp_path / f"{activations}.onnx"
-        report = calibrate(seg_model, frames, output=out, timing_rounds=1, sqnr_frames=1,
-                           options=QuantizeOptions(activations=activations))
+        report = calibrate(seg_model, frames, output=out, options=CalibrateOptions(
+            timing_rounds=1, sqnr_frames=1, quantize=QuantizeOptions(activations=activations)))
         assert report["options"]["activations"] == activations
         zero_points = [i for i in onnx.load(str(out)).graph.initializer if i.name == "r1_zero_point"]
         assert onnx.numpy_helper.to_array(zero_points[0]).dtype == dtype
@@ -259,9 +274,9 @@ def test_output_softmax_stays_float_by_default_even_behind_a_transpose(tmp_path,
 
 def test_conv_transpose_is_float_by_default_and_quantized_on_request(kit, tmp_path, seg_model):
     frames = kit.write_frames(tmp_path / "f", 4)
-    calibrate(seg_model, frames, output=tmp_path / "a.onnx", timing_rounds=1, sqnr_frames=1)
-    report = calibrate(seg_model, frames, output=tmp_path / "b.onnx", timing_rounds=1, sqnr_frames=1,
-                       options=QuantizeOptions(float_op_types=()))
+    calibrate(seg_model, frames, output=tmp_path / "a.onnx", options=FAST)
+    report = calibrate(seg_model, frames, output=tmp_path / "b.onnx",
+                       options=CalibrateOptions(timing_rounds=1, sqnr_frames=1, quantize=QuantizeOptions(float_op_types=())))
     def up_node(path):
         return next(n for n in onnx.load(str(path)).graph.node if n.name == "up")
 

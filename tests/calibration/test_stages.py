@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -13,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.calibration import QuantizeOptions, calibrate
+from edgeseg.calibration import CalibrateOptions, QuantizeOptions, calibrate
 from edgeseg.calibration._data import load_calibration_set
 from edgeseg.calibration._quantize import (RangeCollector, preprocess_for_quantization, read_trt_table, trt_amax,
                                            write_trt_table)
@@ -22,7 +24,7 @@ from edgeseg.runtime.contract import Contract, InputSpec, OutputSpec, write_cont
 from edgeseg.runtime.errors import EdgesegError
 
 CAE = Path(__file__).resolve().parents[2] / "samples" / "models" / "cae" / "model.onnx"
-FAST = {"timing_rounds": 1, "sqnr_frames": 1}
+FAST = CalibrateOptions(timing_rounds=1, sqnr_frames=1)
 
 
 def _without_calibration(path) -> dict:
@@ -39,7 +41,7 @@ def test_frames_all_refused_say_why_not_that_there_were_none(kit, tmp_path, seg_
     for mask in (tmp_path / "m").iterdir():  # masks half the size of their images
         cv2.imwrite(str(mask), np.zeros((24, 24), np.uint8))
     with pytest.raises(EdgesegError) as refused:
-        calibrate(seg_model, tmp_path / "i", masks=tmp_path / "m", output=tmp_path / "q.onnx", **FAST)
+        calibrate(seg_model, tmp_path / "i", masks=tmp_path / "m", output=tmp_path / "q.onnx", options=FAST)
     message = str(refused.value)
     assert "all 3 read were refused" in message and "24x24" in message and "expected images" not in message
 
@@ -50,7 +52,7 @@ def test_frames_all_refused_say_why_not_that_there_were_none(kit, tmp_path, seg_
 def test_calibrating_the_committed_cae_keeps_every_contract_field(kit, tmp_path):
     frames = kit.write_frames(tmp_path / "f", 4, size=28)
     out = tmp_path / "cae.int8.onnx"
-    report = calibrate(CAE, frames, output=out, samples=4, **FAST)
+    report = calibrate(CAE, frames, output=out, options=replace(FAST, samples=4))
     before = _without_calibration(CAE)
     assert before["latent"] == {"latent_size": 2, "shape": [1, 1, 2]}
     assert _without_calibration(out) == before
@@ -82,7 +84,7 @@ def _encoder_half(path: Path) -> Path:
 def test_an_encoder_half_keeps_its_latent_and_a_decoder_half_is_refused(kit, tmp_path):
     encoder = _encoder_half(tmp_path / "encoder.onnx")
     frames = kit.write_frames(tmp_path / "f", 4, size=16)
-    report = calibrate(encoder, frames, output=tmp_path / "e8.onnx", **FAST)
+    report = calibrate(encoder, frames, output=tmp_path / "e8.onnx", options=FAST)
     assert _without_calibration(tmp_path / "e8.onnx") == _without_calibration(encoder)
     assert Contract.from_onnx(tmp_path / "e8.onnx").latent == {"latent_size": 4, "shape": [4]}
     mse = report["reconstruction_mse"]  # a code has no input to match: FP32-vs-INT8 error over its power
@@ -91,7 +93,7 @@ def test_an_encoder_half_keeps_its_latent_and_a_decoder_half_is_refused(kit, tmp
     write_contract(model, Contract.from_onnx(encoder).replace(kind="decoder"))
     onnx.save(model, str(tmp_path / "decoder.onnx"))
     with pytest.raises(EdgesegError, match="decoder half"):
-        calibrate(tmp_path / "decoder.onnx", frames, output=tmp_path / "d8.onnx", **FAST)
+        calibrate(tmp_path / "decoder.onnx", frames, output=tmp_path / "d8.onnx", options=FAST)
 
 
 # ------------------------------------------------------------------ the TensorRT table
@@ -110,7 +112,7 @@ def test_trt_table_holds_symmetric_amax_even_for_a_larger_negative_end(tmp_path)
 
 def test_trt_table_from_calibrate_matches_the_calibrated_ranges(kit, tmp_path, seg_model):
     frames = kit.write_frames(tmp_path / "f", 6)
-    calibrate(seg_model, frames, output=tmp_path / "q.onnx", trt_table=tmp_path / "trt", **FAST)
+    calibrate(seg_model, frames, output=tmp_path / "q.onnx", options=replace(FAST, trt_table=tmp_path / "trt"))
     table = read_trt_table(tmp_path / "trt")
     # The same ranges, collected independently (minmax is exact and chunk-independent).
     prepared = tmp_path / "p.onnx"
@@ -134,13 +136,16 @@ def test_trt_table_from_calibrate_matches_the_calibrated_ranges(kit, tmp_path, s
 # ------------------------------------------------------------------ progress and --help
 
 
-def test_progress_bar_goes_to_stderr_only_when_asked(kit, tmp_path, seg_model, capsys):
+def test_progress_bar_goes_to_stderr_only_when_asked(kit, tmp_path, seg_model, capsys, monkeypatch):
     frames = kit.write_frames(tmp_path / "f", 4)
-    calibrate(seg_model, frames, output=tmp_path / "q.onnx", progress=True, **FAST)
+    calibrate(seg_model, frames, output=tmp_path / "q0.onnx", options=replace(FAST, progress=True))
+    assert capsys.readouterr().err == ""  # stderr is no terminal here: no bar drawn into it (and under 15 s no line)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar
+    calibrate(seg_model, frames, output=tmp_path / "q.onnx", options=replace(FAST, progress=True))
     shown = capsys.readouterr()
     assert "reading frames" in shown.err and "writing the INT8 model" in shown.err and shown.out == ""
     assert "9/9" in shown.err  # every stage counted: the bar ends full
-    calibrate(seg_model, frames, output=tmp_path / "q2.onnx", **FAST)
+    calibrate(seg_model, frames, output=tmp_path / "q2.onnx", options=FAST)
     assert capsys.readouterr().err == ""
 
 

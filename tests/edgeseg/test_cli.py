@@ -50,21 +50,36 @@ def _without(tmp_path, *modules):
     (["export", "samples/models/fcn8/model.keras", "-o", "m.onnx"], ("tensorflow", "keras", "tf2onnx"), "export"),
     (["calibrate", "samples/models/fcn8/model.onnx", "--data", "samples/folder", "-o", "x.int8.onnx"], ("onnx",),
      "calibrate"),
+    # A runtime-only install (`pip install '.[cpu]'`): what a stranger met first.
+    (["demo", "--quick", "--out", "out"], ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib"),
+     "export,calibrate,bench"),
+    (["samples", "--out", "out"], ("tensorflow", "keras", "tf2onnx", "onnx", "matplotlib"), "export,calibrate"),
+    (["bench", "--model", "samples/models/fcn8/model.onnx", "--source", "samples/folder", "--json", "b.json"],
+     ("onnx",), "bench"),
+    # A runtime-only install: exit 2 naming the extra, not exit 3 "a bug in edgeseg verify" (issue 24).
+    (["verify", "samples/models/fcn8/model.keras", "samples/models/fcn8/model.onnx"], ("tensorflow", "keras", "tf2onnx"),
+     "export"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, command, hidden, extra):
-    command = [str(tmp_path / arg) if arg.endswith(".onnx") and "/" not in arg else arg for arg in command]
+    command = [str(tmp_path / arg) if arg in ("out", "b.json") or (arg.endswith(".onnx") and "/" not in arg) else arg
+               for arg in command]
     out = subprocess.run([sys.executable, "-m", "edgeseg", *command], capture_output=True, text=True,
                          env=_without(tmp_path, *hidden), cwd=ROOT, timeout=120)
     assert out.returncode == 2, out.stderr
-    errors = [line for line in out.stderr.splitlines() if "error:" in line]  # progress lines may come first
-    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert f"pip install 'edgeseg[{extra}]'" in errors[0], errors[0]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], out.stderr  # one line, before anything starts
+    assert f"pip install 'edgeseg[{extra}]'" in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()  # nothing was made: no empty report folder
 
 
 def test_missing_extra_message_names_package_and_extra():
+    # The extra the command installs anyway when it brings the package (bench brings OpenVINO), else the one that does.
     message = missing_extra_message("bench", ModuleNotFoundError("no", name="openvino.runtime"))
-    assert "`openvino`" in message and "edgeseg[openvino]" in message
-    assert "edgeseg[bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+    assert "`openvino`" in message and "edgeseg[bench]" in message
+    assert "edgeseg[openvino]" in missing_extra_message("segment", ModuleNotFoundError("no", name="openvino"))
+    # A package no extra names (a dependency of one): the command's own extras.
+    assert "edgeseg[cpu,bench]" in missing_extra_message("bench", ModuleNotFoundError("no", name="somethingelse"))
+    assert "reinstall edgeseg" in missing_extra_message("segment", ModuleNotFoundError("no", name="numpy"))
 
 
 def test_every_help_page_formats_cleanly():

@@ -72,3 +72,18 @@ def model_files(tmp_path_factory):
         "foreign": save_model(fcn, folder / "foreign.keras", None),
     }
     return paths
+
+
+@pytest.fixture(scope="session")
+def exports(model_files, tmp_path_factory):
+    """The mini models exported once for the whole session: fcn8 (plain, as `edgeseg export` writes it), fcn8-nchw,
+    fcn8-cuda, cae, cae-nchw. Tests read these files; a test that alters one writes its copy into its tmp_path."""
+    from edgeseg.cli import main
+
+    folder = tmp_path_factory.mktemp("onnx")
+    paths = {}
+    for name, extra in [("fcn8", []), ("fcn8-nchw", ["--nchw"]), ("fcn8-cuda", ["--cuda-friendly"]), ("cae", []),
+                        ("cae-nchw", ["--nchw", "--cuda-friendly"])]:
+        paths[name] = folder / f"{name}.onnx"
+        assert main(["export", str(model_files[name.split("-")[0]]), "-o", str(paths[name]), *extra]) == 0
+    return paths

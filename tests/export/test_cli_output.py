@@ -25,6 +25,9 @@ def test_train_prints_one_line_per_epoch_and_no_tensorflow_noise(tmp_path):
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"], text
     assert all("loss" in line and "val_loss" in line for line in epochs)
+    # The 10-40 s TensorFlow takes to load is said once, before it starts, not left silent.
+    loading = [i for i, line in enumerate(lines) if line.startswith("loading TensorFlow")]
+    assert len(loading) == 1 and loading[0] < lines.index(epochs[0]), text
     for noise in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "Epoch 1/2"):
         assert noise not in text, f"{noise!r} in the output:\n{text}"
 

@@ -20,9 +20,8 @@ def _contract(path):
     return Contract.from_onnx(onnx.load(str(path)))
 
 
-def test_fcn8_export_carries_the_contract_and_a_lean_graph(model_files, tmp_path):
-    out = tmp_path / "fcn8.onnx"
-    assert _export(model_files["fcn8"], out) == 0
+def test_fcn8_export_carries_the_contract_and_a_lean_graph(exports):
+    out = exports["fcn8"]  # `edgeseg export MODEL -o fcn8.onnx`, once for the session (conftest)
     proto = onnx.load(str(out))
     contract = Contract.from_onnx(proto)
     assert contract.kind == "segmentation"
@@ -39,7 +38,7 @@ def test_fcn8_export_carries_the_contract_and_a_lean_graph(model_files, tmp_path
     # Lean: one layout Transpose in, one out; no Shape/Gather sub-graphs around ConvTranspose.
     assert ops.count("Transpose") == 2 and ops[0] == "Transpose" and ops[-1] == "Transpose"
     assert not {"Shape", "Gather", "Concat", "Unsqueeze"} & set(ops)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
 def test_nchw_input_has_no_layout_transpose_in_front(model_files, tmp_path):
@@ -53,9 +52,10 @@ def test_nchw_input_has_no_layout_transpose_in_front(model_files, tmp_path):
 
 
 @pytest.mark.parametrize("name,kind", [("cae", "autoencoder"), ("encoder", "encoder"), ("decoder", "decoder")])
-def test_cae_and_its_halves_export_and_run(model_files, tmp_path, name, kind):
-    out = tmp_path / f"{name}.onnx"
-    assert _export(model_files[name], out) == 0
+def test_cae_and_its_halves_export_and_run(model_files, exports, tmp_path, name, kind):
+    out = exports["cae"] if name == "cae" else tmp_path / f"{name}.onnx"
+    if name != "cae":
+        assert _export(model_files[name], out) == 0
     contract = _contract(out)
     assert contract.kind == kind and contract.input.color == "GRAY"
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -66,10 +66,8 @@ def test_cae_and_its_halves_export_and_run(model_files, tmp_path, name, kind):
         assert raw["latent"] == {"shape": [7, 7, 2]}  # the record's extra key survives
 
 
-def test_cuda_friendly_leaves_no_asymmetric_conv_transpose(model_files, tmp_path):
-    plain, friendly = tmp_path / "plain.onnx", tmp_path / "friendly.onnx"
-    assert _export(model_files["fcn8"], plain) == 0
-    assert _export(model_files["fcn8"], friendly, "--cuda-friendly") == 0
+def test_cuda_friendly_leaves_no_asymmetric_conv_transpose(exports):
+    plain, friendly = exports["fcn8"], exports["fcn8-cuda"]  # exported without and with --cuda-friendly
 
     def pads(path):
         return [next(list(a.ints) for a in n.attribute if a.name == "pads")

@@ -1,120 +1,131 @@
-"""Tiny ONNX models and videos built by the tests themselves (onnx.helper, cv2.VideoWriter).
-
-The segmentation models are a 1x1 convolution + softmax whose class is the dominant colour
-channel, so a test knows the right mask of any frame it draws.
-"""
+"""Real servers shared by the runtime's tests: a stream served by ffmpeg, Debian's mosquitto, a paho-mqtt subscriber."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 
-import cv2
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.runtime import Contract, InputSpec, OutputSpec, write_contract
-
-SIZE = 32
-# BGR colours of the three classes of the NHWC/RGB model: class i = the dominant R, G or B channel.
-RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 
 
-def _save(graph, path, contract):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if contract is not None:
-        write_contract(model, contract)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def build_segmentation(path, *, layout="NHWC", color="RGB", size=SIZE, with_contract=True, classes=("red", "green", "blue"),
-                       stride=1):
-    """Dominant-channel classifier: class i where input channel i is largest (in the contract's colour order)."""
-    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1) * 10.0, "w")
-    nodes, inputs = [], []
-    if layout == "NHWC":
-        inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])]
-        nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
-        nodes += [helper.make_node("Conv", ["nchw", "w"], ["logits"], strides=[stride, stride]),
-                  helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
-                  helper.make_node("Transpose", ["probs"], ["scores"], perm=[0, 2, 3, 1])]
-        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", size // stride, size // stride, 3])
-    else:
-        inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])]
-        nodes += [helper.make_node("Conv", ["image", "w"], ["logits"]),
-                  helper.make_node("Softmax", ["logits"], ["scores"], axis=1)]
-        out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3, size, size])
-    graph = helper.make_graph(nodes, "seg", inputs, [out], initializer=[weight])
-    contract = Contract(
-        kind="segmentation",
-        input=InputSpec(height=size, width=size, channels=3, color=color, layout=layout),
-        output=OutputSpec(name="scores", activation="softmax", classes=classes,
-                          palette=((255, 0, 0), (0, 255, 0), (0, 0, 255))),
-    )
-    return _save(graph, path, contract if with_contract else None)
+def wait_for(predicate, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
-def build_autoencoder(path, *, size=28, gain=0.5):
-    """Gray autoencoder whose 'reconstruction' is the input times ``gain``: error = (1-gain) * pixel/255."""
-    g = numpy_helper.from_array(np.array(gain, np.float32), "g")
-    node = helper.make_node("Mul", ["image", "g"], ["recon"])
-    graph = helper.make_graph(
-        [node], "cae",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 1])],
-        [helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", size, size, 1])],
-        initializer=[g],
-    )
-    contract = Contract(kind="autoencoder", input=InputSpec(height=size, width=size, channels=1, color="GRAY"),
-                        output=OutputSpec(name="recon", activation="sigmoid"))
-    return _save(graph, path, contract)
+class Broker:
+    """Debian's mosquitto on 127.0.0.1, with persistence (sessions survive a restart of the broker)."""
+
+    def __init__(self, folder, port):
+        self.port = port
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                               f"persistence_location {folder}/\nuser root\n")
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        assert wait_for(self._listening, 10), "mosquitto did not start"
+        return self
+
+    def stop(self):
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)  # mosquitto saves its sessions on the way out
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
 
 
-def colour_frame(height, width, colours, *, dtype=np.uint8):
-    """A BGR frame split into vertical bands of the given colours (left to right)."""
-    frame = np.zeros((height, width, 3), np.uint8)
-    bands = np.array_split(np.arange(width), len(colours))
-    for band, colour in zip(bands, colours):
-        frame[:, band[0]: band[-1] + 1] = colour
-    return frame
+class Subscriber:
+    """paho-mqtt with a persistent session (QoS 1): messages wait at the broker while it is away."""
 
+    def __init__(self, port, client_id="edgeseg-test"):
+        import paho.mqtt.client as mqtt
 
-def write_video(path, frames, *, fps=10.0, fourcc="MJPG"):
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
+        self.messages = []
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.3)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("edgeseg/#", qos=1)
+        self.client.on_message = self._message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
 
+    def _message(self, client, userdata, message):
+        with self.cond:
+            self.messages.append((message.topic, message.payload.decode(), message.retain))
+            self.cond.notify_all()
 
-def moving_video(path, *, count=20, height=48, width=64, fps=10.0, fourcc="MJPG"):
-    """A red square moving right over a green background."""
-    frames = []
-    for i in range(count):
-        frame = np.zeros((height, width, 3), np.uint8)
-        frame[:] = GREEN
-        x = (i * 3) % (width - 16)
-        frame[16:32, x: x + 16] = RED
-        frames.append(frame)
-    return write_video(path, frames, fps=fps, fourcc=fourcc)
+    def events(self):
+        with self.cond:
+            return [json.loads(payload) for topic, payload, _ in self.messages if topic.endswith("/events")]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
-def seg_model(tmp_path):
-    return build_segmentation(tmp_path / "seg.onnx")
-
-
-@pytest.fixture
-def ae_model(tmp_path):
-    return build_autoencoder(tmp_path / "cae.onnx")
+def broker(tmp_path):
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
+    made = Broker(tmp_path, free_port()).start()
+    yield made
+    made.stop()
 
 
 @pytest.fixture(scope="session")
-def kit():
-    """These helpers, for tests (the importlib import mode keeps conftest off sys.path)."""
+def mqtt():
+    """This module's helpers: Subscriber, Broker, free_port, wait_for (the importlib import mode keeps conftest
+    off sys.path)."""
     return sys.modules[__name__]
+
+
+@pytest.fixture
+def serve_tcp(tmp_path, kit):
+    """Start ffmpeg (imageio-ffmpeg's binary) serving a looped video as live MPEG-TS on a TCP port of 127.0.0.1;
+    ``start(port=None, video=None)`` returns its URL (default video: a red square moving over green, 25 fps)."""
+    import imageio_ffmpeg  # in the `dev` extra
+
+    default = kit.moving_video(tmp_path / "loop.avi", count=20, height=48, width=64, fps=25.0)
+    started = []
+
+    def start(port=None, video=None):
+        port = port or free_port()
+        started.append(subprocess.Popen(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
+             "-i", str(video or default), "-c:v", "mpeg2video", "-q:v", "5", "-f", "mpegts",
+             f"tcp://127.0.0.1:{port}?listen=1"], stdin=subprocess.DEVNULL))
+        time.sleep(0.5)
+        return f"tcp://127.0.0.1:{port}"
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)

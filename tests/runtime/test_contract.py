@@ -56,6 +56,13 @@ def test_missing_input_key_is_named():
         ("channels", 1, "has 3 channel"),
         ("std", [0.0], "must not contain 0"),
         ("mean", [1, 2], "1 or 3 values"),
+        ("scale", float("nan"), r"`input.scale` \(--scale\) must hold finite numbers, got nan"),
+        ("scale", float("inf"), "must hold finite numbers, got inf"),
+        ("scale", 0, "must not be 0"),
+        ("mean", [0.0, float("-inf"), 0.0], r"`input.mean` \(--mean\) must hold finite numbers, got -inf"),
+        ("std", [float("nan")], r"`input.std` \(--std\) must hold finite numbers"),
+        ("std", [{"a": 1}], "must hold numbers, got"),
+        ("scale", 10 ** 400, "must hold numbers"),
     ],
 )
 def test_bad_input_values_are_refused_with_the_key(key, value, message):
@@ -124,3 +131,17 @@ def test_an_input_larger_than_the_cap_is_refused_when_read():
     with pytest.raises(EdgesegError, match="100000x100000 pixels"):
         InputSpec(height=100000, width=100000, channels=3)
     assert InputSpec(height=8192, width=8192, channels=3).height * 8192 == MAX_INPUT_PIXELS  # the cap itself is allowed
+
+
+def test_nesting_is_bounded_and_named_whether_the_json_parser_copes_or_not():
+    from edgeseg.runtime.contract import MAX_NESTING
+
+    data = _contract().to_dict()
+    data["source"] = {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
+    with pytest.raises(EdgesegError, match=rf"`source.deep\[0\]\[0\].*` is nested more than {MAX_NESTING} levels"):
+        Contract.from_json(json.dumps(data))
+    text = json.dumps(_contract().to_dict())[:-1] + ', "x": ' + "[" * 50000 + "]" * 50000 + "}"
+    with pytest.raises(EdgesegError, match="nested too deep for Python's JSON parser"):
+        Contract.from_json(text)  # was a RecursionError traceback
+    data["source"] = {"ok": [[[1]]]}
+    assert Contract.from_json(json.dumps(data)).source == {"ok": [[[1]]]}

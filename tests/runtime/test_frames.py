@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edgeseg.runtime import EdgesegError
-from edgeseg.runtime._frames import VideoInfo, open_source, read_image
+from edgeseg.runtime import VideoInfo, open_source, read_image
 
 
 def _image(seed, h=24, w=32):

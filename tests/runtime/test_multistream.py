@@ -1,7 +1,6 @@
 """Several live streams in one run, against real servers on 127.0.0.1 (ffmpeg over TCP and HTTP, GStreamer RTSP)."""
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -21,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.runtime import Contract, InputSpec, OutputSpec, write_contract
 from edgeseg.runtime.errors import EdgesegError
-from edgeseg.runtime._multistream import StreamOptions, parse_sources, run_streams
+from edgeseg.runtime import SegmentOptions, expand, run_streams, unique_names
 
 import imageio_ffmpeg  # in the `dev` extra
 
@@ -70,7 +69,7 @@ def _wait_for(condition, seconds=40):
 
 
 def _balanced(report):
-    return report["grabbed"] - report["dropped"] == report["frames"]
+    return report["stream"]["grabbed"] - report["stream"]["dropped"] == report["frames"]
 
 
 def _jsonl_indices(folder):
@@ -81,9 +80,9 @@ def _jsonl_indices(folder):
 def test_names_from_a_list_file(tmp_path):
     listing = tmp_path / "cams.txt"
     listing.write_text("# site A\ndoor=rtsp://10.0.0.5/s?a=1\ntcp://127.0.0.1:9000\ndoor=clip.mp4\n")
-    specs = parse_sources([str(listing)])
-    assert [(s.name, s.source) for s in specs] == [("door", "rtsp://10.0.0.5/s?a=1"), ("127_0_0_1_9000", "tcp://127.0.0.1:9000"),
-                                                  ("door-2", str(tmp_path / "clip.mp4"))]
+    entries = expand([str(listing)])
+    assert [e.spec for e in entries] == ["rtsp://10.0.0.5/s?a=1", "tcp://127.0.0.1:9000", str(tmp_path / "clip.mp4")]
+    assert unique_names([e.name for e in entries]) == ["door", "127_0_0_1_9000", "door-2"]
 
 
 @pytest.mark.timeout(120)
@@ -115,18 +114,23 @@ def test_rtsp_http_and_a_file_in_one_run_with_metrics_and_health(video, servers,
     helper = threading.Thread(target=scrape)
     helper.start()
     summary = run_streams([f"rtsp=rtsp://127.0.0.1:{rtsp_port}/cam", f"http=http://127.0.0.1:{http_port}/live.ts",
-                           f"file={video}"], model=MODEL, out=out, on_result=count, stop=stop, serve=serve_port)
+                           f"file={video}", f"file2={video}"], model=MODEL, out=out, on_result=count, stop=stop,
+                          serve=serve_port)
     helper.join()
-    streams = summary["streams"]
-    assert streams["file"]["frames"] == 20 and streams["file"]["state"] == "done"
+    streams = summary["sources"]
+    for name in ("file", "file2"):
+        assert streams[name]["frames"] == 20 and streams[name]["state"] == "done"
     for name in ("rtsp", "http"):
         assert streams[name]["frames"] >= 10 and _balanced(streams[name]), streams[name]
         assert len(_jsonl_indices(out / name)) == streams[name]["frames"] == seen[name]
         capture = cv2.VideoCapture(str(out / name / "overlay.mp4"))
         assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == streams[name]["frames"]
-    assert summary["mean_batch"] > 1.0  # frames of several streams went through one inference call
+    # Frames of several sources went through one inference call. The two files have a frame ready at every step;
+    # live frames join a call only when they happen to arrive together (their servers' phase decides; a file
+    # opened behind OpenCV's open lock used to overlap them by chance, and opens no longer wait for each other).
+    assert summary["mean_batch"] > 1.0
     assert 'edgeseg_stream_frames_total{stream="rtsp"}' in scraped["metrics"]
-    assert scraped["health"]["status"] == "ok" and scraped["health"]["streams"]["http"] == "reading"
+    assert scraped["health"]["status"] == "ok" and scraped["health"]["sources"]["http"] == "reading"
     assert '/stream/http.mjpg' in scraped["page"] and "multipart/x-mixed-replace" in scraped["mjpeg_type"]
     assert b"\xff\xd8" in scraped["jpeg"]  # a JPEG frame came through
     assert json.loads((out / "summary.json").read_text())["failed"] == []
@@ -154,11 +158,11 @@ def test_a_killed_server_does_not_stop_the_others_and_is_reconnected(video, serv
     helper.start()
     summary = run_streams([f"a=tcp://127.0.0.1:{ports[0]}", f"b=tcp://127.0.0.1:{ports[1]}"], model=MODEL, out=out,
                           stop=stop, on_result=lambda r: seen.__setitem__(r.stream, seen[r.stream] + 1),
-                          options=StreamOptions(reconnect=20, backoff=0.2, stall_timeout=2.0))
+                          options=SegmentOptions(reconnect=20, stall_timeout=2.0))
     helper.join()
     assert restarted == {"a_went_on": True, "b_back": True}
-    a, b = summary["streams"]["a"], summary["streams"]["b"]
-    assert b["reconnects"] >= 1 and a["reconnects"] == 0 and summary["failed"] == []
+    a, b = summary["sources"]["a"], summary["sources"]["b"]
+    assert b["stream"]["reconnects"] >= 1 and a["stream"]["reconnects"] == 0 and summary["failed"] == []
     for report, name in ((a, "a"), (b, "b")):
         assert _balanced(report), report
         indices = _jsonl_indices(out / name)
@@ -173,8 +177,8 @@ def test_rotation_gives_playable_segments_with_every_frame_once(video, servers, 
     threading.Thread(target=lambda: (_wait_for(lambda: len(seen) >= 90), stop.set())).start()
     summary = run_streams([f"cam=tcp://127.0.0.1:{port}"], model=MODEL, out=out, stop=stop,
                           on_result=lambda r: seen.append(r.frame.index),
-                          options=StreamOptions(rotate=1.0 / 60, outputs=("overlay", "jsonl")))  # 1 s segments
-    report = summary["streams"]["cam"]
+                          options=SegmentOptions(rotate=1.0 / 60, outputs=("overlay", "jsonl")))  # 1 s segments
+    report = summary["sources"]["cam"]
     segments = report["outputs"]["segments"]
     assert len(segments) >= 2 and sum(s["frames"] for s in segments) == report["frames"] == len(seen)
     for segment in segments:
@@ -185,7 +189,7 @@ def test_rotation_gives_playable_segments_with_every_frame_once(video, servers, 
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_outputs(tmp_path):
+def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_outputs(tmp_path, time_scale):
     silent = socket.socket()  # accepts and never sends: FFmpeg's open blocks for its whole timeout
     silent.bind(("127.0.0.1", 0))
     silent.listen()
@@ -196,7 +200,12 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
          f"refused=tcp://127.0.0.1:{refused}", "--model", str(MODEL), "--out", str(out), "--stall-timeout", "30",
          "--reconnect", "50", "--no-progress"], stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4.0)  # the model is loaded, one stream hangs in open, the other waits between attempts
+        # Started (each source's folder is made when its feeder starts); then one stream hangs in open, the other
+        # waits between attempts. Waiting for the folders, not a fixed time: a loaded machine loads models slowly.
+        deadline = time.monotonic() + 60 * time_scale
+        while not ((out / "silent").is_dir() and (out / "refused").is_dir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
         assert process.poll() is None
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -208,8 +217,9 @@ def test_sigterm_while_connecting_and_in_backoff_stops_at_once_with_valid_output
         silent.close()
     summary = json.loads((out / "summary.json").read_text())
     assert code == 130 and summary["interrupted"]
-    assert summary["streams"]["silent"]["frames"] == 0 and summary["streams"]["refused"]["state"] == "stopped"
-    assert took < 3.0, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"  # loose: a loaded 2-core CI box
+    assert summary["sources"]["silent"]["frames"] == 0 and summary["sources"]["refused"]["state"] == "stopped"
+    # Loose, and scaled by the machine's load (a busy 2-core CI box): the goal is 1 s; before: 15-38 s.
+    assert took < 3.0 * time_scale, f"took {took:.2f} s to stop (goal: 1 s; before: 15-38 s)"
 
 
 @pytest.mark.timeout(120)
@@ -254,7 +264,7 @@ def test_smooth_averages_class_probabilities_per_stream(tmp_path, kit, seg_model
     clip = _on_off_video(tmp_path / "onoff.avi", kit)
     masks = {}
     summary = run_streams([f"a={clip}", f"b={clip}"], model=seg_model, out=None,
-                          options=StreamOptions(smooth=smooth, outputs=("jsonl",)),
+                          options=SegmentOptions(smooth=smooth, outputs=("jsonl",)),
                           on_result=lambda r: masks.setdefault(r.stream, []).append(r.result.mask))
     assert summary["frames"] == 20
     for name in ("a", "b"):  # each stream has its own running average: b is not smoothed towards a
@@ -264,7 +274,7 @@ def test_smooth_averages_class_probabilities_per_stream(tmp_path, kit, seg_model
 def test_smooth_is_refused_for_an_autoencoder(tmp_path, ae_model, kit):
     clip = _on_off_video(tmp_path / "onoff.avi", kit)
     with pytest.raises(EdgesegError, match="--smooth .* autoencoder"):
-        run_streams([str(clip)], model=ae_model, out=None, options=StreamOptions(smooth=0.5))
+        run_streams([str(clip)], model=ae_model, out=None, options=SegmentOptions(smooth=0.5))
 
 
 @pytest.mark.timeout(120)
@@ -280,10 +290,10 @@ def test_queue_all_takes_every_frame_of_a_live_stream_in_order(video, servers, t
             stop.set()
 
     summary = run_streams([f"cam=tcp://127.0.0.1:{port}"], model=MODEL, out=tmp_path / "out", stop=stop,
-                          on_result=slow, options=StreamOptions(policy="queue-all", outputs=("jsonl",)))
-    report = summary["streams"]["cam"]
+                          on_result=slow, options=SegmentOptions(policy="queue-all", outputs=("jsonl",)))
+    report = summary["sources"]["cam"]
     assert seen == list(range(len(seen))) and len(seen) >= 40
-    assert _balanced(report) and report["dropped"] == report["grabbed"] - report["frames"]
+    assert _balanced(report) and report["stream"]["dropped"] == report["stream"]["grabbed"] - report["frames"]
 
 
 def _nan_model(path):
@@ -306,34 +316,71 @@ def test_nan_outputs_are_counted_per_stream_and_warned_once(tmp_path, kit, caplo
     out = tmp_path / "out"
     with caplog.at_level("WARNING", logger="edgeseg.runtime"):
         summary = run_streams([f"a={clip}", f"b={clip}"], model=_nan_model(tmp_path / "nan.onnx"), out=out,
-                              options=StreamOptions(outputs=("jsonl",), smooth=0.5))
+                              options=SegmentOptions(outputs=("jsonl",), smooth=0.5))
     assert summary["frames_nan"] == 20
-    assert [summary["streams"][n]["frames_nan"] for n in ("a", "b")] == [10, 10]
+    assert [summary["sources"][n]["frames_nan"] for n in ("a", "b")] == [10, 10]
     assert sum("NaN" in record.getMessage() for record in caplog.records) == 2  # once per stream
     assert all(line["nan"] for line in map(json.loads, (out / "a" / "frames.jsonl").read_text().splitlines()))
 
 
-def test_an_out_holding_a_run_is_refused_replaced_with_overwrite_and_resume_is_refused(tmp_path, kit, seg_model):
+def test_an_out_holding_a_run_is_refused_and_replaced_with_overwrite(tmp_path, kit, seg_model):
     clip = _on_off_video(tmp_path / "onoff.avi", kit)
     out, mine = tmp_path / "out", tmp_path / "out" / "notes.txt"
-    run_streams([f"old={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), rotate=1.0))
+    run_streams([f"old={clip}", f"older={clip}"], model=seg_model, out=out,
+                options=SegmentOptions(outputs=("jsonl",), rotate=1.0))
     mine.write_text("my own file")
     with pytest.raises(EdgesegError, match="already holds a run .* --overwrite"):
-        run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",)))
-    run_streams([f"new={clip}"], model=seg_model, out=out, options=StreamOptions(outputs=("jsonl",), overwrite=True))
+        run_streams([f"new={clip}"], model=seg_model, out=out, options=SegmentOptions(outputs=("jsonl",)))
+    run_streams([f"new={clip}", f"new2={clip}"], model=seg_model, out=out,
+                options=SegmentOptions(outputs=("jsonl",), overwrite=True))
     assert list((out / "old").iterdir()) == [] and mine.read_text() == "my own file"  # the old run's files went
-    assert list(json.loads((out / "summary.json").read_text())["streams"]) == ["new"]
-    cli = subprocess.run([sys.executable, "-m", "edgeseg", "segment", f"a={clip}", f"b={clip}", "--model", str(seg_model),
-                          "--out", str(out), "--resume"], capture_output=True, text=True, timeout=120)
-    lines = [line for line in cli.stderr.splitlines() if line.strip()]
-    assert cli.returncode == 2 and len(lines) == 1 and "--resume" in lines[0], cli.stderr
+    assert list(json.loads((out / "summary.json").read_text())["sources"]) == ["new", "new2"]
 
 
-def test_single_source_options_are_refused_not_ignored_with_several_streams(tmp_path, kit):
-    video = kit.moving_video(tmp_path / "a.avi", count=4)
+def test_several_files_take_the_same_frame_options_as_one_and_live_ones_refuse_what_cannot_apply(tmp_path, kit):
+    video = kit.moving_video(tmp_path / "a.avi", count=8)
     model = kit.build_segmentation(tmp_path / "m.onnx")
-    done = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(video), str(video), "--model", str(model),
-                           "--out", str(tmp_path / "out"), "--stride", "2", "--batch", "4"],
+    summary = run_streams([f"x={video}", f"y={video}"], model=model, out=tmp_path / "out",
+                          options=SegmentOptions(stride=2, batch=4, outputs=("jsonl",)))
+    assert [summary["sources"][n]["frames"] for n in ("x", "y")] == [4, 4]
+    assert _jsonl_indices(tmp_path / "out" / "x") == [0, 2, 4, 6] and summary["mean_batch"] > 1
+    done = subprocess.run([sys.executable, "-m", "edgeseg", "segment", str(video), "tcp://127.0.0.1:9", "--model",
+                           str(model), "--out", str(tmp_path / "live"), "--stride", "2"],
                           capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 2 and "--batch, --stride: not for a run of several streams" in done.stderr, done.stderr
+    assert done.returncode == 2 and "--stride/--start select frames of files" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless browser: apt-get install chromium")
+def test_the_live_page_works_in_a_real_browser(tmp_path, kit):
+    # Once, in a real headless browser: the page's script fetches /health into each tile's caption and reloads each
+    # tile from its snapshot as soon as one has loaded (the ?t= in its address shows a snapshot did load).
+    video = kit.moving_video(tmp_path / "long.avi", count=400, height=64, width=64, fps=25.0)
+    serve, stop, dom = _free_port(), threading.Event(), {}
+
+    def browse():
+        base = f"http://127.0.0.1:{serve}/"
+        _wait_for(lambda: _answers(base + "snapshot/clip.jpg"))
+        done = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir="
+                               + str(tmp_path / "browser"), "--virtual-time-budget=4000", "--dump-dom", base],
+                              capture_output=True, text=True, timeout=120)
+        dom["html"] = done.stdout
+        stop.set()
+
+    helper = threading.Thread(target=browse)
+    helper.start()
+    run_streams([f"clip={video}"], model=MODEL, out=None, stop=stop, serve=serve,
+                on_result=lambda r: time.sleep(0.03))  # slow enough to be watched
+    helper.join()
+    page = dom["html"]
+    assert '<span id="s-clip">(reading)</span>' in page, page[-2000:]
+    assert 'src="/snapshot/clip.jpg?t=' in page, page[-2000:]
+
+
+def _answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -14,6 +14,12 @@ def _jsonl(out):
     return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
 
 
+def _only(summary):
+    """The one source's report of a one-source run (summary.json's sources section)."""
+    (report,) = summary["sources"].values()
+    return report
+
+
 def _read_video(path):
     capture = cv2.VideoCapture(str(path))
     frames = []
@@ -61,15 +67,15 @@ def test_folder_with_bad_files_costs_only_those_files(seg_model, messy_folder, t
     assert sorted(p.stem for p in (out / "masks").iterdir()) == ["a_red", "b_blue", "c_gray16"]
     saved = json.loads((out / "summary.json").read_text())
     assert saved["frames"] == 3 and set(saved["stage_ms"]) == {"decode", "preprocess", "infer", "postprocess", "write"}
-    assert saved["provider"] == "CPUExecutionProvider" and saved["outputs"]["overlay"] == "overlay/"
+    assert saved["provider"] == "CPUExecutionProvider" and _only(saved)["outputs"]["overlay"] == "overlay/"
 
 
 def test_video_gives_ordered_masks_jsonl_and_a_playable_overlay(seg_model, tmp_path, kit):
     video = kit.moving_video(tmp_path / "clip.avi", count=15)
     out = tmp_path / "out"
     summary = segment(video, model=seg_model, out=out, batch=4)
-    assert summary["frames"] == 15 and summary["outputs"]["video_frames"] == 15
-    assert summary["outputs"]["video_codec"]
+    assert summary["frames"] == 15 and _only(summary)["outputs"]["video_frames"] == 15
+    assert _only(summary)["outputs"]["video_codec"]
     records = _jsonl(out)
     assert [r["index"] for r in records] == list(range(15))
     assert all(r["class_fraction"]["red"] == pytest.approx(16 * 16 / (48 * 64), abs=0.02) for r in records)
@@ -80,7 +86,7 @@ def test_video_gives_ordered_masks_jsonl_and_a_playable_overlay(seg_model, tmp_p
     for name in ("clip_000000", "clip_000007", "clip_000014"):
         assert np.array_equal(read_mask_png(out / "masks" / f"{name}.png"),
                               read_mask_png(tmp_path / "one" / "masks" / f"{name}.png"))
-    assert single["outputs"] == {"summary": "summary.json", "masks": "masks/"}
+    assert _only(single)["outputs"] == {"masks": "masks/"}
     assert not (tmp_path / "one" / "frames.jsonl").exists() and not (tmp_path / "one" / "overlay.mp4").exists()
 
 
@@ -138,7 +144,7 @@ def test_stop_event_ends_a_video_early_with_valid_outputs(seg_model, tmp_path, k
     watcher.join()
     records = _jsonl(out)
     assert summary["interrupted"] and 3 <= summary["frames"] < 400
-    assert len(records) == summary["frames"] == summary["outputs"]["video_frames"]
+    assert len(records) == summary["frames"] == _only(summary)["outputs"]["video_frames"]
     assert [r["index"] for r in records] == list(range(len(records)))
     assert len(_read_video(out / "overlay.mp4")) == summary["frames"]
 
@@ -187,10 +193,10 @@ def test_options_are_one_frozen_dataclass_and_keywords_are_checked(seg_model, tm
     with pytest.raises(FrozenInstanceError):
         options.batch = 2
     summary = segment(image, model=seg_model, out=tmp_path / "o", options=options)
-    assert summary["outputs"] == {"summary": "summary.json", "masks": "masks/"}
+    assert _only(summary)["outputs"] == {"masks": "masks/"}
     with pytest.raises(TypeError, match="batchh"):
         segment(image, model=seg_model, out=tmp_path / "o2", batchh=2)
-    source = Source.open(kit.moving_video(tmp_path / "v.avi", count=9), SegmentOptions(stride=2))
+    source = Source.open(kit.moving_video(tmp_path / "v.avi", count=9), stride=2)
     assert (source.kind, source.total, source.fps, source.sequential) == ("video", 5, 5.0, True)
     assert segment(source, model=seg_model, out=tmp_path / "o3", outputs=("jsonl",))["frames"] == 5
 
@@ -198,21 +204,27 @@ def test_options_are_one_frozen_dataclass_and_keywords_are_checked(seg_model, tm
 def test_frame_sinks_share_one_protocol_and_say_what_they_wrote(tmp_path, kit):
     from edgeseg.runtime import (Frame, MaskSink, OverlayImageSink, OverlayVideoSink, Outcome, RecordSink,
                                  SegmentationResult)
+    from edgeseg.runtime.records import frame_record
 
     mask = np.zeros((6, 8), np.uint8)
     mask[:, 4:] = 2
     result = SegmentationResult(mask=mask, class_fraction={"red": 0.5, "blue": 0.5})
     picture = kit.colour_frame(6, 8, [kit.RED, kit.BLUE])
     sinks = [MaskSink(tmp_path / "masks", [(0, 0, 0), (0, 255, 0), (0, 0, 255)]), OverlayImageSink(tmp_path / "overlay"),
-             OverlayVideoSink(tmp_path / "overlay.mp4", fps=5), RecordSink(tmp_path / "frames.jsonl")]
+             OverlayVideoSink(tmp_path, fps=5), RecordSink(tmp_path)]
     for sink in sinks:
         with sink:
             for i in range(3):
-                sink.write(Frame(i, f"f{i}", picture), Outcome(result, ms={"infer": 1.0}, picture=picture))
-            sink.write(Frame(3, "bad", None, error="broken"), Outcome(None, "broken"))
+                frame, outcome = Frame(i, f"f{i}", picture), Outcome(result, ms={"infer": 1.0}, picture=picture)
+                outcome.record = frame_record(frame, outcome, source="s", latency_ms=1.0)
+                sink.write(frame, outcome)
+            bad, outcome = Frame(3, "bad", None, error="broken"), Outcome(None, "broken")
+            outcome.record = frame_record(bad, outcome, source="s", latency_ms=1.0)
+            sink.write(bad, outcome)
     outputs = {key: value for sink in sinks for key, value in sink.outputs.items()}
     assert outputs == {"masks": "masks/", "overlay": "overlay/", "video": "overlay.mp4",
-                       "video_codec": sinks[2].video.codec, "video_frames": 3, "jsonl": "frames.jsonl"}
+                       "video_codec": outputs["video_codec"], "video_frames": 3, "jsonl": "frames.jsonl"}
+    assert outputs["video_codec"].startswith(("h264", "mpeg4"))
     assert np.array_equal(read_mask_png(tmp_path / "masks" / "f2.png"), mask)
     assert sorted(p.name for p in (tmp_path / "overlay").iterdir()) == ["f0.png", "f1.png", "f2.png"]
     records = _jsonl(tmp_path)
@@ -282,7 +294,7 @@ def test_resume_of_a_video_keeps_the_overlay_whole(seg_model, tmp_path, kit):
     summary = segment(video, model=seg_model, out=out, resume=True)
     assert (summary["frames"], summary["frames_resumed"]) == (7, 5)
     assert [r["index"] for r in _jsonl(out)] == list(range(12))
-    assert summary["outputs"]["video_frames"] == 12 and len(_read_video(out / "overlay.mp4")) == 12
+    assert _only(summary)["outputs"]["video_frames"] == 12 and len(_read_video(out / "overlay.mp4")) == 12
 
 
 # -- damaged inputs, interrupted streams, quantized models ----------------------------------------------
@@ -365,9 +377,9 @@ def test_an_interrupted_stream_accounts_for_every_grabbed_frame(seg_model, tmp_p
         watcher.join()
         server.kill()
         server.wait(timeout=10)
-    stream = summary["stream"]
+    stream = _only(summary)["stream"]
     assert summary["interrupted"] and summary["frames"] >= 8 and len(_jsonl(out)) == summary["frames"]
-    assert stream["grabbed"] == stream["dropped"] + stream["left_unread"] + summary["frames"] + summary["frames_failed"]
+    assert stream["grabbed"] == stream["dropped"] + summary["frames"] + summary["frames_failed"]
 
 
 def test_a_video_range_with_lead_frames_gives_what_the_whole_video_gives(seg_model, tmp_path, kit):
@@ -380,7 +392,7 @@ def test_a_video_range_with_lead_frames_gives_what_the_whole_video_gives(seg_mod
                    outputs=("masks", "jsonl"), smooth=0.9)
     bare = segment(Source.video_range(video, start=5, count=3), model=seg_model, out=tmp_path / "bare",
                    outputs=("jsonl",), smooth=0.9)
-    assert (whole["frames"], part["frames"]) == (8, 3)
+    assert (whole["frames"], part["frames"], bare["frames"]) == (8, 3, 3)
     assert [r["index"] for r in _jsonl(tmp_path / "part")] == [5, 6, 7]
     assert _jsonl(tmp_path / "part")[0]["class_fraction"] == _jsonl(tmp_path / "whole")[5]["class_fraction"]
     assert [r["class_fraction"]["red"] for r in _jsonl(tmp_path / "bare")] == [0.0, 0.0, 0.0]  # unprimed: blue

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from edgeseg.runtime import EdgesegError, read_mask_png, segment
-from edgeseg.runtime._frames import display_path, frame_names, open_source, read_image
+from edgeseg.runtime import display_path, frame_names, open_source, read_image
 from edgeseg.runtime._imageheader import header_size
 
 
@@ -44,7 +44,7 @@ def test_a_folder_with_a_non_utf8_name_is_processed_and_the_name_escaped(seg_mod
     out = tmp_path / "o"
     assert (out / "masks" / "b_\\xff.png").is_file() and (out / "overlay" / "b_\\xff.png").is_file()
     records = {r["name"]: r for r in _jsonl(out)}
-    assert records["b_\\xff"]["source"].endswith("in/b_\\xff.png") and records["b_\\xff"]["ok"]
+    assert records["b_\\xff"]["file"].endswith("in/b_\\xff.png") and records["b_\\xff"]["ok"]
 
 
 def test_a_video_with_a_non_utf8_name_into_a_non_utf8_folder(seg_model, tmp_path, kit):
@@ -54,7 +54,8 @@ def test_a_video_with_a_non_utf8_name_into_a_non_utf8_folder(seg_model, tmp_path
     out = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"o_\xfd"))
     code = (f"import os\nfrom edgeseg.runtime import segment\n"
             f"s = segment(os.fsdecode({raw!r}), model={str(seg_model)!r}, out=os.fsdecode({os.fsencode(out)!r}))\n"
-            "print(s['frames'], s['outputs']['video_frames'], s['source'])\n")
+            "(one,) = s['sources'].values()\n"
+            "print(s['frames'], one['outputs']['video_frames'], one['source'])\n")
     result = _run_in_child(code, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     frames, video_frames, source = result.stdout.split()
@@ -78,7 +79,7 @@ def test_inputs_sharing_a_stem_keep_their_own_outputs(seg_model, tmp_path, kit):
     segment(folder, model=seg_model, out=tmp_path / "o")
     masks = tmp_path / "o" / "masks"
     assert sorted(p.name for p in masks.iterdir()) == ["a.jpg.png", "a.png.png", "b.png"]
-    records = {r["name"]: r["source"] for r in _jsonl(tmp_path / "o")}
+    records = {r["name"]: r["file"] for r in _jsonl(tmp_path / "o")}
     assert records == {"a.jpg": str(folder / "a.jpg"), "a.png": str(folder / "a.png"), "b": str(folder / "b.png")}
     assert read_mask_png(masks / "a.jpg.png").max() == 0  # red: class 0
     assert read_mask_png(masks / "a.png.png").min() == 2  # blue: class 2

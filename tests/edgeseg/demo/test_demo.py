@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from edgeseg.demo._demo import Runner, StepFailed
+from edgeseg.demo._demo import Runner, StepFailed, StepResult
 from edgeseg.demo._report import write_report
 from edgeseg.sampledata import BAD_FILES
 
@@ -70,11 +70,12 @@ def _assert_references_resolve(page: Path, references: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
+def quick_demo(tmp_path_factory, time_scale):
     out = tmp_path_factory.mktemp("demo") / "run"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS="2", TF_NUM_INTEROP_THREADS="1")
+    # The timeout guards against a hang: it scales with the machine's load (the demo took > 300 s at load 15).
     done = subprocess.run([sys.executable, "-m", "edgeseg", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300 * time_scale)
     return out, done
 
 
@@ -164,11 +165,15 @@ def test_report_charts_clip_a_200_db_layer_and_show_curves_per_epoch(tmp_path):
     (tmp_path / "fcn8" / "history.json").write_text(json.dumps({
         "loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.6, 0.4], "val_iou": [[0.5, None], [0.7, 0.2], [0.9, 0.6]],
         "val_miou": [0.25, 0.45, 0.75], "classes": ["background", "disc"], "best_epoch": 3, "skipped": []}))
-    page = write_report(tmp_path, [])
+    page = write_report(tmp_path, [], running=StepResult("report", "write report.html", "ok"))
     parsed = _parse(page)
     _assert_references_resolve(page, parsed.references)
     text = " ".join(parsed.text)
     assert "Bars stop at 60 dB" in text
+    # The page's own step, timed by the page (the charts above took real time): not the 0.0 s it once showed.
+    cells = [t.strip() for t in parsed.text if t.strip()]
+    at = cells.index("write report.html")
+    assert cells[at + 1] == "ok" and float(cells[at + 2]) > 0.0, cells[at: at + 3]
     assert "report_files/sqnr.png" in parsed.references and "report_files/fcn8_curves.png" in parsed.references
     import cv2
 

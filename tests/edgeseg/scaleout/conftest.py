@@ -117,6 +117,11 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     head = root / "head"
     head.mkdir()
+    # Every Ray of this package (the head, node B, the drivers the tests start) keeps its files under a temporary
+    # folder of its own: never /tmp/ray, where a cluster someone else runs on this machine keeps its address file.
+    ray_tmp = tempfile.mkdtemp(prefix="esr-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = ray_tmp
     previous = os.getcwd()
     os.chdir(head)  # the head's raylet, and so its workers, keep this working folder
     try:
@@ -131,6 +136,11 @@ def cluster(tmp_path_factory):
     finally:
         ray.shutdown()
         stop_node(node_b)
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")

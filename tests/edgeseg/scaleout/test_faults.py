@@ -156,7 +156,7 @@ def test_losing_a_node_of_a_full_cluster_hands_its_work_to_the_live_workers(clus
     job.join(timeout=300)
     assert not job.is_alive(), "the job hung after losing a node"
     assert any(w["died"] for w in result["workers"].values())
-    assert result["units"]["finished"] == 30 and result["ray"]["units_lost"] == []
+    assert next(iter(result["sources"].values()))["units"]["finished"] == 30 and result["ray"]["units_lost"] == []
     assert check.tree(out, "masks") == check.tree(tmp_path / "one", "masks")
     assert [i for i, _, _ in check.lines(out / "frames.jsonl")] == list(range(90))
 

@@ -24,6 +24,11 @@ def _single(check, source, out, **options):
     return segment(str(source), model=Model(check.model, threads=1), out=out, **options)
 
 
+def _only(summary):
+    (report,) = summary["sources"].values()
+    return report
+
+
 def test_folder_equals_single_machine(cluster, inputs, check, tmp_path):
     _, images = inputs
     single = _single(check, images, tmp_path / "one", recursive=True)
@@ -34,7 +39,7 @@ def test_folder_equals_single_machine(cluster, inputs, check, tmp_path):
     assert check.tree(tmp_path / "ray", "overlay") == check.tree(tmp_path / "one", "overlay")
     assert check.lines(tmp_path / "ray" / "frames.jsonl") == check.lines(tmp_path / "one" / "frames.jsonl")
     assert (summary["frames"], summary["frames_failed"]) == (single["frames"], single["frames_failed"]) == (7, 1)
-    assert summary["units"] == {"planned": 3, "finished": 3} and summary["ray"]["incomplete"] is None
+    assert _only(summary)["units"] == {"planned": 3, "finished": 3} and summary["ray"]["incomplete"] is None
     # Each unit is the runtime's own segment(): its batch rule and reporting, not a copy of them.
     keys = ("batch", "precision", "engine")
     assert [summary[k] for k in keys] == [single[k] for k in keys]
@@ -46,7 +51,7 @@ def test_video_split_across_workers_is_one_overlay_with_every_frame(cluster, inp
     _single(check, video, tmp_path / "one")
     summary = segment_on_ray([str(video)], model=check.model, out=tmp_path / "ray",
                              cluster=ClusterOptions(workers=2, range_frames=8))
-    assert summary["units"] == {"planned": 4, "finished": 4}
+    assert _only(summary)["units"] == {"planned": 4, "finished": 4}
     workers = summary["workers"].values()  # a unit goes to whichever worker is ready first: one may take all
     assert sum(w["frames"] for w in workers) == check.frames and sum(w["units"] for w in workers) == 4
     # Per-worker figures mean what they say: frames over the seconds its units took, inference apart.
@@ -55,9 +60,8 @@ def test_video_split_across_workers_is_one_overlay_with_every_frame(cluster, inp
     assert check.tree(tmp_path / "ray", "masks") == check.tree(tmp_path / "one", "masks")
     assert [i for i, _, _ in check.lines(tmp_path / "ray" / "frames.jsonl")] == list(range(check.frames))
     assert check.video_frames(tmp_path / "ray" / "overlay.mp4") == check.frames
-    assert summary["outputs"]["video_join"] == "concat copy"
-    single = json.loads((tmp_path / "one" / "summary.json").read_text())
-    assert summary["outputs"]["video_codec"] == single["outputs"]["video_codec"]
+    one = _only(json.loads((tmp_path / "one" / "summary.json").read_text()))
+    assert _only(summary)["outputs"]["video_codec"] == one["outputs"]["video_codec"]
 
 
 def test_smoothing_is_rebuilt_at_range_borders(cluster, inputs, check, tmp_path):
@@ -87,7 +91,7 @@ def test_stop_leaves_valid_outputs_and_resume_completes_them(cluster, inputs, ch
     check.first_marker(out, job)
     stop.set()  # what Ctrl-C does: no new units, the workers end theirs, finished ones are joined
     job.join(timeout=300)
-    assert result["interrupted"] and result["units"]["finished"] < 15
+    assert result["interrupted"] and _only(result)["units"]["finished"] < 15
     done = result["frames"]
     assert len(check.lines(out / "frames.jsonl")) == done == check.video_frames(out / "overlay.mp4")
     before = {name: (out / "masks" / name).stat().st_mtime_ns for name in check.tree(out, "masks")}
@@ -95,9 +99,11 @@ def test_stop_leaves_valid_outputs_and_resume_completes_them(cluster, inputs, ch
     code = main(["segment", str(video), "--model", check.model, "--out", str(out), "--ray", "auto", "--workers", "2",
                  "--resume", "--no-progress"])
     summary = json.loads((out / "summary.json").read_text())
-    assert code == 0 and summary["ray"]["units_skipped"] == result["units"]["finished"]
+    assert code == 0 and summary["ray"]["units_skipped"] == _only(result)["units"]["finished"]
     # Resumed frames are counted apart from this run's work (and its fps).
     assert summary["frames_resumed"] == done and summary["frames"] == check.frames - done
+    assert _only(summary)["frames_resumed"] == done and _only(summary)["frames"] == check.frames - done
+    assert summary["fps"] == pytest.approx(summary["frames"] / summary["wall_s"], rel=0.01)
     assert all((out / "masks" / name).stat().st_mtime_ns == t for name, t in before.items())  # not redone
     assert check.tree(out, "masks") == check.tree(tmp_path / "one", "masks")
     assert [i for i, _, _ in check.lines(out / "frames.jsonl")] == list(range(check.frames))
@@ -111,8 +117,10 @@ def test_cli_with_several_sources_writes_one_folder_each(cluster, inputs, check,
     code = main(["segment", str(video), str(images), str(broken), "--model", check.model, "--out",
                  str(tmp_path / "job"), "--ray", "auto", "--workers", "2", "--write", "masks,jsonl", "--no-progress"])
     job = json.loads((tmp_path / "job" / "summary.json").read_text())
-    assert code == 0 and [s["frames"] for s in job["sources"]] == [check.frames, 4, 0]  # images: no --recursive
-    assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"][2]["error"]
+    # As without Ray: a source that fails costs only itself, and the exit code says one failed.
+    assert code == 1 and [s["frames"] for s in job["sources"].values()] == [check.frames, 4, 0]  # no --recursive
+    assert job["frames_failed"] == 2 and "broken.mp4" in job["sources"]["broken"]["error"]
+    assert job["failed"] == ["broken"] and job["sources"]["clip"]["folder"] == "clip"
     assert len(check.tree(tmp_path / "job" / "clip", "masks")) == check.frames
     assert len(check.tree(tmp_path / "job" / "images", "masks")) == 4
     assert not (tmp_path / "job" / "clip" / "overlay.mp4").exists()  # --write without overlay: none drawn

@@ -22,6 +22,7 @@ import pytest
 
 from edgeseg.cli import main
 from edgeseg.runtime import Model, segment
+from edgeseg.runtime.records import check_summary
 
 s3fs = pytest.importorskip("s3fs", reason="the object-storage tests need s3fs (the dev extra installs it)")
 
@@ -70,12 +71,13 @@ def test_images_and_a_video_from_the_bucket_to_the_bucket_equal_one_machine(clus
     for name in ("clip", "images"):
         records = [json.loads(line) for line in fs.cat(f"media/runs/job/{name}/frames.jsonl").decode().splitlines()]
         assert [(r["index"], r["name"], r["ok"]) for r in records] == check.lines(bucket.one / name / "frames.jsonl")
-        # A record names its input by URI, never by a worker's temporary copy.
-        assert all(r["source"].startswith("s3://media/") for r in records)
+        # A record names its input by URI, never by a worker's temporary copy; its source by the job's name.
+        assert all(r["file"].startswith("s3://media/") and r["source"] == name for r in records)
     fs.get("media/runs/job/clip/overlay.mp4", str(tmp_path / "overlay.mp4"))
     assert check.video_frames(tmp_path / "overlay.mp4") == check.frames
     job = json.loads(fs.cat("media/runs/job/summary.json"))
-    assert [s["frames"] for s in job["sources"]] == [check.frames, 7] and job["ray"]["incomplete"] is None
+    assert [s["frames"] for s in job["sources"].values()] == [check.frames, 7] and job["ray"]["incomplete"] is None
+    assert check_summary(job) == []  # the runtime's schema, in the bucket too
     assert job["ray"]["units"] == 4 + 3
 
 
@@ -92,7 +94,8 @@ def test_zip_packs_each_units_masks_into_one_object_and_a_second_run_is_refused(
             unpacked.update({name: packed.read(name) for name in packed.namelist()})
     assert unpacked == check.tree(bucket.one / "images", "masks")  # the same PNG bytes, 3 objects instead of 7
     summary = json.loads(fs.cat("media/runs/zip/summary.json"))
-    assert summary["outputs"]["pack"] == "zip" and summary["frames"] == 7
+    (report,) = summary["sources"].values()
+    assert report["outputs"]["pack"] == "zip" and summary["frames"] == 7
     capsys.readouterr()
     assert main(command) == 2  # the --out rule of one machine, in the bucket too: refused before Ray is asked
     assert "Output folder `s3://media/runs/zip` already holds a run" in capsys.readouterr().err

@@ -111,13 +111,24 @@ def test_candidates_follow_the_machine():
     assert len(amx) == len(set(amx))
 
 
+def test_the_heuristics_engine_is_measured_first():
+    # A short budget measures the first candidates only: they must be the ones `engine="auto"` would run here.
+    for first, other in (("onnxruntime", "openvino"), ("openvino", "onnxruntime")):
+        configs = candidate_configs(TuneOptions(), cores=2, bf16=False, openvino=True, first=first)
+        engines = [c.engine for c in configs[1:]]
+        assert configs[0] == EngineConfig() and engines.index(other) == engines.count(first), engines
+
+
 def test_tune_command_prints_the_table_and_choice(tuned, tmp_path, capsys):
     model, _, _ = tuned
-    code = main(["tune", str(model), "--seconds", "1", "--frames", "1", "--cache", str(tmp_path), "--no-progress",
-                 "--fast"])
-    out = capsys.readouterr().out
-    assert code == 0 and "choice at the fast bar:" in out and "record:" in out
-    assert list(tmp_path.glob("*.json"))
+    # Progress on (the default) while stderr is no terminal, as when piped into a file: no bar drawn into it.
+    code = main(["tune", str(model), "--seconds", "1", "--frames", "1", "--cache", str(tmp_path), "--fast"])
+    shown = capsys.readouterr()
+    assert code == 0 and "choice at the fast bar:" in shown.out and "record:" in shown.out
+    assert "\r" not in shown.err and "config/s" not in shown.err
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert f"measured {record['measured']} of {len(record['candidates'])} candidates" in shown.out
+    assert record["measured"] == sum(1 for c in record["candidates"] if c["fps"] is not None) >= 1
 
 
 def test_strict_session_on_the_cpu_runs(tuned):

@@ -34,7 +34,7 @@ def test_segment_prints_a_stage_table_and_writes_the_summary(seg_model, tmp_path
     video = kit.moving_video(tmp_path / "v.avi", count=6)
     out = _edgeseg("segment", video, "--model", seg_model, "--out", tmp_path / "o", "--batch", "2", "--smooth", "0.5")
     assert out.returncode == 0, out.stderr
-    assert "infer" in out.stderr and "fps" in out.stderr and "overlay.mp4:" in out.stderr
+    assert "infer" in out.stderr and "fps" in out.stderr and "v: overlay video h264" in out.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["frames"] == 6 and summary["batch"] == 2
 
@@ -172,3 +172,99 @@ def test_ctrl_c_at_any_moment_is_one_clean_exit_130(seg_model, tmp_path, kit, mo
         assert [line for line in stderr.splitlines() if line.strip()] in (["edgeseg: interrupted"],
                                                                          ["edgeseg segment: interrupted"])
         assert not (out / "summary.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_a_lone_stream_waits_to_reconnect_stops_the_run(seg_model, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: refused, then backoff between attempts
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    process = subprocess.Popen([sys.executable, "-m", "edgeseg", "segment", f"tcp://127.0.0.1:{port}", "--model",
+                                str(seg_model), "--out", str(out), "--reconnect", "20", "--no-progress"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # the stream is in backoff now
+            if "reconnecting in" in line:
+                break
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert process.returncode == 130 and summary["interrupted"], rest
+    assert next(iter(summary["sources"].values()))["state"] == "stopped"
+    assert took < 5.0, f"took {took:.2f} s to stop (goal: 1 s; before: never, it went on reconnecting)"  # loaded CI
+
+
+# -- --zones, --clips, --write polygons,rle ---------------------------------------------------------------------
+
+
+def _in_process(capsys, *args):
+    from edgeseg.cli import main
+
+    code = main(["segment", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_a_zones_file_with_a_mistake_is_refused_in_one_line_naming_the_line_and_field(seg_model, tmp_path, kit, capsys):
+    video = kit.moving_video(tmp_path / "door.avi", count=3)
+    whole = {"name": "all", "units": "fraction", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+    mistakes = {  # each item on its own line: zones[0] on line 3, rules[0] on line 6
+        "unknown class": ([whole], [{"name": "r", "class": "smoke", "zone": "all", "fraction": 0.3}],
+                          "line 6: rules[0] 'r' field 'class': unknown class 'smoke'; the model's classes are red, "
+                          "green, blue."),
+        "crossing": ([{"name": "bow", "units": "fraction", "points": [[0, 0], [1, 1], [1, 0], [0, 1]]}], [],
+                     "line 3: zones[0] 'bow' field 'points': the polygon crosses itself"),
+        "unknown stream": ([{**whole, "streams": ["yard"]}], [],
+                           "line 3: zones[0] 'all' field 'streams': unknown stream 'yard'; expected one of door."),
+        "outside": ([{"name": "big", "units": "pixels", "points": [[0, 0], [200, 0], [200, 10]]}], [],
+                    "line 3: zones[0] 'big' on stream 'door': field 'points': point (200, 0) is outside the 64x48 "
+                    "frame"),
+        "unknown field": ([{**whole, "colour": "red"}], [],
+                          "line 3: zones[0] 'all' unknown field 'colour'; expected one of name, points, units, "
+                          "streams."),
+    }
+    for name, (zones, rules, expected) in mistakes.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.json"
+        path.write_text('{\n "zones": [\n  ' + ",\n  ".join(map(json.dumps, zones)) + '\n ],\n "rules": [\n  '
+                        + ",\n  ".join(map(json.dumps, rules)) + "\n ]\n}\n")
+        code, err = _in_process(capsys, video, "--model", seg_model, "--out", tmp_path / "o", "--zones", path)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and f"{path.name} {expected}" in lines[0], (name, err)
+        assert not (tmp_path / "o").exists()  # refused before --out is claimed
+
+
+def test_ray_refuses_rules_and_vector_outputs_in_one_line_before_planning(seg_model, tmp_path, kit, capsys):
+    video = kit.moving_video(tmp_path / "door.avi", count=3)
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"name": "all", "units": "fraction", "points": [[0, 0], [1, 0], [1, 1]]}],
+                                 "rules": [{"name": "r", "class": "red", "zone": "all", "fraction": 0.3}]}))
+    common = (video, "--model", seg_model, "--out", tmp_path / "o", "--ray", "local")
+    code, err = _in_process(capsys, *common, "--zones", zones)
+    assert code == 2 and "zones.json has rules: events need each source whole" in err and len(err.splitlines()) == 1
+    code, err = _in_process(capsys, *common, "--write", "jsonl,rle")
+    assert code == 2 and "--write rle is for a run on this machine" in err
+    code, err = _in_process(capsys, video, "--model", seg_model, "--out", tmp_path / "o", "--clips", "2")
+    assert code == 2 and "--clips expects BEFORE,AFTER" in err
+    code, err = _in_process(capsys, video, "--model", seg_model, "--out", tmp_path / "o", "--write", "masks,vectors")
+    assert code == 2 and "Unknown output(s) vectors: choose from masks, overlay, reconstruction, jsonl, polygons, rle" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_with_zones_prints_the_events_and_writes_vector_files(seg_model, tmp_path, kit):
+    video = kit.moving_video(tmp_path / "door.avi", count=10)
+    zones = tmp_path / "zones.json"
+    zones.write_text(json.dumps({"zones": [{"name": "all", "units": "fraction", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
+                                 "rules": [{"name": "red-seen", "class": "red", "zone": "all", "fraction": 0.05}]}))
+    out = _edgeseg("segment", video, "--model", seg_model, "--out", tmp_path / "o", "--zones", zones, "--clips", "0.2,0.2",
+                   "--write", "jsonl,overlay,polygons,rle", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "1 event(s) started (red-seen 1): events.jsonl" in out.stderr
+    assert {p.name for p in (tmp_path / "o").iterdir()} >= {"events.jsonl", "clips", "snapshots", "polygons", "rle",
+                                                             "frames.jsonl", "overlay.mp4", "summary.json"}
+    assert len(list((tmp_path / "o" / "rle").glob("*.json"))) == 10
