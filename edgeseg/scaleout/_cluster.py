@@ -15,10 +15,12 @@ autoscaler for the resources (``ray.autoscaler.sdk.request_resources``) and wait
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,13 +53,15 @@ def connect(ray: Any, address: str) -> Joined:
     quiet = logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.ERROR
     common = {"log_to_driver": False, "logging_level": quiet}
     if address == "local":
-        ray.init(address="local", include_dashboard=False, **common)
+        with _utf8_command_line(ray):
+            ray.init(address="local", include_dashboard=False, **common)
         joined = Joined(address, True, _gcs(ray), alive_nodes(ray))
         log.info("Ray: started a local instance for this job (%s); it stops when the job ends", joined.describe())
         return joined
     if address == "auto" or address.startswith("ray://") or ":" in address:
         try:
-            ray.init(address=address, **common)
+            with _utf8_command_line(ray):
+                ray.init(address=address, **common)
         except ConnectionError as error:
             raise EdgesegError(f"--ray {address}: no Ray cluster answered ({str(error).splitlines()[0]}). Start one "
                                "(`ray start --head`), check the address, or pass --ray local.") from None
@@ -65,6 +69,32 @@ def connect(ray: Any, address: str) -> Joined:
         log.info("Ray: joined the cluster at %s (%s)", joined.gcs or address, joined.describe())
         return joined
     raise EdgesegError(f"--ray expects local, auto, host:port or ray://host:port, got {address!r}.")
+
+
+@contextlib.contextmanager
+def _utf8_command_line(ray: Any) -> Iterator[None]:
+    """Let ``ray.init`` start from a command line that holds bytes that are not UTF-8.
+
+    Ray names the job after this process's command line (``/proc/self/cmdline``) and hands that name
+    to its C++ core as UTF-8; a SOURCE named with a byte such as 0xff (Python holds it as a lone
+    surrogate) makes ``ray.init`` fail with UnicodeEncodeError before anything runs. The name is only
+    shown in Ray's dashboard and job list: Ray gets it with such bytes escaped (``\\udcff``). The paths
+    themselves travel as Python strings (pickled) and reach the workers intact. Should Ray name the job
+    another way one day, the same failure is one line here instead of a traceback.
+    """
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    original = getattr(utils, "get_entrypoint_name", None)
+    if callable(original):
+        utils.get_entrypoint_name = lambda: original().encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        yield
+    except UnicodeEncodeError as error:
+        raise EdgesegError(f"Ray cannot start from this command line: it holds bytes that are not UTF-8 "
+                           f"({error.object[error.start:error.end]!a}). Rename the file, or name it in a .txt list "
+                           "passed as SOURCE (a list's lines reach Ray as data, not as its command line).") from None
+    finally:
+        if callable(original):
+            utils.get_entrypoint_name = original
 
 
 def _gcs(ray: Any) -> str:
