@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.runtime import Model, segment, write_json_atomic
+from edgeseg.runtime import Model, SegmentOptions, segment, write_json_atomic
 from edgeseg.scaleout import ClusterOptions, segment_on_ray
 
 MODEL = str(Path(__file__).resolve().parents[1] / "samples" / "models" / "fcn8" / "model.onnx")
@@ -125,12 +125,13 @@ def main() -> None:
     make_video(video, args.frames, (width, height))
     info = machine()
     server = None
+    QUIET = SegmentOptions(progress=False)  # the figures, not a bar, in the log
     runs = {
         "no-ray": lambda out: segment(str(video), model=Model(MODEL, threads=1), out=out),
         "ray-1-worker": lambda out: segment_on_ray([str(video)], model=MODEL, out=out, cluster=ClusterOptions(
-            workers=1, range_frames=args.range_frames, progress="off")),
+            workers=1, range_frames=args.range_frames), options=QUIET),
         "ray-2-workers": lambda out: segment_on_ray([str(video)], model=MODEL, out=out, cluster=ClusterOptions(
-            workers=2, range_frames=args.range_frames, progress="off")),
+            workers=2, range_frames=args.range_frames), options=QUIET),
     }
     if not args.no_s3:
         import s3fs
@@ -145,7 +146,7 @@ def main() -> None:
                                     ("s3-ray-2-workers-zip", 2, "zip")):
             runs[name] = lambda out, workers=workers, pack=pack: segment_on_ray(
                 ["s3://bench/clip.avi"], model="s3://bench/model.onnx", out=f"s3://bench/{Path(out).name}",
-                cluster=ClusterOptions(workers=workers, range_frames=args.range_frames, pack=pack, progress="off"))
+                cluster=ClusterOptions(workers=workers, range_frames=args.range_frames, pack=pack), options=QUIET)
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # read by the raylet ray.init starts
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

@@ -197,10 +197,13 @@ def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: 
                                     join_stored=join) for s in planned}
     for source in planned:  # where each source's outputs are, relative to --out, as one machine says it
         reports[source.name]["folder"] = _store.relative(source.out, out)
-    engine = {"model": spec.path, "kind": local["kind"], "engine": pool.described.get("engine", local["engine"]),
-              "engine_choice": local["engine_choice"], "provider": pool.described.get("provider", ""),
-              "providers": [pool.described.get("provider", "")],
-              "precision": pool.described.get("precision", local["precision"]), "engine_streams": local["streams"],
+    # What the workers ran: this run's, else (every unit kept by --resume) what the earlier run's markers say.
+    described = pool.described or {k: v for m in list(complete.values())[:1] for k, v in m.items()
+                                    if k in ("engine", "provider", "precision")}
+    engine = {"model": spec.path, "kind": local["kind"], "engine": described.get("engine", local["engine"]),
+              "engine_choice": local["engine_choice"], "provider": described.get("provider", ""),
+              "providers": [described.get("provider", "")],
+              "precision": described.get("precision", local["precision"]), "engine_streams": local["streams"],
               "batch": max((m["batch"] for m in complete.values()), default=1), "inflight": 1,
               "smooth": options.smooth}
     extra = {"workers": pool.worker_stats(), "ray": {
