@@ -48,7 +48,10 @@ EXTRAS: dict[str, Extra] = {
     "serve": Extra(needs=("prometheus_client", "starlette", "uvicorn")),
     "grpc": Extra(needs=("tritonclient", "grpc")),                       # edgeseg serve --grpc-port
     "events": Extra(needs=("paho",), optional=("yaml",)),                  # yaml: zones/rules files in YAML
-    "ray": Extra(needs=("ray",)),
+    "ray": Extra(needs=("ray", "fsspec")),                                 # fsspec: --ray's object storage
+    "s3": Extra(needs=("s3fs",)),                                          # --ray with s3:// URIs
+    "gcs": Extra(needs=("gcsfs",)),
+    "azure": Extra(needs=("adlfs",)),
 }
 
 

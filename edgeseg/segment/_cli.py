@@ -8,6 +8,7 @@ every kind of source; the pipeline refuses, in one line, an option that cannot a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -213,11 +214,33 @@ def _contract(parser: argparse.ArgumentParser) -> None:
 def _cluster(parser: argparse.ArgumentParser) -> None:
     ray = parser.add_argument_group("cluster (Ray; pip install 'edgeseg[ray]'; see README \"Running on a cluster\")")
     ray.add_argument("--ray", metavar="ADDRESS",
-                     help="run on Ray: local, auto (RAY_ADDRESS / the running cluster) or ray://host:port")
+                     help="run on Ray: local (a Ray of its own, even beside a running cluster), auto (RAY_ADDRESS / "
+                          "the running cluster), host:port or ray://host:port. SOURCE, --model and --out may then be "
+                          "object-store URIs (s3://, gs://, az://; pip install 'edgeseg[s3]' and alike)")
     ray.add_argument("--workers", type=int, default=2, metavar="N", help="--ray: actors, each with its own model (default: 2)")
     ray.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
                      help="--ray: CPUs (= inference threads) per actor (default: 1)")
     ray.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="--ray: GPUs per actor (default: 0)")
+    ray.add_argument("--memory-per-worker", type=float, default=0.0, metavar="GB",
+                     help="--ray: memory each worker reserves on its node, checked before the job (default: 0, none)")
+    ray.add_argument("--chunk", type=int, default=64, metavar="N",
+                     help="--ray: images per unit (the grain of scheduling, retry and --resume) (default: 64)")
+    ray.add_argument("--range-frames", type=int, default=256, metavar="N",
+                     help="--ray: video frames per unit (default: 256)")
+    ray.add_argument("--retries", type=int, default=3, metavar="N",
+                     help="--ray: a unit whose worker died, stalled or failed is tried again up to N times (default: 3)")
+    ray.add_argument("--pack", choices=("files", "zip"), default="files",
+                     help="--ray: per-frame outputs as one file each (one machine's layout) or one ZIP per unit and "
+                          "output (masks/<unit>.zip: far fewer objects in object storage) (default: files)")
+    ray.add_argument("--unit-timeout", type=float, default=300.0, metavar="S",
+                     help="--ray: a unit that shows no progress (no frame finished, no byte moved) for S seconds has "
+                          "its worker stopped and goes back to the queue (default: 300)")
+    ray.add_argument("--placement-timeout", type=float, default=60.0, metavar="S",
+                     help="--ray: with no worker alive for S seconds the job stops, finished units kept for --resume; "
+                          "with --autoscale also how long to wait for nodes before the job starts (default: 60)")
+    ray.add_argument("--autoscale", action="store_true",
+                     help="--ray: the cluster adds nodes on demand: a job that does not fit yet asks for them and "
+                          "waits (--placement-timeout) instead of being refused")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -282,20 +305,39 @@ def _run_on_ray(args: argparse.Namespace, sources: list[str], options: Any, cont
                                "process, and --ray cuts sources into units, which would cut a rule's timing at their "
                                "borders. Run it without --ray, or with a zones file without rules (zone statistics "
                                "work on a cluster).")
+    if args.show:
+        raise EdgesegError("--show opens a window on this machine; it does not combine with --ray (drop one).")
+    if args.inflight is not None:
+        raise EdgesegError("--inflight sets the calls in flight of one machine's pipeline; with --ray each worker "
+                           "runs one call at a time and --workers sets how many run at once. Drop --inflight.")
     from edgeseg.runtime.extras import require
 
     require("ray", purpose="--ray")  # what is missing is said before the job is planned
-    from edgeseg.scaleout import ClusterOptions, ModelSpec, segment_on_ray
+    from edgeseg.scaleout import ClusterOptions, ModelSpec, describe_job, segment_on_ray
 
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Ray colours what it prints itself (a "(raylet)" notice on stdout when a node loses a worker): plain text
+        # where the output is piped or logged. Read by Ray when it prints, so setting it here is enough.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     cluster = ClusterOptions(address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                             gpus_per_worker=args.gpus_per_worker)
+                             gpus_per_worker=args.gpus_per_worker, memory_per_worker_gb=args.memory_per_worker,
+                             chunk=args.chunk, range_frames=args.range_frames, retries=args.retries, pack=args.pack,
+                             unit_timeout=args.unit_timeout, placement_timeout=args.placement_timeout,
+                             autoscale=args.autoscale)
     summary = segment_on_ray(sources, model=ModelSpec(args.model, contract=contract), out=args.out, cluster=cluster,
                              options=options)
     print(stage_table(summary), file=sys.stderr)
-    workers = summary.get("workers", {})
-    print(f"{summary['frames']} frame(s) on {len(workers)} worker(s); wrote {display_path(args.out)}/summary.json",
-          file=sys.stderr)
-    return 130 if summary["interrupted"] else (1 if summary["ray"]["units_lost"] or summary["failed"] else 0)
+    print(describe_job(summary, out=display_path(args.out)), file=sys.stderr)
+    if summary["interrupted"]:
+        return 130
+    if summary["ray"]["incomplete"]:
+        print(f"edgeseg segment: error: the job is not complete: {summary['ray']['incomplete']}", file=sys.stderr)
+        return 1
+    if summary["frames"] == 0 and not summary["frames_resumed"] and not summary["failed"]:
+        # As without Ray: nothing processed (every file broken) is never a success.
+        reason = summary["first_failure"] or "the sources gave no frames"
+        raise EdgesegError(f"nothing was processed ({reason}); see {display_path(args.out)}/frames.jsonl.")
+    return 1 if summary["failed"] or summary["error"] else 0
 
 
 def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
