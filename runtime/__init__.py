@@ -80,7 +80,8 @@ _PUBLIC = {
     "open_model": "_pipeline", "segment": "_pipeline",
     "run_streams": "_pipeline", "stage_table": "_pipeline", "model_precision": "_pipeline",
     "FrameResult": "_writer", "StreamResult": "_pipeline",
-    "prepare_out": "_outdir", "stop_on_signals": "_signals",
+    "prepare_out": "_outdir", "RunLock": "_outdir", "check_resume": "_outdir", "write_identity": "_outdir",
+    "stop_on_signals": "_signals",
     # images in memory, and a running edgeseg serve called like a Model
     "decode_image": "_imagebytes", "encode_mask_png": "_imagebytes", "decode_mask_png": "_imagebytes",
     "Client": "client",

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, SegmentOptions, VideoInfo, is_live, open_model,
-                             prepare_out, records, split_name, stop_on_signals)
+from edgeseg.runtime import (RUN_FILES, EdgesegError, Model, RunLock, SegmentOptions, VideoInfo, check_resume, is_live,
+                             open_model, prepare_out, records, split_name, stop_on_signals, write_identity)
 from edgeseg.scaleout import _store
 from edgeseg.scaleout._cluster import Joined, Need, check_fit, connect
 from edgeseg.scaleout._merge import merge_source
@@ -131,7 +131,57 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
     stored_videos = [p.spec for p in placed if _store.is_remote(p.spec) and media_kind(p.spec) == "video"]
     planned, units = ([], []) if stored_videos else _plan(sources, placed, out, options, cluster, probe=None)
     folders = [p.folder for p in placed]
-    _prepare_outs(out, folders, options, clear=False)  # writable, and no run there unless --overwrite/--resume
+    # As on one machine: one run at a time writes into a local --out (a second job or a plain run into it is
+    # refused while this one holds it), and --resume continues only the same job. Object storage has no lock.
+    lock = None if _store.is_remote(out) else RunLock(out)
+    try:
+        _prepare_outs(out, folders, options, clear=False)  # writable, and no run there unless --overwrite/--resume
+        identity = _identity(local, placed, options, out)
+        if identity is not None and options.resume:
+            check_resume(Path(out), identity)
+        job = _Job(sources, placed, planned, units, stored_videos, identity, spec=spec, out=out, local=local,
+                   cluster=cluster, options=options)
+        return _run_job(job, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _identity(local: dict[str, Any], placed: list[Placed], options: SegmentOptions, out: str) -> dict[str, Any] | None:
+    """What --resume must find the same in a local --out (the keys :func:`check_resume` compares), json-normalized."""
+    if _store.is_remote(out):
+        return None
+    identity = {"schema": records.SCHEMA, "model": {"sha256": local["sha256"]}, "contract": local["contract"],
+                "engine": {"engine": local["engine"], "precision": local["precision"]},
+                "sources": {p.name: {"source": p.spec, "kind": "ray"} for p in placed},
+                "options": {key: getattr(options, key) for key in ("outputs", "stride", "start", "recursive", "smooth",
+                                                                   "alpha")},
+                "folders": [_store.relative(p.folder, out) or "." for p in placed]}
+    return json.loads(json.dumps(identity))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A planned job whose --out is held: what :func:`_run_job` needs."""
+
+    sources: list[str]
+    placed: list[Placed]
+    planned: list[Source]
+    units: list[Unit]
+    stored_videos: list[str]  # videos in object storage: planned once a worker has probed them
+    identity: dict[str, Any] | None
+    spec: ModelSpec
+    out: str
+    local: dict[str, Any]  # the model as opened here
+    cluster: ClusterOptions
+    options: SegmentOptions
+
+
+def _run_job(job: _Job, stop: threading.Event) -> dict[str, Any]:
+    """The job once its --out is held: Ray joined, the fit checked, workers started, units run, outputs checked."""
+    sources, placed, planned, units, stored_videos = job.sources, job.placed, job.planned, job.units, job.stored_videos
+    spec, out, local, cluster, options, identity = job.spec, job.out, job.local, job.cluster, job.options, job.identity
+    folders = [p.folder for p in placed]
     ray = _ray()
     started = time.perf_counter()
     joined = connect(ray, cluster.address)
@@ -147,6 +197,8 @@ def segment_on_ray(sources: list[str], *, model: ModelSpec | str | os.PathLike, 
                   stop=stop)
         if options.overwrite:  # only now: a job refused above leaves the earlier run as it was
             _prepare_outs(out, folders, options, clear=True)
+        if identity is not None:
+            write_identity(Path(out), identity)
         # A Ray this job started inherited this process's environment; a joined cluster gets the store settings
         # with each worker (a runtime environment: fresh worker processes, about 2 s more per job start).
         forward = _uses_store(spec, out, [p.spec for p in placed]) and not joined.started
@@ -325,6 +377,7 @@ def _check_model(spec: ModelSpec, options: SegmentOptions) -> dict[str, Any]:
             _storage_step(spec.path, _store.download, spec.path, path)
         model = spec.open(cpu, threads=1, path=path)
         return {"kind": model.kind, "engine": model.engine, "precision": model.precision,
+                "sha256": model.file.sha256, "contract": model.contract.to_dict(),
                 "engine_choice": model.choice_reason, "streams": model.streams}
 
 

@@ -10,7 +10,6 @@ by the driver either way.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile

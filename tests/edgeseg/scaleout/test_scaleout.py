@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgeseg.cli import main
-from edgeseg.runtime import EdgesegError, Model, SegmentOptions, read_mask_png, segment
+from edgeseg.runtime import EdgesegError, Model, RunLock, SegmentOptions, read_mask_png, segment
 from edgeseg.scaleout import ClusterOptions, segment_on_ray
 
 
@@ -139,6 +139,13 @@ def test_out_holding_a_run_is_refused_unless_overwrite_as_on_one_machine(cluster
     assert main([*command, "--overwrite"]) == 0
     assert sorted(check.tree(out, "masks")) == ["im1.png", "im2.png", "im4.png", "im5.png"]  # the stale mask is gone
     assert (out / "notes.txt").exists()
+    # --resume continues only the same job (its identity in .edgeseg/run.json), and a held --out is refused.
+    with pytest.raises(EdgesegError, match="--resume: the run in .* had another output options"):
+        segment_on_ray([str(images)], model=check.model, out=out, cluster=ClusterOptions(workers=1),
+                       options=SegmentOptions(resume=True, outputs=("masks",)))
+    with RunLock(out), pytest.raises(EdgesegError, match="is in use by another edgeseg run"):
+        segment_on_ray([str(images)], model=check.model, out=out, cluster=ClusterOptions(workers=1),
+                       options=SegmentOptions(resume=True))
     # A job stopped before any file was joined leaves only its parts: that folder holds a run too.
     (tmp_path / "parts" / ".scaleout").mkdir(parents=True)
     with pytest.raises(EdgesegError, match="already holds a run"):
