@@ -19,6 +19,11 @@ OUTPUT_ONLY = 4  # verify compared only the final output: nothing could be match
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(subparsers)
+    _register_export(subparsers)
+    _register_verify(subparsers)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
         help="Keras .keras model -> ONNX with the contract inside",
@@ -35,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the first), or `all` (the ONNX outputs then take the Keras names and the contract "
                         "lists each)")
     _loading_options(export)
+    _graph_options(export)
+    _export_verify_options(export)
+    _contract_fact_options(export)
+    export.set_defaults(func=_run_export)
+
+
+def _graph_options(export: argparse.ArgumentParser) -> None:
+    """The shape of the ONNX graph export writes: opset, batch, layout, CUDA-friendly transposed convs."""
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     export.add_argument(
         "--batch", default="dynamic", metavar="dynamic|N", help="batch size of the ONNX input: `dynamic` (default) or a fixed N"
@@ -46,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rewrite SAME Conv2DTranspose layers that would get asymmetric pads into VALID + crop (same math), "
         "so onnxruntime's CUDA provider runs every node (default: off)",
     )
+
+
+def _export_verify_options(export: argparse.ArgumentParser) -> None:
+    """``export --verify``: verify before writing, on what inputs, judged how."""
     export.add_argument("--verify", action="store_true", help="verify layer by layer before writing; exit 1 if a layer fails")
     export.add_argument("--images", metavar="DIR", help="with --verify: a local folder of images to verify on (default: random inputs)")
     export.add_argument("--random", type=int, default=4, metavar="N", help="with --verify and no --images: N seeded random inputs (default: 4)")
@@ -54,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance", type=float, default=None, help="with --verify: max-abs error <= TOLERANCE x max(peak |value|, "
         "floor) (default: the model's precision's, see `edgeseg verify --help`)"
     )
+
+
+def _contract_fact_options(export: argparse.ArgumentParser) -> None:
+    """The contract facts a .keras made elsewhere lacks (or ours should override)."""
     facts = export.add_argument_group("contract facts (default: the .keras file's edgeseg record)")
     facts.add_argument("--kind", choices=("segmentation", "autoencoder", "encoder", "decoder"), help="what the model is")
     facts.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="colour order the model expects")
@@ -65,8 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(default: inferred from the output's channels; one name for a one-channel output is the foreground)")
     facts.add_argument("--input-size", metavar="HxW|N", type=_size,
                        help="working size of a model that takes any input size, e.g. 256x256 (frames are resized to it)")
-    export.set_defaults(func=_run_export)
 
+
+def _register_verify(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify",
         help="prove layer by layer that an ONNX export computes what Keras computes",
@@ -93,6 +115,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument(
         "--layers", choices=("all", "transposed"), default="all", help="which layers to report: every layer call (default) or Conv2DTranspose only"
     )
+    _verify_judge_options(verify)
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    _loading_options(verify)
+    verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
+    verify.set_defaults(func=_run_verify)
+
+
+def _verify_judge_options(verify: argparse.ArgumentParser) -> None:
+    """Which engine and precision the ONNX side runs in, and the bar each layer must pass."""
     verify.add_argument(
         "--tolerance", type=float, default=None,
         help="with --precision fp32 (the engine computes the file as written): pass when max-abs error <= TOLERANCE x "
@@ -112,10 +143,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, db in DEFAULT_SQNR_DB.items():
         verify.add_argument(f"--sqnr-{name}", type=float, default=db, metavar="DB",
                             help=f"{name}: pass when a layer's SQNR against Keras is at least DB dB (default: {db:g})")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    _loading_options(verify)
-    verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
-    verify.set_defaults(func=_run_verify)
 
 
 def _loading_options(parser: argparse.ArgumentParser) -> None:
