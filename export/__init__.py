@@ -31,6 +31,9 @@ _PUBLIC = {
     "load_segmentation": "edgeseg.export._data",
     "train_cae": "edgeseg.export._train",
     "train_fcn8": "edgeseg.export._train",
+    "TrainOptions": "edgeseg.export._train",
+    "CAEOptions": "edgeseg.export._train",
+    "FCN8Options": "edgeseg.export._train",
 }
 
 __all__ = sorted(_PUBLIC)

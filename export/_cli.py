@@ -424,20 +424,24 @@ def _trainer(data: str, *, segmentation: bool = False):
 
 
 def _run_cae(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data).train_cae(
-        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
-        seed=args.seed, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
-        learning_rate=args.learning_rate, generate_from=args.generate_from)
+    train = _trainer(args.data)
+    options = train.CAEOptions(
+        epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        learning_rate=args.learning_rate, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
+        generate_from=args.generate_from)
+    summary = train.train_cae(data=args.data, out=args.out, options=options)
     print(f"best val_loss (MSE) {summary['best_val_loss']:.5f} at epoch {summary['best_epoch']}; wrote {args.out}/model.keras")
     return 0
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data, segmentation=True).train_fcn8(
-        data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
-        input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
-        freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,
-        val_split=args.val_split, seed=args.seed, learning_rate=args.learning_rate)
+    train = _trainer(args.data, segmentation=True)
+    options = train.FCN8Options(
+        epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        learning_rate=args.learning_rate, variant=args.variant, classes=args.classes, class_names=args.class_names,
+        input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width,
+        backbone=args.backbone, freeze_backbone=args.freeze_backbone)
+    summary = train.train_fcn8(data=args.data, out=args.out, options=options)
     ious = ", ".join(f"{n} {v if v is None else round(v, 3)}" for n, v in zip(summary["classes"], summary["best_val_iou"]))
     print(f"best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}; val IoU {ious}; "
           f"wrote {args.out}/model.keras")
