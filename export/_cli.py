@@ -186,7 +186,8 @@ def _load_tensorflow() -> None:
 def _run_export(args: argparse.Namespace) -> int:
     _check_paths(args, onnx_out=args.output)
     _load_tensorflow()
-    from edgeseg.export._onnx import ContractFacts, VerifyRequest, export_model
+    from edgeseg.export._onnx import ContractFacts, GraphOptions, export_model
+    from edgeseg.export._verify import VerifyRequest
 
     facts = ContractFacts(
         kind=args.kind,
@@ -207,10 +208,7 @@ def _run_export(args: argparse.Namespace) -> int:
     result = export_model(
         args.model,
         args.output,
-        opset=args.opset,
-        batch=_batch(args.batch),
-        nchw=args.nchw,
-        cuda_friendly=args.cuda_friendly,
+        graph=GraphOptions(opset=args.opset, batch=_batch(args.batch), nchw=args.nchw, cuda_friendly=args.cuda_friendly),
         facts=facts,
         verify=request,
         output=args.head,
@@ -245,23 +243,21 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise
     try:
         _load_tensorflow()
-        from edgeseg.export._verify import verify_files
+        from edgeseg.export._verify import VerifyRequest, verify_files
     except ModuleNotFoundError as error:  # a runtime-only install: cli.main names the extra, exit 2
         _verify_failed(args, 2, f"a package is not installed: {error.name}")
         raise
 
     try:
+        request = VerifyRequest(images=args.images, random=args.random, tolerance=args.tolerance, seed=args.seed,
+                                layers=args.layers,
+                                sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB})
         report = verify_files(
             args.model,
             args.onnx,
-            images=args.images,
-            random=args.random,
-            layers=args.layers,
-            tolerance=args.tolerance,
-            seed=args.seed,
+            request=request,
             engine=args.engine,
             precision=args.precision,
-            sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB},
             custom_objects=args.custom_objects,
             unsafe=args.unsafe_deserialization,
         )

@@ -272,9 +272,10 @@ def _export(folder: Path) -> str:
 
 
 def _verify(folder: Path, *, images: Path | None = None, random: int = 4) -> str:
-    from edgeseg.export import verify_files
+    from edgeseg.export import VerifyRequest, verify_files
 
-    report = verify_files(folder / "model.keras", folder / "model.onnx", images=images, random=random)
+    report = verify_files(folder / "model.keras", folder / "model.onnx",
+                          request=VerifyRequest(images=images, random=random))
     write_json_atomic(folder / "verify.json", report.to_dict())
     if not report.ok:
         raise StepFailed(f"layer `{report.first_failure}` is out of tolerance (see {folder / 'verify.json'})")
