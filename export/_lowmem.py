@@ -75,19 +75,8 @@ def convert_lowmem(
         for variable, name in zip(variables, weight_names)
     ]
     output_names = _output_names(model)
-    n_inputs = len(input_signature)
-
-    def call(*args):
-        inputs, weights = args[:n_inputs], list(args[n_inputs:])
-        # stateless_call reads every variable from `weights`, so the traced graph captures no
-        # variable and freezing has nothing to copy.
-        outputs, _ = model.stateless_call(
-            weights[:n_trainable], weights[n_trainable:], inputs[0] if n_inputs == 1 else list(inputs),
-            training=False,
-        )
-        return dict(zip(output_names, tf.nest.flatten(outputs)))
-
-    function = tf.function(call, autograph=False)
+    function = _weights_as_arguments(model, n_inputs=len(input_signature), n_trainable=n_trainable,
+                                     output_names=output_names)
     captured = _captured_constants(function, list(input_signature) + weight_specs)
     proto, _ = tf2onnx.convert.from_function(
         function,
@@ -101,6 +90,23 @@ def convert_lowmem(
     _weights_to_initializers(proto.graph, loaders)
     _captures_to_initializers(proto.graph, captured)
     return proto
+
+
+def _weights_as_arguments(model: Any, *, n_inputs: int, n_trainable: int, output_names: list[str]) -> Any:
+    """The model as a ``tf.function`` of (inputs..., weights...) returning ``{output name: tensor}``."""
+    import tensorflow as tf
+
+    def call(*args):
+        inputs, weights = args[:n_inputs], list(args[n_inputs:])
+        # stateless_call reads every variable from `weights`, so the traced graph captures no
+        # variable and freezing has nothing to copy.
+        outputs, _ = model.stateless_call(
+            weights[:n_trainable], weights[n_trainable:], inputs[0] if n_inputs == 1 else list(inputs),
+            training=False,
+        )
+        return dict(zip(output_names, tf.nest.flatten(outputs)))
+
+    return tf.function(call, autograph=False)
 
 
 def _captured_constants(function: Any, signature: list[Any]) -> dict[str, np.ndarray]:
