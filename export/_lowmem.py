@@ -25,7 +25,7 @@ No tf2onnx or numpy patch is needed: the numpy-2 crash (``np.product``) lives on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,6 +191,19 @@ def _order_outputs(graph: Any, output_names: list[str]) -> None:
     graph.output.extend(ordered)
 
 
+def _derived_from_weights(graph: Any, *, weights: Iterable[str], initializers: dict[str, Any]) -> dict[str, Any]:
+    """Values computable from the weights by foldable ops alone: name -> the node that makes it (None for a
+    weight itself), in graph order."""
+    derived: dict[str, Any] = {name: None for name in weights}
+    for node in graph.node:
+        if node.op_type not in _FOLDABLE or not node.input or node.input[0] not in derived:
+            continue
+        if any(name and name not in derived and name not in initializers for name in node.input[1:]):
+            continue
+        derived[node.output[0]] = node
+    return derived
+
+
 def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndarray]]) -> None:
     """Replace the weight inputs by initializers, folding the layout ops tf2onnx left on them.
 
@@ -200,19 +213,9 @@ def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndar
     from onnx import numpy_helper
 
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    # Values computable from the weights by foldable ops alone: name -> the node that makes it
-    # (None for a weight itself).
-    derived: dict[str, Any] = {name: None for name in loaders}
-    folded_nodes = []
-    for node in graph.node:
-        if node.op_type not in _FOLDABLE or not node.input or node.input[0] not in derived:
-            continue
-        if any(name and name not in derived and name not in initializers for name in node.input[1:]):
-            continue
-        folded_nodes.append(node)
-        derived[node.output[0]] = node
-
-    folded_ids = {id(node) for node in folded_nodes}
+    derived = _derived_from_weights(graph, weights=loaders, initializers=initializers)
+    # `derived` holds the folded nodes, so their ids stay theirs while it lives.
+    folded_ids = {id(node) for node in derived.values() if node is not None}
     kept_nodes = [node for node in graph.node if id(node) not in folded_ids]
     needed = _referenced_names(kept_nodes) | {value.name for value in graph.output}
 
