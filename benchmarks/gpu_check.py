@@ -104,10 +104,10 @@ def check_model(name: str, folder: Path, args: argparse.Namespace, report: dict)
 
 
 def export_friendly(keras: Path, out: Path, report: dict) -> Path:
-    from edgeseg.export import export_model
+    from edgeseg.export import GraphOptions, export_model
 
     if not out.exists():
-        result = export_model(keras, out, cuda_friendly=True)
+        result = export_model(keras, out, graph=GraphOptions(cuda_friendly=True))
         step(report, f"exported {out.name} ({getattr(result, 'rewritten', '?')} transposed conv(s) rewritten)")
     return out
 

@@ -30,7 +30,7 @@ def main() -> int:
     from edgeseg.export import _patches
 
     _patches.import_tensorflow_quietly()
-    from edgeseg.export import verify_files
+    from edgeseg.export import VerifyRequest, verify_files
     from edgeseg.runtime import EdgesegError, write_json_atomic
 
     runs = []
@@ -38,7 +38,8 @@ def main() -> int:
         path = args.fp32 if which == "fp32" else args.int8
         start = time.perf_counter()
         try:
-            report = verify_files(args.keras, path, images=args.images, engine=engine, precision=precision).to_dict()
+            report = verify_files(args.keras, path, request=VerifyRequest(images=args.images), engine=engine,
+                                  precision=precision).to_dict()
         except EdgesegError as error:
             runs.append({"file": which, "engine": engine, "precision": precision, "refused": str(error)})
             print(f"{which:5} {engine:11} {precision:5} refused: {error}")

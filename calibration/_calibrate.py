@@ -141,7 +141,6 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
     holdout = options.holdout if options.holdout is not None else HOLDOUT if budget is not None else 0.0
     _check_request(model=model, output=output, report=options.report, chart=options.chart)
     contract = _read_contract(model)
-    peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
     with _Progress(enabled=options.progress, stages=9 + (budget is not None)) as bar, \
             tempfile.TemporaryDirectory(prefix="edgeseg-quant-") as tmp, \
             _read_frames(bar, data, contract, samples=options.samples, every=options.every, masks=masks) as everything:
@@ -149,38 +148,12 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, *, output: str 
         run = _Run(model=model, prepared=Path(tmp) / "prepared.onnx", work=Path(tmp), contract=contract,
                    frames=frames, evaluation=held_out, options=options.quantize, chunk=options.chunk,
                    sqnr_frames=options.sqnr_frames, bar=bar)
-        with bar.stage("preparing the graph"):
-            preprocess_for_quantization(model, run.prepared)
-        peaks["prepare"] = _peak_mb()
-        ranges = collect_ranges(run)
-        peaks["calibrate"] = _peak_mb()
-        with bar.stage("quantizing"):
-            default = quantize_candidate(run, ranges=ranges, name="int8.onnx")
-        peaks["quantize"] = _peak_mb()
-        measured = measure(run, default)
-        peaks["measure"] = _peak_mb()
-        control, candidate = None, default
-        if budget is not None:
-            control, candidate, measured = control_accuracy(run, ranges=ranges, default=default, measured=measured,
-                                                              budget=budget)
-        with bar.stage("timing FP32 and INT8 side by side"):
-            timings = _time(run, candidate=candidate, default=default, rounds=options.timing_rounds,
-                            threads=options.threads)
-        peaks["timing"] = _peak_mb()
-        with bar.stage("finding compute left in float"):
-            floats = float_compute_of(run, candidate)
-        with bar.stage("writing the INT8 model"):
-            trt_files = write_trt_table(ranges.tensors, options.trt_table) if options.trt_table else None
-            _write_model(candidate, contract, output,
-                         calibration=_calibration_section(options.quantize, samples=len(frames), floats=floats,
-                                                             returned=candidate.returned,
-                                                             trt_table=_table_entry(options.trt_table, output)))
+        outcome = _stages(run, options, output=output)
         stats = everything.stats
         evaluated_on = (f"{len(held_out)} held-out frames ({holdout:g} of {len(everything)}, spread evenly), "
                         "not used for the ranges" if holdout > 0 else "the calibration frames")
-    result = build_report(contract=contract, options=options.quantize, stats=stats, measured=measured,
-                          timings=timings, floats=floats, control=control, output=output, trt_files=trt_files,
-                          threads=options.threads, peaks=peaks, evaluated_on=evaluated_on, calibrated_on=len(frames))
+    result = build_report(outcome, contract=contract, options=options, output=output, stats=stats,
+                          evaluated_on=evaluated_on, calibrated_on=len(frames))
     if options.chart:
         result["chart"] = str(write_chart(result["layers"], options.chart))
     if options.report:
@@ -265,6 +238,18 @@ class FloatCompute:
     kernels: _measure.Kernels
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """All stages: what the report is made of, beside the frames read."""
+
+    measured: Measurement
+    timings: Mapping[str, _measure.Timing]
+    floats: FloatCompute
+    control: Control | None
+    trt_files: list[str] | None
+    peaks: Mapping[str, float]  # the process peak (MB) after each stage
+
+
 # ---------------------------------------------------------------- the stages
 
 
@@ -272,6 +257,40 @@ def _read_frames(bar: _Progress, data, contract: Contract, *, samples: int, ever
                  ) -> CalibrationSet:
     with bar.stage("reading frames"):
         return load_calibration_set(data, contract, samples=samples, every=every, masks=masks)
+
+
+def _stages(run: _Run, options: CalibrateOptions, *, output: Path) -> Outcome:
+    """The stages of :func:`calibrate` in order, each under its progress stage, noting the peak memory after each."""
+    bar = run.bar
+    peaks: dict[str, float] = {}  # the process peak after each stage (it only grows): which stage set it
+    with bar.stage("preparing the graph"):
+        preprocess_for_quantization(run.model, run.prepared)
+    peaks["prepare"] = _peak_mb()
+    ranges = collect_ranges(run)
+    peaks["calibrate"] = _peak_mb()
+    with bar.stage("quantizing"):
+        default = quantize_candidate(run, ranges=ranges, name="int8.onnx")
+    peaks["quantize"] = _peak_mb()
+    measured = measure(run, default)
+    peaks["measure"] = _peak_mb()
+    control, candidate = None, default
+    if options.budget is not None:
+        control, candidate, measured = control_accuracy(run, ranges=ranges, default=default, measured=measured,
+                                                          budget=options.budget)
+    with bar.stage("timing FP32 and INT8 side by side"):
+        timings = _time(run, candidate=candidate, default=default, rounds=options.timing_rounds,
+                        threads=options.threads)
+    peaks["timing"] = _peak_mb()
+    with bar.stage("finding compute left in float"):
+        floats = float_compute_of(run, candidate)
+    with bar.stage("writing the INT8 model"):
+        trt_files = write_trt_table(ranges.tensors, options.trt_table) if options.trt_table else None
+        _write_model(candidate, run.contract, output,
+                     calibration=_calibration_section(options.quantize, samples=len(run.frames), floats=floats,
+                                                         returned=candidate.returned,
+                                                         trt_table=_table_entry(options.trt_table, output)))
+    return Outcome(measured=measured, timings=timings, floats=floats, control=control, trt_files=trt_files,
+                   peaks=peaks)
 
 
 def collect_ranges(run: _Run) -> Ranges:
@@ -390,19 +409,19 @@ def _write_model(candidate: Candidate, contract: Contract, output: Path, *, cali
 # ---------------------------------------------------------------- the report
 
 
-def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameStats, measured: Measurement,
-                 timings: Mapping[str, _measure.Timing], floats: FloatCompute, control: Control | None,
-                 output: Path, trt_files: list[str] | None, threads: int | None, peaks: Mapping[str, float],
+def build_report(outcome: Outcome, *, contract: Contract, options: CalibrateOptions, output: Path, stats: FrameStats,
                  evaluated_on: str = "the calibration frames", calibrated_on: int | None = None) -> dict:
     """The report dict (the calibrate report's fields): JSON values only, no paths as objects and no private keys."""
+    measured, timings, floats, control = outcome.measured, outcome.timings, outcome.floats, outcome.control
+    threads, quantize = options.threads, options.quantize
     comparison = measured.comparison
     fp32, int8 = _side(comparison.fp32, timings["fp32"]), _side(comparison.int8, timings["int8"])
     ranked = _measure.worst_first(measured.layers)
     returned = list(control.returned) if control else []
     return {
         "model": contract.kind, "output": str(output),
-        "method": options.method, "samples": stats.read, "options": options.summary(),
-        "target": {"cpu": options.target, "reduce_range": options.reduce_range, "rule": options.rule},
+        "method": quantize.method, "samples": stats.read, "options": quantize.summary(),
+        "target": {"cpu": quantize.target, "reduce_range": quantize.reduce_range, "rule": quantize.rule},
         "fp32": fp32, "int8": int8,
         "miou_drop": _difference(fp32["miou"], int8["miou"]),
         "per_class_iou_drop": ({k: _difference(v, int8["per_class_iou"][k]) for k, v in fp32["per_class_iou"].items()}
@@ -419,7 +438,7 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
         "float_nodes": sorted(floats.nodes),
         "float_compute": {"share": floats.share, "total_gflops": floats.total_flops / 1e9,
                           "nodes": dict(floats.nodes), "ep_kernels": floats.kernels.counts()},
-        "excluded_nodes": [*options.float_nodes, *returned],
+        "excluded_nodes": [*quantize.float_nodes, *returned],
         "accuracy_control": control.to_report(timings) if control else None,
         "frames": {"source": stats.source, "kind": stats.kind, "read": stats.read, "skipped": stats.skipped,
                    "masks": stats.masks, "thresholded_masks": stats.thresholded_masks,
@@ -427,9 +446,9 @@ def build_report(*, contract: Contract, options: QuantizeOptions, stats: FrameSt
                    "calibrated_on": stats.read if calibrated_on is None else calibrated_on},
         "cpu": dict(zip(("int8_dot_product", "flags"), _measure.cpu_int8_support())),
         "peak_mb": _peak_mb(),
-        "peak_mb_after": dict(peaks),
-        "trt_table": trt_files,
-        "warnings": report_warnings(stats=stats, floats=floats, options=options, timings=timings,
+        "peak_mb_after": dict(outcome.peaks),
+        "trt_table": outcome.trt_files,
+        "warnings": report_warnings(stats=stats, floats=floats, options=quantize, timings=timings,
                                     agreement=comparison.agreement, masks=bool(comparison.fp32)),
     }
 

@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="FILE", default=None, help="write the JSON report here (default: none)")
     p.add_argument("--chart", metavar="FILE", default=None,
                    help="write a per-layer SQNR bar chart PNG here (default: next to --report as .sqnr.png)")
+    _range_options(p)
+    _quantization_options(p)
+    _accuracy_options(p)
+    _tensorrt_options(p)
+    _measurement_options(p)
+    p.set_defaults(func=run)
+
+
+def _range_options(p: argparse.ArgumentParser) -> None:
+    """How ranges are collected: the method, and which frames feed it in what chunks."""
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="calibration method (default: minmax)")
     p.add_argument("--percentile", type=float, default=99.999,
@@ -46,6 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="take every K-th frame/image (default: spread --samples evenly over the whole source)")
     p.add_argument("--chunk", type=int, default=8,
                    help="frames per calibration chunk; memory grows with it, not with --samples (default: 8)")
+
+
+def _quantization_options(p: argparse.ArgumentParser) -> None:
+    """What the INT8 file looks like: scales, format, types, the target CPU, what stays float."""
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per weight tensor instead of per output channel (default: per channel)")
     p.add_argument("--format", choices=("qdq", "qoperator"), default="qdq",
@@ -71,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize-output", action="store_true",
                    help="quantize the final Softmax/Sigmoid too (default: keep it float; 8-bit probabilities "
                         "tie and flip argmax, and the op is cheap)")
+
+
+def _accuracy_options(p: argparse.ArgumentParser) -> None:
+    """Accuracy control: the drop allowed, and the frames kept out to measure it on."""
     p.add_argument("--max-drop", type=float, default=None, metavar="X",
                    help="accuracy control: return lowest-SQNR layers to float until the drop is at most X points "
                         "(mIoU with masks, pixel disagreement without, %% MSE increase for autoencoders; "
@@ -79,17 +97,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="share of the frames (masks and all) kept out of the ranges: the accuracy figures and "
                         "--max-drop's control are measured on them (default: 0.25 with --max-drop, else 0: "
                         "everything calibrates and is measured)")
+
+
+def _tensorrt_options(p: argparse.ArgumentParser) -> None:
+    """The calibration table TensorRT INT8 reads beside the file."""
     p.add_argument("--trt-table", metavar="DIR", default=None,
                    help="also write a TensorRT calibration table into DIR (default: none); the INT8 file's contract "
                         "records where (keep DIR beside it), and `--provider tensorrt` with the INT8 file runs TensorRT "
                         "INT8 by it. Format: " + TRT_TABLE_FORMAT)
+
+
+def _measurement_options(p: argparse.ArgumentParser) -> None:
+    """How FP32 and INT8 are timed side by side, and the progress display."""
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for FP32 and INT8 alike (default: the runtime's choice, as in edgeseg segment: "
                         "every core on machines with 2 cores or fewer, else all but one; 0: onnxruntime's own default)")
     p.add_argument("--rounds", type=int, default=20, help="timed runs per model (default: 20)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress display (default: a bar on a terminal, a line every 15 s when piped)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ _PUBLIC = {
     "export_model": "edgeseg.export._onnx",
     "to_onnx": "edgeseg.export._onnx",
     "ContractFacts": "edgeseg.export._onnx",
-    "VerifyRequest": "edgeseg.export._onnx",
+    "VerifyRequest": "edgeseg.export._verify",
+    "GraphOptions": "edgeseg.export._onnx",
     "verify_files": "edgeseg.export._verify",
     "verify_models": "edgeseg.export._verify",
     "VerifyReport": "edgeseg.export._verify",
@@ -31,6 +32,9 @@ _PUBLIC = {
     "load_segmentation": "edgeseg.export._data",
     "train_cae": "edgeseg.export._train",
     "train_fcn8": "edgeseg.export._train",
+    "TrainOptions": "edgeseg.export._train",
+    "CAEOptions": "edgeseg.export._train",
+    "FCN8Options": "edgeseg.export._train",
 }
 
 __all__ = sorted(_PUBLIC)

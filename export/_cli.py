@@ -19,6 +19,11 @@ OUTPUT_ONLY = 4  # verify compared only the final output: nothing could be match
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(subparsers)
+    _register_export(subparsers)
+    _register_verify(subparsers)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",
         help="Keras .keras model -> ONNX with the contract inside",
@@ -35,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the first), or `all` (the ONNX outputs then take the Keras names and the contract "
                         "lists each)")
     _loading_options(export)
+    _graph_options(export)
+    _export_verify_options(export)
+    _contract_fact_options(export)
+    export.set_defaults(func=_run_export)
+
+
+def _graph_options(export: argparse.ArgumentParser) -> None:
+    """The shape of the ONNX graph export writes: opset, batch, layout, CUDA-friendly transposed convs."""
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     export.add_argument(
         "--batch", default="dynamic", metavar="dynamic|N", help="batch size of the ONNX input: `dynamic` (default) or a fixed N"
@@ -46,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rewrite SAME Conv2DTranspose layers that would get asymmetric pads into VALID + crop (same math), "
         "so onnxruntime's CUDA provider runs every node (default: off)",
     )
+
+
+def _export_verify_options(export: argparse.ArgumentParser) -> None:
+    """``export --verify``: verify before writing, on what inputs, judged how."""
     export.add_argument("--verify", action="store_true", help="verify layer by layer before writing; exit 1 if a layer fails")
     export.add_argument("--images", metavar="DIR", help="with --verify: a local folder of images to verify on (default: random inputs)")
     export.add_argument("--random", type=int, default=4, metavar="N", help="with --verify and no --images: N seeded random inputs (default: 4)")
@@ -54,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance", type=float, default=None, help="with --verify: max-abs error <= TOLERANCE x max(peak |value|, "
         "floor) (default: the model's precision's, see `edgeseg verify --help`)"
     )
+
+
+def _contract_fact_options(export: argparse.ArgumentParser) -> None:
+    """The contract facts a .keras made elsewhere lacks (or ours should override)."""
     facts = export.add_argument_group("contract facts (default: the .keras file's edgeseg record)")
     facts.add_argument("--kind", choices=("segmentation", "autoencoder", "encoder", "decoder"), help="what the model is")
     facts.add_argument("--color", choices=("RGB", "BGR", "GRAY"), help="colour order the model expects")
@@ -65,8 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "(default: inferred from the output's channels; one name for a one-channel output is the foreground)")
     facts.add_argument("--input-size", metavar="HxW|N", type=_size,
                        help="working size of a model that takes any input size, e.g. 256x256 (frames are resized to it)")
-    export.set_defaults(func=_run_export)
 
+
+def _register_verify(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify",
         help="prove layer by layer that an ONNX export computes what Keras computes",
@@ -93,6 +115,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument(
         "--layers", choices=("all", "transposed"), default="all", help="which layers to report: every layer call (default) or Conv2DTranspose only"
     )
+    _verify_judge_options(verify)
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    _loading_options(verify)
+    verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
+    verify.set_defaults(func=_run_verify)
+
+
+def _verify_judge_options(verify: argparse.ArgumentParser) -> None:
+    """Which engine and precision the ONNX side runs in, and the bar each layer must pass."""
     verify.add_argument(
         "--tolerance", type=float, default=None,
         help="with --precision fp32 (the engine computes the file as written): pass when max-abs error <= TOLERANCE x "
@@ -112,10 +143,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, db in DEFAULT_SQNR_DB.items():
         verify.add_argument(f"--sqnr-{name}", type=float, default=db, metavar="DB",
                             help=f"{name}: pass when a layer's SQNR against Keras is at least DB dB (default: {db:g})")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    _loading_options(verify)
-    verify.add_argument("--report", metavar="FILE", help="also write the report JSON here (default: print the table only)")
-    verify.set_defaults(func=_run_verify)
 
 
 def _loading_options(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +186,8 @@ def _load_tensorflow() -> None:
 def _run_export(args: argparse.Namespace) -> int:
     _check_paths(args, onnx_out=args.output)
     _load_tensorflow()
-    from edgeseg.export._onnx import ContractFacts, VerifyRequest, export_model
+    from edgeseg.export._onnx import ContractFacts, GraphOptions, export_model
+    from edgeseg.export._verify import VerifyRequest
 
     facts = ContractFacts(
         kind=args.kind,
@@ -180,10 +208,7 @@ def _run_export(args: argparse.Namespace) -> int:
     result = export_model(
         args.model,
         args.output,
-        opset=args.opset,
-        batch=_batch(args.batch),
-        nchw=args.nchw,
-        cuda_friendly=args.cuda_friendly,
+        graph=GraphOptions(opset=args.opset, batch=_batch(args.batch), nchw=args.nchw, cuda_friendly=args.cuda_friendly),
         facts=facts,
         verify=request,
         output=args.head,
@@ -218,23 +243,21 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise
     try:
         _load_tensorflow()
-        from edgeseg.export._verify import verify_files
+        from edgeseg.export._verify import VerifyRequest, verify_files
     except ModuleNotFoundError as error:  # a runtime-only install: cli.main names the extra, exit 2
         _verify_failed(args, 2, f"a package is not installed: {error.name}")
         raise
 
     try:
+        request = VerifyRequest(images=args.images, random=args.random, tolerance=args.tolerance, seed=args.seed,
+                                layers=args.layers,
+                                sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB})
         report = verify_files(
             args.model,
             args.onnx,
-            images=args.images,
-            random=args.random,
-            layers=args.layers,
-            tolerance=args.tolerance,
-            seed=args.seed,
+            request=request,
             engine=args.engine,
             precision=args.precision,
-            sqnr={name: getattr(args, f"sqnr_{name}") for name in DEFAULT_SQNR_DB},
             custom_objects=args.custom_objects,
             unsafe=args.unsafe_deserialization,
         )
@@ -397,20 +420,24 @@ def _trainer(data: str, *, segmentation: bool = False):
 
 
 def _run_cae(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data).train_cae(
-        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
-        seed=args.seed, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
-        learning_rate=args.learning_rate, generate_from=args.generate_from)
+    train = _trainer(args.data)
+    options = train.CAEOptions(
+        epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        learning_rate=args.learning_rate, latent_size=args.latent_size, input_size=args.input_size, digits=args.digits,
+        generate_from=args.generate_from)
+    summary = train.train_cae(data=args.data, out=args.out, options=options)
     print(f"best val_loss (MSE) {summary['best_val_loss']:.5f} at epoch {summary['best_epoch']}; wrote {args.out}/model.keras")
     return 0
 
 
 def _run_fcn8(args: argparse.Namespace) -> int:
-    summary = _trainer(args.data, segmentation=True).train_fcn8(
-        data=args.data, out=args.out, variant=args.variant, classes=args.classes, class_names=args.class_names,
-        input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width, backbone=args.backbone,
-        freeze_backbone=args.freeze_backbone, epochs=args.epochs, batch_size=args.batch_size,
-        val_split=args.val_split, seed=args.seed, learning_rate=args.learning_rate)
+    train = _trainer(args.data, segmentation=True)
+    options = train.FCN8Options(
+        epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split, seed=args.seed,
+        learning_rate=args.learning_rate, variant=args.variant, classes=args.classes, class_names=args.class_names,
+        input_size=args.input_size, head_width=args.head_width, backbone_width=args.backbone_width,
+        backbone=args.backbone, freeze_backbone=args.freeze_backbone)
+    summary = train.train_fcn8(data=args.data, out=args.out, options=options)
     ious = ", ".join(f"{n} {v if v is None else round(v, 3)}" for n, v in zip(summary["classes"], summary["best_val_iou"]))
     print(f"best val_loss {summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}; val IoU {ious}; "
           f"wrote {args.out}/model.keras")

@@ -25,7 +25,7 @@ No tf2onnx or numpy patch is needed: the numpy-2 crash (``np.product``) lives on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,19 +75,8 @@ def convert_lowmem(
         for variable, name in zip(variables, weight_names)
     ]
     output_names = _output_names(model)
-    n_inputs = len(input_signature)
-
-    def call(*args):
-        inputs, weights = args[:n_inputs], list(args[n_inputs:])
-        # stateless_call reads every variable from `weights`, so the traced graph captures no
-        # variable and freezing has nothing to copy.
-        outputs, _ = model.stateless_call(
-            weights[:n_trainable], weights[n_trainable:], inputs[0] if n_inputs == 1 else list(inputs),
-            training=False,
-        )
-        return dict(zip(output_names, tf.nest.flatten(outputs)))
-
-    function = tf.function(call, autograph=False)
+    function = _weights_as_arguments(model, n_inputs=len(input_signature), n_trainable=n_trainable,
+                                     output_names=output_names)
     captured = _captured_constants(function, list(input_signature) + weight_specs)
     proto, _ = tf2onnx.convert.from_function(
         function,
@@ -101,6 +90,23 @@ def convert_lowmem(
     _weights_to_initializers(proto.graph, loaders)
     _captures_to_initializers(proto.graph, captured)
     return proto
+
+
+def _weights_as_arguments(model: Any, *, n_inputs: int, n_trainable: int, output_names: list[str]) -> Any:
+    """The model as a ``tf.function`` of (inputs..., weights...) returning ``{output name: tensor}``."""
+    import tensorflow as tf
+
+    def call(*args):
+        inputs, weights = args[:n_inputs], list(args[n_inputs:])
+        # stateless_call reads every variable from `weights`, so the traced graph captures no
+        # variable and freezing has nothing to copy.
+        outputs, _ = model.stateless_call(
+            weights[:n_trainable], weights[n_trainable:], inputs[0] if n_inputs == 1 else list(inputs),
+            training=False,
+        )
+        return dict(zip(output_names, tf.nest.flatten(outputs)))
+
+    return tf.function(call, autograph=False)
 
 
 def _captured_constants(function: Any, signature: list[Any]) -> dict[str, np.ndarray]:
@@ -185,6 +191,19 @@ def _order_outputs(graph: Any, output_names: list[str]) -> None:
     graph.output.extend(ordered)
 
 
+def _derived_from_weights(graph: Any, *, weights: Iterable[str], initializers: dict[str, Any]) -> dict[str, Any]:
+    """Values computable from the weights by foldable ops alone: name -> the node that makes it (None for a
+    weight itself), in graph order."""
+    derived: dict[str, Any] = {name: None for name in weights}
+    for node in graph.node:
+        if node.op_type not in _FOLDABLE or not node.input or node.input[0] not in derived:
+            continue
+        if any(name and name not in derived and name not in initializers for name in node.input[1:]):
+            continue
+        derived[node.output[0]] = node
+    return derived
+
+
 def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndarray]]) -> None:
     """Replace the weight inputs by initializers, folding the layout ops tf2onnx left on them.
 
@@ -194,19 +213,9 @@ def _weights_to_initializers(graph: Any, loaders: dict[str, Callable[[], np.ndar
     from onnx import numpy_helper
 
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    # Values computable from the weights by foldable ops alone: name -> the node that makes it
-    # (None for a weight itself).
-    derived: dict[str, Any] = {name: None for name in loaders}
-    folded_nodes = []
-    for node in graph.node:
-        if node.op_type not in _FOLDABLE or not node.input or node.input[0] not in derived:
-            continue
-        if any(name and name not in derived and name not in initializers for name in node.input[1:]):
-            continue
-        folded_nodes.append(node)
-        derived[node.output[0]] = node
-
-    folded_ids = {id(node) for node in folded_nodes}
+    derived = _derived_from_weights(graph, weights=loaders, initializers=initializers)
+    # `derived` holds the folded nodes, so their ids stay theirs while it lives.
+    folded_ids = {id(node) for node in derived.values() if node is not None}
     kept_nodes = [node for node in graph.node if id(node) not in folded_ids]
     needed = _referenced_names(kept_nodes) | {value.name for value in graph.output}
 

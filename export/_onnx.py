@@ -17,6 +17,7 @@ from typing import Any
 from edgeseg.runtime.contract import KINDS, Contract, write_contract
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.files import sha256_of, write_bytes_atomic
+from edgeseg.export._verify import VerifyRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,27 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
-class VerifyRequest:
-    """Verification to run before an export is written (``edgeseg export --verify``).
+class GraphOptions:
+    """The shape of the ONNX graph :func:`export_model` writes (``--opset``, ``--batch``, ``--nchw``,
+    ``--cuda-friendly``).
 
-    ``tolerance`` None: the default bar of the precision the model computes in.
+    ``batch``: a fixed batch size (None: dynamic). ``nchw``: an NCHW input (default NHWC, as Keras).
+    ``cuda_friendly``: SAME Conv2DTranspose layers that would get asymmetric pads rewritten as VALID + crop
+    (the same math), so onnxruntime's CUDA provider runs every node.
+
+    Example::
+
+        GraphOptions(batch=4, cuda_friendly=True)
     """
 
-    images: Path | None = None
-    random: int = 4
-    tolerance: float | None = None
-    seed: int = 0
+    opset: int = DEFAULT_OPSET
+    batch: int | None = None
+    nchw: bool = False
+    cuda_friendly: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1):
+            raise EdgesegError(f"--batch must be `dynamic` or a positive integer, got {self.batch!r}.")
 
 
 def to_onnx(
@@ -98,19 +110,7 @@ def to_onnx(
     from edgeseg.export._cuda_friendly import exportable
 
     _patches.apply()
-    if len(model.inputs) != 1:
-        raise EdgesegError(
-            f"Cannot export model `{model.name}`: it has {len(model.inputs)} inputs; edgeseg exports models with one input."
-        )
-    shape = list(model.inputs[0].shape[1:])
-    if len(shape) == 3:
-        shape[0] = shape[0] if shape[0] is not None else height
-        shape[1] = shape[1] if shape[1] is not None else width
-    if any(d is None for d in shape):
-        raise EdgesegError(
-            f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
-            "edgeseg exports a fixed working size: pass --input-size HxW (e.g. --input-size 256x256)."
-        )
+    shape = _input_shape(model, height=height, width=width)
     model, _ = exportable(model, size=(shape[0], shape[1]) if len(shape) == 3 else None)
     image = keras.Input(shape=tuple(shape), batch_size=batch, name=input_name)
     # Calling the model inside a functional wrapper is also what makes Sequential models
@@ -134,6 +134,24 @@ def to_onnx(
             raise EdgesegError(f"--nchw needs an image input (H, W, C); model `{model.name}` takes {tuple(shape)}.")
         _input_as_nchw(proto, input_name)
     return proto
+
+
+def _input_shape(model: Any, *, height: int | None, width: int | None) -> list[int]:
+    """The input shape without the batch, unknown height and width filled in; refused while still unknown."""
+    if len(model.inputs) != 1:
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: it has {len(model.inputs)} inputs; edgeseg exports models with one input."
+        )
+    shape = list(model.inputs[0].shape[1:])
+    if len(shape) == 3:
+        shape[0] = shape[0] if shape[0] is not None else height
+        shape[1] = shape[1] if shape[1] is not None else width
+    if any(d is None for d in shape):
+        raise EdgesegError(
+            f"Cannot export model `{model.name}`: its input shape {tuple(model.inputs[0].shape)} has unknown sizes; "
+            "edgeseg exports a fixed working size: pass --input-size HxW (e.g. --input-size 256x256)."
+        )
+    return shape
 
 
 def _convert(model: Any, *, input_signature: Sequence[Any], opset: int) -> Any:
@@ -337,10 +355,7 @@ def export_model(
     model_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    opset: int = DEFAULT_OPSET,
-    batch: int | None = None,
-    nchw: bool = False,
-    cuda_friendly: bool = False,
+    graph: GraphOptions = GraphOptions(),
     facts: ContractFacts = ContractFacts(),
     verify: VerifyRequest | None = None,
     output: str | None = None,
@@ -349,10 +364,11 @@ def export_model(
 ) -> ExportResult:
     """Export a ``.keras`` (or legacy ``.h5``) file to ONNX with the contract inside; optionally verify first.
 
-    ``output``: which of several Keras outputs to export, by name (default: the first), or
-    ``all`` (the ONNX outputs are then named after the Keras ones, and the contract's
-    ``source.outputs`` names each). ``custom_objects``: the module defining the model's custom
-    layers; ``unsafe``: allow the Python code of Lambda layers (see ``load_model``).
+    ``graph``: opset, batch, layout and the CUDA-friendly rewrite (:class:`GraphOptions`). ``output``: which
+    of several Keras outputs to export, by name (default: the first), or ``all`` (the ONNX outputs are then
+    named after the Keras ones, and the contract's ``source.outputs`` names each). ``custom_objects``: the
+    module defining the model's custom layers; ``unsafe``: allow the Python code of Lambda layers (see
+    ``load_model``).
 
     With ``verify``, the export is checked layer by layer before it is written, the summary
     goes into the contract's ``verified``, and the file is written even when a layer fails
@@ -360,56 +376,56 @@ def export_model(
 
     Example::
 
-        result = export_model("runs/fcn8/model.keras", "fcn8.onnx", verify=VerifyRequest(random=2))
+        result = export_model("runs/fcn8/model.keras", "fcn8.onnx", graph=GraphOptions(opset=17),
+                              verify=VerifyRequest(random=2))
         print(result.contract.output.classes, result.report.ok)
     """
     from edgeseg.export._checks import output_names, refuse_unsupported, select_outputs, smoke_run
     from edgeseg.export._cuda_friendly import cuda_friendly as rewrite
     from edgeseg.export._keras_file import load_model
+    from edgeseg.export._verify import verify_models
 
     progress(f"loading {model_path}")
     model, record = load_model(model_path, custom_objects=custom_objects, unsafe=unsafe)
     refuse_unsupported(model)
     heads, chosen = select_outputs(model, output)
     names = [output_names(model)[k] for k in heads]
-    source = source_versions(
-        keras_sha256=sha256_of(model_path), opset=opset, batch="dynamic" if batch is None else batch,
-        cuda_friendly=cuda_friendly, keras_outputs=heads,
-    )
     # The contract first: a missing fact fails here, before the slow conversion.
-    contract = build_contract(chosen, record, facts, output_name="", layout="NCHW" if nchw else "NHWC", source=source)
+    contract = build_contract(chosen, record, facts, output_name="", layout="NCHW" if graph.nchw else "NHWC",
+                              source=_export_source(model_path, graph, heads=heads))
     progress("converting to ONNX")
     size = (contract.input.height, contract.input.width)
-    exported, rewritten = rewrite(chosen, size=size) if cuda_friendly else (chosen, 0)
-    proto = to_onnx(
-        exported,
-        height=contract.input.height,
-        width=contract.input.width,
-        opset=opset,
-        batch=batch,
-        nchw=nchw,
-        input_name=contract.input.name,
-    )
-    if len(heads) > 1:
-        source = {**contract.source, "outputs": [{"name": o.name, "keras_output": name}
-                                                 for o, name in zip(proto.graph.output, names)]}
-        contract = contract.replace(source=source)
-    contract = contract.replace(output={"name": proto.graph.output[0].name})
+    exported, rewritten = rewrite(chosen, size=size) if graph.cuda_friendly else (chosen, 0)
+    proto = to_onnx(exported, height=contract.input.height, width=contract.input.width, opset=graph.opset,
+                    batch=graph.batch, nchw=graph.nchw, input_name=contract.input.name)
+    contract = _name_outputs(contract, proto, keras_names=names)
     progress("running the ONNX file once and comparing it with Keras")
     smoke_run(chosen, proto, contract)
     report = None
     if verify is not None:
-        from edgeseg.export._verify import verify_models
-
         progress("verifying layer by layer")
-        report = verify_models(
-            model, proto, contract, images=verify.images, random=verify.random, tolerance=verify.tolerance, seed=verify.seed
-        )
+        report = verify_models(model, proto, contract, request=verify)
         contract = contract.replace(verified=report.summary())
     write_metadata(proto, contract)
     path = save_onnx(proto, output_path)
-    log.info("exported %s -> %s (%d nodes, opset %d)", model_path, path, len(proto.graph.node), opset)
+    log.info("exported %s -> %s (%d nodes, opset %d)", model_path, path, len(proto.graph.node), graph.opset)
     return ExportResult(path=path, contract=contract, nodes=len(proto.graph.node), rewritten=rewritten, report=report)
+
+
+def _export_source(model_path: str | os.PathLike, graph: GraphOptions, *, heads: list[int]) -> dict[str, Any]:
+    """The contract's ``source``: the Keras file's hash, the versions, and how the graph was shaped."""
+    return source_versions(keras_sha256=sha256_of(model_path), opset=graph.opset,
+                           batch="dynamic" if graph.batch is None else graph.batch,
+                           cuda_friendly=graph.cuda_friendly, keras_outputs=heads)
+
+
+def _name_outputs(contract: Contract, proto: Any, *, keras_names: list[str]) -> Contract:
+    """The contract's output is the file's first; with several, ``source.outputs`` maps each to its Keras name."""
+    if len(keras_names) > 1:
+        source = {**contract.source, "outputs": [{"name": o.name, "keras_output": name}
+                                                 for o, name in zip(proto.graph.output, keras_names)]}
+        contract = contract.replace(source=source)
+    return contract.replace(output={"name": proto.graph.output[0].name})
 
 
 def progress(stage: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,45 +49,116 @@ def fcn8_input_spec(*, input_size: int, backbone: str) -> InputSpec:
     return InputSpec(height=input_size, width=input_size, channels=3, color="BGR", scale=1.0, mean=_CAFFE_MEAN_BGR)
 
 
-def train_cae(
-    *,
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    epochs: int = 10,
-    batch_size: int = 64,
-    val_split: float = 0.2,
-    seed: int = 0,
-    latent_size: int = 2,
-    input_size: int = 28,
-    digits: Sequence[int] | None = None,
-    learning_rate: float = 1e-3,
-    generate_from: Sequence[float] | None = (-8.0, 0.0),
-    verbose: int = 2,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainOptions:
+    """The knobs every training run shares; :class:`CAEOptions` and :class:`FCN8Options` add the model's.
+
+    ``val_split``: the share held out for validation (random, by ``seed``, which also seeds initialisation
+    and shuffling). ``verbose``: 0 quiet, else one log line per epoch and a bar on a terminal.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    val_split: float = 0.2
+    seed: int = 0
+    learning_rate: float = 1e-3
+    verbose: int = 2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise EdgesegError(f"--epochs must be at least 1, got {self.epochs}.")
+
+
+@dataclass(frozen=True)
+class CAEOptions(TrainOptions):
+    """How :func:`train_cae` trains the course's CAE: the latent size, the input side, the digits kept, and the
+    latent point decoded into generated.png (None: no picture; one number per latent dimension).
+
+    Example::
+
+        CAEOptions(digits=(1, 5, 6), epochs=10)
+    """
+
+    latent_size: int = 2
+    input_size: int = 28
+    digits: Sequence[int] | None = None
+    generate_from: Sequence[float] | None = (-8.0, 0.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.generate_from is not None and len(self.generate_from) != self.latent_size:
+            raise EdgesegError(f"--generate-from needs {self.latent_size} numbers (the latent size), "
+                               f"got {list(self.generate_from)}.")
+
+
+@dataclass(frozen=True)
+class FCN8Options(TrainOptions):
+    """How :func:`train_fcn8` builds and trains FCN-8 (the arguments of :func:`build_fcn8`, the class names).
+
+    ``class_names`` None: ``background,object`` for 2 classes, else ``background,class1,...``.
+
+    Example::
+
+        FCN8Options(classes=3, input_size=96, backbone_width=0.125, head_width=64, epochs=3)
+    """
+
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    variant: str = "classic"
+    classes: int = 2
+    class_names: Sequence[str] | None = None
+    input_size: int = 224
+    head_width: int = 4096
+    backbone_width: float = 1.0
+    backbone: str = "none"
+    freeze_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.names) != self.classes:
+            raise EdgesegError(f"--class-names has {len(self.names)} names for --classes {self.classes}.")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        if self.class_names:
+            return tuple(self.class_names)
+        if self.classes == 2:
+            return ("background", "object")
+        return ("background",) + tuple(f"class{i}" for i in range(1, self.classes))
+
+
+def train_cae(*, data: str | os.PathLike, out: str | os.PathLike, options: CAEOptions = CAEOptions()
+              ) -> dict[str, Any]:
     """Train the course's CAE on MNIST; returns the summary also written to history.json.
 
     Example::
 
-        summary = train_cae(data="data/mnist", out="runs/cae", digits=(1, 5, 6), epochs=10)
+        summary = train_cae(data="data/mnist", out="runs/cae", options=CAEOptions(digits=(1, 5, 6), epochs=10))
         summary["best_val_loss"]
     """
-    out = _prepare(out, seed)
-    if generate_from is not None and len(generate_from) != latent_size:
-        raise EdgesegError(f"--generate-from needs {latent_size} numbers (the latent size), got {list(generate_from)}.")
-    digits_set = load_mnist(data, digits=tuple(digits) if digits else None)
-    spec = dataclasses.replace(MNIST_SPEC, height=input_size, width=input_size)
+    out = _prepare(out, options.seed)
+    latent_size = options.latent_size
+    digits_set = load_mnist(data, digits=tuple(options.digits) if options.digits else None)
+    spec = dataclasses.replace(MNIST_SPEC, height=options.input_size, width=options.input_size)
     x = mnist_arrays(digits_set.images, spec)
-    train_idx, val_idx = split(len(x), fraction=val_split, seed=seed)
+    train_idx, val_idx = split(len(x), fraction=options.val_split, seed=options.seed)
     log.info("CAE: %d training and %d validation digits from %s", len(train_idx), len(val_idx), data)
 
-    model = build_cae(latent_size=latent_size, input_size=input_size)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    model = build_cae(latent_size=latent_size, input_size=options.input_size)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="mse")
     latent = {"latent_size": latent_size, "shape": [1, 1, latent_size]}
     contract = Contract(kind="autoencoder", input=spec, output=OutputSpec(name="reconstruction", activation="none"))
-    record = training_record(contract, latent=latent)
-    history = _fit(model, x[train_idx], x[train_idx], x[val_idx], x[val_idx], out=out, record=record,
-                   epochs=epochs, batch_size=batch_size, verbose=verbose)
+    history = _fit(model, (x[train_idx], x[train_idx]), (x[val_idx], x[val_idx]), out=out,
+                   record=training_record(contract, latent=latent), options=options)
+    encoder, decoder = _save_halves(model, out, spec=spec, latent=latent)
+    _cae_pictures(model, encoder, decoder, x[val_idx], digits_set.labels[val_idx], out=out, options=options)
+    history["digits"] = sorted(set(digits_set.labels.tolist()))
+    history["train_samples"], history["val_samples"] = int(len(train_idx)), int(len(val_idx))
+    return _write_history(out, history)
 
+
+def _save_halves(model: keras.Model, out: Path, *, spec: InputSpec, latent: dict[str, Any]) -> tuple[Any, Any]:
+    """encoder.keras and decoder.keras, each with its own contract; returns the two sub-models."""
     encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
     save_model(encoder, out / "encoder.keras", training_record(
         Contract(kind="encoder", input=spec, output=OutputSpec(name="latent", activation="none")), latent=latent))
@@ -97,72 +169,52 @@ def train_cae(
     save_model(decoder, out / "decoder.keras", training_record(
         Contract(kind="decoder", input=decoder_spec, output=OutputSpec(name="reconstruction", activation="none")),
         latent={**latent, "input_is_latent": True},
-        image={"height": input_size, "width": input_size, "channels": 1, "scale": spec.scale}))
+        image={"height": spec.height, "width": spec.width, "channels": 1, "scale": spec.scale}))
+    return encoder, decoder
 
-    val = x[val_idx]
+
+def _cae_pictures(model: keras.Model, encoder: Any, decoder: Any, val: np.ndarray, labels: np.ndarray, *, out: Path,
+                  options: CAEOptions) -> None:
+    """reconstructions.png, latent_space.png and (with ``generate_from``) generated.png, from validation digits."""
     shown = val[:10]
     _plots.reconstructions(shown, model.predict(shown, verbose=0), out / "reconstructions.png")
     codes = encoder.predict(val, verbose=0)
-    _plots.latent_space(codes, digits_set.labels[val_idx], out / "latent_space.png")
-    if generate_from is not None:
-        point = np.asarray(generate_from, np.float32).reshape(1, 1, 1, latent_size)
-        _plots.generated(decoder.predict(point, verbose=0)[0], list(generate_from), out / "generated.png")
-    history["digits"] = sorted(set(digits_set.labels.tolist()))
-    history["train_samples"], history["val_samples"] = int(len(train_idx)), int(len(val_idx))
-    return _write_history(out, history)
+    _plots.latent_space(codes, labels, out / "latent_space.png")
+    if options.generate_from is not None:
+        point = np.asarray(options.generate_from, np.float32).reshape(1, 1, 1, options.latent_size)
+        _plots.generated(decoder.predict(point, verbose=0)[0], list(options.generate_from), out / "generated.png")
 
 
-def train_fcn8(
-    *,
-    data: str | os.PathLike | None,
-    out: str | os.PathLike,
-    variant: str = "classic",
-    classes: int = 2,
-    class_names: Sequence[str] | None = None,
-    input_size: int = 224,
-    head_width: int = 4096,
-    backbone_width: float = 1.0,
-    backbone: str = "none",
-    freeze_backbone: bool = False,
-    epochs: int = 10,
-    batch_size: int = 4,
-    val_split: float = 0.2,
-    seed: int = 0,
-    learning_rate: float = 1e-4,
-    verbose: int = 2,
-) -> dict[str, Any]:
+def train_fcn8(*, data: str | os.PathLike | None, out: str | os.PathLike, options: FCN8Options = FCN8Options()
+               ) -> dict[str, Any]:
     """Train FCN-8 on a segmentation set (``data=None``: generated scenes); returns the summary.
 
     Example::
 
-        summary = train_fcn8(data="data/membrane", out="runs/fcn", head_width=64, epochs=5)
+        summary = train_fcn8(data="data/membrane", out="runs/fcn", options=FCN8Options(head_width=64, epochs=5))
         summary["val_iou"][-1]      # per class, last epoch
     """
-    out = _prepare(out, seed)
-    names = tuple(class_names) if class_names else (("background", "object") if classes == 2 else
-                                                    ("background",) + tuple(f"class{i}" for i in range(1, classes)))
-    if len(names) != classes:
-        raise EdgesegError(f"--class-names has {len(names)} names for --classes {classes}.")
-    spec = fcn8_input_spec(input_size=input_size, backbone=backbone)
+    out = _prepare(out, options.seed)
+    names, classes = options.names, options.classes
+    spec = fcn8_input_spec(input_size=options.input_size, backbone=options.backbone)
     palette = default_palette(classes)
     dataset = load_segmentation(data, spec=spec, classes=classes, palette=palette)
     if dataset.skipped:
         log.warning("%d item(s) skipped (listed above)", len(dataset.skipped))
-    train_idx, val_idx = split(len(dataset.x), fraction=val_split, seed=seed)
-    log.info("FCN-8 %s: %d training and %d validation images from %s", variant, len(train_idx), len(val_idx),
-             data if data is not None else "generated scenes")
+    train_idx, val_idx = split(len(dataset.x), fraction=options.val_split, seed=options.seed)
+    log.info("FCN-8 %s: %d training and %d validation images from %s", options.variant, len(train_idx),
+             len(val_idx), data if data is not None else "generated scenes")
 
-    model = build_fcn8(variant=variant, classes=classes, input_size=input_size, head_width=head_width,
-                       backbone_width=backbone_width,
-                       backbone=backbone, trainable_backbone=not freeze_backbone)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    model = build_fcn8(variant=options.variant, classes=classes, input_size=options.input_size,
+                       head_width=options.head_width, backbone_width=options.backbone_width,
+                       backbone=options.backbone, trainable_backbone=not options.freeze_backbone)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy")
     contract = Contract(kind="segmentation", input=spec,
                         output=OutputSpec(name="probabilities", activation="softmax", classes=names, palette=palette))
     x_val, y_val = dataset.x[val_idx], dataset.y[val_idx]
-    iou = _IoU(x_val, y_val, classes, batch_size)
-    history = _fit(model, dataset.x[train_idx], dataset.y[train_idx], x_val, y_val, out=out,
-                   record=training_record(contract), epochs=epochs, batch_size=batch_size, verbose=verbose,
-                   extra=iou)
+    iou = _IoU(x_val, y_val, classes, options.batch_size)
+    history = _fit(model, (dataset.x[train_idx], dataset.y[train_idx]), (x_val, y_val), out=out,
+                   record=training_record(contract), options=options, extra=iou)
     predictions = iou.predict(model)
     rgb = _to_rgb8(x_val, spec)
     _plots.segmentation_grid(rgb, y_val, predictions, palette, out / "predictions.png")
@@ -199,9 +251,10 @@ class _IoU:
         return "val_iou " + " ".join(f"{v:.3f}" for v in ious)
 
 
-def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, verbose, extra=None) -> dict[str, Any]:
-    if epochs < 1:
-        raise EdgesegError(f"--epochs must be at least 1, got {epochs}.")
+def _fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *, out: Path,
+         record: dict[str, Any], options: TrainOptions, extra: Any = None) -> dict[str, Any]:
+    """Fit, saving model.keras at each best validation loss and history.json after every epoch."""
+    epochs, verbose = options.epochs, options.verbose
     history: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "best_epoch": None, "best_val_loss": None}
 
     # A bar over the epochs on a terminal; piped, the epoch lines below are the progress (no extra lines).
@@ -236,7 +289,7 @@ def _fit(model, x, y, x_val, y_val, *, out: Path, record, epochs, batch_size, ve
             _write_history(out, history)
 
     try:
-        model.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, shuffle=True,
+        model.fit(*train, validation_data=val, epochs=epochs, batch_size=options.batch_size, shuffle=True,
                   verbose=0, callbacks=[Checkpoint()])
     finally:
         bar.close()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,32 +181,53 @@ class VerifyReport:
         return "\n".join([*lines, f"verdict: {self.verdict()}"])
 
 
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What verify compares on and which layers it reports (``edgeseg verify``, ``edgeseg export --verify``).
+
+    ``images``: a folder of images, fed through the contract (None: ``random`` seeded random inputs, from
+    ``seed``). ``layers``: ``all`` or ``transposed`` (Conv2DTranspose only). ``tolerance`` (fp32) and ``sqnr``
+    (dB per lowered precision): the bar, None for the defaults of :func:`edgeseg.export._tolerance.bar_for`.
+
+    Example::
+
+        VerifyRequest(images="frames/", layers="transposed")
+    """
+
+    images: str | os.PathLike | None = None
+    random: int = 4
+    tolerance: float | None = None
+    seed: int = 0
+    layers: str = "all"
+    sqnr: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers not in LAYER_CHOICES:
+            raise EdgesegError(f"--layers must be `all` or `transposed`, got {self.layers!r}.")
+
+
 def verify_files(
     keras_path: str | os.PathLike,
     onnx_path: str | os.PathLike,
     *,
-    images: str | os.PathLike | None = None,
-    random: int = 4,
-    layers: str = "all",
-    tolerance: float | None = None,
-    seed: int = 0,
+    request: VerifyRequest = VerifyRequest(),
     engine: str = "onnxruntime",
     precision: str = "fp32",
-    sqnr: dict[str, float] | None = None,
     custom_objects: str | None = None,
     unsafe: bool = False,
 ) -> VerifyReport:
     """Compare ``keras_path`` with its export ``onnx_path`` layer by layer.
 
+    ``request``: the inputs, the layers reported and the bar (:class:`VerifyRequest`).
     ``engine``/``precision``: where the ONNX side runs (:mod:`edgeseg.runtime.probe`); ``auto`` is what
     ``--engine auto`` runs the file with. The bar (:func:`edgeseg.export._tolerance.bar_for`): at fp32,
-    ``tolerance`` relative to each layer's peak (None: the default of the precision the model computes
-    in); at bf16/fp16/int8, ``sqnr`` dB per precision (None: the defaults). ``custom_objects`` and
-    ``unsafe`` load the Keras file as ``edgeseg export`` did.
+    ``request.tolerance`` relative to each layer's peak (None: the default of the precision the model
+    computes in); at bf16/fp16/int8, ``request.sqnr`` dB per precision (None: the defaults).
+    ``custom_objects`` and ``unsafe`` load the Keras file as ``edgeseg export`` did.
 
     Example::
 
-        report = verify_files("model.keras", "model.onnx", images="frames/")
+        report = verify_files("model.keras", "model.onnx", request=VerifyRequest(images="frames/"))
         print(report.table()); assert report.ok, report.first_failure
         report = verify_files("model.keras", "model.int8.onnx", engine="openvino", precision="int8")
     """
@@ -224,10 +245,8 @@ def verify_files(
     if recorded and Path(keras_path).is_file() and recorded != sha256_of(keras_path):
         log.warning("`%s` was exported from a different Keras file (sha256 %s...); comparing anyway.", onnx_path, recorded[:12])
     target = resolve_target(onnx_path, engine=engine, precision=precision)
-    return verify_models(
-        model, proto, contract, images=images, random=random, layers=layers, tolerance=tolerance, seed=seed,
-        engine=target.engine, precision=target.precision, sqnr=sqnr, onnx_path=onnx_path, why=target.why,
-    )
+    return verify_models(model, proto, contract, request=request, engine=target.engine, precision=target.precision,
+                         onnx_path=onnx_path, why=target.why)
 
 
 def verify_models(
@@ -235,39 +254,32 @@ def verify_models(
     proto: Any,
     contract: Contract,
     *,
-    images: str | os.PathLike | None = None,
-    random: int = 4,
-    layers: str = "all",
-    tolerance: float | None = None,
-    seed: int = 0,
+    request: VerifyRequest = VerifyRequest(),
     engine: str = "onnxruntime",
     precision: str = "fp32",
-    sqnr: dict[str, float] | None = None,
     onnx_path: str | os.PathLike | None = None,
     why: str = "asked for",
 ) -> VerifyReport:
     """Compare Keras ``model`` with ONNX ``proto`` (its export, carrying ``contract``).
 
-    Inputs are the images in ``images`` (through ``contract``'s preprocessing; unreadable ones
-    are skipped and counted) or ``random`` seeded random ones. Raises ``EdgesegError`` when the
+    Inputs are the images in ``request.images`` (through ``contract``'s preprocessing; unreadable
+    ones are skipped and counted) or ``request.random`` seeded random ones. Raises ``EdgesegError`` when the
     ONNX file does not come from ``model`` (another input or output shape); a file in which no
     layer can be found for sure is compared by its output only (``report.output_only``).
-    ``engine``/``precision``/``tolerance``/``sqnr`` as :func:`verify_files` (no ``auto`` here);
+    ``request``, ``engine`` and ``precision`` as :func:`verify_files` (no ``auto`` here);
     ``onnx_path``: ``proto``'s file, read by engines that take files (OpenVINO, TensorRT), and
     ``why``: how the engine was chosen, for the report.
 
     Example::
 
-        report = verify_models(model, onnx.load("m.onnx"), contract, random=2)
+        report = verify_models(model, onnx.load("m.onnx"), contract, request=VerifyRequest(random=2))
         print(report.table())
     """
-    if layers not in LAYER_CHOICES:
-        raise EdgesegError(f"--layers must be `all` or `transposed`, got {layers!r}.")
     runs_on = _Engine(engine=engine, precision=precision, path=onnx_path, why=why)
-    reference = _reference(model, contract, precision=precision, tolerance=tolerance, sqnr=sqnr)
+    reference = _reference(model, contract, precision=precision, tolerance=request.tolerance, sqnr=request.sqnr)
     _check_same_model(model, contract)
-    inputs = _inputs(model, contract, images=images, random=random, seed=seed)
-    traced = _trace(reference, inputs, layers=layers, heads=list(contract.source.get("keras_outputs") or [0]))
+    inputs = _inputs(model, contract, images=request.images, random=request.random, seed=request.seed)
+    traced = _trace(reference, inputs, layers=request.layers, heads=list(contract.source.get("keras_outputs") or [0]))
     sides = _match(traced, proto, contract, runs_on=runs_on)
     tally = _compare_all(inputs, reference=reference, traced=traced, sides=sides, contract=contract)
     settled = _settle(reference, inputs, traced=traced, sides=sides, tally=tally)
@@ -571,6 +583,32 @@ def _settle(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _
 def _report(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _Sides, tally: _Tally,
             settled: _Settled) -> VerifyReport:
     bar = reference.bar
+    checks, not_compared, worse = _layer_checks(traced, sides=sides, tally=tally, settled=settled, bar=bar)
+    output, heads = _output_entry(sides, tally=tally, settled=settled, bar=bar)
+    first = next((c.name for c in checks if not c.ok), None)
+    if first is None and not all(head["ok"] for head in heads):
+        first = "output"
+    return VerifyReport(
+        ok=first is None and bool(checks),
+        first_failure=first,
+        bar=bar,
+        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
+        layers=tuple(checks),
+        output=output,
+        not_compared=tuple(not_compared),
+        layers_total=len(traced.wanted),
+        operations=traced.operations,
+        reference=_described(reference, checks, settled),
+        engine={**tally.ran.to_dict(), "why": sides.runs_on.why},
+        ranked=tuple({"name": c.name, "sqnr_db": c.sqnr_db, "max_rel_err": c.max_rel_err, "ok": c.ok}
+                     for c in sorted(checks, key=lambda c: -worse[c.name])),
+        instrumentation=tally.instrumentation.to_dict(),
+    )
+
+
+def _layer_checks(traced: _Traced, *, sides: _Sides, tally: _Tally, settled: _Settled, bar: Bar
+                  ) -> tuple[list[LayerCheck], list[dict[str, Any]], dict[str, float]]:
+    """Each wanted layer call judged, or listed as not compared with the reason; and how bad each judged one is."""
     calls = traced.trace.calls
     checks, not_compared, worse = [], [], {}
     for index in traced.wanted:
@@ -586,6 +624,12 @@ def _report(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _
                                  float64=float64, sqnr_db=errors.sqnr_db))
         # Ranked by what the verdict was made on: the file's error against float64 where it was recomputed.
         worse[call.name] = badness(settled.file.get(index) or errors, bar)
+    return checks, not_compared, worse
+
+
+def _output_entry(sides: _Sides, *, tally: _Tally, settled: _Settled, bar: Bar
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The final output's verdict (the first head's, with every head's when there are several), and the heads."""
     heads = []
     for h, (name, k) in enumerate(sides.heads):
         errors = tally.outputs[h]
@@ -599,10 +643,12 @@ def _report(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _
               "argmax_agreement": tally.agree / tally.pixels if tally.pixels else None}
     if len(heads) > 1:
         output["heads"] = heads
-    first = next((c.name for c in checks if not c.ok), None)
-    if first is None and not all(head["ok"] for head in heads):
-        first = "output"
-    described = {
+    return output, heads
+
+
+def _described(reference: _Reference, checks: list[LayerCheck], settled: _Settled) -> dict[str, Any]:
+    """What each verdict was judged against: Keras' outputs, float64 recomputations, rewrites, notes."""
+    described: dict[str, Any] = {
         "keras": f"Keras' own outputs ({reference.precision_why})",
         "float64": [c.name for c in checks if c.reference == "float64"],
     }
@@ -615,22 +661,7 @@ def _report(reference: _Reference, inputs: _Inputs, *, traced: _Traced, sides: _
         notes.append(settled.note)
     if notes:
         described["note"] = "; ".join(notes)
-    return VerifyReport(
-        ok=first is None and bool(checks),
-        first_failure=first,
-        bar=bar,
-        inputs={"kind": inputs.kind, "count": inputs.count, "skipped": inputs.skipped},
-        layers=tuple(checks),
-        output=output,
-        not_compared=tuple(not_compared),
-        layers_total=len(traced.wanted),
-        operations=traced.operations,
-        reference=described,
-        engine={**tally.ran.to_dict(), "why": sides.runs_on.why},
-        ranked=tuple({"name": c.name, "sqnr_db": c.sqnr_db, "max_rel_err": c.max_rel_err, "ok": c.ok}
-                     for c in sorted(checks, key=lambda c: -worse[c.name])),
-        instrumentation=tally.instrumentation.to_dict(),
-    )
+    return described
 
 
 def _judged(errors: Errors, file: Errors | None, keras: Errors | None, bar: Bar) -> tuple[bool, str, dict[str, Any] | None]:

@@ -73,7 +73,8 @@ _PUBLIC = {
     "RecordSink": "_sinks", "SegmentClock": "_sinks", "VectorSink": "_sinks", "VideoSink": "_sinks",
     "read_mask_png": "_sinks", "write_mask_png": "_sinks",
     # from masks to decisions: zones, rules, events (segment(..., zones="zones.json", on_event=...))
-    "Zone": "zones", "Rule": "events", "Event": "events", "Decisions": "decisions", "load_decisions": "decisions",
+    "Zone": "zones", "Rule": "events", "Event": "events", "Decisions": "decisions", "DecisionOptions": "decisions",
+    "load_decisions": "decisions",
     # the segment pipeline, one source or many
     "SegmentOptions": "_options",
     "RUN_FILES": "_pipeline", "FRAME_FOLDERS": "_pipeline", "AUTOENCODER_BATCH": "_pipeline",

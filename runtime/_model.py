@@ -75,34 +75,23 @@ class Model:
         # None: "auto" as the default; its choice is logged at debug level (it is in the summary), an asked-for
         # "auto" at info level.
         named, engine = engine is not None, check_engine(engine or "auto")
-        self._arguments = (str(path), provider, threads, optimization, contract, engine, precision, throughput,
-                           bar, tuning_cache, strict)
+        # What __reduce__ rebuilds from: the arguments as given (the engine normalized).
+        self._arguments = str(path), {
+            "provider": provider, "threads": threads, "optimization": optimization, "contract": contract,
+            "engine": engine, "precision": precision, "throughput": throughput, "bar": bar,
+            "tuning_cache": tuning_cache, "strict": strict}
         if precision == "fp16":  # the GPU's half precision: onnxruntime's CUDA or TensorRT provider, never the CPU
-            if engine == "openvino" or provider == "cpu":
-                raise EdgesegError(f"precision 'fp16' is the GPU path (onnxruntime CUDA or TensorRT), not engine "
-                                   f"{engine!r} with provider {provider!r}; on the CPU use precision 'bf16' (OpenVINO) "
-                                   "or the default.")
+            _check_fp16(engine=engine, provider=provider)
             named, engine, provider = True, "onnxruntime", "cuda" if provider == "auto" else provider
         # The one read of the file (head, metadata, graph names): every check below and the engines use it.
         self.file = ModelFile.read(path)
         self.config = EngineConfig(engine=engine, precision=precision, threads=threads, throughput=throughput)
         self.choice_reason = f"engine={engine!r} asked for"
         if engine == "auto":
-            self.config, self.choice_reason, other = _auto_config(
-                self.file, provider=provider, optimization=optimization, strict=strict, bar=bar, cache=tuning_cache,
-                default=not named)
-            if other:  # the tuning record's INT8 or fused file
-                self.file = ModelFile.read(other)
-            # What the caller named explicitly wins over the record's or the heuristic's choice.
-            self.config = dataclasses.replace(
-                self.config, threads=threads if threads is not None else self.config.threads,
-                throughput=throughput or self.config.throughput,
-                precision=precision if precision != "auto" and self.config.engine == "openvino" else self.config.precision)
-            log.log(logging.INFO if named else logging.DEBUG, "%s: engine auto runs %s (%s)", self.file.path.name,
-                    self.config.describe(), self.choice_reason)
+            provider = self._choose_engine(provider=provider, optimization=optimization, strict=strict, bar=bar,
+                                           tuning_cache=tuning_cache, named=named)
             engine, precision = self.config.engine, self.config.precision
             threads, throughput = self.config.threads, self.config.throughput
-            provider = "cuda" if precision == "fp16" and provider == "auto" else provider  # a record's GPU fp16
             precision = "auto" if engine == "onnxruntime" and precision == "f32" else precision
         self.path = self.file.path
         self.engine = engine
@@ -112,27 +101,66 @@ class Model:
         self.session: Any = None
         self._openvino: Any = None
         if self.engine == "openvino":
-            from edgeseg.runtime._openvino import OpenVinoEngine
-
-            self._openvino = OpenVinoEngine(self.file, precision=precision, threads=threads, throughput=throughput)
-            if named:  # the default engine's choice is in the summary; an asked-for engine says what it compiled
-                log.info("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self._openvino.precision,
-                         self._openvino.streams)
-            self.providers: tuple[str, ...] = ("OpenVINO:CPU",)
-            self.precision = self._openvino.precision
-            self.streams = self._openvino.streams
-            inputs, outputs = self._openvino.inputs, self._openvino.outputs
+            inputs, outputs = self._open_openvino(precision=precision, threads=threads, throughput=throughput,
+                                                  named=named)
         else:
-            if precision not in ("auto", "fp16"):
-                raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
-                                   "fp32, or fp16 on a GPU (use engine='openvino', precision 'fp16', or leave it at "
-                                   "'auto').")
-            self.session = make_session(self.file, provider=provider, threads=threads, optimization=optimization,
-                                        strict=strict, fp16=precision == "fp16")
-            self.providers = tuple(self.session.get_providers())
-            self.precision = "fp16" if precision == "fp16" else "fp32"
-            self.streams = 1
-            inputs, outputs = _ports(self.session.get_inputs(), self.path), _ports(self.session.get_outputs(), self.path)
+            inputs, outputs = self._open_onnxruntime(provider=provider, precision=precision, threads=threads,
+                                                     optimization=optimization, strict=strict)
+        self._bind_ports(inputs, outputs)
+        self._uses_cuda = CUDA in self.providers
+        # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
+        self.mask_dtype = post.mask_dtype(self.contract)
+
+    def _choose_engine(self, *, provider: str, optimization: str, strict: bool, bar: str,
+                       tuning_cache: str | os.PathLike | None, named: bool) -> str:
+        """engine auto: the tuning record's or the heuristic's configuration, with what the caller named kept.
+
+        Sets ``config``, ``choice_reason`` and maybe ``file`` (a record's INT8 or fused file); returns the provider.
+        """
+        requested = self.config
+        self.config, self.choice_reason, other = _auto_config(
+            self.file, provider=provider, optimization=optimization, strict=strict, bar=bar, cache=tuning_cache,
+            default=not named)
+        if other:  # the tuning record's INT8 or fused file
+            self.file = ModelFile.read(other)
+        # What the caller named explicitly wins over the record's or the heuristic's choice.
+        self.config = dataclasses.replace(
+            self.config, threads=requested.threads if requested.threads is not None else self.config.threads,
+            throughput=requested.throughput or self.config.throughput,
+            precision=(requested.precision if requested.precision != "auto" and self.config.engine == "openvino"
+                       else self.config.precision))
+        log.log(logging.INFO if named else logging.DEBUG, "%s: engine auto runs %s (%s)", self.file.path.name,
+                self.config.describe(), self.choice_reason)
+        return "cuda" if self.config.precision == "fp16" and provider == "auto" else provider  # a record's GPU fp16
+
+    def _open_openvino(self, *, precision: str, threads: int | None, throughput: bool,
+                       named: bool) -> tuple[list, list]:
+        from edgeseg.runtime._openvino import OpenVinoEngine
+
+        self._openvino = OpenVinoEngine(self.file, precision=precision, threads=threads, throughput=throughput)
+        if named:  # the default engine's choice is in the summary; an asked-for engine says what it compiled
+            log.info("%s: engine openvino, precision %s, %d stream(s)", self.path.name, self._openvino.precision,
+                     self._openvino.streams)
+        self.providers: tuple[str, ...] = ("OpenVINO:CPU",)
+        self.precision = self._openvino.precision
+        self.streams = self._openvino.streams
+        return self._openvino.inputs, self._openvino.outputs
+
+    def _open_onnxruntime(self, *, provider: str, precision: str, threads: int | None, optimization: str,
+                          strict: bool) -> tuple[list, list]:
+        if precision not in ("auto", "fp16"):
+            raise EdgesegError(f"precision={precision!r} is OpenVINO's knob; onnxruntime runs this model in "
+                               "fp32, or fp16 on a GPU (use engine='openvino', precision 'fp16', or leave it at "
+                               "'auto').")
+        self.session = make_session(self.file, provider=provider, threads=threads, optimization=optimization,
+                                    strict=strict, fp16=precision == "fp16")
+        self.providers = tuple(self.session.get_providers())
+        self.precision = "fp16" if precision == "fp16" else "fp32"
+        self.streams = 1
+        return _ports(self.session.get_inputs(), self.path), _ports(self.session.get_outputs(), self.path)
+
+    def _bind_ports(self, inputs: list[tuple[str, Any]], outputs: list[tuple[str, Any]]) -> None:
+        """The input and output this model feeds and reads, checked against the contract, and the fixed batch."""
         names = [name for name, _ in inputs]
         self.input_name = self.contract.input.name if self.contract.input.name in names else names[0]
         self._input_index = names.index(self.input_name)
@@ -146,9 +174,6 @@ class Model:
         self.fixed_batch = first[0] if first and isinstance(first[0], int) and first[0] > 0 else None
         if self.fixed_batch and self.fixed_batch > 1 and self.config.batch == 1:
             self.config = dataclasses.replace(self.config, batch=self.fixed_batch)
-        self._uses_cuda = CUDA in self.providers
-        # Class ids fit uint8 up to 256 classes; BGR palette as an OpenCV LUT for overlays.
-        self.mask_dtype = post.mask_dtype(self.contract)
 
     def check_frames(self) -> None:
         """Raise EdgesegError unless this model turns frames into results (a segmentation model or a whole
@@ -329,13 +354,15 @@ class Model:
                 "(re-export with --classes), or pass the model this contract was written for.")
 
 
-def _rebuild(path: str, provider: str, threads: int | None, optimization: str,
-             contract: Contract | Mapping[str, Any] | None, engine: str | None = None,
-             precision: str = "auto", throughput: bool = False, bar: str = "exact",
-             tuning_cache: str | None = None, strict: bool = False) -> Model:
-    return Model(path, provider=provider, threads=threads, optimization=optimization, contract=contract,
-                 engine=engine, precision=precision, throughput=throughput, bar=bar, tuning_cache=tuning_cache,
-                 strict=strict)
+def _rebuild(path: str, arguments: Mapping[str, Any]) -> Model:
+    return Model(path, **arguments)
+
+
+def _check_fp16(*, engine: str, provider: str) -> None:
+    if engine == "openvino" or provider == "cpu":
+        raise EdgesegError(f"precision 'fp16' is the GPU path (onnxruntime CUDA or TensorRT), not engine "
+                           f"{engine!r} with provider {provider!r}; on the CPU use precision 'bf16' (OpenVINO) "
+                           "or the default.")
 
 
 def _ports(ports: Sequence[Any], path: os.PathLike) -> list[tuple[str, list[Any]]]:

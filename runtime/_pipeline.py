@@ -277,11 +277,11 @@ class Run:
     def _open_decisions(self, config: Any, sources: list[Source], on_event: Callable[[Any], None] | None) -> Any:
         """The run's one Decisions (every source's zones and rules; events.jsonl, snapshots and clips in --out),
         its event sinks started."""
-        from edgeseg.runtime.decisions import Decisions
+        from edgeseg.runtime.decisions import DecisionOptions, Decisions
 
         decisions = Decisions.from_config(
             config, classes=self.model.contract.output.classes, out=self.root if config.rules else None,
-            clips=self.options.clips, on_event=on_event, append=self.options.resume)
+            on_event=on_event, options=DecisionOptions(clips=self.options.clips, append=self.options.resume))
         decisions.path = Path(self.options.zones)
         for source in sources:
             decisions.open_stream(source.name, fps=source.fps or None)

@@ -170,22 +170,8 @@ class LiveServer:
             name = request.path_params["name"]
             if name not in board.names:
                 return unknown(name)
-
-            async def parts():
-                # Each part ends with the next boundary: browsers show a part only once its end is seen, so the
-                # newest frame shows at once, and a stream that has ended still shows its last frame.
-                yield f"--{_BOUNDARY}\r\n".encode()
-                seq = 0
-                while not board.closed:
-                    got = await run_in_threadpool(board.wait, name, seq, 0.5)
-                    if got is None:
-                        continue
-                    seq, jpeg = got
-                    yield (f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg
-                           + f"\r\n--{_BOUNDARY}\r\n".encode())
-
-            return StreamingResponse(parts(), media_type=f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
-                                     headers=nocache)
+            return StreamingResponse(_mjpeg_parts(board, name), headers=nocache,
+                                     media_type=f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
 
         async def not_found(_request: Any, _error: Exception) -> Response:
             return PlainTextResponse("not found: try /, /metrics or /health\n", status_code=404)
@@ -194,6 +180,23 @@ class LiveServer:
                                  Route("/health", health), Route("/snapshot/{name}.jpg", snapshot),
                                  Route("/stream/{name}.mjpg", stream)],
                          exception_handlers={404: not_found})
+
+
+async def _mjpeg_parts(board: Any, name: str) -> Any:
+    """The MJPEG stream of one stream's overlays, a part per new frame, until the board closes."""
+    from starlette.concurrency import run_in_threadpool
+
+    # Each part ends with the next boundary: browsers show a part only once its end is seen, so the
+    # newest frame shows at once, and a stream that has ended still shows its last frame.
+    yield f"--{_BOUNDARY}\r\n".encode()
+    seq = 0
+    while not board.closed:
+        got = await run_in_threadpool(board.wait, name, seq, 0.5)
+        if got is None:
+            continue
+        seq, jpeg = got
+        yield (f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg
+               + f"\r\n--{_BOUNDARY}\r\n".encode())
 
 
 class _Collector:

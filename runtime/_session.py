@@ -70,43 +70,17 @@ def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto",
         session = make_session("fcn8.onnx", provider="cpu", threads=1)
         print(session.get_providers())
     """
-    if provider not in PROVIDERS:
-        raise EdgesegError(f"Unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}.")
-    if optimization not in OPTIMIZATIONS:
-        raise EdgesegError(f"Unknown optimization level {optimization!r}: expected one of {', '.join(OPTIMIZATIONS)}.")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
-        raise EdgesegError(f"`threads` must be an integer >= 0 (0: onnxruntime's default), got {threads!r}.")
+    _check_arguments(provider=provider, optimization=optimization, threads=threads)
     file = path if isinstance(path, ModelFile) else ModelFile.read(path)
     path = file.path
     ort = require("onnxruntime", purpose="edgeseg's runtime (engine onnxruntime)", fix="or 'edgeseg[gpu]' for CUDA")
     available = ort.get_available_providers()
     _check_gpu_request(provider, strict=strict, fp16=fp16, available=available)
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[optimization]
-    options.intra_op_num_threads = default_threads() if threads is None else threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning workers burn the cores that decoding and writing need between runs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-
+    options = _session_options(ort, optimization=optimization, threads=threads)
     wants_cuda = provider in ("cuda", "tensorrt") or (provider == "auto" and CUDA in available)
-    requested: list[Any] = [CUDA, CPU] if wants_cuda and CUDA in available else [CPU]
-    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else _loadable(path)
-    if provider == "tensorrt":
-        from edgeseg.runtime._tensorrt import tensorrt_plan
-
-        plan = tensorrt_plan(path, fp16=fp16, engine_cache=engine_cache)
-        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        requested.insert(0, (TENSORRT, plan.options))
-        model = plan.model
-        log.info("%s: TensorRT %s%s", path.name, plan.precision, f" ({plan.notes[0]})" if plan.notes else "")
+    requested, model = _providers_and_model(path, provider=provider, fp16=fp16, engine_cache=engine_cache,
+                                            gpu=wants_cuda and CUDA in available)
     strict = strict and CUDA in requested  # on the CPU there is nothing to fall back from
     if strict:
         # onnxruntime refuses the CPU provider listed next to this option: the GPU providers alone.
@@ -124,15 +98,63 @@ def make_session(path: str | os.PathLike | ModelFile, *, provider: str = "auto",
         raise EdgesegError(f"Cannot read model `{path}`: {_describe_load_error(error)}") from None
     used = session.get_providers()
     if wants_cuda and CUDA not in used:
-        reason = (f"this onnxruntime build has no CUDA provider (install onnxruntime-gpu: {install_hint('gpu')})"
-                  if CUDA not in available else "the CUDA provider failed to start (check the CUDA/cuDNN libraries)")
-        warnings.warn(
-            f"edgeseg: provider={provider!r} asked for CUDA, but `{path.name}` runs on the CPU: {reason}.",
-            ProviderFallbackWarning,
-            stacklevel=2,
-        )
+        _warn_cpu_fallback(provider, path=path, cuda_available=CUDA in available)
     log.debug("%s: providers %s, %s intra-op thread(s)", path.name, used, options.intra_op_num_threads)
     return session
+
+
+def _check_arguments(*, provider: str, optimization: str, threads: int | None) -> None:
+    if provider not in PROVIDERS:
+        raise EdgesegError(f"Unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}.")
+    if optimization not in OPTIMIZATIONS:
+        raise EdgesegError(f"Unknown optimization level {optimization!r}: expected one of {', '.join(OPTIMIZATIONS)}.")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise EdgesegError(f"`threads` must be an integer >= 0 (0: onnxruntime's default), got {threads!r}.")
+
+
+def _session_options(ort: Any, *, optimization: str, threads: int | None) -> Any:
+    """Optimization level, threads, and no spinning: the options every edgeseg session shares."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
+    options.intra_op_num_threads = default_threads() if threads is None else threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning workers burn the cores that decoding and writing need between runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def _providers_and_model(path: Path, *, provider: str, fp16: bool, engine_cache: str | os.PathLike | None,
+                         gpu: bool) -> tuple[list[Any], Any]:
+    """The providers to ask for, in order, and what onnxruntime loads (the path, bytes, or TensorRT's model)."""
+    requested: list[Any] = [CUDA, CPU] if gpu else [CPU]
+    model: Any = _fp16_model(path) if fp16 and provider == "cuda" else _loadable(path)
+    if provider == "tensorrt":
+        from edgeseg.runtime._tensorrt import tensorrt_plan
+
+        plan = tensorrt_plan(path, fp16=fp16, engine_cache=engine_cache)
+        Path(plan.options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        requested.insert(0, (TENSORRT, plan.options))
+        model = plan.model
+        log.info("%s: TensorRT %s%s", path.name, plan.precision, f" ({plan.notes[0]})" if plan.notes else "")
+    return requested, model
+
+
+def _warn_cpu_fallback(provider: str, *, path: Path, cuda_available: bool) -> None:
+    reason = (f"this onnxruntime build has no CUDA provider (install onnxruntime-gpu: {install_hint('gpu')})"
+              if not cuda_available else "the CUDA provider failed to start (check the CUDA/cuDNN libraries)")
+    # stacklevel 3: the warning names make_session's caller, the code that asked for CUDA.
+    warnings.warn(
+        f"edgeseg: provider={provider!r} asked for CUDA, but `{path.name}` runs on the CPU: {reason}.",
+        ProviderFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _check_gpu_request(provider: str, *, strict: bool, fp16: bool, available: list[str]) -> None:

@@ -142,60 +142,14 @@ def strip_qdq(model: Any, *, keep: set[str] = frozenset()) -> Any:
         float_model = strip_qdq(onnx.load("m.int8.onnx"), keep=set(read_table_names(table)))
     """
     import onnx
-    from onnx import numpy_helper
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     inits = {init.name: init for init in graph.initializer}
-    producer = {name: node for node in graph.node for name in node.output}
-    group: dict[str, str] = {}  # union-find over the names of one tensor (before and after each Q->DQ pair)
-
-    def find(name: str) -> str:
-        while group.get(name, name) != name:
-            name = group[name]
-        return name
-
-    dropped: set[int] = set()
-    folded = []
-    floor_zero: set[str] = set()  # pairs whose range starts at 0: the quantizer took a Relu's place
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear":
-            continue
-        source = node.input[0]
-        if source in inits:  # a weight: fold scale and zero point into a float initializer
-            folded.append(numpy_helper.from_array(_dequantized(node, inits), node.output[0]))
-            dropped.add(id(node))
-            continue
-        quantizer = producer.get(source)
-        if quantizer is not None and quantizer.op_type == "QuantizeLinear":
-            dropped.update((id(node), id(quantizer)))
-            group[find(node.output[0])] = find(quantizer.input[0])
-            made_by = producer.get(quantizer.input[0])
-            if made_by is not None and made_by.op_type in _ABSORBS_RELU and _clips_at_zero(quantizer, inits):
-                floor_zero.add(node.output[0])
-    outputs = {o.name for o in graph.output}
-    members: dict[str, list[str]] = {}
-    for name in group:
-        members.setdefault(find(name), []).append(name)
-    canonical = {}
-    for root, names in members.items():
-        names = [root, *names]
-        # The table's name, else the graph output's, else the name before the first pair.
-        chosen = next((n for n in names if n in outputs), None) or next((n for n in names if n in keep), root)
-        canonical.update({n: chosen for n in names})
-    relu = {canonical[name] for name in floor_zero}
-    kept = []
-    for node in graph.node:
-        if id(node) in dropped:
-            continue
-        node.input[:] = [canonical.get(n, n) for n in node.input]
-        node.output[:] = [canonical.get(n, n) for n in node.output]
-        kept.append(node)
-        for position, name in enumerate(node.output):
-            if name in relu:  # QDQ drops a Relu before an unsigned zero-point-0 quantizer; the float graph needs it
-                node.output[position] = f"{name}/relu_input"
-                kept.append(onnx.helper.make_node("Relu", [node.output[position]], [name], name=f"{name}/relu"))
+    dropped, folded, group, floor_zero = _scan_dequantizers(graph, inits)
+    canonical = _canonical_names(group, outputs={o.name for o in graph.output}, keep=keep)
+    kept = _float_nodes(graph, dropped=dropped, canonical=canonical, relu={canonical[name] for name in floor_zero})
     used = {name for node in kept for name in node.input}
     del graph.node[:]
     graph.node.extend(kept)
@@ -204,6 +158,75 @@ def strip_qdq(model: Any, *, keep: set[str] = frozenset()) -> Any:
     graph.initializer.extend(remaining + [w for w in folded if w.name in used])
     del graph.value_info[:]  # the quantized types no longer hold
     return onnx.shape_inference.infer_shapes(out)
+
+
+def _root(group: dict[str, str], name: str) -> str:
+    while group.get(name, name) != name:
+        name = group[name]
+    return name
+
+
+def _scan_dequantizers(graph: Any, inits: dict[str, Any]) -> tuple[set[int], list[Any], dict[str, str], set[str]]:
+    """Each DequantizeLinear: a weight's folded into a float initializer, an activation's Q->DQ pair dropped.
+
+    Returns the positions in ``graph.node`` of the nodes dropped (positions, not ``id()``: protobuf's message
+    wrappers are made afresh once released), the folded weights, the union-find over the names of one tensor
+    (before and after each pair) and the pairs whose range starts at 0 (the quantizer took a Relu's place).
+    """
+    from onnx import numpy_helper
+
+    producer = {name: (position, node) for position, node in enumerate(graph.node) for name in node.output}
+    group: dict[str, str] = {}
+    dropped: set[int] = set()
+    folded = []
+    floor_zero: set[str] = set()
+    for position, node in enumerate(graph.node):
+        if node.op_type != "DequantizeLinear":
+            continue
+        source = node.input[0]
+        if source in inits:  # a weight: fold scale and zero point into a float initializer
+            folded.append(numpy_helper.from_array(_dequantized(node, inits), node.output[0]))
+            dropped.add(position)
+            continue
+        quantizer_at, quantizer = producer.get(source, (None, None))
+        if quantizer is not None and quantizer.op_type == "QuantizeLinear":
+            dropped.update((position, quantizer_at))
+            group[_root(group, node.output[0])] = _root(group, quantizer.input[0])
+            _, made_by = producer.get(quantizer.input[0], (None, None))
+            if made_by is not None and made_by.op_type in _ABSORBS_RELU and _clips_at_zero(quantizer, inits):
+                floor_zero.add(node.output[0])
+    return dropped, folded, group, floor_zero
+
+
+def _canonical_names(group: dict[str, str], *, outputs: set[str], keep: set[str]) -> dict[str, str]:
+    """The one name of each tensor: the graph output's, else the table's, else the name before the first pair."""
+    members: dict[str, list[str]] = {}
+    for name in group:
+        members.setdefault(_root(group, name), []).append(name)
+    canonical = {}
+    for root, names in members.items():
+        names = [root, *names]
+        chosen = next((n for n in names if n in outputs), None) or next((n for n in names if n in keep), root)
+        canonical.update({n: chosen for n in names})
+    return canonical
+
+
+def _float_nodes(graph: Any, *, dropped: set[int], canonical: dict[str, str], relu: set[str]) -> list[Any]:
+    """The nodes left, renamed to the canonical names, with the Relus the quantizers had taken the place of."""
+    import onnx
+
+    kept = []
+    for position, node in enumerate(graph.node):
+        if position in dropped:
+            continue
+        node.input[:] = [canonical.get(n, n) for n in node.input]
+        node.output[:] = [canonical.get(n, n) for n in node.output]
+        kept.append(node)
+        for position, name in enumerate(node.output):
+            if name in relu:  # QDQ drops a Relu before an unsigned zero-point-0 quantizer; the float graph needs it
+                node.output[position] = f"{name}/relu_input"
+                kept.append(onnx.helper.make_node("Relu", [node.output[position]], [name], name=f"{name}/relu"))
+    return kept
 
 
 # The ops after which onnxruntime's QDQ quantizer drops a Relu (an unsigned zero-point-0 quantizer clips the same).

@@ -64,8 +64,8 @@ from edgeseg.runtime.zones import Zone, ZoneMeter, ZoneStats
 log = logging.getLogger("edgeseg.runtime")
 
 __all__ = [
-    "EVENT_SCHEMA", "ClipRecorder", "CommandSink", "DecisionConfig", "Decisions", "DiskQueue", "Event", "EventLog",
-    "MqttSink", "QueuedEventSink", "Rule", "RuleEngine", "SinkSpec", "WebhookSink", "Zone", "ZoneMeter", "ZoneStats",
+    "EVENT_SCHEMA", "ClipRecorder", "CommandSink", "DecisionConfig", "DecisionOptions", "Decisions", "DiskQueue", "Event",
+    "EventLog", "MqttSink", "QueuedEventSink", "Rule", "RuleEngine", "SinkSpec", "WebhookSink", "Zone", "ZoneMeter", "ZoneStats",
     "default_queue_root", "load_decisions", "parse_decisions", "read_events", "register_metrics",
 ]
 
@@ -370,19 +370,45 @@ class _StreamState:
     stats: dict[str, ZoneStats] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DecisionOptions:
+    """How a :class:`Decisions` records and measures, beside where it writes and whom it tells.
+
+    ``clips``: ``(seconds_before, seconds_after)`` to write a clip around each event (None: no clips).
+    ``snapshots``: write a JPEG of the picture at each event start. ``regions``: whose largest region is
+    measured and recorded: ``"rules"``, the (zone, class) pairs the rules watch; ``"all"``, every class
+    present in every zone (a connected-components pass each: see :class:`ZoneMeter`). ``connectivity``:
+    of the regions. ``append``: add to an ``events.jsonl`` already there (a resumed run). ``queue_root``:
+    where the sinks a config names keep their disk queues (None: :func:`default_queue_root`).
+
+    Example::
+
+        DecisionOptions(clips=(5, 10), regions="all")
+    """
+
+    clips: tuple[float, float] | None = None
+    snapshots: bool = True
+    regions: str = "rules"
+    connectivity: int = 8
+    append: bool = False
+    queue_root: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if self.regions not in ("rules", "all"):
+            raise EdgesegError(f"regions: expected 'rules' or 'all', got {self.regions!r}.")
+        if self.clips is not None and (len(self.clips) != 2 or min(self.clips) < 0):
+            raise EdgesegError(f"clips: expected (seconds_before, seconds_after), both >= 0, got {self.clips!r}.")
+
+
 class Decisions:
     """Zones, rules and event outputs for a run of one or many streams; fed once per frame.
 
     ``classes``: the model's classes. ``out``: the run's folder (``events.jsonl``,
     ``snapshots/<event id>.jpg``, ``clips/<event id>.mp4``; None: no files). ``sinks``: event sinks
-    (started here, closed by :meth:`close`). ``clips``: ``(seconds_before, seconds_after)`` to
-    write a clip around each event (needs ``picture`` in :meth:`update`). ``on_event``: called with
-    each event, in the thread that called :meth:`update`. ``snapshots``: write a JPEG of the
-    picture at each event start. ``regions``: whose largest region is measured and recorded:
-    ``"rules"`` (default), the (zone, class) pairs the rules watch; ``"all"``, every class present
-    in every zone (a connected-components pass each: see :class:`ZoneMeter`). ``connectivity``: of
-    the regions. ``append``: add to an ``events.jsonl`` already there (a resumed run). Streams may be fed from different threads at once; each stream from one thread,
-    in order.
+    (started here, closed by :meth:`close`). ``on_event``: called with each event, in the thread that
+    called :meth:`update`. ``options``: clips (they need ``picture`` in :meth:`update`), snapshots,
+    regions, appending (:class:`DecisionOptions`). Streams may be fed from different threads at once;
+    each stream from one thread, in order.
 
     Example::
 
@@ -394,29 +420,24 @@ class Decisions:
     """
 
     def __init__(self, config: DecisionConfig, *, classes: Sequence[str], out: str | os.PathLike | None = None,
-                 sinks: Iterable[QueuedEventSink] = (), clips: tuple[float, float] | None = None,
-                 on_event: Callable[[Event], None] | None = None, snapshots: bool = True, regions: str = "rules",
-                 connectivity: int = 8, append: bool = False) -> None:
+                 sinks: Iterable[QueuedEventSink] = (), on_event: Callable[[Event], None] | None = None,
+                 options: DecisionOptions = DecisionOptions()) -> None:
         self.config = config
         self.classes = tuple(classes)
         unknown = sorted({rule.class_name for rule in config.rules} - set(self.classes))
         if unknown:
             raise EdgesegError(f"{config.source}: rules name classes the model does not have: {', '.join(unknown)}; "
                                f"the model's classes are {', '.join(self.classes)}.")
-        if regions not in ("rules", "all"):
-            raise EdgesegError(f"regions: expected 'rules' or 'all', got {regions!r}.")
-        self.regions = regions
-        if clips is not None and (len(clips) != 2 or min(clips) < 0):
-            raise EdgesegError(f"clips: expected (seconds_before, seconds_after), both >= 0, got {clips!r}.")
+        self.regions = options.regions
         self.out = Path(out) if out is not None else None
         self.sinks = list(sinks)
-        self.clips = clips
+        self.clips = options.clips
         self.on_event = on_event
-        self.snapshots = snapshots and self.out is not None
-        self.connectivity = connectivity
+        self.snapshots = options.snapshots and self.out is not None
+        self.connectivity = options.connectivity
         self.engine = RuleEngine(config.rules)
         self.path: Path | None = None  # the file the config was read from (from_file), to name its lines
-        self.log = EventLog(self.out / "events.jsonl", append=append) if self.out is not None else None
+        self.log = EventLog(self.out / "events.jsonl", append=options.append) if self.out is not None else None
         self.events_written = 0
         self._streams: dict[str, _StreamState] = {}
         self._paths: dict[str, tuple[str | None, str | None]] = {}  # event id -> (snapshot, clip)
@@ -429,27 +450,26 @@ class Decisions:
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, classes: Sequence[str], streams: Iterable[str] | None = None,
                   frame_sizes: Mapping[str, tuple[int, int]] | None = None, out: str | os.PathLike | None = None,
-                  clips: tuple[float, float] | None = None, on_event: Callable[[Event], None] | None = None,
-                  queue_root: str | os.PathLike | None = None, sinks: Iterable[QueuedEventSink] = ()) -> Decisions:
+                  on_event: Callable[[Event], None] | None = None, sinks: Iterable[QueuedEventSink] = (),
+                  options: DecisionOptions = DecisionOptions()) -> Decisions:
         """Load and check a zones/rules file and build the sinks it names (plus ``sinks`` given here).
 
         Example::
 
             decisions = Decisions.from_file("zones.json", classes=model.contract.output.classes, out="run",
-                                             clips=(5, 10))
+                                             options=DecisionOptions(clips=(5, 10)))
         """
         config = load_decisions(path, classes=classes, streams=streams, frame_sizes=frame_sizes)
-        decisions = cls.from_config(config, classes=classes, out=out, clips=clips, on_event=on_event,
-                                    queue_root=queue_root, sinks=sinks)
+        decisions = cls.from_config(config, classes=classes, out=out, on_event=on_event, sinks=sinks, options=options)
         decisions.path = Path(path)
         return decisions
 
     @classmethod
     def from_config(cls, config: DecisionConfig, *, classes: Sequence[str], out: str | os.PathLike | None = None,
-                    clips: tuple[float, float] | None = None, on_event: Callable[[Event], None] | None = None,
-                    queue_root: str | os.PathLike | None = None, sinks: Iterable[QueuedEventSink] = (),
-                    append: bool = False) -> Decisions:
-        """A checked config (:func:`load_decisions`) with the sinks it names built (plus ``sinks`` given here).
+                    on_event: Callable[[Event], None] | None = None, sinks: Iterable[QueuedEventSink] = (),
+                    options: DecisionOptions = DecisionOptions()) -> Decisions:
+        """A checked config (:func:`load_decisions`) with the sinks it names built (plus ``sinks`` given here),
+        their disk queues under ``options.queue_root``.
 
         Example::
 
@@ -459,9 +479,8 @@ class Decisions:
         built: list[QueuedEventSink] = []
         try:
             for spec in config.sinks:
-                built.append(spec.build(queue_root=queue_root))
-            return cls(config, classes=classes, out=out, sinks=[*built, *sinks], clips=clips, on_event=on_event,
-                       append=append)
+                built.append(spec.build(queue_root=options.queue_root))
+            return cls(config, classes=classes, out=out, sinks=[*built, *sinks], on_event=on_event, options=options)
         except BaseException:
             for sink in built:
                 sink.close(timeout=0)

@@ -36,7 +36,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,13 +181,29 @@ class Instrumentation:
                 "argmax_agreement": self.argmax_agree / self.pixels if self.pixels else None}
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How an engine is set up on this machine: onnxruntime's ``provider`` (``auto``: CUDA where onnxruntime
+    has it, else the CPU), intra-op ``threads`` (None: the engine's default) and TensorRT's ``engine_cache``
+    (None: ``$XDG_CACHE_HOME/edgeseg/tensorrt``).
+
+    Example::
+
+        EngineSettings(provider="cuda", threads=4)
+    """
+
+    provider: str = "auto"
+    threads: int | None = None
+    engine_cache: str | os.PathLike | None = None
+
+
 class EngineProbe:
     """One file on one engine at one precision, with ``tensors`` readable after each run.
 
     ``model``: the ONNX file (a path), or a ``ModelProto`` not written yet. ``tensors``: names of ONNX tensors to read (graph outputs and
     the graph input included). ``engine``: onnxruntime, openvino or tensorrt; ``precision``: fp32,
-    bf16, fp16 or int8 (see :func:`resolve_target` for ``auto``). ``provider``: onnxruntime's (``auto``:
-    CUDA where onnxruntime has it, else the CPU). ``as_written``: onnxruntime at fp32 only, the tensors
+    bf16, fp16 or int8 (see :func:`resolve_target` for ``auto``). ``settings``: provider, threads and
+    TensorRT's engine cache (:class:`EngineSettings`). ``as_written``: onnxruntime at fp32 only, the tensors
     come from the graph as written (no graph optimization) while the graph output still comes from the
     deployed session. A combination the engine cannot run here, or one it would silently run otherwise
     (a CPU fallback, another precision), raises EdgesegError in one line.
@@ -200,8 +216,7 @@ class EngineProbe:
     """
 
     def __init__(self, model: str | os.PathLike | Any, tensors: Sequence[str], *, engine: str, precision: str,
-                 provider: str = "auto", threads: int | None = None,
-                 engine_cache: str | os.PathLike | None = None, proto: Any = None, as_written: bool = False) -> None:
+                 settings: EngineSettings = EngineSettings(), proto: Any = None, as_written: bool = False) -> None:
         self._tmp: tempfile.TemporaryDirectory | None = None
         if isinstance(model, (str, os.PathLike)):  # `proto`: the file's graph when the caller has read it already
             self.path, self.proto = Path(model), proto if proto is not None else _load(model)
@@ -235,14 +250,13 @@ class EngineProbe:
         together = [n for n in probed if n not in isolated]
         self.instrumentation = Instrumentation()
         build = {"onnxruntime": _OrtRunner, "tensorrt": _OrtRunner, "openvino": _OpenVinoRunner}[engine]
-        options = dict(engine=engine, precision=precision, provider=provider, threads=threads,
-                       engine_cache=engine_cache, quantized=quantized)
+        how = _Compile(engine=engine, precision=precision, settings=settings, quantized=quantized)
         # The plain compile is the deployed one: its output is the one reported, and the probed compile's
         # output is compared with it (Instrumentation).
-        self._plain = build(self.path, self.proto, [], **options)
-        written = {"as_written": True} if as_written else {}
-        self._together = build(self.path, self.proto, together, **options, **written) if together else None
-        self._alone = [(name, build(self.path, self.proto, [name], **options)) for name in isolated]
+        self._plain = build(self.path, self.proto, [], how)
+        written = replace(how, as_written=as_written)
+        self._together = build(self.path, self.proto, together, written) if together else None
+        self._alone = [(name, build(self.path, self.proto, [name], how)) for name in isolated]
         self._names = together
         detail = self._plain.detail + ("; layers read from the graph as written (graph optimization off)"
                                        if as_written and together else "")
@@ -287,7 +301,8 @@ def engine_tensors(onnx_path: str | os.PathLike, tensor_names: Sequence[str], in
     """
     import numpy as np
 
-    with EngineProbe(onnx_path, tensor_names, engine=engine, precision=precision, provider=provider) as probe:
+    with EngineProbe(onnx_path, tensor_names, engine=engine, precision=precision,
+                     settings=EngineSettings(provider=provider)) as probe:
         runs = [probe.run(np.ascontiguousarray(batch, np.float32)) for batch in inputs]
     return {name: np.concatenate([run[name] for run in runs]) for name in dict.fromkeys(tensor_names)} if runs else {}
 
@@ -345,11 +360,23 @@ _PASS_THROUGH = frozenset({"QuantizeLinear", "DequantizeLinear", "Slice", "Trans
 # ---------------------------------------------------------------- the engines
 
 
+@dataclass(frozen=True)
+class _Compile:
+    """How each of a probe's compiles is built: the engine and its settings, the same for all of them."""
+
+    engine: str
+    precision: str
+    settings: EngineSettings
+    quantized: bool  # the file holds QuantizeLinear nodes
+    as_written: bool = False  # onnxruntime fp32: graph optimization off, every node as the exporter wrote it
+
+
 class _OrtRunner:
     """onnxruntime (CPU, CUDA, or TensorRT through its provider), deployed settings, ``names`` as extra outputs."""
 
-    def __init__(self, path: Path, proto: Any, names: list[str], *, engine: str, precision: str, provider: str,
-                 threads: int | None, engine_cache: Any, quantized: bool, as_written: bool = False) -> None:
+    def __init__(self, path: Path, proto: Any, names: list[str], how: _Compile) -> None:
+        engine, precision, as_written = how.engine, how.precision, how.as_written
+        provider, threads, engine_cache = how.settings.provider, how.settings.threads, how.settings.engine_cache
         ort = require("onnxruntime", purpose=f"engine {engine}", fix=f"or {install_hint('gpu')} for CUDA and TensorRT")
         from edgeseg.runtime._session import CPU, CUDA, default_threads
 
@@ -424,9 +451,10 @@ class _OrtRunner:
 class _OpenVinoRunner:
     """OpenVINO on the CPU at the asked precision hint, ``names`` added as outputs of its model."""
 
-    def __init__(self, path: Path, proto: Any, names: list[str], *, engine: str, precision: str, provider: str,
-                 threads: int | None, engine_cache: Any, quantized: bool) -> None:
+    def __init__(self, path: Path, proto: Any, names: list[str], how: _Compile) -> None:
         from edgeseg.runtime._openvino import compiled_precision
+
+        precision, threads, quantized = how.precision, how.settings.threads, how.quantized
 
         ov = require("openvino", purpose="engine 'openvino'", fix="or use --engine onnxruntime")
         if precision == "bf16" and not cpu_flags() & BF16_FLAGS:

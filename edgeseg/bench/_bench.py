@@ -114,17 +114,48 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="edgeseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     kind = read_contract(str(config.model)).kind
+    selected = _selected_runners(config, kind)
+    flops = count_flops(config.model)["total"]
+    if config.measure_ceiling:
+        log.info("bench: measuring this machine's matmul ceiling")
+    ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
+    reference_runner, reference = _reference_run(config, work, kind)
+    runs = _rounds(config, selected, work, kind, reference=reference)
+
+    runners = {name: summarize(name, results, flops=flops, ceiling=ceiling) for name, results in runs.items()}
+    return {
+        "machine": machine_info(),
+        "model": str(config.model),
+        "kind": kind,
+        "unit": "images" if kind == "autoencoder" else "frames",
+        "edgeseg_fast": _edgeseg_fast(runs, runners),
+        "source": config.source,
+        "frames": config.frames,
+        "repeats": config.repeats,
+        "threads": config.threads,
+        "flops_per_frame": flops,
+        "ceiling_gflops": {k: ceiling.get(k) for k in ("fp32", "bf16", "int8")},
+        "ceiling_details": ceiling.get("details", []),
+        "agreement_reference": reference_runner,
+        "baseline": BASELINE,
+        "runners": runners,
+        "ratios": ratios(runners),
+    }
+
+
+def _selected_runners(config: BenchConfig, kind: str) -> tuple[str, ...]:
+    """The runners asked for (default: the kind's), with edgeseg-fp16 added for --precision fp16."""
     if kind not in DEFAULT_RUNNERS:
         raise EdgesegError(f"bench runs segmentation and autoencoder models; `{config.model}` is an {kind!r} model "
                            "(its contract's kind). Pass the whole model.")
     selected = config.runners or DEFAULT_RUNNERS[kind]
     if config.precision == "fp16" and "edgeseg-fp16" not in selected:
         selected = (*selected, "edgeseg-fp16")
-    flops = count_flops(config.model)["total"]
-    if config.measure_ceiling:
-        log.info("bench: measuring this machine's matmul ceiling")
-    ceiling = run_worker({"runner": "ceiling"}, work / "ceiling") if config.measure_ceiling else {}
+    return selected
 
+
+def _reference_run(config: BenchConfig, work: Path, kind: str) -> tuple[str, dict[str, Any]]:
+    """The run every runner's masks are compared with: Keras when given and runnable, else FP32 onnxruntime."""
     reference_runner = "keras-call" if config.keras else "ort-plain"
     log.info("bench: the reference run (%s)%s", reference_runner, _LOADS_TF if reference_runner in KERAS_RUNNERS else "")
     reference = run_worker(_job(config, reference_runner, work / "reference", kind), work / "reference")
@@ -135,7 +166,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         reference = run_worker(_job(config, reference_runner, work / "reference", kind), work / "reference")
     if "skipped" in reference:
         raise EdgesegError(f"bench: the reference run ({reference_runner}) could not run: {reference['skipped']}.")
+    return reference_runner, reference
 
+
+def _rounds(config: BenchConfig, selected: tuple[str, ...], work: Path, kind: str, *,
+            reference: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each runner ``config.repeats`` times, interleaved (:func:`schedule`), each compared with the reference."""
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in selected}
     order = schedule(selected, config.repeats)
     with Progress(len(order), desc="edgeseg bench", unit="run", enabled=config.progress) as progress:
@@ -155,34 +191,21 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 result["agreement"] = mask_agreement(Path(result["masks"]), Path(reference["masks"]))
             runs[runner].append(result)
             progress.update(note=f"round {repeat + 1}/{config.repeats} {runner}")
+    return runs
 
-    runners = {name: summarize(name, results, flops=flops, ceiling=ceiling) for name, results in runs.items()}
-    fast = next((r.get("config") for r in runs.get("edgeseg-fast", []) if "config" in r), None)
-    return {
-        "machine": machine_info(),
-        "model": str(config.model),
-        "kind": kind,
-        "unit": "images" if kind == "autoencoder" else "frames",
-        "edgeseg_fast": {"config": fast, "agreement": runners.get("edgeseg-fast", {}).get("agreement"),
-                         "below_bar": (runners.get("edgeseg-fast", {}).get("agreement") or 1.0) < FAST_AGREEMENT_BAR,
-                         "recon_max_abs": runners.get("edgeseg-fast", {}).get("recon_max_abs"),
-                         "chosen_by": "the fastest configuration measured here (benchmarks/FINDINGS.md, "
-                                      "benchmarks/fast_mode.py): OpenVINO compiled for throughput, batch 4, the class-id "
-                                      "rule fused into the graph, a call in flight per stream, "
-                                      "on the INT8 file when given, else on the FP32 file in bf16; the bar is "
-                                      ">= 99% mask agreement with FP32 Keras"},
-        "source": config.source,
-        "frames": config.frames,
-        "repeats": config.repeats,
-        "threads": config.threads,
-        "flops_per_frame": flops,
-        "ceiling_gflops": {k: ceiling.get(k) for k in ("fp32", "bf16", "int8")},
-        "ceiling_details": ceiling.get("details", []),
-        "agreement_reference": reference_runner,
-        "baseline": BASELINE,
-        "runners": runners,
-        "ratios": ratios(runners),
-    }
+
+def _edgeseg_fast(runs: dict[str, list[dict[str, Any]]], runners: dict[str, Any]) -> dict[str, Any]:
+    """What edgeseg-fast chose here, how close it came to the reference, and why it is the fast mode."""
+    fast = runners.get("edgeseg-fast", {})
+    return {"config": next((r.get("config") for r in runs.get("edgeseg-fast", []) if "config" in r), None),
+            "agreement": fast.get("agreement"),
+            "below_bar": (fast.get("agreement") or 1.0) < FAST_AGREEMENT_BAR,
+            "recon_max_abs": fast.get("recon_max_abs"),
+            "chosen_by": "the fastest configuration measured here (benchmarks/FINDINGS.md, "
+                         "benchmarks/fast_mode.py): OpenVINO compiled for throughput, batch 4, the class-id "
+                         "rule fused into the graph, a call in flight per stream, "
+                         "on the INT8 file when given, else on the FP32 file in bf16; the bar is "
+                         ">= 99% mask agreement with FP32 Keras"}
 
 
 def _job(config: BenchConfig, runner: str, out: Path, kind: str = "segmentation") -> dict[str, Any]:

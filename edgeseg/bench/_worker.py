@@ -124,16 +124,8 @@ def run_loop_batched(job: dict[str, Any], contract, infer: Callable[[np.ndarray]
     ended = False
     while not ended:
         t0 = clock()
-        chunk = []
-        while len(chunk) < batch:
-            frame = next(source, None)
-            if frame is None:
-                ended = True
-                break
-            if frame.ok:
-                chunk.append(frame)
-            else:
-                failed += 1
+        chunk, unreadable, ended = _read_chunk(source, batch)
+        failed += unreadable
         if not chunk:
             break
         t1 = clock()
@@ -162,6 +154,20 @@ def run_loop_batched(job: dict[str, Any], contract, infer: Callable[[np.ndarray]
         "stage_ms": {stage: value / done for stage, value in times.items()},  # per image
         "masks": str(folder),
     }
+
+
+def _read_chunk(source: Any, batch: int) -> tuple[list[Any], int, bool]:
+    """Up to ``batch`` readable frames from ``source``: (frames, unreadable ones passed over, source ended)."""
+    chunk, unreadable = [], 0
+    while len(chunk) < batch:
+        frame = next(source, None)
+        if frame is None:
+            return chunk, unreadable, True
+        if frame.ok:
+            chunk.append(frame)
+        else:
+            unreadable += 1
+    return chunk, unreadable, False
 
 
 def reconstruction_pixels(output: np.ndarray, geometry, spec) -> np.ndarray:
@@ -338,10 +344,43 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
     Only the ``masks`` output is asked for (``reconstruction`` for autoencoders), so it does the same
     output work as the other runners.
     """
-    from edgeseg.runtime import Model, segment
+    from edgeseg.runtime import segment
 
     runner = job["runner"]
     autoencoder = job.get("kind") == "autoencoder"
+    model, batch, config = _edgeseg_model(job, autoencoder=autoencoder)
+    out = Path(job["out"])
+    output = "reconstruction" if autoencoder else "masks"
+    # Outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs).
+    model.warmup(batch or model.config.batch)
+    summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,),
+                      overwrite=True)  # scratch outputs: a reused --work-dir is replaced
+    stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
+    ran = int(summary.get("batch", batch or 1))
+    infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
+    return {
+        "frames": int(summary["frames"]),
+        "frames_failed": int(summary.get("frames_failed", 0)),
+        "fps": float(summary["fps"]),
+        "infer_fps": float(infer_fps) if infer_fps else None,
+        "stage_ms": stage_ms,
+        "masks": str(out / output),
+        "engine": summary.get("engine", "onnxruntime"),
+        "precision": summary.get("precision", "fp32"),
+        "batch": ran,
+        "inflight": int(summary.get("inflight", 1)),
+        "config": {**config, "batch": ran} if config else {"file": "int8" if runner == "edgeseg-int8" else model.config.file, "engine": model.engine,
+                             "precision": model.precision, "batch": ran, "threads": job.get("threads"),
+                             "choice": model.choice_reason},
+    }
+
+
+def _edgeseg_model(job: dict[str, Any], *, autoencoder: bool) -> tuple[Any, int | None, dict[str, Any]]:
+    """The runner's model as a user opens it, the batch to run (None: segment's own choice) and, for
+    edgeseg-fast, the configuration it was opened with; a runner this machine cannot run is a Skip."""
+    from edgeseg.runtime import Model
+
+    runner = job["runner"]
     model_path = job["int8"] if runner == "edgeseg-int8" else job["model"]
     if runner == "edgeseg-int8" and not model_path:
         raise Skip("no INT8 model given (pass --int8 M.int8.onnx, or a .keras --model to calibrate one)")
@@ -372,30 +411,7 @@ def _run_edgeseg(job: dict[str, Any]) -> dict[str, Any]:
             raise Skip(str(error)) from None
     else:
         model = Model(model_path, threads=job.get("threads"))
-    out = Path(job["out"])
-    output = "reconstruction" if autoencoder else "masks"
-    # Outside the clock, as run_loop's warm-up (segment warms up too; this covers short runs).
-    model.warmup(batch or model.config.batch)
-    summary = segment(job["source"], model=model, out=out, batch=batch, max_frames=job["frames"], outputs=(output,),
-                      overwrite=True)  # scratch outputs: a reused --work-dir is replaced
-    stage_ms = {stage: float(summary.get("stage_ms", {}).get(stage, float("nan"))) for stage in STAGES}
-    ran = int(summary.get("batch", batch or 1))
-    infer_fps = summary.get("infer_fps") or (1000.0 / stage_ms["infer"] if stage_ms["infer"] > 0 else None)
-    return {
-        "frames": int(summary["frames"]),
-        "frames_failed": int(summary.get("frames_failed", 0)),
-        "fps": float(summary["fps"]),
-        "infer_fps": float(infer_fps) if infer_fps else None,
-        "stage_ms": stage_ms,
-        "masks": str(out / output),
-        "engine": summary.get("engine", "onnxruntime"),
-        "precision": summary.get("precision", "fp32"),
-        "batch": ran,
-        "inflight": int(summary.get("inflight", 1)),
-        "config": {**config, "batch": ran} if config else {"file": "int8" if runner == "edgeseg-int8" else model.config.file, "engine": model.engine,
-                             "precision": model.precision, "batch": ran, "threads": job.get("threads"),
-                             "choice": model.choice_reason},
-    }
+    return model, batch, config
 
 
 def write_mask(path: Path, mask: np.ndarray, palette) -> None:

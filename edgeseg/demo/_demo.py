@@ -211,19 +211,20 @@ class _Chain:
                 f"{self.config.train_scenes} training scenes, {spec.digits_train} digits")
 
     def train_fcn8(self) -> str:
-        from edgeseg.export import train_fcn8
+        from edgeseg.export import FCN8Options, train_fcn8
 
         config, spec = self.config, self.config.samples
-        train_fcn8(data=self.train_data, out=self.fcn, epochs=config.fcn_epochs, seed=config.seed, variant="classic",
-                   head_width=config.head_width, backbone_width=config.backbone_width, input_size=spec.size,
-                   classes=spec.classes, batch_size=16, learning_rate=2e-3)
+        train_fcn8(data=self.train_data, out=self.fcn, options=FCN8Options(
+            epochs=config.fcn_epochs, seed=config.seed, variant="classic", head_width=config.head_width,
+            backbone_width=config.backbone_width, input_size=spec.size, classes=spec.classes, batch_size=16,
+            learning_rate=2e-3))
         return _history_line(self.fcn / "history.json")
 
     def train_cae(self) -> str:
-        from edgeseg.export import train_cae
+        from edgeseg.export import CAEOptions, train_cae
 
-        train_cae(data=self.config.mnist or self.data.digits, out=self.cae, epochs=self.config.cae_epochs,
-                  seed=self.config.seed, learning_rate=3e-3)
+        train_cae(data=self.config.mnist or self.data.digits, out=self.cae,
+                  options=CAEOptions(epochs=self.config.cae_epochs, seed=self.config.seed, learning_rate=3e-3))
         return _history_line(self.cae / "history.json")
 
     def calibrate(self) -> str:
@@ -271,9 +272,10 @@ def _export(folder: Path) -> str:
 
 
 def _verify(folder: Path, *, images: Path | None = None, random: int = 4) -> str:
-    from edgeseg.export import verify_files
+    from edgeseg.export import VerifyRequest, verify_files
 
-    report = verify_files(folder / "model.keras", folder / "model.onnx", images=images, random=random)
+    report = verify_files(folder / "model.keras", folder / "model.onnx",
+                          request=VerifyRequest(images=images, random=random))
     write_json_atomic(folder / "verify.json", report.to_dict())
     if not report.ok:
         raise StepFailed(f"layer `{report.first_failure}` is out of tolerance (see {folder / 'verify.json'})")

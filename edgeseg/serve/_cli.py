@@ -37,6 +37,15 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("models", nargs="+", metavar="[NAME=]MODEL.onnx", help="the models to serve, one or more")
+    _network_options(parser)
+    _batching_options(parser)
+    _inference_options(parser)
+    _scaleout_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _network_options(parser: argparse.ArgumentParser) -> None:
+    """Where it listens, and who may call it."""
     net = parser.add_argument_group("network and security")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
@@ -50,6 +59,10 @@ def register(subparsers: Any) -> None:
     net.add_argument("--tls-cert", default=None, metavar="PEM",
                      help="serve HTTPS with this certificate (and --tls-key)")
     net.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key, unencrypted")
+
+
+def _batching_options(parser: argparse.ArgumentParser) -> None:
+    """How requests share inference calls, and what is refused before it costs anything."""
     batch = parser.add_argument_group("batching and limits")
     batch.add_argument("--max-batch", type=int, default=8, metavar="N",
                        help="most items in one inference call; also the largest batch a v2 request may carry "
@@ -65,6 +78,10 @@ def register(subparsers: Any) -> None:
                        help="largest image, read from its header before decoding; more gets 400 (default: 25000000)")
     batch.add_argument("--drain", type=float, default=1.0, metavar="S",
                        help="on SIGTERM/Ctrl-C, seconds the requests in flight get to finish (default: 1)")
+
+
+def _inference_options(parser: argparse.ArgumentParser) -> None:
+    """The engine each model runs on, as `edgeseg segment` chooses it."""
     run = parser.add_argument_group("inference (as for edgeseg segment)")
     run.add_argument("--engine", choices=("onnxruntime", "openvino", "auto"), default=None,
                      help="auto: what `edgeseg tune` measured fastest here, else openvino on a bf16 CPU with openvino "
@@ -77,6 +94,10 @@ def register(subparsers: Any) -> None:
     run.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads (default: the engine's)")
     run.add_argument("--optimization", choices=("all", "extended", "basic", "disable"), default="all",
                      help="onnxruntime graph optimization level (default: all)")
+
+
+def _scaleout_options(parser: argparse.ArgumentParser) -> None:
+    """Ray Serve replicas instead of this process."""
     ray = parser.add_argument_group("scale-out (Ray Serve; pip install 'edgeseg[ray,serve]')")
     ray.add_argument("--ray", metavar="ADDRESS", default=None,
                      help="deploy as Ray Serve replicas: local (a new Ray on this machine), auto (RAY_ADDRESS / the "
@@ -87,7 +108,6 @@ def register(subparsers: Any) -> None:
                      help="--ray: autoscale between --replicas and N by requests in flight (default: fixed)")
     ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C",
                      help="--ray: CPUs each replica reserves (default: 1)")
-    parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -66,10 +66,7 @@ async def start_grpc(service: Any, *, host: str, port: int) -> Any:
 
 
 def _servicer(pb: Any, pb_grpc: Any, grpc: Any, service: Any) -> Any:
-    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-             404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-             503: grpc.StatusCode.UNAVAILABLE}
-    expected = f"Bearer {service.options.token}" if service.options.token else None
+    calls = _Calls(grpc, service)
 
     class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         async def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802 (the protocol's names)
@@ -79,91 +76,112 @@ def _servicer(pb: Any, pb_grpc: Any, grpc: Any, service: Any) -> Any:
             return pb.ServerReadyResponse(ready=service.is_ready)
 
         async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return await _guard(context, lambda: pb.ServerMetadataResponse(
+            return await calls.guard(context, lambda: pb.ServerMetadataResponse(
                 name="edgeseg", version=__version__, extensions=["model_configuration"]))
 
         async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return await _guard(context, lambda: pb.ModelReadyResponse(
+            return await calls.guard(context, lambda: pb.ModelReadyResponse(
                 ready=service.is_ready and service.model(request.name, request.version) is not None))
 
         async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-            def answer() -> Any:
-                metadata = service.model(request.name, request.version).metadata()
-                tensors = [[pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"],
-                                                                     shape=t["shape"]) for t in metadata[side]]
-                           for side in ("inputs", "outputs")]
-                return pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"],
-                                                platform=metadata["platform"], inputs=tensors[0], outputs=tensors[1])
-            return await _guard(context, answer)
+            return await calls.guard(context, lambda: _model_metadata(
+                pb, service.model(request.name, request.version)))
 
         async def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
-            def answer() -> Any:
-                from tritonclient.grpc import model_config_pb2 as mc
-
-                served = service.model(request.name, request.version)
-
-                def tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
-                    return {"name": name, "data_type": getattr(mc, f"TYPE_{datatype}"), "dims": shape[1:]}
-
-                config = mc.ModelConfig(
-                    name=served.name, platform="edgeseg_onnx", backend=served.model.engine,
-                    max_batch_size=service.options.max_batch,
-                    input=[mc.ModelInput(**tensor(served.input_name, "FP32", [-1, *served.input_shape]))],
-                    output=[mc.ModelOutput(**tensor(*o)) for o in served.outputs()],
-                    dynamic_batching=mc.ModelDynamicBatching(
-                        max_queue_delay_microseconds=int(service.options.max_delay_ms * 1000)),
-                    parameters={"edgeseg_contract": mc.ModelParameter(string_value=json.dumps(
-                        served.contract.to_dict()))})
-                return pb.ModelConfigResponse(config=config)
-            return await _guard(context, answer)
+            return await calls.guard(context, lambda: _model_config(
+                pb, service, service.model(request.name, request.version)))
 
         async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            started = time.monotonic()
-            name = request.model_name
-            try:
-                _check_token(context)
-                served = service.model(name, request.model_version)
-                async with service.admitted(served) as ticket:
-                    inputs, wanted = _inputs(request), _wanted(served, request)
-                    batched = await service.infer_tensors(served, inputs, ticket)
-                response = _outputs(pb, served, request, wanted, batched.output)
-                code = 200
-            except RequestError as error:
-                _count(name, error.status, started)
-                await context.abort(codes.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), error.message)
-                raise  # abort() raises; this line is never reached
-            except EdgesegError as error:  # the model failed on a valid request
-                _count(name, 500, started)
-                await context.abort(grpc.StatusCode.INTERNAL, " ".join(str(error).split()))
-                raise
-            context.set_trailing_metadata((("x-edgeseg-batch", str(batched.batch)),))
-            _count(name, code, started)
-            return response
+            return await _model_infer(pb, calls, request, context)
 
         async def RepositoryIndex(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return await _guard(context, lambda: pb.RepositoryIndexResponse(models=[
+            return await calls.guard(context, lambda: pb.RepositoryIndexResponse(models=[
                 pb.RepositoryIndexResponse.ModelIndex(name=n, version=VERSION, state="READY") for n in service.models]))
 
-    def _check_token(context: Any) -> None:
-        if expected is None:
+    return Servicer()
+
+
+class _Calls:
+    """What every RPC shares: the bearer-token check, the gRPC status of an HTTP-style refusal, the metrics."""
+
+    def __init__(self, grpc: Any, service: Any) -> None:
+        self.grpc, self.service = grpc, service
+        self.codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                      404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      503: grpc.StatusCode.UNAVAILABLE}
+        self.expected = f"Bearer {service.options.token}" if service.options.token else None
+
+    def check_token(self, context: Any) -> None:
+        if self.expected is None:
             return
         given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(given.encode(), self.expected.encode()):
             reason = "no authorization metadata" if not given else "a wrong bearer token"
             raise RequestError(401, f"{reason}: send ('authorization', 'Bearer TOKEN') with the server's --token.")
 
-    async def _guard(context: Any, answer: Any) -> Any:
+    async def abort(self, context: Any, error: RequestError) -> None:
+        await context.abort(self.codes.get(error.status, self.grpc.StatusCode.INVALID_ARGUMENT), error.message)
+
+    async def guard(self, context: Any, answer: Any) -> Any:
+        """``answer()`` for an authorized caller; a RequestError (bad token, unknown model) aborts the call."""
         try:
-            _check_token(context)
+            self.check_token(context)
             return answer()
         except RequestError as error:
-            await context.abort(codes.get(error.status, grpc.StatusCode.INVALID_ARGUMENT), error.message)
+            await self.abort(context, error)
 
-    def _count(name: str, code: int, started: float) -> None:
-        if name in service.models:
-            service.metrics.request(name, "grpc_infer", code, time.monotonic() - started)
+    def count(self, name: str, code: int, started: float) -> None:
+        if name in self.service.models:
+            self.service.metrics.request(name, "grpc_infer", code, time.monotonic() - started)
 
-    return Servicer()
+
+async def _model_infer(pb: Any, calls: _Calls, request: Any, context: Any) -> Any:
+    """One inference through the service's admission bound and batcher, counted in the metrics."""
+    service, started, name = calls.service, time.monotonic(), request.model_name
+    try:
+        calls.check_token(context)
+        served = service.model(name, request.model_version)
+        async with service.admitted(served) as ticket:
+            inputs, wanted = _inputs(request), _wanted(served, request)
+            batched = await service.infer_tensors(served, inputs, ticket)
+        response = _outputs(pb, served, request, wanted, batched.output)
+        code = 200
+    except RequestError as error:
+        calls.count(name, error.status, started)
+        await calls.abort(context, error)
+        raise  # abort() raises; this line is never reached
+    except EdgesegError as error:  # the model failed on a valid request
+        calls.count(name, 500, started)
+        await context.abort(calls.grpc.StatusCode.INTERNAL, " ".join(str(error).split()))
+        raise
+    context.set_trailing_metadata((("x-edgeseg-batch", str(batched.batch)),))
+    calls.count(name, code, started)
+    return response
+
+
+def _model_metadata(pb: Any, served: ServedModel) -> Any:
+    metadata = served.metadata()
+    tensors = [[pb.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                for t in metadata[side]] for side in ("inputs", "outputs")]
+    return pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"],
+                                    platform=metadata["platform"], inputs=tensors[0], outputs=tensors[1])
+
+
+def _model_config(pb: Any, service: Any, served: ServedModel) -> Any:
+    """Triton's model configuration: tensors, batching, and the contract as a parameter."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    def tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+        return {"name": name, "data_type": getattr(mc, f"TYPE_{datatype}"), "dims": shape[1:]}
+
+    config = mc.ModelConfig(
+        name=served.name, platform="edgeseg_onnx", backend=served.model.engine,
+        max_batch_size=service.options.max_batch,
+        input=[mc.ModelInput(**tensor(served.input_name, "FP32", [-1, *served.input_shape]))],
+        output=[mc.ModelOutput(**tensor(*o)) for o in served.outputs()],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=int(service.options.max_delay_ms * 1000)),
+        parameters={"edgeseg_contract": mc.ModelParameter(string_value=json.dumps(served.contract.to_dict()))})
+    return pb.ModelConfigResponse(config=config)
 
 
 def _inputs(request: Any) -> dict[str, np.ndarray]:

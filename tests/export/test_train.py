@@ -9,7 +9,7 @@ import pytest
 
 from edgeseg.cli import main
 from edgeseg.export._keras_file import load_model
-from edgeseg.export._train import train_fcn8
+from edgeseg.export._train import FCN8Options, train_fcn8
 from edgeseg.sampledata import make_scene_set
 from edgeseg.runtime.contract import Contract
 
@@ -36,8 +36,9 @@ def _mnist_like(folder, n=64):
 def test_fcn8_training_lowers_the_loss_and_writes_everything(tmp_path):
     make_scene_set(tmp_path / "data" / "images", tmp_path / "data" / "masks", count=16, size=32, classes=2, seed=1)
     # VGG16 at 1/8 width (as samples/models/fcn8): the same training loop, 1/60 of the weights.
-    summary = train_fcn8(data=tmp_path / "data", out=tmp_path, input_size=32, head_width=8, backbone_width=0.125, epochs=4,
-                         batch_size=4, learning_rate=1e-3, seed=1, classes=2, verbose=0)
+    summary = train_fcn8(data=tmp_path / "data", out=tmp_path, options=FCN8Options(
+        input_size=32, head_width=8, backbone_width=0.125, epochs=4, batch_size=4, learning_rate=1e-3, seed=1,
+        classes=2, verbose=0))
     assert summary["loss"][-1] < summary["loss"][0]
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["val_loss"]) == 4 and len(history["val_iou"]) == 4

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.runtime.decisions import ClipRecorder, DecisionConfig, Decisions, Rule, Zone, read_events
+from edgeseg.runtime.decisions import (ClipRecorder, DecisionConfig, DecisionOptions, Decisions, Rule, Zone,
+                                      read_events)
 
 pytest.importorskip("imageio_ffmpeg", reason="clips need imageio-ffmpeg's ffmpeg (the cpu extra)")
 
@@ -60,7 +61,7 @@ def test_the_ring_keeps_only_the_seconds_before(tmp_path):
 def test_decisions_name_the_clip_in_the_event(tmp_path):
     config = DecisionConfig((Zone("all", [(0, 0), (1, 0), (1, 1), (0, 1)], units="fraction"),),
                             (Rule("on", class_name="fg", zone="all", fraction=0.5),))
-    decisions = Decisions(config, classes=("bg", "fg"), out=tmp_path, clips=(0.5, 0.5))
+    decisions = Decisions(config, classes=("bg", "fg"), out=tmp_path, options=DecisionOptions(clips=(0.5, 0.5)))
     decisions.open_stream("cam", fps=10)
     for index in range(30):
         mask = np.full((48, 96), 1 if 10 <= index < 20 else 0, np.uint8)

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from edgeseg.runtime import Model
-from edgeseg.runtime.decisions import (DecisionConfig, Decisions, EventLog, Rule, RuleEngine, Zone, load_decisions,
-                                       parse_decisions, read_events, register_metrics)
+from edgeseg.runtime.decisions import (DecisionConfig, DecisionOptions, Decisions, EventLog, Rule, RuleEngine, Zone,
+                                       load_decisions, parse_decisions, read_events, register_metrics)
 from edgeseg.runtime.errors import EdgesegError
 from edgeseg.runtime.events import EVENT_SCHEMA, Event
 from edgeseg.runtime.zones import Region, ZoneStats
@@ -251,7 +251,7 @@ def test_a_class_entering_a_zone_of_a_real_video_raises_an_event_on_the_right_fr
 def test_regions_all_and_streams_fed_from_threads_at_once(tmp_path):
     import threading
 
-    decisions = Decisions(_door_config(), classes=CLASSES, out=tmp_path, regions="all")
+    decisions = Decisions(_door_config(), classes=CLASSES, out=tmp_path, options=DecisionOptions(regions="all"))
     fields, _ = decisions.update("probe", 0, 0.0, np.full((8, 8), 2, np.uint8))
     assert set(fields["zones"]["door"]["regions"]) == {"water"}  # not a class the rule watches: measured for "all"
 

@@ -273,7 +273,7 @@ def test_mqtt_broker_down_then_back_gets_every_event_once(tmp_path, broker, mqtt
 def test_sinks_named_in_the_zones_file_are_built_and_fed_by_decisions(tmp_path, receiver):
     import numpy as np
 
-    from edgeseg.runtime.decisions import Decisions
+    from edgeseg.runtime.decisions import DecisionOptions, Decisions
 
     receiver.up()
     path = tmp_path / "zones.json"
@@ -281,7 +281,7 @@ def test_sinks_named_in_the_zones_file_are_built_and_fed_by_decisions(tmp_path, 
         "zones": [{"name": "all", "units": "fraction", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}],
         "rules": [{"name": "on", "class": "fg", "zone": "all", "fraction": 0.5}],
         "sinks": [{"type": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook", "name": "hook"}]}))
-    decisions = Decisions.from_file(path, classes=("bg", "fg"), queue_root=tmp_path / "queues")
+    decisions = Decisions.from_file(path, classes=("bg", "fg"), options=DecisionOptions(queue_root=tmp_path / "queues"))
     for index, value in enumerate([0, 1, 1, 0]):
         decisions.update("cam", index, index / 10, np.full((4, 4), value, np.uint8))
     decisions.close()
