@@ -180,7 +180,7 @@ class _Job:
 def _run_job(job: _Job, stop: threading.Event) -> dict[str, Any]:
     """The job once its --out is held: Ray joined, the fit checked, workers started, units run, outputs checked."""
     sources, placed, planned, units, stored_videos = job.sources, job.placed, job.planned, job.units, job.stored_videos
-    spec, out, local, cluster, options, identity = job.spec, job.out, job.local, job.cluster, job.options, job.identity
+    spec, out, cluster, options, identity = job.spec, job.out, job.cluster, job.options, job.identity
     folders = [p.folder for p in placed]
     ray = _ray()
     started = time.perf_counter()
@@ -221,8 +221,8 @@ def _run_job(job: _Job, stop: threading.Event) -> dict[str, Any]:
         pool.run(todo, stop=stop)
         wall = time.perf_counter() - began
         _raise_if_stopped(pool, stopped_ok=True)
-        return _finish(planned, units, todo, before, pool, out=out, spec=spec, local=local, options=options,
-                       cluster=cluster, joined=joined, wall=wall, start_s=start_s, setup_s=began - setup)
+        job = dataclasses.replace(job, planned=planned, units=units)
+        return _finish(job, _Ran(pool, joined, todo, before, wall=wall, start_s=start_s, setup_s=began - setup))
     finally:
         restore()
         if pool is not None:
@@ -231,51 +231,74 @@ def _run_job(job: _Job, stop: threading.Event) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _finish(planned: list[Source], units: list[Unit], todo: list[Unit], before: dict[str, dict[str, Any]], pool: Pool,
-            *, out: str, spec: ModelSpec, local: dict[str, Any], options: SegmentOptions, cluster: ClusterOptions,
-            joined: Joined, wall: float, start_s: float, setup_s: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Ran:
+    """What running a job's units left: the pool, the cluster joined, the units run and those --resume kept, times."""
+
+    pool: Pool
+    joined: Joined
+    todo: list[Unit]
+    before: dict[str, dict[str, Any]]  # unit key -> marker of the units an earlier run finished
+    wall: float
+    start_s: float
+    setup_s: float
+
+
+def _finish(job: _Job, ran: _Ran) -> dict[str, Any]:
     """Check every finished unit's outputs where the job's output lives, join, and write summary.json
     (the runtime's schema: each source's report merged from its units' by :func:`records.merge_reports`)."""
+    out, units, options, local, pool, before = job.out, job.units, job.options, job.local, ran.pool, ran.before
     markers = _storage_step(out, read_markers, units)  # as this machine sees --out, not as the workers said
     gaps = _storage_step(out, missing_outputs, units, markers)
-    unseen = [u for u in todo if u.key in pool.done and u.key not in markers]
-    incomplete = _incomplete(unseen, gaps, pool, out, cluster)
+    unseen = [u for u in ran.todo if u.key in pool.done and u.key not in markers]
+    incomplete = _incomplete(unseen, gaps, pool, out, job.cluster)
     if incomplete:
         log.error("%s", incomplete)
     complete = {key: m for key, m in markers.items() if key not in gaps}
     join = pool.join_stored if _store.is_remote(out) else None
     reports = {s.name: merge_source(s, [u for u in units if u.source == s.number], options, kind=local["kind"],
-                                    wall=wall, interrupted=pool.interrupted, markers=complete, resumed=set(before),
-                                    join_stored=join) for s in planned}
-    for source in planned:  # where each source's outputs are, relative to --out, as one machine says it
+                                    wall=ran.wall, interrupted=pool.interrupted, markers=complete, resumed=set(before),
+                                    join_stored=join) for s in job.planned}
+    for source in job.planned:  # where each source's outputs are, relative to --out, as one machine says it
         reports[source.name]["folder"] = _store.relative(source.out, out)
-    # What the workers ran: this run's, else (every unit kept by --resume) what the earlier run's markers say.
-    described = pool.described or {k: v for m in list(complete.values())[:1] for k, v in m.items()
-                                    if k in ("engine", "provider", "precision")}
-    engine = {"model": spec.path, "kind": local["kind"], "engine": described.get("engine", local["engine"]),
-              "engine_choice": local["engine_choice"], "provider": described.get("provider", ""),
-              "providers": [described.get("provider", "")],
-              "precision": described.get("precision", local["precision"]), "engine_streams": local["streams"],
-              "batch": max((m["batch"] for m in complete.values()), default=1), "inflight": 1,
-              "smooth": options.smooth}
     extra = {"workers": pool.worker_stats(), "ray": {
-        "address": cluster.address, "cluster": joined.gcs, "started_here": joined.started, "nodes": len(joined.nodes),
-        "workers": cluster.workers, "cpus_per_worker": cluster.cpus_per_worker,
-        "gpus_per_worker": cluster.gpus_per_worker, "memory_per_worker_gb": cluster.memory_per_worker_gb,
-        # Ray's own start (once per cluster) apart from this job's: fit check, workers started, videos probed.
-        "pack": cluster.pack, "start_s": round(start_s, 3), "setup_s": round(setup_s, 3),
-        "workers_ready_s": round(pool.first_ready_s, 3) if pool.first_ready_s is not None else None,
-        "units": len(units), "units_skipped": len(before), "units_retried": pool.retried,
-        "units_timed_out": pool.timed_out, "units_lost": sorted(pool.lost), "units_unseen": [u.key for u in unseen],
-        "units_incomplete": sorted(gaps), "stopped": pool.stopped, "incomplete": incomplete}}
+        **_ray_section(job.cluster, ran), "units": len(units), "units_skipped": len(before),
+        "units_retried": pool.retried, "units_timed_out": pool.timed_out, "units_lost": sorted(pool.lost),
+        "units_unseen": [u.key for u in unseen], "units_incomplete": sorted(gaps), "stopped": pool.stopped,
+        "incomplete": incomplete}}
     # This run's inference calls only: the units --resume kept were an earlier run's work.
     new = [m for key, m in complete.items() if key not in before]
     calls = {"batches": sum(m["batches"] for m in new), "batched_frames": sum(m["frames"] for m in new),
              "infer_seconds": sum(m["infer_seconds"] for m in new)}
-    summary = records.run_summary(engine, reports, wall_s=wall, calls=calls, interrupted=pool.interrupted, error=None,
-                                  extra=extra)
+    summary = records.run_summary(_engine_section(job, pool, complete), reports, wall_s=ran.wall, calls=calls,
+                                  interrupted=pool.interrupted, error=None, extra=extra)
     _store.write_bytes(_store.join(out, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def _engine_section(job: _Job, pool: Pool, complete: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The summary's engine fields: what the workers ran this run, else (every unit kept by --resume) what the
+    earlier run's markers say, else the model as opened here."""
+    local = job.local
+    described = pool.described or {k: v for m in list(complete.values())[:1] for k, v in m.items()
+                                    if k in ("engine", "provider", "precision")}
+    return {"model": job.spec.path, "kind": local["kind"], "engine": described.get("engine", local["engine"]),
+            "engine_choice": local["engine_choice"], "provider": described.get("provider", ""),
+            "providers": [described.get("provider", "")],
+            "precision": described.get("precision", local["precision"]), "engine_streams": local["streams"],
+            "batch": max((m["batch"] for m in complete.values()), default=1), "inflight": 1,
+            "smooth": job.options.smooth}
+
+
+def _ray_section(cluster: ClusterOptions, ran: _Ran) -> dict[str, Any]:
+    """Where the job ran and what it asked; Ray's own start (once per cluster) apart from this job's set-up
+    (fit check, workers started, videos probed)."""
+    joined, pool = ran.joined, ran.pool
+    return {"address": cluster.address, "cluster": joined.gcs, "started_here": joined.started,
+            "nodes": len(joined.nodes), "workers": cluster.workers, "cpus_per_worker": cluster.cpus_per_worker,
+            "gpus_per_worker": cluster.gpus_per_worker, "memory_per_worker_gb": cluster.memory_per_worker_gb,
+            "pack": cluster.pack, "start_s": round(ran.start_s, 3), "setup_s": round(ran.setup_s, 3),
+            "workers_ready_s": round(pool.first_ready_s, 3) if pool.first_ready_s is not None else None}
 
 
 def describe_job(summary: dict[str, Any], *, out: str) -> str:

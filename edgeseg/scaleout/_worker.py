@@ -239,13 +239,7 @@ def run_unit(unit: Unit, model: Model, options: SegmentOptions, *, worker: str =
         inputs = inputs or Inputs(own)
         remote_out = _store.is_remote(unit.out)
         part = local_part(unit, staging or own)
-        fetched_s = inputs.download_s
-        if unit.kind == "images":
-            local, origin = inputs.images(unit, activity)
-        else:
-            local, origin = _video_input(unit, inputs, activity)
-        download_s = inputs.download_s - fetched_s
-        activity.origin = origin
+        local, origin, download_s = _fetch_inputs(unit, inputs, activity)
         # Its own part folder, cleared on a retry; the job's --out rule was applied by the driver. The records
         # are always written: they count the unit's frames as they finish (the driver's progress).
         wanted = options.outputs if "jsonl" in options.outputs else (*options.outputs, "jsonl")
@@ -279,6 +273,17 @@ def run_unit(unit: Unit, model: Model, options: SegmentOptions, *, worker: str =
         if remote_out:
             shutil.rmtree(part, ignore_errors=True)
     return marker
+
+
+def _fetch_inputs(unit: Unit, inputs: Inputs, activity: Activity) -> tuple[str | None, dict[str, str], float]:
+    """The unit's inputs where this worker reads them: (local copy or None, local -> stored names, download s)."""
+    fetched_s = inputs.download_s
+    if unit.kind == "images":
+        local, origin = inputs.images(unit, activity)
+    else:
+        local, origin = _video_input(unit, inputs, activity)
+    activity.origin = origin
+    return local, origin, inputs.download_s - fetched_s
 
 
 def _video_input(unit: Unit, inputs: Inputs, activity: Activity) -> tuple[str | None, dict[str, str]]:
