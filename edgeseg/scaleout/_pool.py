@@ -4,8 +4,9 @@ Why this shape, and not more of Ray's own machinery (measured and reasoned in is
 
 - **Long-lived actors, one model each**, not Ray tasks: a model loads once per worker, the worker
   keeps a downloaded video for its next range, and the driver can ask a busy worker how far its unit
-  is (``progress``: frames finished, seconds since it last moved) while the unit runs. The actor is
-  threaded (``max_concurrency``) for exactly that.
+  is (``progress``: frames finished, seconds since it last moved) while the unit runs. The unit runs on
+  a thread of the actor's own and every actor method returns within a second (a long poll), so a plain
+  one-call-at-a-time actor answers those questions (see :class:`SegmentWorker` for why not a threaded one).
 - **A unit goes to a worker only when that worker is alive and idle**: nothing is queued at an actor,
   so nothing waits for an actor that cannot be placed. Ray's own retries (``max_task_retries``) would
   retry a unit on the *same* actor after a restart, which is what hung when a node was lost from a
